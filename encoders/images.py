@@ -1,0 +1,62 @@
+"""Decode encoded image bytes into PIL images, with caps and stable reject reasons.
+
+Contract: `decode_image(data)` returns an opened, fully loaded PIL image (first frame for
+animations, EXIF orientation applied) or raises `ImageRejected` whose `reason` is a short
+stable code. Colour conversion is left to the checkpoint's own image processor, so the
+pipeline's pixels equal a direct `processor(images=Image.open(...))` call.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+
+
+class ImageRejected(ValueError):
+    """An image that cannot be used; `reason` is a stable code, the message says why."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def decode_image(
+    data: bytes | None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Image.Image:
+    """Decode `data`; raise ImageRejected (reason code + message) when it is unusable."""
+    if data is None:
+        raise ImageRejected("missing_image", "image is null")
+    if len(data) == 0:
+        raise ImageRejected("empty_image", "image has 0 bytes")
+    if len(data) > max_bytes:
+        raise ImageRejected("image_too_large", f"image has {len(data)} bytes > cap {max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size  # known from the header, before any pixel is decoded
+            if width * height > max_pixels:
+                raise ImageRejected(
+                    "too_many_pixels",
+                    f"image declares {width}x{height} pixels > cap {max_pixels} (--max-image-pixels)",
+                )
+            image.load()
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected("too_many_pixels", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageRejected("not_an_image", f"not a recognised image format: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's truncated/corrupt stream errors
+        raise ImageRejected("corrupt_image", f"cannot decode image: {exc}") from exc
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as exc:  # a malformed EXIF block should not lose the image
+        raise ImageRejected("corrupt_image", f"bad EXIF orientation data: {exc}") from exc

@@ -1,0 +1,85 @@
+"""Build a tiny, randomly initialised CLIP checkpoint on local disk.
+
+Used by the demo and the tests: no hub access, real `CLIPModel` weights saved with
+`save_pretrained` (safetensors) next to a real `CLIPProcessor`, so loading goes through the
+same path as a user's checkpoint. Its rankings are meaningless: the weights are random.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+log = logging.getLogger(__name__)
+
+_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
+
+
+def _byte_level_vocab() -> dict[str, int]:
+    """Every byte-level symbol with and without CLIP's end-of-word marker, then specials.
+
+    With no merges the BPE tokenizer spells each word letter by letter, so any text maps
+    onto this vocabulary without unknown tokens.
+    """
+    symbols = sorted(ByteLevel.alphabet())
+    tokens = symbols + [s + "</w>" for s in symbols] + list(_SPECIALS)
+    return {tok: i for i, tok in enumerate(tokens)}
+
+
+def make_random_clip(
+    output_dir: str | Path,
+    *,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    projection_dim: int = 16,
+    max_position_embeddings: int = 77,
+    seed: int = 0,
+) -> Path:
+    """Write a random CLIP model + processor to `output_dir`; return the directory.
+
+    The defaults make a model of about 0.1M parameters that runs in milliseconds on a CPU.
+    Pass ViT-B/32 sizes (224, 32, 768, 12, 512) for a benchmark-sized model.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = _byte_level_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_position_embeddings)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+
+    heads = max(1, hidden_size // 16)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": hidden_size,
+            "intermediate_size": hidden_size * 4,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": heads,
+            "max_position_embeddings": max_position_embeddings,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"],
+        },
+        vision_config={
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "hidden_size": hidden_size,
+            "intermediate_size": hidden_size * 4,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": heads,
+        },
+        projection_dim=projection_dim,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    model.save_pretrained(out, safe_serialization=True)
+    log.info("wrote a random CLIP checkpoint (%d-d embeddings) to %s", projection_dim, out)
+    return out

@@ -1,0 +1,148 @@
+"""Image and text towers of a CLIP-like checkpoint, and batch embedding with fusion.
+
+Contract: `ClipTowers.load(spec)` loads model + processor from a directory saved with
+`save_pretrained` (or an fsspec URL / hub id, see `encoders.loading`). `encode_images` and
+`encode_texts` return float32 CPU tensors [n, dim], L2-normalised, taken from the model's
+own projection heads, with the checkpoint's own processor doing all preprocessing.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+from encoders.fusion import WeightedFusion, l2_normalise
+from encoders.loading import ModelLoadError, fingerprint, resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+# Captions are cut to this many characters before tokenising: the tokenizer truncates to the
+# model's context anyway, and a 100k-character caption should not cost 100k characters of work.
+MAX_CAPTION_CHARS = 4096
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class ClipTowers:
+    """A loaded CLIP-like model: `get_image_features` / `get_text_features` + its processor."""
+
+    def __init__(self, model: torch.nn.Module, processor, device: str, model_dir: Path):
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.model_dir = model_dir
+        text_cfg = getattr(model.config, "text_config", None)
+        self.max_text_tokens = int(getattr(text_cfg, "max_position_embeddings", 77))
+        self.dim = int(getattr(model.config, "projection_dim", 0)) or self._probe_dim()
+
+    @classmethod
+    def load(cls, spec: str, *, device: str | None = None, allow_pickle: bool = False) -> "ClipTowers":
+        """Load from a directory, fsspec URL or hub id; weights from safetensors unless allowed."""
+        model_dir = resolve_model_dir(spec, allow_pickle=allow_pickle)
+        device = device or default_device()
+        try:
+            model = AutoModel.from_pretrained(
+                model_dir, use_safetensors=not allow_pickle, trust_remote_code=False
+            )
+            processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"cannot load a model and processor from {spec!r}: {exc}") from exc
+        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+            raise ModelLoadError(
+                f"{spec!r} is a {type(model).__name__} (model_type="
+                f"{getattr(model.config, 'model_type', '?')}), not a CLIP-like checkpoint with "
+                "image and text projection heads; pass a CLIP checkpoint"
+            )
+        if not (hasattr(processor, "image_processor") and hasattr(processor, "tokenizer")):
+            raise ModelLoadError(
+                f"{spec!r} has no combined image+text processor; save one next to the model with "
+                "CLIPProcessor(...).save_pretrained(dir)"
+            )
+        model.to(device).eval()
+        log.info("loaded %s (%s) on %s", spec, type(model).__name__, device)
+        return cls(model, processor, device, model_dir)
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.model_dir)
+
+    def _probe_dim(self) -> int:
+        return int(self.encode_texts(["probe"]).shape[1])
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """[n, dim] normalised image vectors for PIL images (any mode; the processor converts)."""
+        if not images:
+            return torch.empty(0, self.dim)
+        pixels = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        out = self.model.get_image_features(pixel_values=pixels.to(self.device))
+        return l2_normalise(_projected(out)).cpu()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """[n, dim] normalised text vectors; texts are truncated to the model's context."""
+        if not texts:
+            return torch.empty(0, self.dim)
+        tokens = self.processor.tokenizer(
+            [t[:MAX_CAPTION_CHARS] for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=self.max_text_tokens,
+            return_tensors="pt",
+        )
+        tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        out = self.model.get_text_features(**tokens)
+        return l2_normalise(_projected(out)).cpu()
+
+
+def _projected(out) -> torch.Tensor:
+    """transformers 5 returns an output object whose pooler_output is the projected vector."""
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.pooler_output
+
+
+@dataclass
+class EmbeddedBatch:
+    """Vectors for n rows: image [n, d], text [n, d] (zeros where has_text is False), fused [n, d]."""
+
+    image: np.ndarray
+    text: np.ndarray
+    fused: np.ndarray
+    has_text: np.ndarray
+
+
+def has_caption(caption: str | None) -> bool:
+    return caption is not None and caption.strip() != ""
+
+
+def embed_pairs(
+    towers: ClipTowers, fusion: WeightedFusion, images: Sequence[Image.Image], captions: Sequence[str | None]
+) -> EmbeddedBatch:
+    """Embed aligned images and captions; a null/blank caption gets the image vector as fused."""
+    has_text = torch.tensor([has_caption(c) for c in captions], dtype=torch.bool)
+    img = towers.encode_images(images)
+    txt = torch.zeros_like(img)
+    idx = torch.nonzero(has_text).flatten()
+    if len(idx):
+        txt[idx] = towers.encode_texts([captions[i] for i in idx.tolist()])
+    fused = fusion(img, txt, has_text)
+    return EmbeddedBatch(img.numpy(), txt.numpy(), fused.numpy(), has_text.numpy())
+
+
+def embed_query(towers: ClipTowers, fusion: WeightedFusion, text: str | None = None, image: Image.Image | None = None) -> np.ndarray:
+    """[1, dim] query vector: text, image, or (both given) their fusion, as items are fused."""
+    if text is None and image is None:
+        raise ValueError("give a text query, an image query, or both")
+    if image is None:
+        return towers.encode_texts([text]).numpy()
+    if text is None:
+        return towers.encode_images([image]).numpy()
+    return embed_pairs(towers, fusion, [image], [text]).fused

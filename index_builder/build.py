@@ -1,0 +1,220 @@
+"""`build-index`: train an index template on a sample, add shards into copies, merge, measure.
+
+    shards --sample--> train template --copy per shard--> add_with_ids(global ids) --> merge_from
+                                                                                    --> nprobe, recall
+    IDX/index.faiss, IDX/ids.parquet (row i = faiss id i: id, caption), IDX/manifest.json (last)
+
+Global ids are assigned in shard order, so a merged index equals one built by adding every
+vector to one copy of the template. Shards can be added in parallel processes (`workers`),
+each with its own OpenMP thread budget.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from index_builder import faiss_io, storage
+from index_builder.embeddings import MANIFEST, Shard, arrow_to_vectors, list_shards, vector_column
+from index_builder.factory import check_factory, choose_factory, choose_nprobe, choose_train_size
+from index_builder.recall import measure_recall
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.parquet"
+METRIC = faiss.METRIC_INNER_PRODUCT
+
+
+@dataclass
+class BuildConfig:
+    embeddings: str
+    output: str
+    vector: str = "fused"
+    factory: str | None = None
+    nprobe: int | None = None
+    train_size: int | None = None
+    seed: int = 0
+    workers: int = 1
+    recall_queries: int = 200
+
+
+def read_vectors(shard: Shard, vector: str) -> tuple[np.ndarray, np.ndarray]:
+    """([n, d] float32 vectors, valid mask [n]) of one shard; text vectors are null without caption."""
+    return arrow_to_vectors(storage.read_parquet(shard.path, [vector_column(vector)]).column(0))
+
+
+def sample_training_set(shards: list[Shard], vector: str, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """A seeded uniform sample of `size` valid vectors across all shards.
+
+    Returns (vectors [s, d], their global faiss ids [s], valid count per shard). Global ids
+    number the valid rows in shard order, the same numbering `add_shard` uses.
+    """
+    rng = np.random.default_rng(seed)
+    total = sum(s.num_rows for s in shards)
+    chosen = np.sort(rng.choice(total, size=min(size, total), replace=False))
+    parts, ids, valid_counts = [], [], []
+    row0 = id0 = 0
+    for shard in shards:
+        x, valid = read_vectors(shard, vector)
+        local = chosen[(chosen >= row0) & (chosen < row0 + shard.num_rows)] - row0
+        local = local[valid[local]]
+        parts.append(x[local])
+        ids.append(id0 + np.cumsum(valid)[local] - 1)
+        valid_counts.append(int(valid.sum()))
+        row0 += shard.num_rows
+        id0 += valid_counts[-1]
+    return np.concatenate(parts), np.concatenate(ids).astype(np.int64), valid_counts
+
+
+def train_template(factory: str, xt: np.ndarray) -> faiss.Index:
+    """An empty trained index; the coarse quantizer trains on GPU when faiss sees one."""
+    index = faiss.index_factory(xt.shape[1], factory, METRIC)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and faiss.get_num_gpus() > 0:
+        log.info("training the coarse quantizer on %d GPU(s)", faiss.get_num_gpus())
+        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlat(ivf.d, METRIC))
+    index.train(xt)
+    if ivf is not None:
+        ivf.clustering_index = None
+    return index
+
+
+def _init_worker(threads: int) -> None:
+    faiss.omp_set_num_threads(threads)
+
+
+def add_shard(template_bytes, shard: Shard, vector: str, first_id: int):
+    """Add one shard's valid vectors with ids first_id.. into a copy of the template.
+
+    Returns (serialised part index, ids, captions) for the valid rows.
+    """
+    index = faiss_io.from_bytes(template_bytes)
+    table = storage.read_parquet(shard.path, ["id", "caption", vector_column(vector)])
+    x, valid = arrow_to_vectors(table.column(2))
+    x = x[valid]
+    if faiss.try_extract_index_ivf(index) is not None:
+        index.add_with_ids(x, np.arange(first_id, first_id + len(x), dtype=np.int64))
+    else:
+        index.add(x)  # flat codes: ids are positions, numbered in merge order
+    mask = pa.array(valid)
+    return faiss_io.to_bytes(index), table.column("id").filter(mask), table.column("caption").filter(mask)
+
+
+def add_and_merge(template: faiss.Index, shards: list[Shard], vector: str, valid_counts: list[int], workers: int):
+    """Add every shard into a copy of `template` (in `workers` processes) and merge in shard order."""
+    offsets = np.concatenate([[0], np.cumsum(valid_counts)[:-1]]).astype(int).tolist()
+    template_bytes = faiss_io.to_bytes(template)
+    merged = faiss_io.from_bytes(template_bytes)
+    ids, captions = [], []
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,))
+        parts = pool.map(add_shard, [template_bytes] * len(shards), shards, [vector] * len(shards), offsets)
+    else:
+        pool = None
+        parts = (add_shard(template_bytes, s, vector, o) for s, o in zip(shards, offsets))
+    try:
+        for i, (part_bytes, part_ids, part_captions) in enumerate(parts):
+            merged.merge_from(faiss_io.from_bytes(part_bytes), 0)
+            ids.append(part_ids)
+            captions.append(part_captions)
+            log.info("added shard %d/%d (ntotal %d)", i + 1, len(shards), merged.ntotal)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    table = pa.table({"id": pa.chunked_array(sum((c.chunks for c in ids), []), pa.string()),
+                      "caption": pa.chunked_array(sum((c.chunks for c in captions), []), pa.string())})
+    return merged, table
+
+
+def set_nprobe(index: faiss.Index, nprobe: int) -> None:
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = nprobe
+
+
+def build_index(cfg: BuildConfig) -> dict:
+    """Build and commit IDX (index.faiss, ids.parquet, manifest.json last); return the manifest."""
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    source_path = storage.join(cfg.embeddings, MANIFEST)
+    if not storage.exists(source_path):
+        raise FileNotFoundError(f"{cfg.embeddings} has no {MANIFEST}: the embed run did not finish; re-run `fusionindex embed`")
+    source = storage.read_json(source_path)
+    shards = list_shards(cfg.embeddings)
+    total = sum(s.num_rows for s in shards)
+    if total == 0:
+        raise ValueError(f"{cfg.embeddings} holds no embedded rows; nothing to index")
+    d = int(source["dim"])
+    factory = cfg.factory or choose_factory(total, d)
+    check_factory(factory)
+    train_size = cfg.train_size or choose_train_size(total, factory)
+    log.info("building %s over %d vectors (%s, dim %d), training on %d", factory, total, cfg.vector, d, train_size)
+
+    t = time.monotonic()
+    xt, xt_ids, valid_counts = sample_training_set(shards, cfg.vector, train_size, cfg.seed)
+    n_valid = sum(valid_counts)
+    if n_valid == 0:
+        raise ValueError(f"no row has a {cfg.vector} vector (e.g. --vector text with no captions)")
+    timings = {"sample_s": time.monotonic() - t}
+    t = time.monotonic()
+    try:
+        template = train_template(factory, xt)
+    except RuntimeError as exc:
+        raise ValueError(f"cannot train {factory!r} on {len(xt)} vectors: {exc}; pass a smaller --factory or more data") from exc
+    timings["train_s"] = time.monotonic() - t
+    t = time.monotonic()
+    index, ids_table = add_and_merge(template, shards, cfg.vector, valid_counts, cfg.workers)
+    timings["add_merge_s"] = time.monotonic() - t
+    ivf = faiss.try_extract_index_ivf(index)
+    nprobe = (cfg.nprobe or choose_nprobe(ivf.nlist)) if ivf is not None else None
+    if nprobe is not None:
+        set_nprobe(index, min(nprobe, ivf.nlist))
+        nprobe = ivf.nprobe
+    t = time.monotonic()
+    rng = np.random.default_rng(cfg.seed + 1)
+    pick = rng.choice(len(xt), size=min(cfg.recall_queries, len(xt)), replace=False)
+    recall = measure_recall(index, xt[pick], xt_ids[pick], (read_vectors(s, cfg.vector) for s in shards), k=10)
+    timings["recall_s"] = time.monotonic() - t
+
+    manifest = {
+        "kind": "fusionindex.index",
+        "format_version": 1,
+        "factory": factory,
+        "metric": "inner_product",
+        "vector": cfg.vector,
+        "dim": d,
+        "ntotal": int(index.ntotal),
+        "skipped_null_vectors": total - n_valid,
+        "nprobe": nprobe,
+        "train_size": int(len(xt)),
+        "seed": cfg.seed,
+        "recall": recall,
+        "gpu_training": faiss.get_num_gpus() > 0 and ivf is not None,
+        "source": {"path": cfg.embeddings, "manifest": source},
+        "started_at": started.isoformat(),
+        "finished_at": None,
+        "timings": {},
+    }
+    storage.remove(storage.join(cfg.output, MANIFEST))
+    t = time.monotonic()
+    faiss_io.write_index(index, storage.join(cfg.output, INDEX_FILE))
+    with storage.atomic_open(storage.join(cfg.output, IDS_FILE)) as fh:
+        pq.write_table(ids_table, fh)
+    timings["write_s"] = time.monotonic() - t
+    timings["total_s"] = time.monotonic() - t0
+    manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    manifest["finished_at"] = datetime.now(timezone.utc).isoformat()
+    storage.write_json(storage.join(cfg.output, MANIFEST), manifest)
+    log.info("index %s: %d vectors, nprobe %s, recall@%d %.3f, self@1 %.3f", cfg.output, index.ntotal, nprobe, recall["k"], recall["recall_at_k"], recall["self_at_1"])
+    return manifest

@@ -1,0 +1,110 @@
+"""The embeddings directory contract shared by `embed` (writer) and `build-index` (reader).
+
+    DIR/embeddings/part-SSSSS-of-NNNNN.parquet   id, caption, image_embedding,
+                                                 text_embedding, fused_embedding
+    DIR/rejects/part-SSSSS-of-NNNNN.parquet      id, source_file, row_index, reason, message
+    DIR/manifest.json                            written last, only on success
+
+Vectors are fixed-size lists of float32, L2-normalised, never null. `text_embedding` is
+all zeros for rows without a caption (their fused vector is then the image vector): a zero
+vector scores 0 against any query, and null fixed-size lists do not survive a Parquet round
+trip in pyarrow 25 ("Expected all lists to be of size=d").
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from index_builder import storage
+
+EMBEDDINGS = "embeddings"
+REJECTS = "rejects"
+MANIFEST = "manifest.json"
+VECTOR_COLUMNS = {"fused": "fused_embedding", "image": "image_embedding", "text": "text_embedding"}
+_SHARD = re.compile(r"^part-(\d{5,})-of-(\d{5,})\.parquet$")
+
+
+def shard_name(index: int, total: int) -> str:
+    return f"part-{index:05d}-of-{total:05d}.parquet"
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    vec = pa.list_(pa.float32(), dim)
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("caption", pa.string()),
+            ("image_embedding", vec),
+            ("text_embedding", vec),
+            ("fused_embedding", vec),
+        ]
+    )
+
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source_file", pa.string()),
+        ("row_index", pa.int64()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+    ]
+)
+
+
+def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """[n, d] float32 -> fixed-size-list array."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+
+
+def arrow_to_vectors(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-size-list column -> ([n, d] float32, valid mask [n]: False for all-zero rows)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    d = column.type.list_size
+    x = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, d)
+    return x, np.any(x != 0, axis=1)
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: str
+    num_rows: int
+    metadata: dict[bytes, bytes]
+
+
+def list_shards(embeddings_dir: str) -> list[Shard]:
+    """Committed shards of `DIR` (or `DIR/embeddings`), in shard order, with row counts.
+
+    Raises FileNotFoundError when there are none, ValueError when the set is incomplete.
+    """
+    base = embeddings_dir
+    if EMBEDDINGS not in storage.listdir(base) and any(_SHARD.match(n) for n in storage.listdir(base)):
+        shard_dir = base
+    else:
+        shard_dir = storage.join(base, EMBEDDINGS)
+    names = [n for n in storage.listdir(shard_dir) if _SHARD.match(n)]
+    if not names:
+        raise FileNotFoundError(f"no embedding shards (part-*.parquet) under {shard_dir}; run `fusionindex embed` first")
+    totals = {int(_SHARD.match(n).group(2)) for n in names}
+    if len(totals) != 1 or len(names) != totals.pop():
+        raise ValueError(f"{shard_dir} holds an incomplete or mixed set of shards ({len(names)} files); re-run embed")
+    shards = []
+    for name in sorted(names):
+        path = storage.join(shard_dir, name)
+        fs, p = storage.url_to_fs(path)
+        with fs.open(p, "rb") as fh:
+            meta = pq.ParquetFile(fh).metadata
+            shards.append(Shard(path, meta.num_rows, dict(meta.metadata or {})))
+    return shards
+
+
+def vector_column(vector: str) -> str:
+    if vector not in VECTOR_COLUMNS:
+        raise ValueError(f"unknown vector {vector!r}; choose one of {', '.join(VECTOR_COLUMNS)}")
+    return VECTOR_COLUMNS[vector]

@@ -1,0 +1,109 @@
+"""Small fsspec helpers: every path may be local or a URL (gs://, s3://, memory://, ...).
+
+Writes are atomic for readers: data goes to a hidden temporary name in the same directory
+and is then renamed (a single PUT on object stores), so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import posixpath
+import uuid
+from typing import Any, Iterator
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def url_to_fs(path: str):
+    """(filesystem, path-within-filesystem) for a local path or fsspec URL."""
+    return fsspec.core.url_to_fs(path)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts with '/', keeping any protocol prefix of `base`."""
+    return posixpath.join(base.rstrip("/"), *parts)
+
+
+def _unstrip(original: str, fs, path: str) -> str:
+    """Give a path returned by fs back the protocol that `original` had."""
+    protocol = original.split("://", 1)[0] if "://" in original else None
+    if protocol and protocol != "file":
+        return fs.unstrip_protocol(path)
+    return path
+
+
+def expand(patterns: list[str]) -> list[str]:
+    """Sorted unique files matching globs, files or directories (their *.parquet).
+
+    A pattern matching nothing is an error.
+    """
+    found: set[str] = set()
+    for pattern in patterns:
+        fs, path = url_to_fs(pattern)
+        if fs.isdir(path):
+            path = posixpath.join(path, "*.parquet")
+        matches = [m for m in fs.glob(path) if fs.isfile(m)]
+        if not matches:
+            raise FileNotFoundError(f"no file matches {pattern!r}; check the path or glob (quote it in the shell)")
+        found.update(_unstrip(pattern, fs, m) for m in matches)
+    return sorted(found)
+
+
+def exists(path: str) -> bool:
+    fs, p = url_to_fs(path)
+    return fs.exists(p)
+
+
+def remove(path: str, recursive: bool = False) -> None:
+    fs, p = url_to_fs(path)
+    if fs.exists(p):
+        fs.rm(p, recursive=recursive)
+
+
+def makedirs(path: str) -> None:
+    fs, p = url_to_fs(path)
+    fs.makedirs(p, exist_ok=True)
+
+
+def listdir(path: str) -> list[str]:
+    """Names (not paths) directly under a directory; [] when it does not exist."""
+    fs, p = url_to_fs(path)
+    if not fs.exists(p):
+        return []
+    return sorted(posixpath.basename(e.rstrip("/")) for e in fs.ls(p, detail=False))
+
+
+@contextlib.contextmanager
+def atomic_open(path: str) -> Iterator[Any]:
+    """Open `path` for binary writing; it appears under its name only if the block succeeds."""
+    fs, p = url_to_fs(path)
+    parent = posixpath.dirname(p)
+    fs.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(p)}")
+    try:
+        with fs.open(tmp, "wb") as fh:
+            yield fh
+        fs.mv(tmp, p)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write pretty JSON atomically."""
+    with atomic_open(path) as fh:
+        fh.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: str) -> Any:
+    fs, p = url_to_fs(path)
+    with fs.open(p, "rb") as fh:
+        return json.loads(fh.read())
+
+
+def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    fs, p = url_to_fs(path)
+    with fs.open(p, "rb") as fh:
+        return pq.read_table(fh, columns=columns)

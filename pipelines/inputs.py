@@ -1,0 +1,148 @@
+"""Plan the input: expand globs, read Parquet footers, validate columns, cut work units.
+
+Everything here runs before the pipeline starts, so a bad path or schema fails in seconds
+with the file named. A work unit is one row group of one file: the smallest piece a
+Parquet reader can fetch on its own, and the unit of output (one embedding shard each).
+
+We read with pyarrow + fsspec rather than Beam's ReadFromParquetBatched because we need
+(a) any fsspec URL, not only Beam's filesystems, (b) the row index of every row for
+deterministic output order and reject records, (c) the source file named on a corrupt read.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from index_builder import storage
+
+log = logging.getLogger(__name__)
+
+IMAGE_COLUMNS = ("jpg", "png", "webp")
+SUCCESS = "success"
+
+
+class InputError(ValueError):
+    """The input cannot be read as asked; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Columns:
+    id: str = "key"
+    caption: str = "caption"
+    image: str | None = None  # None: auto-detect jpg / png / webp
+    status: str | None = "status"  # rows whose status is not "success" are skipped; absent column: all rows used
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Row group `row_group` of `path`; rows `first_row .. first_row + num_rows - 1` of the file."""
+
+    index: int
+    path: str
+    row_group: int
+    first_row: int
+    num_rows: int
+    columns: Columns  # resolved: image column known, status None when the file has none
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    files: list[str]
+    units: list[WorkUnit]
+    total_rows: int
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def resolve_columns(schema: pa.Schema, wanted: Columns, path: str) -> Columns:
+    """Check `schema` has the columns with usable types; fill in the image column."""
+    names = schema.names
+    listing = ", ".join(names)
+    image = wanted.image
+    if image is None:
+        present = [c for c in IMAGE_COLUMNS if c in names]
+        if not present:
+            raise InputError(f"{path}: no image column found (looked for {', '.join(IMAGE_COLUMNS)}); columns are: {listing}. Pass --image-column")
+        if len(present) > 1:
+            raise InputError(f"{path}: several image columns ({', '.join(present)}); pick one with --image-column")
+        image = present[0]
+    checks = [
+        (wanted.id, "--id-column", lambda t: _is_string(t) or pa.types.is_integer(t), "string or integer"),
+        (wanted.caption, "--caption-column", _is_string, "string"),
+        (image, "--image-column", _is_binary, "binary (encoded image bytes)"),
+    ]
+    for name, flag, ok, expected in checks:
+        if name not in names:
+            raise InputError(f"{path}: missing column {name!r} (set {flag}); columns are: {listing}")
+        if not ok(schema.field(name).type) and not pa.types.is_null(schema.field(name).type):
+            raise InputError(f"{path}: column {name!r} has type {schema.field(name).type}, expected {expected}")
+    status = wanted.status if wanted.status and wanted.status in names else None
+    return Columns(id=wanted.id, caption=wanted.caption, image=image, status=status)
+
+
+def open_parquet(path: str) -> pq.ParquetFile:
+    """Open a Parquet file's footer through fsspec; a broken file raises InputError naming it."""
+    fs, p = storage.url_to_fs(path)
+    try:
+        return pq.ParquetFile(fs.open(p, "rb"))
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({exc}); a writer that died can leave a file without footer: remove or re-create it") from exc
+
+
+def plan_inputs(patterns: list[str], wanted: Columns) -> InputPlan:
+    """Expand `patterns`, validate every file's schema, and list the work units in input order."""
+    files = storage.expand(patterns)
+    units: list[WorkUnit] = []
+    total = 0
+    for path in files:
+        pf = open_parquet(path)
+        columns = resolve_columns(pf.schema_arrow, wanted, path)
+        first = 0
+        for rg in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(rg).num_rows
+            units.append(WorkUnit(len(units), path, rg, first, n, columns))
+            first += n
+        total += first
+        if first == 0:
+            log.warning("%s holds no rows", path)
+    log.info("input: %d files, %d row groups, %d rows", len(files), len(units), total)
+    return InputPlan(files, units, total)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input row as the reader sees it."""
+
+    row_index: int  # within its file
+    id: str | None
+    caption: str | None
+    image: bytes | None
+    status: str | None
+
+
+def read_unit(unit: WorkUnit) -> list[Row]:
+    """Read the unit's row group (only the needed columns) into rows."""
+    c = unit.columns
+    names = [c.id, c.caption, c.image] + ([c.status] if c.status else [])
+    pf = open_parquet(unit.path)
+    try:
+        table = pf.read_row_group(unit.row_group, columns=names)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{unit.path}: cannot read row group {unit.row_group}: {exc}") from exc
+    ids = table.column(c.id).to_pylist()
+    captions = table.column(c.caption).to_pylist()
+    images = table.column(c.image).to_pylist()
+    statuses = table.column(c.status).to_pylist() if c.status else [SUCCESS] * len(ids)
+    return [
+        Row(unit.first_row + i, None if ids[i] is None else str(ids[i]), captions[i], images[i], statuses[i])
+        for i in range(len(ids))
+    ]

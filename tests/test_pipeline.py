@@ -1,0 +1,161 @@
+"""The embed pipeline on Beam's local runners over real JPEG/PNG bytes in Parquet."""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPModel, CLIPProcessor
+
+from index_builder.embeddings import arrow_to_vectors, list_shards
+from pipelines.embed import EmbedConfig, run_embed
+from pipelines.inputs import InputError
+from pipelines.sample import draw, encode
+
+
+def read_dir(path):
+    return pa.concat_tables([pq.read_table(s.path) for s in list_shards(path)])
+
+
+def input_rows(sample_dir):
+    tables = [pq.read_table(os.path.join(sample_dir, f)) for f in sorted(os.listdir(sample_dir))]
+    rows = []
+    for t in tables:
+        image_col = "jpg" if "jpg" in t.column_names else "png"
+        for r in t.to_pylist():
+            rows.append({**r, "image": r[image_col]})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory, tiny_clip, sample_dir):
+    out = str(tmp_path_factory.mktemp("emb"))
+    manifest = run_embed(EmbedConfig(inputs=[f"{sample_dir}/*.parquet"], output=out, model=tiny_clip, batch_size=8))
+    return out, manifest
+
+
+def test_every_success_row_embedded_once_with_ids_and_counts(embedded, sample_dir):
+    out, manifest = embedded
+    rows = input_rows(sample_dir)
+    success = [r["key"] for r in rows if r["status"] == "success"]
+    table = read_dir(out)
+    assert table.column("id").to_pylist() == success  # once each, in input order
+    c = manifest["counts"]
+    assert c == {**c, "read": 60, "embedded": 56, "skipped": 4, "rejected": 0}
+    assert c["read"] == c["embedded"] + c["rejected"] + c["skipped"]
+    assert manifest["shards"] == 6 and len(list_shards(out)) == 6
+    on_disk = json.load(open(os.path.join(out, "manifest.json")))
+    assert on_disk == manifest and on_disk["dim"] == 16
+    assert on_disk["model"]["fingerprint"].startswith("sha256:")
+    assert on_disk["fusion"] == {"kind": "weighted", "alpha": 0.5, "beta": 0.5}
+    for col in ("image_embedding", "text_embedding", "fused_embedding"):
+        assert table.schema.field(col).type == pa.list_(pa.float32(), 16)
+        x, _ = arrow_to_vectors(table.column(col))
+        assert np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+
+
+def test_pipeline_vectors_equal_direct_clip_calls(embedded, sample_dir, tiny_clip):
+    out, _ = embedded
+    table = read_dir(out)
+    by_id = {r["key"]: r for r in input_rows(sample_dir)}
+    model = CLIPModel.from_pretrained(tiny_clip).eval()
+    processor = CLIPProcessor.from_pretrained(tiny_clip)
+    ids = table.column("id").to_pylist()
+    images = [Image.open(io.BytesIO(by_id[i]["image"])) for i in ids]
+    captions = [by_id[i]["caption"] for i in ids]
+    with torch.no_grad():
+        inputs = processor(text=captions, images=images, return_tensors="pt", padding=True)
+        img = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+        txt = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).pooler_output
+    img = torch.nn.functional.normalize(img, dim=-1).numpy()
+    txt = torch.nn.functional.normalize(txt, dim=-1).numpy()
+    ours_img, _ = arrow_to_vectors(table.column("image_embedding"))
+    ours_txt, _ = arrow_to_vectors(table.column("text_embedding"))
+    ours_fused, _ = arrow_to_vectors(table.column("fused_embedding"))
+    assert np.all(np.sum(ours_img * img, axis=1) >= 0.999)
+    assert np.all(np.sum(ours_txt * txt, axis=1) >= 0.999)
+    fused = 0.5 * img + 0.5 * txt
+    fused /= np.linalg.norm(fused, axis=1, keepdims=True)
+    assert np.all(np.sum(ours_fused * fused, axis=1) >= 0.999)
+    assert table.column("caption").to_pylist() == captions
+
+
+def test_rerun_is_deterministic_and_direct_runner_agrees(embedded, tiny_clip, sample_dir, tmp_path):
+    out, _ = embedded
+    again = str(tmp_path / "again")
+    run_embed(EmbedConfig(inputs=[f"{sample_dir}/*.parquet"], output=again, model=tiny_clip, batch_size=5), ["--runner", "DirectRunner"])
+    a, b = read_dir(out), read_dir(again)
+    assert a.column("id").equals(b.column("id"))
+    for col in ("image_embedding", "text_embedding", "fused_embedding"):
+        assert np.allclose(arrow_to_vectors(a.column(col))[0], arrow_to_vectors(b.column(col))[0], atol=1e-5)
+
+
+def _catalogue(path, rows):
+    schema = pa.schema([("key", pa.string()), ("caption", pa.string()), ("status", pa.string()), ("jpg", pa.binary())])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+
+
+def test_bad_rows_are_rejected_not_dropped_and_blank_captions_counted(tmp_path, tiny_clip):
+    good = encode(draw("circle", (10, 200, 10), (255, 255, 255), 64), "jpg")
+    rows = [
+        {"key": "ok", "caption": "a green circle", "status": "success", "jpg": good},
+        {"key": "nocap", "caption": None, "status": "success", "jpg": good},
+        {"key": "blank", "caption": "  ", "status": "success", "jpg": good},
+        {"key": "junk", "caption": "x", "status": "success", "jpg": b"<html>oops</html>"},
+        {"key": "cut", "caption": "x", "status": "success", "jpg": good[:100]},
+        {"key": None, "caption": "x", "status": "success", "jpg": good},
+        {"key": "failed", "caption": "x", "status": "failed_to_download", "jpg": None},
+    ]
+    _catalogue(tmp_path / "in.parquet", rows)
+    m = run_embed(EmbedConfig(inputs=[str(tmp_path / "in.parquet")], output=str(tmp_path / "out"), model=tiny_clip))
+    assert m["counts"] == {"read": 7, "embedded": 3, "rejected": 3, "skipped": 1, "empty_caption": 2,
+                           "rejects_by_reason": {"corrupt_image": 1, "not_an_image": 1, "null_id": 1}}
+    table = read_dir(str(tmp_path / "out"))
+    assert table.column("id").to_pylist() == ["ok", "nocap", "blank"]
+    fused, _ = arrow_to_vectors(table.column("fused_embedding"))
+    image, _ = arrow_to_vectors(table.column("image_embedding"))
+    text, has_text = arrow_to_vectors(table.column("text_embedding"))
+    assert has_text.tolist() == [True, False, False]
+    assert np.allclose(fused[1:], image[1:])
+    rejects = pq.read_table(tmp_path / "out" / "rejects").to_pylist()
+    assert [(r["id"], r["row_index"], r["reason"]) for r in rejects] == [
+        ("junk", 3, "not_an_image"), ("cut", 4, "corrupt_image"), (None, 5, "null_id")]
+    assert all(r["source_file"].endswith("in.parquet") and r["message"] for r in rejects)
+
+
+def test_failed_run_leaves_no_manifest(tmp_path, tiny_clip):
+    good = encode(draw("square", (200, 10, 10), (255, 255, 255), 64), "jpg")
+    path = tmp_path / "in.parquet"
+    _catalogue(path, [{"key": str(i), "caption": "c", "status": "success", "jpg": good} for i in range(20)])
+    out = str(tmp_path / "out")
+    run_embed(EmbedConfig(inputs=[str(path)], output=out, model=tiny_clip))
+    assert os.path.exists(os.path.join(out, "manifest.json"))
+    # Corrupt the data pages but keep the footer: planning passes, reading fails mid-pipeline.
+    data = bytearray(path.read_bytes())
+    for i in range(8, len(data) // 2):
+        data[i] = 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="in.parquet"):
+        run_embed(EmbedConfig(inputs=[str(path)], output=out, model=tiny_clip))
+    assert not os.path.exists(os.path.join(out, "manifest.json"))
+
+
+def test_output_dir_with_foreign_files_is_refused(tmp_path, tiny_clip, sample_dir):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not a fusionindex run"):
+        run_embed(EmbedConfig(inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path), model=tiny_clip))
+    assert (tmp_path / "precious.txt").exists()
+
+
+def test_multi_process_workers(tmp_path, tiny_clip, sample_dir, embedded):
+    out = str(tmp_path / "mp")
+    m = run_embed(EmbedConfig(inputs=[f"{sample_dir}/*.parquet"], output=out, model=tiny_clip),
+                  ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
+    assert m["counts"]["embedded"] == 56
+    assert read_dir(out).column("id").equals(read_dir(embedded[0]).column("id"))
