@@ -1,0 +1,146 @@
+"""Index builder: heuristics, template/add/merge equivalence, self-query, id mapping."""
+from __future__ import annotations
+
+import json
+import os
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from index_builder import storage
+from index_builder.build import BuildConfig, add_and_merge, build_index, read_vectors, sample_training_set, train_template
+from index_builder.embeddings import embeddings_schema, list_shards, shard_name, vectors_to_arrow
+from index_builder.factory import check_factory, choose_factory, choose_nlist, choose_nprobe, choose_pq_m, choose_train_size
+from index_builder.search import LoadedIndex
+
+
+def clustered(n, d, rng, centres=50):
+    """Normalised vectors around random centres: a stand-in for real embeddings."""
+    c = rng.standard_normal((centres, d))
+    x = c[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_embeddings(root, shards: list[np.ndarray], text_mask=None):
+    d = shards[0].shape[1]
+    for i, x in enumerate(shards):
+        n = len(x)
+        ids = [f"s{i}-r{j}" for j in range(n)]
+        text = x if text_mask is None else x * text_mask[i][:, None]
+        table = pa.Table.from_arrays(
+            [pa.array(ids), pa.array([f"caption {k}" for k in ids]), vectors_to_arrow(x), vectors_to_arrow(text), vectors_to_arrow(x)],
+            schema=embeddings_schema(d),
+        )
+        os.makedirs(os.path.join(root, "embeddings"), exist_ok=True)
+        pq.write_table(table, os.path.join(root, "embeddings", shard_name(i, len(shards))))
+    storage.write_json(os.path.join(root, "manifest.json"), {"dim": d, "model": {"spec": "x", "fingerprint": "y"}, "fusion": {}})
+
+
+@pytest.mark.parametrize("n,d", [(10, 512), (999, 16), (1000, 512), (5000, 384), (50_000, 768), (3_000_000, 512), (200_000_000, 64)])
+def test_default_factory_is_trainable_and_never_polysemous(n, d):
+    factory = choose_factory(n, d)
+    check_factory(factory)
+    if n < 1000:
+        assert factory == "Flat"
+        return
+    nlist = choose_nlist(n)
+    assert n / nlist >= 39 and nlist & (nlist - 1) == 0
+    m = choose_pq_m(d)
+    assert d % m == 0 and f"PQ{m}x" in factory and factory.endswith("np")
+    assert ("HNSW32" in factory) == (nlist >= 65536)
+    assert nlist <= choose_train_size(n, factory) <= n
+    assert 1 <= choose_nprobe(nlist) <= nlist
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    assert faiss.extract_index_ivf(index).nlist == nlist
+
+
+def test_polysemous_factory_is_refused():
+    with pytest.raises(ValueError, match="PQ16np"):
+        check_factory("IVF256,PQ16")
+    check_factory("IVF256,PQ16x4fs")
+
+
+@pytest.fixture(scope="module")
+def emb_dir(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    root = str(tmp_path_factory.mktemp("emb"))
+    write_embeddings(root, [clustered(n, 32, rng) for n in (1500, 1200, 1800)])
+    return root
+
+
+def test_merged_index_equals_single_index_from_same_template(emb_dir):
+    shards = list_shards(emb_dir)
+    xt, _, counts = sample_training_set(shards, "fused", 3000, seed=0)
+    template = train_template("IVF32,PQ8x8np", xt)
+    merged, ids = add_and_merge(template, shards, "fused", counts, workers=1)
+    single = faiss.clone_index(template)
+    everything = np.concatenate([read_vectors(s, "fused")[0] for s in shards])
+    single.add_with_ids(everything, np.arange(len(everything)))
+    assert merged.ntotal == single.ntotal == len(ids) == 4500
+    for index in (merged, single):
+        faiss.extract_index_ivf(index).nprobe = 8
+    queries = everything[::37]
+    d1, i1 = merged.search(queries, 10)
+    d2, i2 = single.search(queries, 10)
+    assert np.array_equal(i1, i2) and np.allclose(d1, d2)
+    parallel, ids2 = add_and_merge(template, shards, "fused", counts, workers=2)
+    faiss.extract_index_ivf(parallel).nprobe = 8
+    assert np.array_equal(parallel.search(queries, 10)[1], i1) and ids2.equals(ids)
+
+
+def test_build_index_self_query_and_id_mapping(emb_dir, tmp_path):
+    out = str(tmp_path / "idx")
+    m = build_index(BuildConfig(emb_dir, out, seed=3))
+    assert m["factory"] == choose_factory(4500, 32) and m["ntotal"] == 4500 and m["metric"] == "inner_product"
+    assert json.load(open(os.path.join(out, "manifest.json"))) == m
+    assert m["source"]["manifest"]["dim"] == 32 and m["train_size"] == 4500
+    idx = LoadedIndex.load(out)
+    assert idx.ids[:2] == ["s0-r0", "s0-r1"] and idx.ids[1500] == "s1-r0" and idx.ids[-1] == "s2-r1799"
+    x = np.concatenate([read_vectors(s, "fused")[0] for s in list_shards(emb_dir)])
+    rng = np.random.default_rng(1)
+    rows = rng.choice(len(x), 300, replace=False)
+    hits = idx.search(x[rows], k=5, nprobe=faiss.extract_index_ivf(idx.index).nlist)
+    found_self = np.mean([h[0].id == idx.ids[r] for h, r in zip(hits, rows)])
+    assert found_self >= 0.95
+    assert hits[0][0].caption == f"caption {hits[0][0].id}" and hits[0][0].rank == 1
+    assert all(a.score >= b.score for h in hits for a, b in zip(h, h[1:]))
+    assert 0 < m["recall"]["recall_at_k"] <= 1 and m["recall"]["self_at_1"] >= 0.9
+
+
+def test_text_vector_skips_rows_without_caption_and_keeps_ids_aligned(tmp_path):
+    rng = np.random.default_rng(2)
+    shards = [clustered(n, 16, rng) for n in (700, 900)]
+    masks = [rng.random(len(s)) > 0.3 for s in shards]
+    root = str(tmp_path / "emb")
+    write_embeddings(root, shards, masks)
+    m = build_index(BuildConfig(root, str(tmp_path / "idx"), vector="text", factory="IVF8,Flat"))
+    kept = int(sum(mk.sum() for mk in masks))
+    assert m["ntotal"] == kept and m["skipped_null_vectors"] == 1600 - kept
+    idx = LoadedIndex.load(str(tmp_path / "idx"))
+    expected = [f"s{i}-r{j}" for i, mk in enumerate(masks) for j in np.flatnonzero(mk)]
+    assert idx.ids == expected
+    x1 = shards[1][masks[1]]
+    hits = idx.search(x1[:50], k=1, nprobe=8)
+    assert [h[0].id for h in hits] == expected[masks[0].sum() : masks[0].sum() + 50]
+
+
+def test_small_collection_gets_exact_flat_index(tmp_path):
+    rng = np.random.default_rng(3)
+    write_embeddings(str(tmp_path / "emb"), [clustered(100, 8, rng), clustered(50, 8, rng)])
+    m = build_index(BuildConfig(str(tmp_path / "emb"), str(tmp_path / "idx")))
+    assert m["factory"] == "Flat" and m["nprobe"] is None and m["recall"]["recall_at_k"] == 1.0
+    idx = LoadedIndex.load(str(tmp_path / "idx"))
+    assert idx.ids[100] == "s1-r0"
+
+
+def test_embeddings_without_manifest_are_refused(tmp_path):
+    rng = np.random.default_rng(4)
+    write_embeddings(str(tmp_path), [clustered(10, 8, rng)])
+    os.remove(tmp_path / "manifest.json")
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        build_index(BuildConfig(str(tmp_path), str(tmp_path / "idx")))
+    with pytest.raises(FileNotFoundError, match="not a finished index"):
+        LoadedIndex.load(str(tmp_path / "idx"))
