@@ -1,15 +1,17 @@
 """Decode encoded image bytes into PIL images, with caps and stable reject reasons.
 
 Contract: `decode_image(data)` returns an opened, fully loaded PIL image (first frame for
-animations, EXIF orientation applied) or raises `ImageRejected` whose `reason` is a short
-stable code. Colour conversion is left to the checkpoint's own image processor, so the
-pipeline's pixels equal a direct `processor(images=Image.open(...))` call.
+animations, EXIF orientation applied, 16-bit and float samples scaled to 8 bits) or raises
+`ImageRejected` whose `reason` is a short stable code. Other colour conversion (palette,
+alpha, CMYK, grayscale) is left to the checkpoint's own image processor, so for ordinary
+images the pipeline's pixels equal a direct `processor(images=Image.open(...))` call.
 """
 from __future__ import annotations
 
 import io
 import warnings
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -37,6 +39,9 @@ def decode_image(
         raise ImageRejected("empty_image", "image has 0 bytes")
     if len(data) > max_bytes:
         raise ImageRejected("image_too_large", f"image has {len(data)} bytes > cap {max_bytes}")
+    # PIL's own bomb check fires inside open() at MAX_IMAGE_PIXELS (warning) and twice that
+    # (error); align it with our cap so both agree, and turn its warning into a rejection.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -57,6 +62,25 @@ def decode_image(
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's truncated/corrupt stream errors
         raise ImageRejected("corrupt_image", f"cannot decode image: {exc}") from exc
     try:
-        return ImageOps.exif_transpose(image)
-    except Exception as exc:  # a malformed EXIF block should not lose the image
+        image = ImageOps.exif_transpose(image)
+    except Exception as exc:  # PIL raises many types on a malformed EXIF block
         raise ImageRejected("corrupt_image", f"bad EXIF orientation data: {exc}") from exc
+    return to_8bit(image)
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Scale 16-bit / 32-bit integer and float grayscale to 8-bit 'L'.
+
+    PIL's own convert('RGB') clips such samples at 255, which turns a 16-bit PNG white.
+    """
+    if image.mode.startswith("I"):
+        arr = np.asarray(image).astype(np.int64)
+        if image.mode.startswith("I;16") or arr.max(initial=0) > 255:
+            arr = arr >> 8
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    if image.mode == "F":
+        arr = np.asarray(image, dtype=np.float32)
+        if arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    return image

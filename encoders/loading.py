@@ -138,4 +138,21 @@ def describe_clip_checkpoint(local: Path) -> dict:
             f"{local} is a {getattr(config, 'model_type', '?')!r} checkpoint, not a CLIP-like model with "
             "vision and text towers projected to a shared space; pass a CLIP checkpoint"
         )
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{local}: no usable tokenizer ({exc}); save the processor with processor.save_pretrained(dir)") from exc
+    check_tokenizer_fits(tokenizer, config, str(local))
     return {"model_type": config.model_type, "dim": int(dim)}
+
+
+def check_tokenizer_fits(tokenizer, config, spec: str) -> None:
+    """Refuse a tokenizer that produces ids the text tower has no embedding for."""
+    vocab = getattr(getattr(config, "text_config", None), "vocab_size", None)
+    if vocab is not None and len(tokenizer) > int(vocab):
+        raise ModelLoadError(
+            f"{spec}: the tokenizer has {len(tokenizer)} tokens but the text tower embeds only {vocab}; "
+            "the tokenizer does not belong to this model: save the matching processor next to it"
+        )

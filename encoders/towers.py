@@ -18,9 +18,14 @@ from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
 from encoders.fusion import WeightedFusion, l2_normalise
-from encoders.loading import ModelLoadError, fingerprint, resolve_model_dir
+from encoders.loading import ModelLoadError, check_tokenizer_fits, fingerprint, resolve_model_dir
 
 log = logging.getLogger(__name__)
+
+# Images longer than MAX_ASPECT times their short side are bounded before preprocessing: a
+# processor resizing the short side of a 20000x1 strip to 224 px would allocate gigabytes.
+MAX_ASPECT = 8
+MAX_SQUASH_SIDE = 4096
 
 # Captions are cut to this many characters before tokenising: the tokenizer truncates to the
 # model's context anyway, and a 100k-character caption should not cost 100k characters of work.
@@ -66,6 +71,7 @@ class ClipTowers:
                 f"{spec!r} has no combined image+text processor; save one next to the model with "
                 "CLIPProcessor(...).save_pretrained(dir)"
             )
+        check_tokenizer_fits(processor.tokenizer, model.config, spec)
         model.to(device).eval()
         log.info("loaded %s (%s) on %s", spec, type(model).__name__, device)
         return cls(model, processor, device, model_dir)
@@ -81,7 +87,9 @@ class ClipTowers:
         """[n, dim] normalised image vectors for PIL images (any mode; the processor converts)."""
         if not images:
             return torch.empty(0, self.dim)
-        pixels = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        crop = bool(getattr(self.processor.image_processor, "do_center_crop", False))
+        images = [bound_aspect(im, center_crop=crop) for im in images]
+        pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
         out = self.model.get_image_features(pixel_values=pixels.to(self.device))
         return l2_normalise(_projected(out)).cpu()
 
@@ -100,6 +108,29 @@ class ClipTowers:
         tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
         out = self.model.get_text_features(**tokens)
         return l2_normalise(_projected(out)).cpu()
+
+
+def bound_aspect(image: Image.Image, *, center_crop: bool) -> Image.Image:
+    """Bound an extreme aspect ratio without changing what the processor keeps.
+
+    A center-cropping processor (CLIP: resize the short side, crop the central square) only
+    keeps the central square: cut the long side to MAX_ASPECT x the short side, centred with
+    the same parity so the crop stays aligned. Other processors resize to a fixed shape:
+    shrink so the long side is at most MAX_SQUASH_SIDE.
+    """
+    w, h = image.size
+    short, long_ = min(w, h), max(w, h)
+    if long_ <= MAX_ASPECT * short:
+        return image
+    if center_crop:
+        keep = MAX_ASPECT * short + (long_ - MAX_ASPECT * short) % 2
+        start = (long_ - keep) // 2
+        box = (start, 0, start + keep, h) if w > h else (0, start, w, start + keep)
+        return image.crop(box)
+    if long_ > MAX_SQUASH_SIDE:
+        scale = MAX_SQUASH_SIDE / long_
+        return image.resize((max(1, round(w * scale)), max(1, round(h * scale))))
+    return image
 
 
 def _projected(out) -> torch.Tensor:

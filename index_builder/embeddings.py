@@ -78,10 +78,11 @@ class Shard:
     metadata: dict[bytes, bytes]
 
 
-def list_shards(embeddings_dir: str) -> list[Shard]:
+def list_shards(embeddings_dir: str, *, require_complete: bool = True) -> list[Shard]:
     """Committed shards of `DIR` (or `DIR/embeddings`), in shard order, with row counts.
 
-    Raises FileNotFoundError when there are none, ValueError when the set is incomplete.
+    With `require_complete` (default) raises FileNotFoundError when there are none and
+    ValueError when some of the N shards are missing.
     """
     base = embeddings_dir
     if EMBEDDINGS not in storage.listdir(base) and any(_SHARD.match(n) for n in storage.listdir(base)):
@@ -89,10 +90,12 @@ def list_shards(embeddings_dir: str) -> list[Shard]:
     else:
         shard_dir = storage.join(base, EMBEDDINGS)
     names = [n for n in storage.listdir(shard_dir) if _SHARD.match(n)]
+    if not names and not require_complete:
+        return []
     if not names:
         raise FileNotFoundError(f"no embedding shards (part-*.parquet) under {shard_dir}; run `fusionindex embed` first")
     totals = {int(_SHARD.match(n).group(2)) for n in names}
-    if len(totals) != 1 or len(names) != totals.pop():
+    if require_complete and (len(totals) != 1 or len(names) != totals.pop()):
         raise ValueError(f"{shard_dir} holds an incomplete or mixed set of shards ({len(names)} files); re-run embed")
     shards = []
     for name in sorted(names):

@@ -56,6 +56,14 @@ def exists(path: str) -> bool:
     return fs.exists(p)
 
 
+def version(path: str) -> dict:
+    """Size plus whatever change marker the filesystem offers (mtime, ETag, generation...)."""
+    fs, p = url_to_fs(path)
+    info = fs.info(p)
+    marks = ("size", "mtime", "etag", "ETag", "md5Hash", "generation", "LastModified", "updated")
+    return {k: str(info[k]) for k in marks if info.get(k) is not None}
+
+
 def remove(path: str, recursive: bool = False) -> None:
     fs, p = url_to_fs(path)
     if fs.exists(p):

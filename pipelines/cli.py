@@ -31,6 +31,9 @@ def _add_embed(sub) -> None:
     p.add_argument("--max-image-bytes", type=int, default=None, help="reject encoded images larger than this (default 50 MiB)")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle (*.bin) weights; only for files you trust")
     p.add_argument("--large-model", action="store_true", help="share one model across worker processes (RunInference large_model)")
+    p.add_argument("--duplicate-ids", choices=["reject", "allow"], default="reject", help="reject (default): keep the first row of an id by input order, reject later ones")
+    p.add_argument("--skip-bad-files", action="store_true", help="record unreadable Parquet files/row groups in the manifest and go on (default: fail)")
+    p.add_argument("--restart", action="store_true", help="recompute everything instead of reusing shards an interrupted identical run committed")
 
 
 def _add_build(sub) -> None:
@@ -109,12 +112,13 @@ def cmd_embed(args, beam_args: list[str]) -> int:
         max_bytes=args.max_image_bytes or DEFAULT_MAX_BYTES,
         allow_pickle=args.allow_pickle,
         large_model=args.large_model,
+        duplicate_ids=args.duplicate_ids,
+        skip_bad_files=args.skip_bad_files,
+        restart=args.restart,
     )
-    if cfg.batch_size < 1:
-        raise ValueError("--batch-size must be >= 1")
     m = run_embed(cfg, beam_args)
     c = m["counts"]
-    print(f"embedded {c['embedded']} of {c['read']} rows ({c['rejected']} rejected, {c['skipped']} skipped, {c['empty_caption']} without caption) into {args.output} in {m['timings']['total_s']:.1f} s")
+    print(f"embedded {c['embedded']} of {c['read']} rows ({c['rejected']} rejected, {c['skipped']} skipped, {c['empty_caption']} without caption) into {args.output} in {m['timings']['total_s']:.1f} s" + (f"; reused {m['reused_shards']} of {m['shards']} committed shards" if m["reused_shards"] else ""))
     return 0
 
 

@@ -1,19 +1,28 @@
-"""`fusionindex embed`: Parquet shards -> Beam RunInference -> embedding shards + manifest.
+"""`fusionindex embed`: Parquet shards -> Beam -> embedding shards + manifest.
 
 Pipeline shape (one output shard per input row group, rows in input order):
 
-    Create(work units) | Reshuffle | ReadUnit --rows--> RunInference(Keyed(EmbeddingModelHandler))
-                                       \--counts, read-time rejects--\         |
-                                                               Flatten <-------/
-                                                     GroupByKey(unit) | WriteUnit
+    Create(work units) | Reshuffle | EmbedUnit  <- side input: duplicate ids (ReadIds | GroupByKey)
 
-WriteUnit writes `embeddings/part-i-of-N.parquet` (and `rejects/part-i-of-N.parquet` when a
-row was rejected) atomically, with the unit's counts in the Parquet key-value metadata. The
-driver sums those counts after the run, checks read = embedded + rejected + skipped, and
-writes `manifest.json` last.
+EmbedUnit reads one row group, embeds its rows in batches through `EmbeddingModelHandler`
+(the RunInference ModelHandler interface; the model is loaded once per process with Beam's
+`shared.Shared`, or once per machine with `MultiProcessShared` for `--large-model`, as
+RunInference does), and commits `embeddings/part-i-of-N.parquet` (and
+`rejects/part-i-of-N.parquet`) atomically, counts in the Parquet metadata.
+
+Why not the RunInference transform itself: its output loses the row group an item came
+from, so writing deterministic per-row-group shards needs a GroupByKey of every embedding
+afterwards. That shuffles all vectors across the network and is a barrier in batch mode: no
+shard is committed before the last row is embedded, so a killed run keeps nothing and cannot
+resume. Per-unit processing commits each shard as soon as it is done; a re-run of the same
+command reuses committed shards.
+
+The driver checks read = embedded + rejected + skipped over all shards and writes
+`manifest.json` last.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -26,13 +35,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.utils import multi_process_shared, shared
 
 from encoders.fusion import WeightedFusion
 from encoders.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from encoders.loading import describe_clip_checkpoint, fingerprint, resolve_model_dir
-from encoders.towers import has_caption
 from index_builder import storage
 from index_builder.embeddings import (
     EMBEDDINGS,
@@ -45,12 +53,14 @@ from index_builder.embeddings import (
     vectors_to_arrow,
 )
 from pipelines.inference import Embedded, EmbeddingModelHandler, ItemInput, Rejected
-from pipelines.inputs import SUCCESS, Columns, InputError, WorkUnit, plan_inputs, read_unit
+from pipelines.inputs import SUCCESS, Columns, InputError, InputPlan, Row, WorkUnit, plan_inputs, read_ids, read_unit
 
 log = logging.getLogger(__name__)
 
 COUNTS_KEY = b"fusionindex.counts"
+RUN_FILE = ".run.json"  # what this output directory is being built from; decides resume
 DEFAULT_RUNNER = "FnApiRunner"  # the local runner that needs no download (DirectRunner tries Prism first)
+DUPLICATE_POLICIES = ("reject", "allow")
 
 
 @dataclass
@@ -66,124 +76,196 @@ class EmbedConfig:
     max_bytes: int = DEFAULT_MAX_BYTES
     allow_pickle: bool = False
     large_model: bool = False
+    duplicate_ids: str = "reject"  # reject: keep the first by input order, reject later ones
+    skip_bad_files: bool = False
+    restart: bool = False  # ignore committed shards of an interrupted identical run
 
 
-class ReadUnit(beam.DoFn):
-    """WorkUnit -> rows to embed (main), plus ('done' tag) the unit's read counts and read-time rejects."""
+@dataclass
+class RowResult:
+    row_index: int
+    id: str | None
+    caption: str | None
+    outcome: "Embedded | Rejected"
 
-    DONE = "done"
 
-    def __init__(self):
-        self.read = Metrics.counter("fusionindex", "rows_read")
-        self.skipped = Metrics.counter("fusionindex", "rows_skipped")
+class ReadIds(beam.DoFn):
+    """WorkUnit -> (id, (unit index, row index)) for every row that would be embedded."""
+
+    def __init__(self, skip_bad_files: bool):
+        self.skip_bad_files = skip_bad_files
 
     def process(self, unit: WorkUnit):
-        rows = read_unit(unit)
-        skipped = sent = 0
+        try:
+            pairs = read_ids(unit)
+        except InputError:
+            if self.skip_bad_files:
+                return  # EmbedUnit rejects the whole unreadable row group
+            raise
+        for row_index, row_id in pairs:
+            yield row_id, (unit.index, row_index)
+
+
+def later_duplicates(element):
+    """(id, [(unit, row), ...]) -> (unit, (row, first unit, first row)) for all but the first occurrence."""
+    row_id, places = element
+    places = sorted(places)
+    for unit, row in places[1:]:
+        yield unit, (row, places[0][0], places[0][1])
+
+
+def acquire_model(handler: EmbeddingModelHandler, handle: shared.Shared, tag: str):
+    """Load the model once per process (or per machine for large models), as RunInference does."""
+    if handler.share_model_across_processes():
+        return multi_process_shared.MultiProcessShared(handler.load_model, tag=tag, always_proxy=True).acquire()
+    return handle.acquire(handler.load_model, tag=tag)
+
+
+class EmbedUnit(beam.DoFn):
+    """WorkUnit -> committed shard (+ rejects); yields (unit index, counts)."""
+
+    def __init__(self, handler: EmbeddingModelHandler, output: str, total_units: int, dim: int, batch_size: int, model_tag: str, skip_bad_files: bool, resume: bool):
+        self.handler = handler
+        self.output = output
+        self.total = total_units
+        self.dim = dim
+        self.batch_size = batch_size
+        self.model_tag = model_tag
+        self.skip_bad_files = skip_bad_files
+        self.resume = resume
+        self._shared = shared.Shared()
+        self._model = None
+        self.read = Metrics.counter("fusionindex", "rows_read")
+        self.skipped = Metrics.counter("fusionindex", "rows_skipped")
+        self.embedded = Metrics.counter("fusionindex", "rows_embedded")
+        self.rejected = Metrics.counter("fusionindex", "rows_rejected")
+        self.reused = Metrics.counter("fusionindex", "shards_reused")
+        self.batch_ms = Metrics.distribution("fusionindex", "inference_batch_latency_ms")
+
+    def process(self, unit: WorkUnit, duplicates: dict):
+        name = shard_name(unit.index, self.total)
+        shard_path = storage.join(self.output, EMBEDDINGS, name)
+        if self.resume and storage.exists(shard_path):
+            self.reused.inc()
+            log.info("reusing committed %s", name)
+            return
+        try:
+            rows = read_unit(unit)
+        except InputError as exc:
+            if not self.skip_bad_files:
+                raise
+            log.warning("skipping unreadable row group: %s", exc)
+            results = [RowResult(unit.first_row + i, None, None, Rejected("unreadable_row_group", str(exc))) for i in range(unit.num_rows)]
+            self._commit(unit, name, shard_path, results, read=unit.num_rows, skipped=0, bad_file=str(exc))
+            return
+        dups = {row: (u, r) for row, u, r in duplicates.get(unit.index, [])}
+        results: list[RowResult] = []
+        todo: list[Row] = []
+        skipped = 0
         for row in rows:
             if row.status != SUCCESS:
                 skipped += 1
             elif row.id is None:
-                yield beam.pvalue.TaggedOutput(self.DONE, (unit.index, ("result", row.row_index, None, row.caption, Rejected("null_id", "id is null"))))
+                results.append(RowResult(row.row_index, None, row.caption, Rejected("null_id", "id is null")))
+            elif row.row_index in dups:
+                first = dups[row.row_index]
+                results.append(RowResult(row.row_index, row.id, row.caption, Rejected("duplicate_id", f"id {row.id!r} first seen in input unit {first[0]} row {first[1]}")))
             else:
-                sent += 1
-                yield (unit.index, row.row_index, row.id, row.caption), ItemInput(row.id, row.caption, row.image)
+                todo.append(row)
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start : start + self.batch_size]
+            t = time.perf_counter()
+            outcomes = self.handler.run_inference([ItemInput(r.id, r.caption, r.image) for r in batch], self._get_model())
+            self.batch_ms.update(int((time.perf_counter() - t) * 1000))
+            results.extend(RowResult(r.row_index, r.id, r.caption, o) for r, o in zip(batch, outcomes))
         self.read.inc(len(rows))
         self.skipped.inc(skipped)
-        yield beam.pvalue.TaggedOutput(self.DONE, (unit.index, ("read", len(rows), skipped, sent, unit.path)))
+        yield unit.index, self._commit(unit, name, shard_path, results, read=len(rows), skipped=skipped)
 
+    def _get_model(self):
+        if self._model is None:
+            self._model = acquire_model(self.handler, self._shared, self.model_tag)
+        return self._model
 
-def _to_unit(keyed):
-    (unit_index, row_index, row_id, caption), result = keyed
-    return unit_index, ("result", row_index, row_id, caption, result)
-
-
-class WriteUnit(beam.DoFn):
-    """(unit index, [read record, results...]) -> committed shard (+ rejects), counts in its metadata."""
-
-    def __init__(self, output: str, total_units: int, dim: int):
-        self.output = output
-        self.total = total_units
-        self.dim = dim
-        self.embedded = Metrics.counter("fusionindex", "rows_embedded")
-        self.rejected = Metrics.counter("fusionindex", "rows_rejected")
-        self.shards = Metrics.counter("fusionindex", "shards_written")
-
-    def process(self, element):
-        unit_index, records = element
-        reads = [r for r in records if r[0] == "read"]
-        results = sorted((r for r in records if r[0] == "result"), key=lambda r: r[1])
-        if len(reads) != 1:
-            raise RuntimeError(f"unit {unit_index}: expected one read record, got {len(reads)}")
-        _, read, skipped, sent, source = reads[0]
-        good = [r for r in results if isinstance(r[4], Embedded)]
-        bad = [r for r in results if isinstance(r[4], Rejected)]
+    def _commit(self, unit: WorkUnit, name: str, shard_path: str, results: list[RowResult], *, read: int, skipped: int, bad_file: str | None = None) -> dict:
+        results.sort(key=lambda r: r.row_index)
+        good = [r for r in results if isinstance(r.outcome, Embedded)]
+        bad = [r for r in results if isinstance(r.outcome, Rejected)]
         counts = {
             "read": read,
             "embedded": len(good),
             "rejected": len(bad),
             "skipped": skipped,
-            "empty_caption": sum(1 for r in good if not r[4].has_text),
-            "rejects_by_reason": dict(Counter(r[4].reason for r in bad)),
+            "empty_caption": sum(1 for r in good if not r.outcome.has_text),
+            "rejects_by_reason": dict(Counter(r.outcome.reason for r in bad)),
+            "bad_file": None if bad_file is None else {"path": unit.path, "row_group": unit.row_group, "error": bad_file},
         }
-        if len(results) != read - skipped:
-            raise RuntimeError(f"unit {unit_index} ({source}): rows do not add up: {counts}, sent {sent}")
-        name = shard_name(unit_index, self.total)
-        if bad:
-            self._write(storage.join(self.output, REJECTS, name), self._rejects(bad, source), None)
-        self._write(storage.join(self.output, EMBEDDINGS, name), self._embeddings(good), counts)
+        if read != len(good) + len(bad) + skipped:
+            raise RuntimeError(f"unit {unit.index} ({unit.path}): rows do not add up: {counts}")
+        if bad:  # rejects first: a committed shard implies its rejects are committed
+            _write(storage.join(self.output, REJECTS, name), _rejects_table(bad, unit.path))
+        _write(shard_path, _embeddings_table(good, self.dim).replace_schema_metadata({COUNTS_KEY: json.dumps(counts).encode()}))
         self.embedded.inc(len(good))
         self.rejected.inc(len(bad))
-        self.shards.inc()
-        log.info("wrote %s: %d embedded, %d rejected, %d skipped", name, len(good), len(bad), skipped)
-        yield unit_index, counts
-
-    def _embeddings(self, good) -> pa.Table:
-        def stack(attr):
-            return np.stack([getattr(r[4], attr) for r in good]) if good else np.zeros((0, self.dim), np.float32)
-
-        return pa.Table.from_arrays(
-            [
-                pa.array([r[2] for r in good], pa.string()),
-                pa.array([r[3] for r in good], pa.string()),
-                vectors_to_arrow(stack("image")),
-                vectors_to_arrow(stack("text")),
-                vectors_to_arrow(stack("fused")),
-            ],
-            schema=embeddings_schema(self.dim),
-        )
-
-    @staticmethod
-    def _rejects(bad, source: str) -> pa.Table:
-        rows = [{"id": r[2], "source_file": source, "row_index": r[1], "reason": r[4].reason, "message": r[4].message} for r in bad]
-        return pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA)
-
-    @staticmethod
-    def _write(path: str, table: pa.Table, counts: dict | None) -> None:
-        if counts is not None:
-            table = table.replace_schema_metadata({COUNTS_KEY: json.dumps(counts).encode()})
-        with storage.atomic_open(path) as fh:
-            pq.write_table(table, fh)
+        log.info("committed %s: %d embedded, %d rejected, %d skipped", name, len(good), len(bad), skipped)
+        return counts
 
 
-def build_pipeline(p: beam.Pipeline, units: list[WorkUnit], handler: EmbeddingModelHandler, output: str, dim: int):
+def _embeddings_table(good: list[RowResult], dim: int) -> pa.Table:
+    def stack(attr):
+        return np.stack([getattr(r.outcome, attr) for r in good]) if good else np.zeros((0, dim), np.float32)
+
+    return pa.Table.from_arrays(
+        [
+            pa.array([r.id for r in good], pa.string()),
+            pa.array([r.caption for r in good], pa.string()),
+            vectors_to_arrow(stack("image")),
+            vectors_to_arrow(stack("text")),
+            vectors_to_arrow(stack("fused")),
+        ],
+        schema=embeddings_schema(dim),
+    )
+
+
+def _rejects_table(bad: list[RowResult], source: str) -> pa.Table:
+    rows = [{"id": r.id, "source_file": source, "row_index": r.row_index, "reason": r.outcome.reason, "message": r.outcome.message} for r in bad]
+    return pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA)
+
+
+def _write(path: str, table: pa.Table) -> None:
+    with storage.atomic_open(path) as fh:
+        pq.write_table(table, fh)
+
+
+def build_pipeline(p: beam.Pipeline, plan: InputPlan, cfg: EmbedConfig, dim: int, model_tag: str, resume: bool):
     """Add the embed transforms to `p`; returns the PCollection of (unit index, counts)."""
-    read = (
-        p
-        | "Units" >> beam.Create(units)
-        | "Spread" >> beam.Reshuffle()
-        | "Read" >> beam.ParDo(ReadUnit()).with_outputs(ReadUnit.DONE, main="rows")
+    units = p | "Units" >> beam.Create(plan.units)
+    if cfg.duplicate_ids == "reject":
+        duplicates = (
+            units
+            | "ReadIds" >> beam.ParDo(ReadIds(cfg.skip_bad_files))
+            | "GroupIds" >> beam.GroupByKey()
+            | "LaterCopies" >> beam.FlatMap(later_duplicates)
+            | "ByUnit" >> beam.GroupByKey()
+            | "Lists" >> beam.MapTuple(lambda unit, rows: (unit, list(rows)))
+        )
+    else:
+        duplicates = p | "NoDuplicates" >> beam.Create([])
+    handler = EmbeddingModelHandler(
+        cfg.model,
+        fusion=cfg.fusion,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        max_pixels=cfg.max_pixels,
+        max_bytes=cfg.max_bytes,
+        allow_pickle=cfg.allow_pickle,
+        large_model=cfg.large_model,
     )
-    embedded = (
-        read.rows
-        | "Embed" >> RunInference(KeyedModelHandler(handler))
-        | "ByUnit" >> beam.Map(_to_unit)
-    )
+    embed = EmbedUnit(handler, cfg.output, len(plan.units), dim, cfg.batch_size, model_tag, cfg.skip_bad_files, resume)
     return (
-        (embedded, read[ReadUnit.DONE])
-        | "Join" >> beam.Flatten()
-        | "Group" >> beam.GroupByKey()
-        | "Write" >> beam.ParDo(WriteUnit(output, len(units), dim))
+        units
+        | "Spread" >> beam.Reshuffle()
+        | "Embed" >> beam.ParDo(embed, duplicates=beam.pvalue.AsDict(duplicates))
     )
 
 
@@ -195,57 +277,89 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     return options
 
 
-def prepare_output(output: str) -> None:
-    """Remove a previous run's outputs (manifest first); refuse a directory holding anything else."""
-    names = [n for n in storage.listdir(output) if not n.startswith(".")]
-    foreign = [n for n in names if n not in (MANIFEST, EMBEDDINGS, REJECTS)]
+def run_key(cfg: EmbedConfig, plan: InputPlan, model_fingerprint: str) -> dict:
+    """Everything that decides the output's bytes: equal keys mean committed shards can be reused."""
+    return {
+        "format_version": 1,
+        "inputs": {path: storage.version(path) for path in plan.files},
+        "units": [(u.path, u.row_group, u.num_rows) for u in plan.units],
+        "columns": [asdict(u.columns) for u in plan.units[:1]],
+        "model_fingerprint": model_fingerprint,
+        "fusion": cfg.fusion.params(),
+        "batch_size": cfg.batch_size,
+        "device": cfg.device,
+        "max_pixels": cfg.max_pixels,
+        "max_bytes": cfg.max_bytes,
+        "duplicate_ids": cfg.duplicate_ids,
+        "skip_bad_files": cfg.skip_bad_files,
+    }
+
+
+def prepare_output(output: str, key: dict, restart: bool) -> bool:
+    """Get `output` ready; return True when an interrupted identical run's shards can be reused.
+
+    The manifest goes first, so no reader takes the directory as complete while we work.
+    A directory holding anything but a fusionindex run is refused.
+    """
+    names = storage.listdir(output)
+    foreign = [n for n in names if not n.startswith(".") and n not in (MANIFEST, EMBEDDINGS, REJECTS)]
     if foreign:
         raise InputError(f"--output {output} already holds files that are not a fusionindex run ({', '.join(foreign[:5])}); choose a new or empty directory")
-    if names:
-        log.info("replacing the previous run in %s", output)
-    for name in (MANIFEST, EMBEDDINGS, REJECTS):
-        storage.remove(storage.join(output, name), recursive=True)
-    storage.makedirs(storage.join(output, EMBEDDINGS))
+    run_path = storage.join(output, RUN_FILE)
+    same = not restart and storage.exists(run_path) and storage.read_json(run_path) == key
+    storage.remove(storage.join(output, MANIFEST))
+    if not same:
+        if names:
+            log.info("clearing the previous run in %s", output)
+        for name in (EMBEDDINGS, REJECTS):
+            storage.remove(storage.join(output, name), recursive=True)
+        storage.makedirs(storage.join(output, EMBEDDINGS))
+        storage.write_json(run_path, key)
+    return same
 
 
-def sum_counts(output: str) -> dict:
-    """Add up the per-shard counts stored in the committed shards' metadata."""
+def sum_counts(output: str) -> tuple[dict, list[dict]]:
+    """Add up the per-shard counts stored in the committed shards' metadata; list bad files."""
     total = Counter()
     reasons = Counter()
+    bad_files = []
     for shard in list_shards(output):
         counts = json.loads(shard.metadata[COUNTS_KEY])
         reasons.update(counts.pop("rejects_by_reason"))
+        bad = counts.pop("bad_file", None)
+        if bad:
+            bad_files.append(bad)
         total.update(counts)
     keys = ("read", "embedded", "rejected", "skipped", "empty_caption")
-    return {**{k: int(total[k]) for k in keys}, "rejects_by_reason": dict(sorted(reasons.items()))}
+    return {**{k: int(total[k]) for k in keys}, "rejects_by_reason": dict(sorted(reasons.items()))}, bad_files
 
 
 def run_embed(cfg: EmbedConfig, beam_args: list[str] | None = None) -> dict:
     """Run the whole embed job; return the manifest written to `cfg.output/manifest.json`."""
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
+    if cfg.duplicate_ids not in DUPLICATE_POLICIES:
+        raise ValueError(f"--duplicate-ids must be one of {', '.join(DUPLICATE_POLICIES)}")
+    if cfg.batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
     model_dir = resolve_model_dir(cfg.model, allow_pickle=cfg.allow_pickle)
     info = describe_clip_checkpoint(model_dir)
-    plan = plan_inputs(cfg.inputs, cfg.columns)
+    model_fp = fingerprint(model_dir)
+    plan = plan_inputs(cfg.inputs, cfg.columns, skip_bad_files=cfg.skip_bad_files)
     if not plan.units:
-        raise InputError(f"the input files hold no row groups: {', '.join(plan.files)}")
-    prepare_output(cfg.output)
-    handler = EmbeddingModelHandler(
-        cfg.model,
-        fusion=cfg.fusion,
-        batch_size=cfg.batch_size,
-        device=cfg.device,
-        max_pixels=cfg.max_pixels,
-        max_bytes=cfg.max_bytes,
-        allow_pickle=cfg.allow_pickle,
-        large_model=cfg.large_model,
-    )
+        raise InputError(f"the input files hold no rows: {', '.join(plan.files) or '(all unreadable)'}")
+    key = run_key(cfg, plan, model_fp)
+    resume = prepare_output(cfg.output, key, cfg.restart)
+    committed = len(list_shards(cfg.output, require_complete=False)) if resume else 0
+    if committed:
+        log.info("resuming an interrupted run: %d of %d shards are committed and reused", committed, len(plan.units))
     options = pipeline_options(beam_args or [])
+    model_tag = hashlib.sha256(f"{cfg.model}|{cfg.device}|{model_fp}".encode()).hexdigest()[:16]
     t_pipeline = time.monotonic()
     with beam.Pipeline(options=options) as p:
-        build_pipeline(p, plan.units, handler, cfg.output, info["dim"])
+        build_pipeline(p, plan, cfg, info["dim"], model_tag, resume)
     pipeline_s = time.monotonic() - t_pipeline
-    counts = sum_counts(cfg.output)
+    counts, bad_row_groups = sum_counts(cfg.output)
     if counts["read"] != plan.total_rows or counts["read"] != counts["embedded"] + counts["rejected"] + counts["skipped"]:
         raise RuntimeError(f"row accounting failed: planned {plan.total_rows} rows, shards report {counts}; no manifest written")
     manifest = {
@@ -254,10 +368,13 @@ def run_embed(cfg: EmbedConfig, beam_args: list[str] | None = None) -> dict:
         "inputs": plan.files,
         "columns": asdict(cfg.columns),
         "counts": counts,
+        "bad_files": plan.bad_files + bad_row_groups,
         "shards": len(plan.units),
+        "reused_shards": committed,
         "dim": info["dim"],
-        "model": {"spec": cfg.model, "model_type": info["model_type"], "fingerprint": fingerprint(model_dir)},
+        "model": {"spec": cfg.model, "model_type": info["model_type"], "fingerprint": model_fp},
         "fusion": cfg.fusion.params(),
+        "duplicate_ids": cfg.duplicate_ids,
         "batch_size": cfg.batch_size,
         "device": cfg.device or "auto",
         "runner": str(options.view_as(StandardOptions).runner),

@@ -1,7 +1,8 @@
-"""The RunInference model handler: encoded image bytes + caption in, three vectors out.
+"""The model handler (Beam's RunInference `ModelHandler` interface): bytes + caption in, vectors out.
 
 A batch is a list of `ItemInput`; the result list is aligned with it, one `Embedded` or
-`Rejected` per item. Decoding happens here, per item, so an undecodable image rejects that
+`Rejected` per item. `pipelines.embed.EmbedUnit` calls it per row group (see there why), and
+it works unchanged inside `RunInference(handler)` too. Decoding happens here, per item, so an undecodable image rejects that
 item and not its batch (Beam's `with_exception_handling` would fail the whole batch). If the
 batched forward pass itself fails, items are retried one by one to isolate the culprit.
 """

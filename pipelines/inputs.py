@@ -11,7 +11,7 @@ deterministic output order and reject records, (c) the source file named on a co
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -53,6 +53,7 @@ class InputPlan:
     files: list[str]
     units: list[WorkUnit]
     total_rows: int
+    bad_files: list[dict] = field(default_factory=list)  # unreadable files skipped with --skip-bad-files
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -77,7 +78,7 @@ def resolve_columns(schema: pa.Schema, wanted: Columns, path: str) -> Columns:
         image = present[0]
     checks = [
         (wanted.id, "--id-column", lambda t: _is_string(t) or pa.types.is_integer(t), "string or integer"),
-        (wanted.caption, "--caption-column", _is_string, "string"),
+        (wanted.caption, "--caption-column", lambda t: _is_string(t) or _is_binary(t), "string (or binary UTF-8 text)"),
         (image, "--image-column", _is_binary, "binary (encoded image bytes)"),
     ]
     for name, flag, ok, expected in checks:
@@ -98,13 +99,25 @@ def open_parquet(path: str) -> pq.ParquetFile:
         raise InputError(f"{path}: not a readable Parquet file ({exc}); a writer that died can leave a file without footer: remove or re-create it") from exc
 
 
-def plan_inputs(patterns: list[str], wanted: Columns) -> InputPlan:
-    """Expand `patterns`, validate every file's schema, and list the work units in input order."""
+def plan_inputs(patterns: list[str], wanted: Columns, *, skip_bad_files: bool = False) -> InputPlan:
+    """Expand `patterns`, validate every file's schema, and list the work units in input order.
+
+    An unreadable file raises InputError, or with `skip_bad_files` is listed in `bad_files`
+    and left out. A readable file with wrong columns always raises: that is a usage error.
+    """
     files = storage.expand(patterns)
     units: list[WorkUnit] = []
+    bad: list[dict] = []
     total = 0
     for path in files:
-        pf = open_parquet(path)
+        try:
+            pf = open_parquet(path)
+        except InputError as exc:
+            if not skip_bad_files:
+                raise
+            log.warning("skipping %s", exc)
+            bad.append({"path": path, "row_group": None, "error": str(exc)})
+            continue
         columns = resolve_columns(pf.schema_arrow, wanted, path)
         first = 0
         for rg in range(pf.metadata.num_row_groups):
@@ -115,7 +128,7 @@ def plan_inputs(patterns: list[str], wanted: Columns) -> InputPlan:
         if first == 0:
             log.warning("%s holds no rows", path)
     log.info("input: %d files, %d row groups, %d rows", len(files), len(units), total)
-    return InputPlan(files, units, total)
+    return InputPlan([f for f in files if f not in {b["path"] for b in bad}], units, total, bad)
 
 
 @dataclass(frozen=True)
@@ -129,20 +142,39 @@ class Row:
     status: str | None
 
 
+def _read(unit: WorkUnit, names: list[str]) -> pa.Table:
+    pf = open_parquet(unit.path)
+    try:
+        return pf.read_row_group(unit.row_group, columns=names)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{unit.path}: cannot read row group {unit.row_group}: {exc}") from exc
+
+
+def _text(value) -> str | None:
+    """Captions as str; binary captions are decoded as UTF-8, bad bytes replaced (never dropped)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
 def read_unit(unit: WorkUnit) -> list[Row]:
     """Read the unit's row group (only the needed columns) into rows."""
     c = unit.columns
-    names = [c.id, c.caption, c.image] + ([c.status] if c.status else [])
-    pf = open_parquet(unit.path)
-    try:
-        table = pf.read_row_group(unit.row_group, columns=names)
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{unit.path}: cannot read row group {unit.row_group}: {exc}") from exc
+    table = _read(unit, [c.id, c.caption, c.image] + ([c.status] if c.status else []))
     ids = table.column(c.id).to_pylist()
     captions = table.column(c.caption).to_pylist()
     images = table.column(c.image).to_pylist()
     statuses = table.column(c.status).to_pylist() if c.status else [SUCCESS] * len(ids)
     return [
-        Row(unit.first_row + i, None if ids[i] is None else str(ids[i]), captions[i], images[i], statuses[i])
+        Row(unit.first_row + i, None if ids[i] is None else str(ids[i]), _text(captions[i]), images[i], statuses[i])
         for i in range(len(ids))
     ]
+
+
+def read_ids(unit: WorkUnit) -> list[tuple[int, str]]:
+    """(row index, id) of the unit's rows that would be embedded: success status, non-null id."""
+    c = unit.columns
+    table = _read(unit, [c.id] + ([c.status] if c.status else []))
+    ids = table.column(c.id).to_pylist()
+    statuses = table.column(c.status).to_pylist() if c.status else [SUCCESS] * len(ids)
+    return [(unit.first_row + i, str(v)) for i, (v, s) in enumerate(zip(ids, statuses)) if v is not None and s == SUCCESS]
