@@ -99,9 +99,9 @@ class ReadIds(beam.DoFn):
         try:
             pairs = read_ids(unit)
         except InputError:
-            if self.skip_bad_files:
-                return  # EmbedUnit rejects the whole unreadable row group
-            raise
+            if not self.skip_bad_files:
+                raise
+            pairs = []  # EmbedUnit rejects the whole unreadable row group
         for row_index, row_id in pairs:
             yield row_id, (unit.index, row_index)
 
@@ -148,7 +148,10 @@ class EmbedUnit(beam.DoFn):
         if self.resume and storage.exists(shard_path):
             self.reused.inc()
             log.info("reusing committed %s", name)
-            return
+        else:
+            yield unit.index, self._embed_unit(unit, name, shard_path, duplicates)
+
+    def _embed_unit(self, unit: WorkUnit, name: str, shard_path: str, duplicates: dict) -> dict:
         try:
             rows = read_unit(unit)
         except InputError as exc:
@@ -156,8 +159,7 @@ class EmbedUnit(beam.DoFn):
                 raise
             log.warning("skipping unreadable row group: %s", exc)
             results = [RowResult(unit.first_row + i, None, None, Rejected("unreadable_row_group", str(exc))) for i in range(unit.num_rows)]
-            self._commit(unit, name, shard_path, results, read=unit.num_rows, skipped=0, bad_file=str(exc))
-            return
+            return self._commit(unit, name, shard_path, results, read=unit.num_rows, skipped=0, bad_file=str(exc))
         dups = {row: (u, r) for row, u, r in duplicates.get(unit.index, [])}
         results: list[RowResult] = []
         todo: list[Row] = []
@@ -180,7 +182,7 @@ class EmbedUnit(beam.DoFn):
             results.extend(RowResult(r.row_index, r.id, r.caption, o) for r, o in zip(batch, outcomes))
         self.read.inc(len(rows))
         self.skipped.inc(skipped)
-        yield unit.index, self._commit(unit, name, shard_path, results, read=len(rows), skipped=skipped)
+        return self._commit(unit, name, shard_path, results, read=len(rows), skipped=skipped)
 
     def _get_model(self):
         if self._model is None:
@@ -279,7 +281,7 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
 
 def run_key(cfg: EmbedConfig, plan: InputPlan, model_fingerprint: str) -> dict:
     """Everything that decides the output's bytes: equal keys mean committed shards can be reused."""
-    return {
+    key = {
         "format_version": 1,
         "inputs": {path: storage.version(path) for path in plan.files},
         "units": [(u.path, u.row_group, u.num_rows) for u in plan.units],
@@ -293,6 +295,7 @@ def run_key(cfg: EmbedConfig, plan: InputPlan, model_fingerprint: str) -> dict:
         "duplicate_ids": cfg.duplicate_ids,
         "skip_bad_files": cfg.skip_bad_files,
     }
+    return json.loads(json.dumps(key))  # the form it takes in .run.json (tuples become lists)
 
 
 def prepare_output(output: str, key: dict, restart: bool) -> bool:

@@ -1,0 +1,101 @@
+"""Crash and re-run: a real `kill -9` mid-run, resume, byte-identical results, index rebuilds."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from encoders.random_clip import make_random_clip
+from index_builder.build import BuildConfig, build_index
+from index_builder.search import LoadedIndex
+from pipelines.embed import EmbedConfig, run_embed
+from pipelines.sample import make_sample
+
+
+def shard_bytes(out):
+    d = os.path.join(out, "embeddings")
+    return {n: open(os.path.join(d, n), "rb").read() for n in sorted(os.listdir(d)) if n.startswith("part-")}
+
+
+@pytest.fixture(scope="module")
+def slow_job(tmp_path_factory):
+    """40 row groups and a model slow enough (~0.1 s per row group) to be killed mid-run."""
+    root = tmp_path_factory.mktemp("resume")
+    make_sample(str(root / "in"), rows=600, shards=2, row_group_size=15, seed=5)
+    model = make_random_clip(root / "model", image_size=96, patch_size=8, hidden_size=64, num_layers=4)
+    return root, str(root / "in"), str(model)
+
+
+def test_kill_9_then_rerun_reuses_committed_shards_and_matches_uninterrupted_run(slow_job):
+    root, inputs, model = slow_job
+    out = str(root / "killed")
+    exe = os.path.join(os.path.dirname(sys.executable), "fusionindex")
+    cmd = [exe, "-q", "embed", "--input", inputs, "--output", out, "--model", model, "--batch-size", "8"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    shard_dir = os.path.join(out, "embeddings")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if os.path.isdir(shard_dir) and sum(n.startswith("part-") for n in os.listdir(shard_dir)) >= 3:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the job ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = shard_bytes(out)
+    assert 3 <= len(committed) < 40, f"{len(committed)} shards committed at kill time"
+    assert not os.path.exists(os.path.join(out, "manifest.json"))
+
+    m = run_embed(EmbedConfig(inputs=[inputs], output=out, model=model, batch_size=8))
+    assert m["reused_shards"] == len(committed)
+    assert m["counts"]["read"] == 600 and m["counts"]["embedded"] + m["counts"]["skipped"] == 600
+    resumed = shard_bytes(out)
+    assert all(resumed[n] == b for n, b in committed.items())  # reused, not rewritten
+
+    fresh = str(root / "fresh")
+    run_embed(EmbedConfig(inputs=[inputs], output=fresh, model=model, batch_size=8))
+    assert shard_bytes(fresh) == resumed  # same final rows as an uninterrupted run, byte for byte
+
+
+def test_rerun_of_finished_job_reuses_everything_unless_restarted_or_changed(slow_job, tmp_path):
+    root, inputs, model = slow_job
+    out = str(tmp_path / "out")
+    cfg = EmbedConfig(inputs=[inputs], output=out, model=model, batch_size=8)
+    first = run_embed(cfg)
+    before = shard_bytes(out)
+    again = run_embed(cfg)
+    assert again["reused_shards"] == 40 and again["counts"] == first["counts"]
+    assert shard_bytes(out) == before
+    cfg.restart = True
+    assert run_embed(cfg)["reused_shards"] == 0
+    assert shard_bytes(out) == before  # deterministic recompute
+    cfg.restart = False
+    cfg.fusion = type(cfg.fusion)(0.9, 0.1)  # a different fusion must not reuse old vectors
+    changed = run_embed(cfg)
+    assert changed["reused_shards"] == 0 and shard_bytes(out) != before
+
+
+def test_index_build_is_deterministic_and_a_failed_build_leaves_the_old_index(slow_job, tmp_path):
+    root, inputs, model = slow_job
+    emb = str(tmp_path / "emb")
+    run_embed(EmbedConfig(inputs=[inputs], output=emb, model=model, batch_size=8))
+    idx1, idx2 = str(tmp_path / "idx1"), str(tmp_path / "idx2")
+    build_index(BuildConfig(emb, idx1, factory="IVF16,PQ8x8np", seed=7))
+    build_index(BuildConfig(emb, idx2, factory="IVF16,PQ8x8np", seed=7))
+    a, b = LoadedIndex.load(idx1), LoadedIndex.load(idx2)
+    queries = np.random.default_rng(0).standard_normal((20, a.dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    assert [[h.id for h in hits] for hits in a.search(queries, 10)] == [[h.id for h in hits] for hits in b.search(queries, 10)]
+
+    files = {n: open(os.path.join(idx1, n), "rb").read() for n in os.listdir(idx1)}
+    with pytest.raises(ValueError, match="cannot train"):
+        build_index(BuildConfig(emb, idx1, factory="IVF100000,PQ8x8np"))  # more lists than vectors
+    assert {n: open(os.path.join(idx1, n), "rb").read() for n in os.listdir(idx1)} == files
+    assert json.load(open(os.path.join(idx1, "manifest.json")))["factory"] == "IVF16,PQ8x8np"
+    build_index(BuildConfig(emb, idx1, seed=7))  # a re-run completes
+    assert LoadedIndex.load(idx1).index.ntotal == 596
