@@ -69,7 +69,7 @@ def decode_image(
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
-    """Scale 16-bit / 32-bit integer and float grayscale to 8-bit 'L'.
+    """Scale 16-bit / 32-bit integer and float grayscale to 8-bit 'L'; 'La' becomes 'LA'.
 
     PIL's own convert('RGB') clips such samples at 255, which turns a 16-bit PNG white.
     """
@@ -78,6 +78,8 @@ def to_8bit(image: Image.Image) -> Image.Image:
         if image.mode.startswith("I;16") or arr.max(initial=0) > 255:
             arr = arr >> 8
         return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    if image.mode == "La":  # premultiplied alpha: processors' RGB conversion does not know it
+        return image.convert("LA")
     if image.mode == "F":
         arr = np.asarray(image, dtype=np.float32)
         if arr.size and arr.max() <= 1.0:

@@ -207,6 +207,7 @@ def build_index(cfg: BuildConfig) -> dict:
         "timings": {},
     }
     storage.remove(storage.join(cfg.output, MANIFEST))
+    storage.remove_temporaries(cfg.output)
     t = time.monotonic()
     faiss_io.write_index(index, storage.join(cfg.output, INDEX_FILE))
     with storage.atomic_open(storage.join(cfg.output, IDS_FILE)) as fh:

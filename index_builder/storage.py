@@ -83,13 +83,24 @@ def listdir(path: str) -> list[str]:
     return sorted(posixpath.basename(e.rstrip("/")) for e in fs.ls(p, detail=False))
 
 
+TMP_PREFIX = ".tmp-"
+
+
+def remove_temporaries(directory: str) -> int:
+    """Delete leftovers of writers that were killed inside `atomic_open`; return how many."""
+    stale = [n for n in listdir(directory) if n.startswith(TMP_PREFIX)]
+    for name in stale:
+        remove(join(directory, name))
+    return len(stale)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str) -> Iterator[Any]:
     """Open `path` for binary writing; it appears under its name only if the block succeeds."""
     fs, p = url_to_fs(path)
     parent = posixpath.dirname(p)
     fs.makedirs(parent, exist_ok=True)
-    tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(p)}")
+    tmp = posixpath.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(p)}")
     try:
         with fs.open(tmp, "wb") as fh:
             yield fh

@@ -311,6 +311,8 @@ def prepare_output(output: str, key: dict, restart: bool) -> bool:
     run_path = storage.join(output, RUN_FILE)
     same = not restart and storage.exists(run_path) and storage.read_json(run_path) == key
     storage.remove(storage.join(output, MANIFEST))
+    for sub in ("", EMBEDDINGS, REJECTS):  # one run per output directory at a time
+        storage.remove_temporaries(storage.join(output, sub) if sub else output)
     if not same:
         if names:
             log.info("clearing the previous run in %s", output)

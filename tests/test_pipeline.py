@@ -159,3 +159,43 @@ def test_multi_process_workers(tmp_path, tiny_clip, sample_dir, embedded):
                   ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
     assert m["counts"]["embedded"] == 56
     assert read_dir(out).column("id").equals(read_dir(embedded[0]).column("id"))
+
+
+def test_a_failing_item_is_isolated_from_its_batch(tiny_clip):
+    from encoders.fusion import WeightedFusion
+    from encoders.towers import ClipTowers
+    from pipelines.inference import Embedded, EmbeddingModelHandler, Rejected
+
+    handler = EmbeddingModelHandler(tiny_clip, fusion=WeightedFusion())
+    towers = ClipTowers.load(tiny_clip, device="cpu")
+    good = [draw(s, (200, 0, 0), (255, 255, 255), 50) for s in ("circle", "ring", "cross")]
+    unprocessable = Image.new("La", (20, 20))  # the CLIP processor raises on this mode
+    out = handler._embed(towers, [good[0], unprocessable, good[1], good[2]], ["a", "b", "c", None], ["0", "1", "2", "3"])
+    assert [type(r) for r in out] == [Embedded, Rejected, Embedded, Embedded]
+    assert out[1].reason == "embed_failed" and "La" in out[1].message
+    alone = handler._embed(towers, good[:1], ["a"], ["0"])[0]
+    assert np.allclose(alone.fused, out[0].fused, atol=1e-5)
+
+
+def test_handler_works_inside_beam_run_inference(tiny_clip):
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+    from apache_beam.testing.util import assert_that
+
+    from encoders.fusion import WeightedFusion
+    from pipelines.inference import Embedded, EmbeddingModelHandler, ItemInput, Rejected
+
+    handler = EmbeddingModelHandler(tiny_clip, fusion=WeightedFusion(), batch_size=2)
+    items = [("a", ItemInput("a", "red", encode(draw("circle", (200, 0, 0), (255, 255, 255), 40), "jpg"))),
+             ("b", ItemInput("b", None, encode(draw("square", (0, 0, 200), (255, 255, 255), 40), "png"))),
+             ("c", ItemInput("c", "junk", b"not an image"))]
+
+    def check(results):
+        got = dict(results)
+        assert set(got) == {"a", "b", "c"}
+        assert isinstance(got["a"], Embedded) and got["a"].has_text
+        assert isinstance(got["b"], Embedded) and not got["b"].has_text
+        assert isinstance(got["c"], Rejected) and got["c"].reason == "not_an_image"
+
+    with beam.Pipeline("FnApiRunner") as p:
+        assert_that(p | beam.Create(items) | RunInference(KeyedModelHandler(handler)), check)

@@ -99,3 +99,27 @@ def test_index_build_is_deterministic_and_a_failed_build_leaves_the_old_index(sl
     assert json.load(open(os.path.join(idx1, "manifest.json")))["factory"] == "IVF16,PQ8x8np"
     build_index(BuildConfig(emb, idx1, seed=7))  # a re-run completes
     assert LoadedIndex.load(idx1).index.ntotal == 596
+
+
+def test_killed_index_build_leaves_the_previous_index_untouched(tmp_path):
+    from tests.test_index import clustered, write_embeddings
+
+    rng = np.random.default_rng(0)
+    small, big, idx = str(tmp_path / "small"), str(tmp_path / "big"), str(tmp_path / "idx")
+    write_embeddings(small, [clustered(1500, 64, rng)])
+    write_embeddings(big, [clustered(20_000, 64, rng) for _ in range(4)])
+    build_index(BuildConfig(small, idx))
+    before = {n: open(os.path.join(idx, n), "rb").read() for n in os.listdir(idx)}
+    exe = os.path.join(os.path.dirname(sys.executable), "fusionindex")
+    proc = subprocess.Popen([exe, "build-index", "--embeddings", big, "--output", idx], stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "building" in line:
+            break
+    time.sleep(0.5)  # inside sampling / training
+    assert proc.poll() is None, "the build finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert {n: open(os.path.join(idx, n), "rb").read() for n in os.listdir(idx)} == before
+    assert LoadedIndex.load(idx).index.ntotal == 1500
+    m = build_index(BuildConfig(big, idx))  # a re-run completes
+    assert m["ntotal"] == 80_000 and LoadedIndex.load(idx).index.ntotal == 80_000
