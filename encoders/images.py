@@ -9,7 +9,6 @@ images the pipeline's pixels equal a direct `processor(images=Image.open(...))` 
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -39,23 +38,20 @@ def decode_image(
         raise ImageRejected("empty_image", "image has 0 bytes")
     if len(data) > max_bytes:
         raise ImageRejected("image_too_large", f"image has {len(data)} bytes > cap {max_bytes}")
-    # PIL's own bomb check fires inside open() at MAX_IMAGE_PIXELS (warning) and twice that
-    # (error); align it with our cap so both agree, and turn its warning into a rejection.
-    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size  # known from the header, before any pixel is decoded
-            if width * height > max_pixels:
-                raise ImageRejected(
-                    "too_many_pixels",
-                    f"image declares {width}x{height} pixels > cap {max_pixels} (--max-image-pixels)",
-                )
-            image.load()
+        # Image.open reads only the header; PIL's own bomb check there raises above
+        # 2 x Image.MAX_IMAGE_PIXELS (see EmbeddingModelHandler.load_model).
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size  # known from the header, before any pixel is decoded
+        if width * height > max_pixels:
+            raise ImageRejected(
+                "too_many_pixels",
+                f"image declares {width}x{height} pixels > cap {max_pixels} (--max-image-pixels)",
+            )
+        image.load()
     except ImageRejected:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageRejected("too_many_pixels", str(exc)) from exc
     except UnidentifiedImageError as exc:
         raise ImageRejected("not_an_image", f"not a recognised image format: {exc}") from exc

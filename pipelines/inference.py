@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
+from PIL import Image
 from apache_beam.ml.inference.base import ModelHandler
 
 from encoders.fusion import WeightedFusion
@@ -74,6 +75,9 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, "Embedded | Rejected", ClipT
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        # PIL refuses images above 2 x MAX_IMAGE_PIXELS inside Image.open; never let that be
+        # stricter than --max-image-pixels (raised only, so other caps in the process hold).
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self._max_pixels)
         return ClipTowers.load(self._model, device=self._device, allow_pickle=self._allow_pickle)
 
     def run_inference(
