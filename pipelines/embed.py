@@ -124,10 +124,11 @@ def acquire_model(handler: EmbeddingModelHandler, handle: shared.Shared, tag: st
 class EmbedUnit(beam.DoFn):
     """WorkUnit -> committed shard (+ rejects); yields (unit index, counts)."""
 
-    def __init__(self, handler: EmbeddingModelHandler, output: str, total_units: int, dim: int, batch_size: int, model_tag: str, skip_bad_files: bool, resume: bool):
+    def __init__(self, handler: EmbeddingModelHandler, output: str, unit_paths: list[str], dim: int, batch_size: int, model_tag: str, skip_bad_files: bool, resume: bool):
         self.handler = handler
         self.output = output
-        self.total = total_units
+        self.unit_paths = unit_paths  # unit index -> source file, for messages
+        self.total = len(unit_paths)
         self.dim = dim
         self.batch_size = batch_size
         self.model_tag = model_tag
@@ -171,7 +172,8 @@ class EmbedUnit(beam.DoFn):
                 results.append(RowResult(row.row_index, None, row.caption, Rejected("null_id", "id is null")))
             elif row.row_index in dups:
                 first = dups[row.row_index]
-                results.append(RowResult(row.row_index, row.id, row.caption, Rejected("duplicate_id", f"id {row.id!r} first seen in input unit {first[0]} row {first[1]}")))
+                where = f"{self.unit_paths[first[0]]} row {first[1]}"
+                results.append(RowResult(row.row_index, row.id, row.caption, Rejected("duplicate_id", f"id {row.id!r} first seen in {where}")))
             else:
                 todo.append(row)
         for start in range(0, len(todo), self.batch_size):
@@ -263,7 +265,7 @@ def build_pipeline(p: beam.Pipeline, plan: InputPlan, cfg: EmbedConfig, dim: int
         allow_pickle=cfg.allow_pickle,
         large_model=cfg.large_model,
     )
-    embed = EmbedUnit(handler, cfg.output, len(plan.units), dim, cfg.batch_size, model_tag, cfg.skip_bad_files, resume)
+    embed = EmbedUnit(handler, cfg.output, [u.path for u in plan.units], dim, cfg.batch_size, model_tag, cfg.skip_bad_files, resume)
     return (
         units
         | "Spread" >> beam.Reshuffle()

@@ -15,7 +15,7 @@ from transformers import CLIPProcessor
 from encoders.images import decode_image
 from encoders.loading import ModelLoadError, describe_clip_checkpoint, resolve_model_dir
 from encoders.towers import ClipTowers
-from index_builder.embeddings import arrow_to_vectors, list_shards
+from index_builder.embeddings import list_shards
 from pipelines.embed import EmbedConfig, run_embed
 from pipelines.inputs import InputError
 from tests import images
@@ -52,10 +52,10 @@ def _schema(caption_type=pa.string()):
 def run(tmp_path_factory, tiny_clip):
     root = tmp_path_factory.mktemp("bad")
     rows, expect = [], {}
-    for i, (kind, (data, outcome)) in enumerate(IMAGE_CASES.items()):
+    for i, (kind, (data, _)) in enumerate(IMAGE_CASES.items()):
         rows.append({"key": f"img{i}", "caption": "a red triangle", "status": "success", "jpg": data})
         expect[kind] = f"img{i}"
-    for i, (kind, (caption, outcome)) in enumerate(CAPTION_CASES.items()):
+    for i, (kind, (caption, _)) in enumerate(CAPTION_CASES.items()):
         rows.append({"key": f"cap{i}", "caption": caption, "status": "success", "jpg": GOOD})
         expect[kind] = f"cap{i}"
     rows += [
@@ -86,14 +86,14 @@ def _outcome(key, out, rejects):
 
 def test_every_image_kind_has_its_outcome(run):
     manifest, out, rejects, expect = run
-    for kind, (data, outcome) in IMAGE_CASES.items():
+    for kind, (_, outcome) in IMAGE_CASES.items():
         assert _outcome(expect[kind], out, rejects) == outcome, kind
 
 
 def test_caption_kinds_and_other_rows(run, tiny_clip):
     manifest, out, rejects, expect = run
     table = {r["id"]: r for r in out.to_pylist()}
-    for kind, (caption, outcome) in CAPTION_CASES.items():
+    for kind, (_, outcome) in CAPTION_CASES.items():
         assert _outcome(expect[kind], out, rejects) == "embedded", kind
         row = table[expect[kind]]
         if "empty_caption" in outcome:
@@ -111,6 +111,7 @@ def test_caption_kinds_and_other_rows(run, tiny_clip):
     assert table["dup"]["caption"] == "first copy"
     dup = [r for r in rejects if r["id"] == "dup"]
     assert len(dup) == 1 and dup[0]["reason"] == "duplicate_id" and dup[0]["source_file"].endswith("b.parquet")
+    assert "a.parquet row " in dup[0]["message"]
     assert [r["reason"] for r in rejects if r["id"] is None] == ["null_id"]
     c = manifest["counts"]
     assert c["read"] == len(IMAGE_CASES) + len(CAPTION_CASES) + 3 + 2
