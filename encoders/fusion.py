@@ -2,8 +2,17 @@
 
 Weighted fusion (the survey's h = a*f(image) + b*g(text)):
     fused = normalise(alpha * img + beta * txt)
-for rows with a caption; rows without one take the image vector as their fused vector.
-Inputs are L2-normalised rows; outputs are L2-normalised rows.
+
+Attention fusion (the survey's learned weights c = softmax(v . W[f; g])):
+    c = softmax(V (W [img; txt] + b_W) + b_V)      W: h x 2d, V: 2 x h   (c has 2 entries)
+    fused = normalise(c_0 * img + c_1 * txt)
+W, b_W, V, b_V are learned by `fusionindex finetune --fusion attention` (contrastive loss
+between a shopper's query text and the fused item vector) and saved with the model in
+`fusion.safetensors`. V starts at zero, so an untrained attention fusion is weighted
+0.5/0.5 fusion.
+
+Both: rows without a caption take the image vector as their fused vector. Inputs and
+outputs are L2-normalised rows.
 """
 from __future__ import annotations
 
@@ -41,8 +50,44 @@ class WeightedFusion:
         return {"kind": "weighted", "alpha": self.alpha, "beta": self.beta}
 
 
-def fusion_from_params(params: dict) -> WeightedFusion:
-    """Inverse of `params()`: rebuild the fusion recorded in a manifest."""
-    if params.get("kind") != "weighted":
-        raise ValueError(f"unknown fusion kind {params.get('kind')!r}; known: weighted")
-    return WeightedFusion(alpha=float(params["alpha"]), beta=float(params["beta"]))
+class AttentionFusion(torch.nn.Module):
+    """Per-item modality weights c = softmax(V W [img; txt]); see the module docstring."""
+
+    def __init__(self, dim: int, hidden: int = 64):
+        super().__init__()
+        self.dim, self.hidden = dim, hidden
+        self.W = torch.nn.Linear(2 * dim, hidden)
+        self.V = torch.nn.Linear(hidden, 2)
+        torch.nn.init.zeros_(self.V.weight)
+        torch.nn.init.zeros_(self.V.bias)
+
+    def weights(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        """[n, 2] modality weights (image, text), rows summing to 1."""
+        return torch.softmax(self.V(self.W(torch.cat([img, txt], dim=-1))), dim=-1)
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, has_text: torch.Tensor) -> torch.Tensor:
+        img, txt = img.float(), txt.float()
+        c = self.weights(img, txt)
+        mixed = c[:, :1] * img + c[:, 1:] * txt
+        return l2_normalise(torch.where(has_text[:, None].to(img.device), mixed, img))
+
+    def params(self) -> dict:
+        return {"kind": "attention", "dim": self.dim, "hidden": self.hidden}
+
+
+Fusion = WeightedFusion | AttentionFusion
+
+
+def fusion_from_params(params: dict, learned: AttentionFusion | None = None) -> Fusion:
+    """Inverse of `params()`: rebuild the fusion recorded in a manifest.
+
+    Attention fusion's weights live with the model: pass the model's `learned` fusion.
+    """
+    kind = params.get("kind")
+    if kind == "weighted":
+        return WeightedFusion(alpha=float(params["alpha"]), beta=float(params["beta"]))
+    if kind == "attention":
+        if learned is None:
+            raise ValueError("this index was built with attention fusion, but the model has no learned fusion (fusion.safetensors); pass the fine-tuned --model")
+        return learned
+    raise ValueError(f"unknown fusion kind {kind!r}; known: weighted, attention")

@@ -104,8 +104,8 @@ def check_model_dir(local: Path, *, allow_pickle: bool = False) -> None:
 
 
 def weight_files(local: Path) -> list[Path]:
-    """The checkpoint's safetensors files, sorted by name."""
-    return sorted(local.glob("*.safetensors"))
+    """The checkpoint's safetensors files (subfolders too), sorted by relative path."""
+    return sorted(local.rglob("*.safetensors"))
 
 
 def fingerprint(local: Path) -> str:
@@ -113,39 +113,11 @@ def fingerprint(local: Path) -> str:
     digest = hashlib.sha256()
     files = weight_files(local) or sorted(p for p in local.iterdir() if p.name.endswith(_PICKLE_SUFFIXES))
     for path in files:
-        digest.update(path.name.encode())
+        digest.update(str(path.relative_to(local)).encode())
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 digest.update(block)
     return "sha256:" + digest.hexdigest()
-
-
-def describe_clip_checkpoint(local: Path) -> dict:
-    """model_type and embedding dim read from config.json, without loading weights.
-
-    Raises ModelLoadError when the config is not CLIP-like (no vision + text towers with a
-    shared projection dim), so a wrong --model fails before any pipeline starts.
-    """
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(local, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"{local}: cannot read config.json ({exc})") from exc
-    dim = getattr(config, "projection_dim", None)
-    if not (hasattr(config, "vision_config") and hasattr(config, "text_config") and dim):
-        raise ModelLoadError(
-            f"{local} is a {getattr(config, 'model_type', '?')!r} checkpoint, not a CLIP-like model with "
-            "vision and text towers projected to a shared space; pass a CLIP checkpoint"
-        )
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"{local}: no usable tokenizer ({exc}); save the processor with processor.save_pretrained(dir)") from exc
-    check_tokenizer_fits(tokenizer, config, str(local))
-    return {"model_type": config.model_type, "dim": int(dim)}
 
 
 def check_tokenizer_fits(tokenizer, config, spec: str) -> None:

@@ -1,9 +1,13 @@
-"""Image and text towers of a CLIP-like checkpoint, and batch embedding with fusion.
+"""Image and text towers behind one interface, and batch embedding with fusion.
 
-Contract: `ClipTowers.load(spec)` loads model + processor from a directory saved with
-`save_pretrained` (or an fsspec URL / hub id, see `encoders.loading`). `encode_images` and
-`encode_texts` return float32 CPU tensors [n, dim], L2-normalised, taken from the model's
-own projection heads, with the checkpoint's own processor doing all preprocessing.
+Contract of every `Towers`: `encode_images` / `encode_texts` return float32 CPU tensors
+[n, dim], L2-normalised, with the model's own preprocessing. The differentiable pieces
+(`preprocess_images`, `tokenize`, `image_features`, `text_features`) are what fine-tuning
+uses; `encode_*` are the same under `inference_mode`. `learned_fusion` is the attention
+fusion saved with a fine-tuned model, or None.
+
+Families: `ClipTowers` (a HF CLIP checkpoint, here) and `DualTowers` (torchvision CNN + HF
+text encoder + projection heads, `encoders.dual`). `encoders.models.load_towers` picks one.
 """
 from __future__ import annotations
 
@@ -17,8 +21,8 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
-from encoders.fusion import WeightedFusion, l2_normalise
-from encoders.loading import ModelLoadError, check_tokenizer_fits, fingerprint, resolve_model_dir
+from encoders.fusion import AttentionFusion, Fusion, l2_normalise
+from encoders.loading import ModelLoadError, check_tokenizer_fits, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -36,82 +40,123 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class ClipTowers:
-    """A loaded CLIP-like model: `get_image_features` / `get_text_features` + its processor."""
+class Towers:
+    """Common behaviour; subclasses implement the four differentiable pieces below."""
 
-    def __init__(self, model: torch.nn.Module, processor, device: str, model_dir: Path):
-        self.model = model
-        self.processor = processor
-        self.device = device
-        self.model_dir = model_dir
-        text_cfg = getattr(model.config, "text_config", None)
-        self.max_text_tokens = int(getattr(text_cfg, "max_position_embeddings", 77))
-        self.dim = int(getattr(model.config, "projection_dim", 0)) or self._probe_dim()
+    family = "abstract"
+    dim: int
+    device: str
+    model_dir: Path
+    learned_fusion: AttentionFusion | None = None
+    center_crop: bool = True  # whether preprocessing keeps only the central square
 
-    @classmethod
-    def load(cls, spec: str, *, device: str | None = None, allow_pickle: bool = False) -> "ClipTowers":
-        """Load from a directory, fsspec URL or hub id; weights from safetensors unless allowed."""
-        model_dir = resolve_model_dir(spec, allow_pickle=allow_pickle)
-        device = device or default_device()
-        try:
-            model = AutoModel.from_pretrained(
-                model_dir, use_safetensors=not allow_pickle, trust_remote_code=False
-            )
-            processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"cannot load a model and processor from {spec!r}: {exc}") from exc
-        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
-            raise ModelLoadError(
-                f"{spec!r} is a {type(model).__name__} (model_type="
-                f"{getattr(model.config, 'model_type', '?')}), not a CLIP-like checkpoint with "
-                "image and text projection heads; pass a CLIP checkpoint"
-            )
-        if not (hasattr(processor, "image_processor") and hasattr(processor, "tokenizer")):
-            raise ModelLoadError(
-                f"{spec!r} has no combined image+text processor; save one next to the model with "
-                "CLIPProcessor(...).save_pretrained(dir)"
-            )
-        check_tokenizer_fits(processor.tokenizer, model.config, spec)
-        model.to(device).eval()
-        log.info("loaded %s (%s) on %s", spec, type(model).__name__, device)
-        return cls(model, processor, device, model_dir)
+    def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised [n, dim] on self.device, differentiable."""
+        raise NotImplementedError
+
+    def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Trainable parts by name ('image', 'text', 'heads'); used to freeze towers."""
+        raise NotImplementedError
 
     def fingerprint(self) -> str:
         return fingerprint(self.model_dir)
 
-    def _probe_dim(self) -> int:
-        return int(self.encode_texts(["probe"]).shape[1])
+    def train(self, mode: bool = True) -> None:
+        for module in self.modules().values():
+            module.train(mode)
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """[n, dim] normalised image vectors for PIL images (any mode; the processor converts)."""
+        """[n, dim] normalised image vectors for PIL images (any mode; preprocessing converts)."""
         if not images:
             return torch.empty(0, self.dim)
-        crop = bool(getattr(self.processor.image_processor, "do_center_crop", False))
-        images = [bound_aspect(im, center_crop=crop) for im in images]
-        pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        out = self.model.get_image_features(pixel_values=pixels.to(self.device))
-        return l2_normalise(_projected(out)).cpu()
+        images = [bound_aspect(im, center_crop=self.center_crop) for im in images]
+        return self.image_features(self.preprocess_images(images).to(self.device)).float().cpu()
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """[n, dim] normalised text vectors; texts are truncated to the model's context."""
         if not texts:
             return torch.empty(0, self.dim)
+        tokens = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
+        return self.text_features(tokens).float().cpu()
+
+
+class ClipTowers(Towers):
+    """A loaded CLIP-like model: `get_image_features` / `get_text_features` + its processor."""
+
+    family = "clip"
+
+    def __init__(self, model: torch.nn.Module, processor, device: str, model_dir: Path):
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.model_dir = model_dir
+        self.center_crop = bool(getattr(processor.image_processor, "do_center_crop", False))
+        text_cfg = getattr(model.config, "text_config", None)
+        self.max_text_tokens = int(getattr(text_cfg, "max_position_embeddings", 77))
+        self.dim = int(model.config.projection_dim)
+
+    @classmethod
+    def load(cls, model_dir: Path, *, device: str | None = None, allow_pickle: bool = False) -> "ClipTowers":
+        """Load from a local checkpoint directory; weights from safetensors unless allowed."""
+        device = device or default_device()
+        try:
+            model = AutoModel.from_pretrained(model_dir, use_safetensors=not allow_pickle, trust_remote_code=False)
+            processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"cannot load a model and processor from {model_dir}: {exc}") from exc
+        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+            raise ModelLoadError(
+                f"{model_dir} is a {type(model).__name__} (model_type={getattr(model.config, 'model_type', '?')}), "
+                "not a CLIP-like checkpoint with image and text projection heads; pass a CLIP checkpoint"
+            )
+        if not (hasattr(processor, "image_processor") and hasattr(processor, "tokenizer")):
+            raise ModelLoadError(
+                f"{model_dir} has no combined image+text processor; save one next to the model with "
+                "CLIPProcessor(...).save_pretrained(dir)"
+            )
+        check_tokenizer_fits(processor.tokenizer, model.config, str(model_dir))
+        model.to(device).eval()
+        return cls(model, processor, device, model_dir)
+
+    def preprocess_images(self, images):
+        return self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    def tokenize(self, texts):
         tokens = self.processor.tokenizer(
-            [t[:MAX_CAPTION_CHARS] for t in texts],
-            padding=True,
-            truncation=True,
-            max_length=self.max_text_tokens,
-            return_tensors="pt",
+            [t[:MAX_CAPTION_CHARS] for t in texts], padding=True, truncation=True,
+            max_length=self.max_text_tokens, return_tensors="pt",
         )
-        tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
-        out = self.model.get_text_features(**tokens)
-        return l2_normalise(_projected(out)).cpu()
+        return {k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+
+    def image_features(self, pixels):
+        return l2_normalise(_projected(self.model.get_image_features(pixel_values=pixels)))
+
+    def text_features(self, tokens):
+        return l2_normalise(_projected(self.model.get_text_features(**tokens)))
+
+    def modules(self):
+        m = self.model
+        return {"image": m.vision_model, "text": m.text_model,
+                "heads": torch.nn.ModuleList([m.visual_projection, m.text_projection])}
+
+    def save(self, out: Path) -> None:
+        self.model.save_pretrained(out, safe_serialization=True)
+        self.processor.save_pretrained(out)
 
 
 def bound_aspect(image: Image.Image, *, center_crop: bool) -> Image.Image:
-    """Bound an extreme aspect ratio without changing what the processor keeps.
+    """Bound an extreme aspect ratio without changing what the preprocessing keeps.
 
     A center-cropping processor (CLIP: resize the short side, crop the central square) only
     keeps the central square: cut the long side to MAX_ASPECT x the short side, centred with
@@ -154,9 +199,7 @@ def has_caption(caption: str | None) -> bool:
     return caption is not None and caption.strip() != ""
 
 
-def embed_pairs(
-    towers: ClipTowers, fusion: WeightedFusion, images: Sequence[Image.Image], captions: Sequence[str | None]
-) -> EmbeddedBatch:
+def embed_pairs(towers: Towers, fusion: Fusion, images: Sequence[Image.Image], captions: Sequence[str | None]) -> EmbeddedBatch:
     """Embed aligned images and captions; a null/blank caption gets the image vector as fused."""
     has_text = torch.tensor([has_caption(c) for c in captions], dtype=torch.bool)
     img = towers.encode_images(images)
@@ -164,11 +207,12 @@ def embed_pairs(
     idx = torch.nonzero(has_text).flatten()
     if len(idx):
         txt[idx] = towers.encode_texts([captions[i] for i in idx.tolist()])
-    fused = fusion(img, txt, has_text)
+    with torch.inference_mode():
+        fused = fusion(img, txt, has_text).cpu()
     return EmbeddedBatch(img.numpy(), txt.numpy(), fused.numpy(), has_text.numpy())
 
 
-def embed_query(towers: ClipTowers, fusion: WeightedFusion, text: str | None = None, image: Image.Image | None = None) -> np.ndarray:
+def embed_query(towers: Towers, fusion: Fusion, text: str | None = None, image: Image.Image | None = None) -> np.ndarray:
     """[1, dim] query vector: text, image, or (both given) their fusion, as items are fused."""
     if text is None and image is None:
         raise ValueError("give a text query, an image query, or both")

@@ -19,7 +19,7 @@ def _add_embed(sub) -> None:
     p.add_argument("--output", required=True, metavar="DIR", help="output directory (embeddings/, rejects/, manifest.json)")
     p.add_argument("--model", required=True, metavar="SPEC", help="CLIP checkpoint: directory saved with save_pretrained (local or URL) or hub id")
     p.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default 64)")
-    p.add_argument("--fusion", choices=["weighted"], default="weighted", help="fused = normalise(alpha*image + beta*text)")
+    p.add_argument("--fusion", choices=["weighted", "attention"], default="weighted", help="weighted: normalise(alpha*image + beta*text); attention: the model's learned per-item weights")
     p.add_argument("--alpha", type=float, default=0.5, help="image weight (default 0.5)")
     p.add_argument("--beta", type=float, default=0.5, help="text weight (default 0.5)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
@@ -105,7 +105,7 @@ def cmd_embed(args, beam_args: list[str]) -> int:
         output=args.output,
         model=args.model,
         batch_size=args.batch_size,
-        fusion=WeightedFusion(args.alpha, args.beta),
+        fusion=WeightedFusion(args.alpha, args.beta) if args.fusion == "weighted" else None,
         device=args.device,
         columns=Columns(args.id_column, args.caption_column, args.image_column, args.status_column or None),
         max_pixels=args.max_image_pixels or DEFAULT_MAX_PIXELS,
@@ -134,7 +134,8 @@ def cmd_build(args) -> int:
 def cmd_search(args) -> int:
     from encoders.fusion import fusion_from_params
     from encoders.images import decode_image
-    from encoders.towers import ClipTowers, embed_query
+    from encoders.models import load_towers
+    from encoders.towers import embed_query
     from index_builder import storage
     from index_builder.search import LoadedIndex
 
@@ -142,7 +143,7 @@ def cmd_search(args) -> int:
         raise ValueError("give --text, --image or both")
     idx = LoadedIndex.load(args.index)
     source = idx.manifest["source"]["manifest"]
-    towers = ClipTowers.load(args.model or source["model"]["spec"], device=args.device)
+    towers = load_towers(args.model or source["model"]["spec"], device=args.device)
     if towers.dim != idx.dim:
         raise ValueError(f"model gives {towers.dim}-d vectors but the index holds {idx.dim}-d ones; use the model the index was built with ({source['model']['spec']})")
     if towers.fingerprint() != source["model"]["fingerprint"]:
@@ -152,7 +153,7 @@ def cmd_search(args) -> int:
         fs, p = storage.url_to_fs(args.image)
         with fs.open(p, "rb") as fh:
             image = decode_image(fh.read())
-    query = embed_query(towers, fusion_from_params(source["fusion"]), args.text, image)
+    query = embed_query(towers, fusion_from_params(source["fusion"], towers.learned_fusion), args.text, image)
     hits = idx.search(query, k=args.k, nprobe=args.nprobe)[0]
     for h in hits:
         if args.json:

@@ -40,7 +40,8 @@ from apache_beam.utils import multi_process_shared, shared
 
 from encoders.fusion import WeightedFusion
 from encoders.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from encoders.loading import describe_clip_checkpoint, fingerprint, resolve_model_dir
+from encoders.loading import fingerprint, resolve_model_dir
+from encoders.models import describe_checkpoint
 from index_builder import storage
 from index_builder.embeddings import (
     EMBEDDINGS,
@@ -69,7 +70,7 @@ class EmbedConfig:
     output: str
     model: str
     batch_size: int = 64
-    fusion: WeightedFusion = field(default_factory=WeightedFusion)
+    fusion: WeightedFusion | None = field(default_factory=WeightedFusion)  # None: the model's learned attention fusion
     device: str | None = None
     columns: Columns = field(default_factory=Columns)
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -281,7 +282,7 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     return options
 
 
-def run_key(cfg: EmbedConfig, plan: InputPlan, model_fingerprint: str) -> dict:
+def run_key(cfg: EmbedConfig, plan: InputPlan, model_fingerprint: str, fusion_params: dict) -> dict:
     """Everything that decides the output's bytes: equal keys mean committed shards can be reused."""
     key = {
         "format_version": 1,
@@ -289,7 +290,7 @@ def run_key(cfg: EmbedConfig, plan: InputPlan, model_fingerprint: str) -> dict:
         "units": [(u.path, u.row_group, u.num_rows) for u in plan.units],
         "columns": [asdict(u.columns) for u in plan.units[:1]],
         "model_fingerprint": model_fingerprint,
-        "fusion": cfg.fusion.params(),
+        "fusion": fusion_params,
         "batch_size": cfg.batch_size,
         "device": cfg.device,
         "max_pixels": cfg.max_pixels,
@@ -350,12 +351,15 @@ def run_embed(cfg: EmbedConfig, beam_args: list[str] | None = None) -> dict:
     if cfg.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
     model_dir = resolve_model_dir(cfg.model, allow_pickle=cfg.allow_pickle)
-    info = describe_clip_checkpoint(model_dir)
+    info = describe_checkpoint(model_dir)
+    if cfg.fusion is None and not info["fusion"]:
+        raise ValueError(f"--fusion attention: {cfg.model} has no learned attention fusion; fine-tune it with `fusionindex finetune --fusion attention`, or use --fusion weighted")
+    fusion_params = cfg.fusion.params() if cfg.fusion is not None else info["fusion"]
     model_fp = fingerprint(model_dir)
     plan = plan_inputs(cfg.inputs, cfg.columns, skip_bad_files=cfg.skip_bad_files)
     if not plan.units:
         raise InputError(f"the input files hold no rows: {', '.join(plan.files) or '(all unreadable)'}")
-    key = run_key(cfg, plan, model_fp)
+    key = run_key(cfg, plan, model_fp, fusion_params)
     resume = prepare_output(cfg.output, key, cfg.restart)
     committed = len(list_shards(cfg.output, require_complete=False)) if resume else 0
     if committed:
@@ -379,8 +383,8 @@ def run_embed(cfg: EmbedConfig, beam_args: list[str] | None = None) -> dict:
         "shards": len(plan.units),
         "reused_shards": committed,
         "dim": info["dim"],
-        "model": {"spec": cfg.model, "model_type": info["model_type"], "fingerprint": model_fp},
-        "fusion": cfg.fusion.params(),
+        "model": {"spec": cfg.model, "family": info["family"], "model_type": info["model_type"], "fingerprint": model_fp},
+        "fusion": fusion_params,
         "duplicate_ids": cfg.duplicate_ids,
         "batch_size": cfg.batch_size,
         "device": cfg.device or "auto",

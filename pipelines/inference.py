@@ -16,9 +16,10 @@ import numpy as np
 from PIL import Image
 from apache_beam.ml.inference.base import ModelHandler
 
-from encoders.fusion import WeightedFusion
 from encoders.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected, decode_image
-from encoders.towers import ClipTowers, embed_pairs
+from encoders.fusion import Fusion
+from encoders.models import load_towers
+from encoders.towers import Towers, embed_pairs
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,17 @@ class Rejected:
     message: str
 
 
-class EmbeddingModelHandler(ModelHandler[ItemInput, "Embedded | Rejected", ClipTowers]):
-    """Loads `ClipTowers` once per worker process (RunInference shares it across threads)."""
+class EmbeddingModelHandler(ModelHandler[ItemInput, "Embedded | Rejected", Towers]):
+    """Loads the towers once per worker process (RunInference shares them across threads).
+
+    `fusion=None` means the model's own learned attention fusion.
+    """
 
     def __init__(
         self,
         model: str,
         *,
-        fusion: WeightedFusion,
+        fusion: Fusion | None,
         batch_size: int = 64,
         device: str | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -71,17 +75,20 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, "Embedded | Rejected", ClipT
         self._max_bytes = max_bytes
         self._allow_pickle = allow_pickle
 
-    def load_model(self) -> ClipTowers:
+    def load_model(self) -> Towers:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         # PIL refuses images above 2 x MAX_IMAGE_PIXELS inside Image.open; never let that be
         # stricter than --max-image-pixels (raised only, so other caps in the process hold).
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self._max_pixels)
-        return ClipTowers.load(self._model, device=self._device, allow_pickle=self._allow_pickle)
+        towers = load_towers(self._model, device=self._device, allow_pickle=self._allow_pickle)
+        if self._fusion is None and towers.learned_fusion is None:
+            raise ValueError(f"{self._model} has no learned attention fusion; use --fusion weighted or fine-tune with --fusion attention")
+        return towers
 
     def run_inference(
-        self, batch: Sequence[ItemInput], model: ClipTowers, inference_args: Optional[dict[str, Any]] = None
+        self, batch: Sequence[ItemInput], model: Towers, inference_args: Optional[dict[str, Any]] = None
     ) -> Iterable["Embedded | Rejected"]:
         results: list[Embedded | Rejected | None] = [None] * len(batch)
         ok: list[int] = []
@@ -96,9 +103,9 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, "Embedded | Rejected", ClipT
             results[i] = res
         return results
 
-    def _embed(self, model: ClipTowers, images, captions, ids) -> list["Embedded | Rejected"]:
+    def _embed(self, model: Towers, images, captions, ids) -> list["Embedded | Rejected"]:
         try:
-            out = embed_pairs(model, self._fusion, images, captions)
+            out = embed_pairs(model, self._fusion or model.learned_fusion, images, captions)
         except Exception as exc:  # isolate the failing item(s): retry one by one
             if len(images) <= 1:
                 log.warning("item %s failed to embed: %s", ids[0] if ids else "?", exc)

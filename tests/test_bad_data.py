@@ -13,8 +13,9 @@ from PIL import Image
 from transformers import CLIPProcessor
 
 from encoders.images import decode_image
-from encoders.loading import ModelLoadError, describe_clip_checkpoint, resolve_model_dir
-from encoders.towers import ClipTowers
+from encoders.loading import ModelLoadError, resolve_model_dir
+from encoders.models import describe_checkpoint
+from encoders.models import load_towers
 from index_builder.embeddings import list_shards
 from pipelines.embed import EmbedConfig, run_embed
 from pipelines.inputs import InputError
@@ -102,7 +103,7 @@ def test_caption_kinds_and_other_rows(run, tiny_clip):
             assert abs(np.linalg.norm(row["text_embedding"]) - 1) < 1e-5
     long_row = table[expect["caption of 105,000 characters"]]
     processor = CLIPProcessor.from_pretrained(tiny_clip)
-    towers = ClipTowers.load(tiny_clip, device="cpu")
+    towers = load_towers(tiny_clip, device="cpu")
     with torch.no_grad():
         tokens = processor(text=[LONG], return_tensors="pt", truncation=True, max_length=77)
         direct = torch.nn.functional.normalize(towers.model.get_text_features(**tokens).pooler_output, dim=-1)[0].numpy()
@@ -145,7 +146,7 @@ def test_valid_odd_images_decode_correctly():
 
 
 def test_extreme_aspect_images_match_a_direct_processor_call(tiny_clip):
-    towers = ClipTowers.load(tiny_clip, device="cpu")
+    towers = load_towers(tiny_clip, device="cpu")
     processor = CLIPProcessor.from_pretrained(tiny_clip)
     for size in ((2001, 3), (3, 1500), (1, 1)):
         img = images.base((max(size), max(size))).resize(size)
@@ -200,9 +201,9 @@ def test_tokenizer_that_does_not_fit_the_model_is_refused(tmp_path, tiny_clip):
     processor.tokenizer.add_tokens([f"<extra{i}>" for i in range(10)])
     processor.save_pretrained(bad)
     with pytest.raises(ModelLoadError, match="tokenizer has 524 tokens but the text tower embeds only 514"):
-        describe_clip_checkpoint(resolve_model_dir(str(bad)))
+        describe_checkpoint(resolve_model_dir(str(bad)))
     with pytest.raises(ModelLoadError, match="does not belong to this model"):
-        ClipTowers.load(str(bad), device="cpu")
+        load_towers(str(bad), device="cpu")
 
 
 def test_pixel_cap_is_configurable(tiny_clip):

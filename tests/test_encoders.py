@@ -14,8 +14,9 @@ from transformers import BertConfig, BertModel, CLIPModel, CLIPProcessor
 
 from encoders.fusion import WeightedFusion, fusion_from_params
 from encoders.images import ImageRejected, decode_image
-from encoders.loading import ModelLoadError, describe_clip_checkpoint, fingerprint, resolve_model_dir
-from encoders.towers import ClipTowers, embed_pairs, embed_query
+from encoders.loading import ModelLoadError, fingerprint, resolve_model_dir
+from encoders.models import describe_checkpoint, load_towers
+from encoders.towers import embed_pairs, embed_query
 from pipelines.sample import draw, encode
 
 
@@ -36,7 +37,7 @@ def cosines(a, b):
 
 
 def test_image_tower_matches_direct_clip_call_for_many_modes(tiny_clip):
-    towers = ClipTowers.load(tiny_clip, device="cpu")
+    towers = load_towers(tiny_clip, device="cpu")
     base = draw("circle", (200, 30, 30), (255, 255, 255), 90)
     rgba = base.convert("RGBA")
     rgba.putalpha(128)
@@ -49,7 +50,7 @@ def test_image_tower_matches_direct_clip_call_for_many_modes(tiny_clip):
 
 
 def test_text_tower_matches_direct_clip_call(tiny_clip):
-    towers = ClipTowers.load(tiny_clip, device="cpu")
+    towers = load_towers(tiny_clip, device="cpu")
     texts = ["a red circle", "A BLUE square on grey", "emoji 😀 and 日本語", "x " * 500]
     ours = towers.encode_texts(texts).numpy()
     model = CLIPModel.from_pretrained(tiny_clip).eval()
@@ -84,7 +85,7 @@ def test_fusion_rejects_bad_weights(alpha, beta):
 
 
 def test_embed_pairs_blank_captions_use_image_vector(tiny_clip):
-    towers = ClipTowers.load(tiny_clip, device="cpu")
+    towers = load_towers(tiny_clip, device="cpu")
     images = [draw(s, (0, 0, 200), (255, 255, 255), 64) for s in ("circle", "square", "ring")]
     out = embed_pairs(towers, WeightedFusion(), images, ["a blue circle", None, "   "])
     assert out.has_text.tolist() == [True, False, False]
@@ -123,7 +124,7 @@ def test_model_loading_errors(tmp_path, tiny_clip):
     bert = tmp_path / "bert"
     BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(bert)
     with pytest.raises(ModelLoadError, match="not a CLIP-like"):
-        describe_clip_checkpoint(resolve_model_dir(str(bert)))
+        describe_checkpoint(resolve_model_dir(str(bert)))
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "config.json").write_text((open(os.path.join(tiny_clip, "config.json"))).read())
@@ -140,8 +141,8 @@ def test_model_from_fsspec_url_matches_local(tiny_clip):
     for name in os.listdir(tiny_clip):
         with open(os.path.join(tiny_clip, name), "rb") as src, fs.open(f"/models/tiny/{name}", "wb") as dst:
             dst.write(src.read())
-    remote = ClipTowers.load("memory://models/tiny", device="cpu")
-    local = ClipTowers.load(tiny_clip, device="cpu")
+    remote = load_towers("memory://models/tiny", device="cpu")
+    local = load_towers(tiny_clip, device="cpu")
     assert remote.fingerprint() == local.fingerprint() == fingerprint(resolve_model_dir(tiny_clip))
     img = [Image.open(io.BytesIO(encode(draw("ring", (9, 9, 9), (200, 200, 200), 50), "jpg")))]
     assert np.allclose(remote.encode_images(img), local.encode_images(img))

@@ -163,11 +163,11 @@ def test_multi_process_workers(tmp_path, tiny_clip, sample_dir, embedded):
 
 def test_a_failing_item_is_isolated_from_its_batch(tiny_clip):
     from encoders.fusion import WeightedFusion
-    from encoders.towers import ClipTowers
+    from encoders.models import load_towers
     from pipelines.inference import Embedded, EmbeddingModelHandler, Rejected
 
     handler = EmbeddingModelHandler(tiny_clip, fusion=WeightedFusion())
-    towers = ClipTowers.load(tiny_clip, device="cpu")
+    towers = load_towers(tiny_clip, device="cpu")
     good = [draw(s, (200, 0, 0), (255, 255, 255), 50) for s in ("circle", "ring", "cross")]
     unprocessable = Image.new("La", (20, 20))  # the CLIP processor raises on this mode
     out = handler._embed(towers, [good[0], unprocessable, good[1], good[2]], ["a", "b", "c", None], ["0", "1", "2", "3"])

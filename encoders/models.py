@@ -1,0 +1,110 @@
+"""Pick and load a model family from a `--model` spec; save and load learned fusion.
+
+    load_towers(spec)        -> ClipTowers | DualTowers, with .learned_fusion attached
+    describe_checkpoint(dir) -> family, model_type, dim, learned fusion params (no weights loaded)
+
+A fine-tuned model is one directory: the family's own files plus, when attention fusion was
+trained, `fusion.safetensors` and `fusionindex.json` ({"fusion": params, "training": ...}).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from encoders.dual import MODEL_TYPE as DUAL_TYPE
+from encoders.dual import DualTowers
+from encoders.fusion import AttentionFusion
+from encoders.loading import ModelLoadError, check_tokenizer_fits, resolve_model_dir
+from encoders.towers import ClipTowers, Towers
+
+log = logging.getLogger(__name__)
+
+FUSION_FILE = "fusion.safetensors"
+META_FILE = "fusionindex.json"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: unreadable ({exc})") from exc
+
+
+def describe_checkpoint(local: Path) -> dict:
+    """Family, model_type, embedding dim and learned fusion params, read from config files.
+
+    Raises ModelLoadError when the checkpoint is neither family, or its tokenizer does not
+    fit its text tower, so a wrong --model fails before any pipeline starts.
+    """
+    raw = _read_json(local / "config.json")
+    meta = _read_json(local / META_FILE) if (local / META_FILE).exists() else {}
+    fusion = meta.get("fusion")
+    if raw.get("model_type") == DUAL_TYPE:
+        if not (local / "text" / "config.json").exists():
+            raise ModelLoadError(f"{local}: a {DUAL_TYPE} model needs its text encoder in text/")
+        return {"family": "dual", "model_type": DUAL_TYPE, "dim": int(raw["projection_dim"]), "fusion": fusion}
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(local, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{local}: cannot read config.json ({exc})") from exc
+    dim = getattr(config, "projection_dim", None)
+    if not (hasattr(config, "vision_config") and hasattr(config, "text_config") and dim):
+        raise ModelLoadError(
+            f"{local} is a {getattr(config, 'model_type', '?')!r} checkpoint, not a CLIP-like model with "
+            f"vision and text towers projected to a shared space, nor a {DUAL_TYPE} model; pass a CLIP checkpoint "
+            "or a directory written by `fusionindex finetune`"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{local}: no usable tokenizer ({exc}); save the processor with processor.save_pretrained(dir)") from exc
+    check_tokenizer_fits(tokenizer, config, str(local))
+    return {"family": "clip", "model_type": config.model_type, "dim": int(dim), "fusion": fusion}
+
+
+def load_learned_fusion(local: Path, dim: int) -> AttentionFusion | None:
+    if not (local / META_FILE).exists():
+        return None
+    params = _read_json(local / META_FILE).get("fusion")
+    if not params or params.get("kind") != "attention":
+        return None
+    if int(params["dim"]) != dim:
+        raise ModelLoadError(f"{local}/{META_FILE}: fusion dim {params['dim']} != model dim {dim}")
+    fusion = AttentionFusion(dim, int(params["hidden"]))
+    fusion.load_state_dict(load_file(local / FUSION_FILE))
+    return fusion.eval()
+
+
+def load_towers(spec: str, *, device: str | None = None, allow_pickle: bool = False) -> Towers:
+    """Load either family from a directory, fsspec URL or hub id."""
+    local = resolve_model_dir(spec, allow_pickle=allow_pickle)
+    info = describe_checkpoint(local)
+    if info["family"] == "dual":
+        towers: Towers = DualTowers.load(local, device=device)
+    else:
+        towers = ClipTowers.load(local, device=device, allow_pickle=allow_pickle)
+    towers.learned_fusion = load_learned_fusion(local, towers.dim)
+    log.info("loaded %s (%s, %d-d%s) on %s", spec, info["model_type"], towers.dim,
+             ", attention fusion" if towers.learned_fusion is not None else "", towers.device)
+    return towers
+
+
+def save_model(towers: Towers, out: Path, *, fusion: AttentionFusion | None = None, meta: dict | None = None) -> Path:
+    """Write towers (+ learned fusion) as one directory that `--model` accepts."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    towers.save(out)
+    doc = dict(meta or {})
+    if fusion is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in fusion.state_dict().items()}, out / FUSION_FILE)
+        doc["fusion"] = fusion.params()
+    (out / META_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+    return out
+
+
+__all__ = ["describe_checkpoint", "load_towers", "load_learned_fusion", "save_model", "check_tokenizer_fits"]
