@@ -42,8 +42,8 @@ def _copy_remote_dir(url: str) -> Path:
     local.mkdir(parents=True, exist_ok=True)
     for remote in fs.find(root):
         name = remote[len(root.rstrip("/")) + 1 :]
-        if name.endswith(_PICKLE_SUFFIXES):
-            continue  # never needed: safetensors are required below
+        if name.endswith(_PICKLE_SUFFIXES) or name.split("/")[0] in SKIP_DIRS:
+            continue  # pickles are never loaded by default; checkpoints are not the model
         target = local / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists() or target.stat().st_size != fs.size(remote):
@@ -103,9 +103,12 @@ def check_model_dir(local: Path, *, allow_pickle: bool = False) -> None:
         raise ModelLoadError(f"{local} holds no weights (*.safetensors)")
 
 
+SKIP_DIRS = ("checkpoints",)  # `finetune` keeps per-epoch copies there: not part of the model
+
+
 def weight_files(local: Path) -> list[Path]:
-    """The checkpoint's safetensors files (subfolders too), sorted by relative path."""
-    return sorted(local.rglob("*.safetensors"))
+    """The checkpoint's safetensors files (subfolders too, not checkpoints/), by relative path."""
+    return sorted(p for p in local.rglob("*.safetensors") if p.relative_to(local).parts[0] not in SKIP_DIRS)
 
 
 def fingerprint(local: Path) -> str:

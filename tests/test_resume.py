@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from encoders.random_clip import make_random_clip
+from encoders.random_models import make_random_clip
 from index_builder.build import BuildConfig, build_index
 from index_builder.search import LoadedIndex
 from pipelines.embed import EmbedConfig, run_embed

@@ -1,4 +1,4 @@
-"""Build a tiny, randomly initialised CLIP checkpoint on local disk.
+"""Build tiny, randomly initialised checkpoints (CLIP; BERT for the dual family) on local disk.
 
 Used by the demo and the tests: no hub access, real `CLIPModel` weights saved with
 `save_pretrained` (safetensors) next to a real `CLIPProcessor`, so loading goes through the
@@ -82,4 +82,22 @@ def make_random_clip(
     model = CLIPModel(config).eval()
     model.save_pretrained(out, safe_serialization=True)
     log.info("wrote a random CLIP checkpoint (%d-d embeddings) to %s", projection_dim, out)
+    return out
+
+
+def make_random_bert(output_dir: str | Path, *, hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> Path:
+    """Write a tiny random BERT text encoder + WordPiece tokenizer (for tests of the dual family)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + letters + ["##" + c for c in letters]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(out / "vocab.txt"), model_max_length=64).save_pretrained(out)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=num_layers,
+                        num_attention_heads=max(1, hidden_size // 16), intermediate_size=hidden_size * 4,
+                        max_position_embeddings=64)
+    BertModel(config).eval().save_pretrained(out, safe_serialization=True)
     return out

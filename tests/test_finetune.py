@@ -1,0 +1,122 @@
+"""Fine-tuning, attention fusion, the dual (ResNet + text encoder) family, and evaluation."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.dual import DualTowers
+from encoders.fusion import AttentionFusion, WeightedFusion
+from encoders.models import load_towers, save_model
+from encoders.random_models import make_random_bert
+from encoders.train import Example, TrainConfig, Trainer, info_nce
+from index_builder.evaluate import recall_at_k
+from pipelines.cli import main
+from pipelines.embed import EmbedConfig, run_embed
+from pipelines.finetune import FinetuneConfig, load_items, run_evaluate, run_finetune
+from pipelines.sample import draw
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    return str(make_random_bert(tmp_path_factory.mktemp("bert")))
+
+
+def test_attention_fusion_starts_as_even_weights_and_learns():
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(8, 6), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(8, 6), dim=-1)
+    has_text = torch.tensor([True] * 7 + [False])
+    att = AttentionFusion(6, hidden=4)
+    assert torch.allclose(att(img, txt, has_text), WeightedFusion()(img, txt, has_text), atol=1e-6)
+    c = att.weights(img, txt)
+    assert c.shape == (8, 2) and torch.allclose(c.sum(-1), torch.ones(8))
+    target = img  # learn to trust the image: c_image -> 1
+    opt = torch.optim.Adam(att.parameters(), lr=0.1)
+    for _ in range(100):
+        loss = -(att(img, txt, has_text) * target).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert att.weights(img, txt)[:, 0].min() > 0.9
+    assert torch.allclose(att(img, txt, has_text)[7], img[7], atol=1e-6)  # no text: image vector
+
+
+def test_info_nce_prefers_aligned_pairs_and_recall_counts_ranks():
+    x = torch.nn.functional.normalize(torch.randn(16, 8), dim=-1)
+    scale = torch.tensor(np.log(10.0))
+    assert info_nce(x, x, scale) < info_nce(x, x.roll(1, 0), scale)
+    items = np.eye(4, dtype=np.float32)
+    queries = np.array([[1, 0, 0, 0], [0, 0.9, 0.5, 0], [0, 0, 0, 1]], dtype=np.float32)
+    r = recall_at_k(queries, items, np.array([0, 2, 3]), ks=(1, 2))
+    assert r == {"R@1": 2 / 3, "R@2": 1.0}
+
+
+def test_dual_model_roundtrip_through_save_and_load(tmp_path, tiny_bert):
+    towers = DualTowers.create(tiny_bert, projection_dim=16, image_size=32, device="cpu")
+    images = [draw(s, (200, 20, 20), (255, 255, 255), 48) for s in ("circle", "square")]
+    before_i, before_t = towers.encode_images(images), towers.encode_texts(["red circle", "x"])
+    out = save_model(towers, tmp_path / "m", fusion=AttentionFusion(16, 8), meta={"note": "t"})
+    loaded = load_towers(str(out), device="cpu")
+    assert loaded.family == "dual" and loaded.dim == 16 and isinstance(loaded.learned_fusion, AttentionFusion)
+    assert torch.allclose(before_i, loaded.encode_images(images), atol=1e-5)
+    assert torch.allclose(before_t, loaded.encode_texts(["red circle", "x"]), atol=1e-5)
+    assert json.loads((out / "fusionindex.json").read_text())["fusion"]["kind"] == "attention"
+
+
+def test_training_steps_lower_the_loss_on_a_fixed_batch(tiny_clip):
+    towers = load_towers(tiny_clip, device="cpu")
+    colours = [(200, 0, 0), (0, 160, 0), (0, 0, 200), (230, 200, 0)]
+    shapes = ["circle", "square", "triangle", "cross"]
+    batch = [Example(lambda c=c, s=s: draw(s, c, (255, 255, 255), 48), f"{s} {i}", f"q {s} {i}")
+             for i, (c, s) in enumerate((c, s) for c in colours for s in shapes)]
+    trainer = Trainer(towers, AttentionFusion(towers.dim), TrainConfig(lr=1e-3, head_lr=1e-2))
+    towers.train(True)
+    losses = [trainer.step(batch) for _ in range(25)]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_finetune_cli_resume_evaluate_and_embed_with_attention(tmp_path, tiny_bert, sample_dir):
+    out = tmp_path / "model"
+    args = ["finetune", "--train", sample_dir, "--val", sample_dir, "--output", str(out), "--text-model", tiny_bert,
+            "--image-size", "32", "--projection-dim", "16", "--batch-size", "16", "--seed", "3", "-q"]
+    assert main(["-q", *args[:-1], "--epochs", "1"]) == 0
+    first = json.loads((out / "training.json").read_text())
+    assert first["epochs_done"] == 1 and (out / "checkpoints" / "epoch-001" / "trainer.pt").exists()
+    assert first["history"][0]["val_metric"] == "query_to_fused_model R@10"
+    assert main(["-q", *args[:-1], "--epochs", "2", "--resume"]) == 0
+    second = json.loads((out / "training.json").read_text())
+    assert [h["epoch"] for h in second["history"]] == [1, 2] and second["history"][0] == first["history"][0]
+    assert set(os.listdir(out)) >= {"config.json", "model.safetensors", "text", "fusion.safetensors", "fusionindex.json"}
+    meta = json.loads((out / "fusionindex.json").read_text())
+    assert meta["training"]["freeze"] == ["text"]  # the pretrained text tower is locked by default
+
+    report = run_evaluate(str(out), [sample_dir], split=None)
+    for task in ("text_to_image", "image_to_text", "query_to_image", "query_to_fused_weighted", "query_to_fused_attention"):
+        assert set(report[task]) == {"R@1", "R@5", "R@10"} and all(0 <= v <= 1 for v in report[task].values())
+    assert report["items"] == 56 and report["queries"] == 56
+
+    emb = tmp_path / "emb"
+    m = run_embed(EmbedConfig(inputs=[sample_dir], output=str(emb), model=str(out), fusion=None))
+    assert m["fusion"]["kind"] == "attention" and m["model"]["family"] == "dual" and m["counts"]["embedded"] == 56
+    idx = tmp_path / "idx"
+    assert main(["-q", "build-index", "--embeddings", str(emb), "--output", str(idx)]) == 0
+    assert main(["-q", "search", "--index", str(idx), "--text", "red circle", "--k", "3"]) == 0
+
+
+def test_time_budget_stops_after_checkpointing(tmp_path, tiny_clip, sample_dir):
+    cfg = FinetuneConfig(train=[sample_dir], val=[sample_dir], output=str(tmp_path / "m"), model=tiny_clip, fusion="weighted",
+                         train_cfg=TrainConfig(epochs=3, batch_size=8, max_minutes=0))
+    s = run_finetune(cfg)
+    assert s["epochs_done"] == 1 and s["history"][0]["batches"] == 1 and "time budget" in s["stopped"]
+    assert load_towers(str(tmp_path / "m"), device="cpu").family == "clip"
+    assert not (tmp_path / "m" / "fusion.safetensors").exists()
+
+
+def test_weighted_fusion_embed_refuses_attention_without_learned_weights(tmp_path, tiny_clip, sample_dir):
+    with pytest.raises(ValueError, match="no learned attention fusion"):
+        run_embed(EmbedConfig(inputs=[sample_dir], output=str(tmp_path / "o"), model=tiny_clip, fusion=None))
+    assert len(load_items([sample_dir], "train")) == 56  # no split column: every success row
