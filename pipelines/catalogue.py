@@ -7,7 +7,8 @@ Two sources, both read from files Debian installs (nothing is ever downloaded):
   rendered glyph on white (PNG); ``query`` is the CLDR name ("grinning face"), ``caption``
   the CLDR keywords other than the name.
 * ``openclipart``: the clip-art PNGs of openclipart-png, captioned from the keywords in the
-  matching SVG of openclipart-svg plus the words of the file's path; ``query`` is the SVG title.
+  matching SVG of openclipart-svg plus the words of the file's path; ``query`` is the SVG title
+  (terms equal to it are left out of the caption, as for emoji).
   Images are flattened on white, shrunk to ``image_size`` and stored as JPEG.
 
 ``query`` is meant as a shopper's query for evaluation, so it is kept apart from ``caption``.
@@ -25,8 +26,8 @@ import os
 import re
 import warnings
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -326,15 +327,19 @@ def metadata_from_tree(meta: ET.Element) -> tuple[str, list[str]]:
 
 def metadata_from_text(text: str) -> tuple[str, list[str]]:
     """Regex fallback of metadata_from_tree for SVGs that do not parse as XML."""
-    m = re.search(r"<(\w+:)?Work\b[^>]*>(.*?)</(\w+:)?Work>", text, re.S)
+    m = re.search(r"<(\w+:)?Work\b[^>]*>(.*?)</(\w+:)?Work>", text, re.DOTALL)
     if not m:
         return "", []
-    work = re.sub(r"<(\w+:)?Agent\b.*?</(\w+:)?Agent>", "", m.group(2), flags=re.S)
-    t = re.search(r"<(?:\w+:)?title\b[^>]*>(.*?)</(?:\w+:)?title>", work, re.S)
-    s = re.search(r"<(?:\w+:)?subject\b[^>]*>(.*?)</(?:\w+:)?subject>", work, re.S)
-    lis = re.findall(r"<(?:\w+:)?li\b[^>]*>(.*?)</(?:\w+:)?li>", s.group(1), re.S) if s else []
-    clean = lambda v: html.unescape(re.sub(r"<[^>]*>", "", v)).strip()  # noqa: E731
-    return (clean(t.group(1)) if t else ""), [clean(v) for v in lis]
+    work = re.sub(r"<(\w+:)?Agent\b.*?</(\w+:)?Agent>", "", m.group(2), flags=re.DOTALL)
+    t = re.search(r"<(?:\w+:)?title\b[^>]*>(.*?)</(?:\w+:)?title>", work, re.DOTALL)
+    s = re.search(r"<(?:\w+:)?subject\b[^>]*>(.*?)</(?:\w+:)?subject>", work, re.DOTALL)
+    lis = re.findall(r"<(?:\w+:)?li\b[^>]*>(.*?)</(?:\w+:)?li>", s.group(1), re.DOTALL) if s else []
+    return (_clean(t.group(1)) if t else ""), [_clean(v) for v in lis]
+
+
+def _clean(markup: str) -> str:
+    """Text of an XML fragment: tags removed, entities decoded, stripped."""
+    return html.unescape(re.sub(r"<[^>]*>", "", markup)).strip()
 
 
 def svg_metadata(path: str) -> tuple[str, list[str]]:
@@ -360,13 +365,29 @@ def path_words(rel_png: str) -> list[str]:
     return cats + words(os.path.splitext(name)[0])
 
 
-def clipart_caption(keywords: list[str], rel_png: str) -> str:
-    """Keywords (minus empty / DROPPED_KEYWORDS) then path words, de-duplicated case-insensitively, order kept."""
+def clipart_terms(keywords: list[str], rel_png: str) -> list[str]:
+    """Keywords (underscores as spaces; empty and DROPPED_KEYWORDS left out) then path words,
+    de-duplicated case-insensitively, first spelling and order kept."""
     seen: dict[str, str] = {}
     for term in [k.replace("_", " ").strip() for k in keywords] + path_words(rel_png):
         if term and term.casefold() not in DROPPED_KEYWORDS and term.casefold() not in seen:
             seen[term.casefold()] = term
-    return ", ".join(seen.values())
+    return list(seen.values())
+
+
+def clipart_texts(title: str, keywords: list[str], rel_png: str) -> tuple[str, str | None]:
+    """(caption, query): the query is the title; as for emoji, the caption leaves out terms equal to it.
+
+    When the title is the only term, the caption keeps it and the query is None, so that query and
+    caption never coincide. SkipItem when there are no caption words at all.
+    """
+    terms = clipart_terms(keywords, rel_png)
+    kept = [t for t in terms if t.casefold() != title.casefold()]
+    if not kept:
+        kept, title = terms, ""
+    if not kept:
+        raise SkipItem(f"{rel_png}: no keywords and no usable path words")
+    return ", ".join(kept), title or None
 
 
 def clipart_key(rel_png: str) -> str:
@@ -403,8 +424,9 @@ def clipart_entry(root: str, rel_png: str, image_size: int) -> Entry:
         title, keywords = svg_metadata(svg)
     except (OSError, ET.ParseError, UnicodeError) as exc:
         raise SkipItem(f"{svg}: {exc}") from exc
+    caption, query = clipart_texts(title, keywords, rel_png)
     data, size, original = clipart_image(os.path.join(root, "png", rel_png), image_size)
-    return Entry(clipart_caption(keywords, rel_png), title or None, data, size, original)
+    return Entry(caption, query, data, size, original)
 
 
 def clipart_candidates(image_size: int) -> Iterator[Candidate]:

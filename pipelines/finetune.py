@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,9 +75,17 @@ class Vectors:
     query_rows: np.ndarray
 
 
+def unique_query_rows(items: list[Item]) -> list[int]:
+    """Rows whose query text no other item shares: a query with several right answers has no
+    single target to rank (openclipart titles are often collection names)."""
+    counts = Counter(it.query.strip().lower() for it in items if has_caption(it.query))
+    return [i for i, it in enumerate(items) if has_caption(it.query) and counts[it.query.strip().lower()] == 1]
+
+
 def embed_items(towers: Towers, items: list[Item], batch_size: int = 64) -> Vectors:
-    """Image, caption and query vectors of `items` (undecodable images get a zero vector)."""
+    """Image, caption and (unique) query vectors of `items`; undecodable images get a zero vector."""
     img, cap, qry = [], [], []
+    wanted = set(unique_query_rows(items))
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         pics = []
@@ -91,10 +100,10 @@ def embed_items(towers: Towers, items: list[Item], batch_size: int = 64) -> Vect
         img.extend(next(it_vecs) if p is not None else np.zeros(towers.dim, np.float32) for p in pics)
         caps = [it.caption if has_caption(it.caption) else "" for it in chunk]
         cap.append(towers.encode_texts(caps).numpy())
-        qs = [it.query for it in chunk if has_caption(it.query)]
+        qs = [it.query for i, it in enumerate(chunk, start) if i in wanted]
         if qs:
             qry.append(towers.encode_texts(qs).numpy())
-    query_rows = np.array([i for i, it in enumerate(items) if has_caption(it.query)], dtype=np.int64)
+    query_rows = np.array(unique_query_rows(items), dtype=np.int64)
     return Vectors(np.stack(img), np.concatenate(cap), np.array([has_caption(it.caption) for it in items]),
                    np.concatenate(qry) if qry else np.zeros((0, towers.dim), np.float32), query_rows)
 
@@ -112,7 +121,7 @@ def evaluate_vectors(v: Vectors, fusions: dict[str, object]) -> dict:
         "items": int(n),
         "text_to_image": recall_at_k(v.caption[cap_rows], v.image, cap_rows),
         "image_to_text": recall_at_k(v.image[cap_rows], v.caption[cap_rows], np.arange(len(cap_rows))),
-        "queries": int(len(v.query_rows)),
+        "queries": int(len(v.query_rows)),  # items whose query no other item shares
     }
     if len(v.query_rows):
         out["query_to_image"] = recall_at_k(v.query, v.image, v.query_rows)
@@ -235,6 +244,8 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
 
     t = time.monotonic()
     state = trainer.run(train, validate, checkpoint, state, progress)
+    if state.epoch == 0:  # --epochs 0: keep the untrained model (a baseline to evaluate)
+        save_model(towers, out, fusion=attention, meta={**meta, "untrained": True})
     summary = {"output": str(out), "family": towers.family, "fusion": cfg.fusion, "epochs_done": state.epoch,
                "best_epoch": state.best_epoch, "best_val_recall": state.best, "stopped": state.stopped or "all epochs done",
                "history": state.history, "seconds": round(time.monotonic() - t, 1),

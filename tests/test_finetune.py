@@ -16,7 +16,7 @@ from encoders.train import Example, TrainConfig, Trainer, info_nce
 from index_builder.evaluate import recall_at_k
 from pipelines.cli import main
 from pipelines.embed import EmbedConfig, run_embed
-from pipelines.finetune import FinetuneConfig, load_items, run_evaluate, run_finetune
+from pipelines.finetune import FinetuneConfig, load_items, run_evaluate, run_finetune, unique_query_rows
 from pipelines.sample import draw
 
 
@@ -97,7 +97,9 @@ def test_finetune_cli_resume_evaluate_and_embed_with_attention(tmp_path, tiny_be
     report = run_evaluate(str(out), [sample_dir], split=None)
     for task in ("text_to_image", "image_to_text", "query_to_image", "query_to_fused_weighted", "query_to_fused_attention"):
         assert set(report[task]) == {"R@1", "R@5", "R@10"} and all(0 <= v <= 1 for v in report[task].values())
-    assert report["items"] == 56 and report["queries"] == 56
+    items = load_items([sample_dir], None)
+    assert report["items"] == 56 and 0 < report["queries"] == len(unique_query_rows(items)) < 56
+    assert len({items[i].query for i in unique_query_rows(items)}) == report["queries"]
 
     emb = tmp_path / "emb"
     m = run_embed(EmbedConfig(inputs=[sample_dir], output=str(emb), model=str(out), fusion=None))
