@@ -130,9 +130,11 @@ class DualTowers(Towers):
     def image_features(self, pixels):
         return l2_normalise(self.net.image_head(self.net.image(pixels)))
 
-    def text_features(self, tokens):
-        hidden = self.net.text(**tokens).last_hidden_state
-        return l2_normalise(self.net.text_head(mean_pool(hidden, tokens["attention_mask"])))
+    def text_backbone(self, tokens):
+        return mean_pool(self.net.text(**tokens).last_hidden_state, tokens["attention_mask"])
+
+    def text_head(self, pooled):
+        return l2_normalise(self.net.text_head(pooled))
 
     def modules(self):
         return {"image": self.net.image, "text": self.net.text,

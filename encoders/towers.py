@@ -60,8 +60,16 @@ class Towers:
         """Normalised [n, dim] on self.device, differentiable."""
         raise NotImplementedError
 
-    def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+    def text_backbone(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled text encoder output before the projection head."""
         raise NotImplementedError
+
+    def text_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Projection of `text_backbone` output, normalised: text_features = text_head(text_backbone)."""
+        raise NotImplementedError
+
+    def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.text_head(self.text_backbone(tokens))
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """Trainable parts by name ('image', 'text', 'heads'); used to freeze towers."""
@@ -142,8 +150,11 @@ class ClipTowers(Towers):
     def image_features(self, pixels):
         return l2_normalise(_projected(self.model.get_image_features(pixel_values=pixels)))
 
-    def text_features(self, tokens):
-        return l2_normalise(_projected(self.model.get_text_features(**tokens)))
+    def text_backbone(self, tokens):
+        return self.model.text_model(**tokens).pooler_output
+
+    def text_head(self, pooled):
+        return l2_normalise(self.model.text_projection(pooled))
 
     def modules(self):
         m = self.model

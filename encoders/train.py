@@ -86,6 +86,7 @@ class Trainer:
         groups.append({"params": head, "lr": cfg.head_lr})
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
         self.amp = cfg.amp if cfg.amp is not None else self.device.startswith("cuda")
+        self._text_cache: dict[str, torch.Tensor] = {}
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "logit_scale": self.logit_scale.detach().cpu()}
@@ -95,20 +96,38 @@ class Trainer:
         with torch.no_grad():
             self.logit_scale.copy_(state["logit_scale"].to(self.device))
 
+    def set_train(self, mode: bool) -> None:
+        """Train mode for what is trained; frozen towers stay in eval mode (no dropout, fixed BN)."""
+        for name, module in self.towers.modules().items():
+            module.train(mode and name not in self.cfg.freeze)
+        if isinstance(self.fusion, AttentionFusion):
+            self.fusion.train(mode)
+
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        """Normalised text vectors; a frozen text encoder's pooled outputs are cached per string."""
+        t = self.towers
+        if "text" not in self.cfg.freeze:
+            return t.text_features({k: v.to(self.device) for k, v in t.tokenize(texts).items()}).float()
+        todo = sorted({x for x in texts if x not in self._text_cache})
+        if todo:
+            with torch.no_grad():
+                pooled = t.text_backbone({k: v.to(self.device) for k, v in t.tokenize(todo).items()}).float()
+            self._text_cache.update(zip(todo, pooled))
+        return t.text_head(torch.stack([self._text_cache[x] for x in texts])).float()
+
     def step(self, batch: Sequence[Example]) -> float:
         t = self.towers
         images = [e.image() for e in batch]
         captions = [e.caption if has_caption(e.caption) else "" for e in batch]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            img = t.image_features(t.preprocess_images(images).to(self.device))
-            txt = t.text_features({k: v.to(self.device) for k, v in t.tokenize(captions).items()})
-            img, txt = img.float(), txt.float()
+            img = t.image_features(t.preprocess_images(images).to(self.device)).float()
+            txt = self.texts(captions)
             loss = info_nce(img, txt, self.logit_scale)
             rows = [i for i, e in enumerate(batch) if has_caption(e.query)]
             if len(rows) > 1:
                 has_text = torch.tensor([has_caption(e.caption) for e in batch], device=self.device)
                 fused = self.fusion(img, txt, has_text)
-                q = t.text_features({k: v.to(self.device) for k, v in t.tokenize([batch[i].query for i in rows]).items()}).float()
+                q = self.texts([batch[i].query for i in rows])
                 loss = loss + info_nce(q, fused[rows], self.logit_scale)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -126,9 +145,7 @@ class Trainer:
             order = list(range(len(train)))
             rng.shuffle(order)
             torch.manual_seed(cfg.seed * 1000 + state.epoch)
-            self.towers.train(True)
-            if isinstance(self.fusion, AttentionFusion):
-                self.fusion.train(True)
+            self.set_train(True)
             batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
             batches = [b for b in batches if len(b) > 1]  # a batch of 1 has no negatives
             losses = []
@@ -142,9 +159,7 @@ class Trainer:
                 if cfg.max_minutes is not None and time.monotonic() - started > cfg.max_minutes * 60:
                     out_of_time = True
                     break
-            self.towers.train(False)
-            if isinstance(self.fusion, AttentionFusion):
-                self.fusion.train(False)
+            self.set_train(False)
             metrics = validate()
             record = {"epoch": state.epoch + 1, "loss": float(np.mean(losses)) if losses else None, "batches": len(losses),
                       "seconds": round(time.monotonic() - started, 1), "temperature": float(1 / self.logit_scale.detach().exp()), **metrics}

@@ -100,6 +100,20 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--device", default=None)
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="an HTML page of queries and their top results as images")
+    p.add_argument("--index", required=True, metavar="IDX")
+    p.add_argument("--output", required=True, metavar="FILE.html")
+    p.add_argument("--queries", nargs="+", action="extend", default=None, metavar="TEXT")
+    p.add_argument("--queries-from", nargs="+", action="extend", default=None, metavar="GLOB", help="sample unique `query` values of a catalogue split")
+    p.add_argument("--split", default="test")
+    p.add_argument("--n", type=int, default=12, help="queries to sample with --queries-from")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--model", default=None, metavar="SPEC")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+
+
 def _add_helpers(sub) -> None:
     p = sub.add_parser("make-catalogue", help="a real catalogue from Debian packages (emoji, openclipart), img2dataset schema")
     p.add_argument("--source", choices=["emoji", "openclipart", "both"], default="emoji")
@@ -126,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search(sub)
     _add_finetune(sub)
     _add_evaluate(sub)
+    _add_report(sub)
     _add_helpers(sub)
     return parser
 
@@ -244,6 +259,17 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from pipelines.report import run_report
+
+    results = run_report(args.index, args.output, queries=args.queries, queries_from=args.queries_from,
+                         split=None if args.split == "all" else args.split, n=args.n, k=args.k, model=args.model, seed=args.seed, device=args.device)
+    asked = [r for r in results if r.expected]
+    found = sum(any(h.id == r.expected for h in r.hits) for r in asked)
+    print(f"wrote {args.output}: {len(results)} queries" + (f", {found} of {len(asked)} find their own item in the top {args.k}" if asked else ""))
+    return 0
+
+
 def cmd_helpers(args) -> int:
     if args.command == "make-catalogue":
         from pipelines.catalogue import make_catalogue
@@ -284,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_finetune(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_helpers(args)
     except (InputError, ModelLoadError, ImageRejected, FileNotFoundError, ValueError) as exc:  # usage errors: one line, exit 2
         print(f"fusionindex: error: {exc}", file=sys.stderr)

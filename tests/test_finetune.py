@@ -74,9 +74,25 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(tiny_clip):
     batch = [Example(lambda c=c, s=s: draw(s, c, (255, 255, 255), 48), f"{s} {i}", f"q {s} {i}")
              for i, (c, s) in enumerate((c, s) for c in colours for s in shapes)]
     trainer = Trainer(towers, AttentionFusion(towers.dim), TrainConfig(lr=1e-3, head_lr=1e-2))
-    towers.train(True)
+    trainer.set_train(True)
     losses = [trainer.step(batch) for _ in range(25)]
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_frozen_text_tower_stays_in_eval_mode_and_its_outputs_are_cached(tiny_clip):
+    towers = load_towers(tiny_clip, device="cpu")
+    trainer = Trainer(towers, AttentionFusion(towers.dim), TrainConfig(freeze={"text"}))
+    trainer.set_train(True)
+    assert not towers.model.text_model.training and towers.model.vision_model.training
+    before = [p.clone() for p in towers.model.text_model.parameters()]
+    batch = [Example(lambda s=s: draw(s, (9, 9, 200), (255, 255, 255), 40), f"a {s}", f"{s}?") for s in ("circle", "ring", "cross")]
+    trainer.step(batch)
+    assert len(trainer._text_cache) == 6
+    cached = trainer.texts(["a ring"])
+    with torch.no_grad():
+        direct = towers.text_features(towers.tokenize(["a ring"]))
+    assert torch.allclose(cached.detach(), direct, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(before, towers.model.text_model.parameters()))
 
 
 def test_finetune_cli_resume_evaluate_and_embed_with_attention(tmp_path, tiny_bert, sample_dir):
@@ -107,6 +123,12 @@ def test_finetune_cli_resume_evaluate_and_embed_with_attention(tmp_path, tiny_be
     idx = tmp_path / "idx"
     assert main(["-q", "build-index", "--embeddings", str(emb), "--output", str(idx)]) == 0
     assert main(["-q", "search", "--index", str(idx), "--text", "red circle", "--k", "3"]) == 0
+    page = tmp_path / "report.html"
+    assert main(["-q", "report", "--index", str(idx), "--output", str(page), "--queries", "blue square",
+                 "--queries-from", sample_dir, "--split", "all", "--n", "3", "--k", "4"]) == 0
+    text = page.read_text()
+    assert text.count("<h3>") == 4 and "&ldquo;blue square&rdquo;" in text
+    assert text.count("data:image/jpeg;base64,") >= 16 and "find their own item" in text
 
 
 def test_time_budget_stops_after_checkpointing(tmp_path, tiny_clip, sample_dir):
