@@ -8,7 +8,7 @@ DEMO ?= demo
 DATA_PACKAGES := fonts-noto-color-emoji unicode-cldr-core openclipart-png openclipart-svg
 DATA_FILES := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf /usr/share/unicode/cldr/common/annotations/en.xml /usr/share/openclipart/png
 
-.PHONY: install data-packages test test-slow demo demo-sample clean
+.PHONY: install data-packages test test-slow demo demo-sample bench clean
 
 install: $(VENV)/.installed
 
@@ -63,6 +63,10 @@ demo-sample: install
 	$(FI) build-index --embeddings $(DEMO)/sample-embeddings --output $(DEMO)/sample-index
 	@$(FI) -q search --index $(DEMO)/sample-index --text "a red circle on a white background" --k 5
 	@echo "NOTE: a RANDOM, untrained CLIP: these rankings are meaningless. Pass a real CLIP checkpoint as --model."
+
+# Figures, not pass/fail: prints a table, writes benchmarks/results/latest.json (~5 min on 2 CPUs).
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -27,6 +27,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from encoders.fusion import l2_normalise
 from encoders.loading import ModelLoadError, check_tokenizer_fits
+from encoders.tensor_images import Recipe
 from encoders.towers import MAX_CAPTION_CHARS, Towers, default_device
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,10 @@ class DualTowers(Towers):
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([self.transform(_rgb(im)) for im in images])
+
+    def recipe(self) -> Recipe:
+        size = int(self.config.get("image_size", 224))
+        return Recipe(size, (size, size), IMAGENET_MEAN, IMAGENET_STD)
 
     def tokenize(self, texts):
         tokens = self.tokenizer([t[:MAX_CAPTION_CHARS] for t in texts], padding=True, truncation=True,

@@ -38,12 +38,15 @@ def make_random_clip(
     num_layers: int = 2,
     projection_dim: int = 16,
     max_position_embeddings: int = 77,
+    text_hidden_size: int | None = None,
+    text_layers: int | None = None,
     seed: int = 0,
 ) -> Path:
     """Write a random CLIP model + processor to `output_dir`; return the directory.
 
     The defaults make a model of about 0.1M parameters that runs in milliseconds on a CPU.
-    Pass ViT-B/32 sizes (224, 32, 768, 12, 512) for a benchmark-sized model.
+    ViT-B/32's shape: image_size=224, patch_size=32, hidden_size=768, num_layers=12,
+    text_hidden_size=512, text_layers=12, projection_dim=512 (heads: width / 64).
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,14 +58,18 @@ def make_random_clip(
     )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
 
-    heads = max(1, hidden_size // 16)
+    text_width = text_hidden_size or hidden_size
+
+    def heads(width: int) -> int:
+        return max(1, width // 64) if width >= 64 else max(1, width // 16)
+
     config = CLIPConfig(
         text_config={
             "vocab_size": len(vocab),
-            "hidden_size": hidden_size,
-            "intermediate_size": hidden_size * 4,
-            "num_hidden_layers": num_layers,
-            "num_attention_heads": heads,
+            "hidden_size": text_width,
+            "intermediate_size": text_width * 4,
+            "num_hidden_layers": text_layers or num_layers,
+            "num_attention_heads": heads(text_width),
             "max_position_embeddings": max_position_embeddings,
             "bos_token_id": vocab["<|startoftext|>"],
             "eos_token_id": vocab["<|endoftext|>"],
@@ -74,7 +81,7 @@ def make_random_clip(
             "hidden_size": hidden_size,
             "intermediate_size": hidden_size * 4,
             "num_hidden_layers": num_layers,
-            "num_attention_heads": heads,
+            "num_attention_heads": heads(hidden_size),
         },
         projection_dim=projection_dim,
     )

@@ -23,6 +23,7 @@ from transformers import AutoModel, AutoProcessor
 
 from encoders.fusion import AttentionFusion, Fusion, l2_normalise
 from encoders.loading import ModelLoadError, check_tokenizer_fits, fingerprint
+from encoders.tensor_images import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,35 @@ class Towers:
         for module in self.modules().values():
             module.train(mode)
 
+    def recipe(self) -> Recipe | None:
+        """The preprocessing as a tensor recipe (resize short side, crop, normalise), if it is one."""
+        return None
+
+    def describe(self) -> dict:
+        """Attributes as one method call: works through Beam's MultiProcessShared proxies too."""
+        return {"device": str(self.device), "dim": self.dim, "family": self.family, "learned_fusion": self.learned_fusion}
+
+    def autocast(self):
+        """bf16 autocast on CUDA (set `amp_dtype = None` for fp32), a no-op elsewhere."""
+        dtype = getattr(self, "amp_dtype", torch.bfloat16)
+        enabled = str(self.device).startswith("cuda") and dtype is not None
+        return torch.autocast("cuda", dtype=dtype or torch.bfloat16, enabled=enabled)
+
     @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[n, dim] normalised image vectors for an already preprocessed pixel batch."""
+        with self.autocast():
+            return self.image_features(pixels.to(self.device, non_blocking=True)).float().cpu()
+
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """[n, dim] normalised image vectors for PIL images (any mode; preprocessing converts)."""
-        if not images:
+        if not len(images):
             return torch.empty(0, self.dim)
         images = [bound_aspect(im, center_crop=self.center_crop) for im in images]
-        return self.image_features(self.preprocess_images(images).to(self.device)).float().cpu()
+        pixels = self.preprocess_images(images)
+        if str(self.device).startswith("cuda"):
+            pixels = pixels.pin_memory()
+        return self.encode_pixels(pixels)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -96,7 +119,8 @@ class Towers:
         if not texts:
             return torch.empty(0, self.dim)
         tokens = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
-        return self.text_features(tokens).float().cpu()
+        with self.autocast():
+            return self.text_features(tokens).float().cpu()
 
 
 class ClipTowers(Towers):
@@ -139,6 +163,15 @@ class ClipTowers(Towers):
 
     def preprocess_images(self, images):
         return self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    def recipe(self) -> Recipe | None:
+        ip = self.processor.image_processor
+        size, crop = getattr(ip, "size", None), getattr(ip, "crop_size", None)
+        edge = getattr(size, "shortest_edge", None) or (size.get("shortest_edge") if isinstance(size, dict) else None)
+        if not (edge and crop and getattr(ip, "do_center_crop", False)):
+            return None  # e.g. SigLIP's fixed-size squash: keep the processor's own PIL path
+        crop_hw = (crop["height"], crop["width"]) if isinstance(crop, dict) else (crop.height, crop.width)
+        return Recipe(int(edge), tuple(int(v) for v in crop_hw), tuple(ip.image_mean), tuple(ip.image_std))
 
     def tokenize(self, texts):
         tokens = self.processor.tokenizer(
@@ -210,10 +243,13 @@ def has_caption(caption: str | None) -> bool:
     return caption is not None and caption.strip() != ""
 
 
-def embed_pairs(towers: Towers, fusion: Fusion, images: Sequence[Image.Image], captions: Sequence[str | None]) -> EmbeddedBatch:
-    """Embed aligned images and captions; a null/blank caption gets the image vector as fused."""
+def embed_pairs(towers: Towers, fusion: Fusion, images: Sequence[Image.Image] | torch.Tensor, captions: Sequence[str | None]) -> EmbeddedBatch:
+    """Embed aligned images (PIL images, or a preprocessed pixel batch) and captions.
+
+    A null/blank caption gets the image vector as its fused vector.
+    """
     has_text = torch.tensor([has_caption(c) for c in captions], dtype=torch.bool)
-    img = towers.encode_images(images)
+    img = towers.encode_pixels(images) if isinstance(images, torch.Tensor) else towers.encode_images(images)
     txt = torch.zeros_like(img)
     idx = torch.nonzero(has_text).flatten()
     if len(idx):

@@ -34,6 +34,8 @@ def _add_embed(sub) -> None:
     p.add_argument("--duplicate-ids", choices=["reject", "allow"], default="reject", help="reject (default): keep the first row of an id by input order, reject later ones")
     p.add_argument("--skip-bad-files", action="store_true", help="record unreadable Parquet files/row groups in the manifest and go on (default: fail)")
     p.add_argument("--restart", action="store_true", help="recompute everything instead of reusing shards an interrupted identical run committed")
+    p.add_argument("--preprocess", choices=["auto", "pil", "tensor"], default="auto", help="auto: JPEG decode + resize on the GPU with CUDA, the checkpoint's own PIL processor otherwise")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="auto: bf16 autocast on CUDA, fp32 on CPU")
 
 
 def _add_build(sub) -> None:
@@ -177,6 +179,8 @@ def cmd_embed(args, beam_args: list[str]) -> int:
         duplicate_ids=args.duplicate_ids,
         skip_bad_files=args.skip_bad_files,
         restart=args.restart,
+        preprocess=args.preprocess,
+        precision=args.precision,
     )
     m = run_embed(cfg, beam_args)
     c = m["counts"]

@@ -22,9 +22,11 @@ The driver checks read = embedded + rejected + skipped over all shards and write
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -35,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.utils import multi_process_shared, shared
 
 from encoders.fusion import WeightedFusion
@@ -53,7 +55,7 @@ from index_builder.embeddings import (
     shard_name,
     vectors_to_arrow,
 )
-from pipelines.inference import Embedded, EmbeddingModelHandler, ItemInput, Rejected
+from pipelines.inference import THREADS_ENV, Embedded, EmbeddingModelHandler, ItemInput, Rejected
 from pipelines.inputs import SUCCESS, Columns, InputError, InputPlan, Row, WorkUnit, plan_inputs, read_ids, read_unit
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,8 @@ class EmbedConfig:
     duplicate_ids: str = "reject"  # reject: keep the first by input order, reject later ones
     skip_bad_files: bool = False
     restart: bool = False  # ignore committed shards of an interrupted identical run
+    preprocess: str = "auto"  # auto | pil | tensor (see pipelines.inference.PREPROCESS_MODES)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
 
 
 @dataclass
@@ -143,6 +147,8 @@ class EmbedUnit(beam.DoFn):
         self.rejected = Metrics.counter("fusionindex", "rows_rejected")
         self.reused = Metrics.counter("fusionindex", "shards_reused")
         self.batch_ms = Metrics.distribution("fusionindex", "inference_batch_latency_ms")
+        self.unit_ms = Metrics.distribution("fusionindex", "unit_ms")  # read + embed + commit, model load excluded
+        self.load_ms = Metrics.distribution("fusionindex", "load_model_ms")
 
     def process(self, unit: WorkUnit, duplicates: dict):
         name = shard_name(unit.index, self.total)
@@ -151,7 +157,10 @@ class EmbedUnit(beam.DoFn):
             self.reused.inc()
             log.info("reusing committed %s", name)
         else:
-            yield unit.index, self._embed_unit(unit, name, shard_path, duplicates)
+            t = time.perf_counter()
+            counts = self._embed_unit(unit, name, shard_path, duplicates)
+            self.unit_ms.update(int((time.perf_counter() - t) * 1000))
+            yield unit.index, counts
 
     def _embed_unit(self, unit: WorkUnit, name: str, shard_path: str, duplicates: dict) -> dict:
         try:
@@ -177,19 +186,35 @@ class EmbedUnit(beam.DoFn):
                 results.append(RowResult(row.row_index, row.id, row.caption, Rejected("duplicate_id", f"id {row.id!r} first seen in {where}")))
             else:
                 todo.append(row)
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start : start + self.batch_size]
-            t = time.perf_counter()
-            outcomes = self.handler.run_inference([ItemInput(r.id, r.caption, r.image) for r in batch], self._get_model())
-            self.batch_ms.update(int((time.perf_counter() - t) * 1000))
+        batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        for batch, outcomes in self._embed_batches(batches):
             results.extend(RowResult(r.row_index, r.id, r.caption, o) for r, o in zip(batch, outcomes))
         self.read.inc(len(rows))
         self.skipped.inc(skipped)
         return self._commit(unit, name, shard_path, results, read=len(rows), skipped=skipped)
 
+    def _embed_batches(self, batches: list[list[Row]]):
+        """Yield (batch, outcomes); batch k+1 is decoded in a thread while batch k runs forward."""
+        if not batches:
+            return
+        model = self._get_model()
+        items = [[ItemInput(r.id, r.caption, r.image) for r in b] for b in batches]
+        with cf.ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+            ahead = pool.submit(self.handler.prepare, items[0], model)
+            for k, batch in enumerate(batches):
+                prepared = ahead.result()
+                if k + 1 < len(items):
+                    ahead = pool.submit(self.handler.prepare, items[k + 1], model)
+                t = time.perf_counter()
+                outcomes = self.handler.complete(prepared, items[k], model)
+                self.batch_ms.update(int((time.perf_counter() - t) * 1000))
+                yield batch, outcomes
+
     def _get_model(self):
         if self._model is None:
+            t = time.perf_counter()
             self._model = acquire_model(self.handler, self._shared, self.model_tag)
+            self.load_ms.update(int((time.perf_counter() - t) * 1000))
         return self._model
 
     def _commit(self, unit: WorkUnit, name: str, shard_path: str, results: list[RowResult], *, read: int, skipped: int, bad_file: str | None = None) -> dict:
@@ -265,6 +290,8 @@ def build_pipeline(p: beam.Pipeline, plan: InputPlan, cfg: EmbedConfig, dim: int
         max_bytes=cfg.max_bytes,
         allow_pickle=cfg.allow_pickle,
         large_model=cfg.large_model,
+        preprocess=cfg.preprocess,
+        precision=cfg.precision,
     )
     embed = EmbedUnit(handler, cfg.output, [u.path for u in plan.units], dim, cfg.batch_size, model_tag, cfg.skip_bad_files, resume)
     return (
@@ -275,10 +302,19 @@ def build_pipeline(p: beam.Pipeline, plan: InputPlan, cfg: EmbedConfig, dim: int
 
 
 def pipeline_options(beam_args: list[str]) -> PipelineOptions:
-    """Beam options from the leftover CLI args; the default runner needs no download."""
+    """Beam options from the leftover CLI args; the default runner needs no download.
+
+    With several local worker processes, each gets an equal share of the CPUs for torch
+    (and OpenMP), instead of every process starting one thread per core.
+    """
     options = PipelineOptions(beam_args)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+    direct = options.view_as(DirectOptions)
+    if (direct.direct_num_workers or 1) > 1 and direct.direct_running_mode == "multi_processing":
+        share = str(max(1, (os.cpu_count() or 1) // direct.direct_num_workers))
+        os.environ.setdefault(THREADS_ENV, share)
+        os.environ.setdefault("OMP_NUM_THREADS", share)
     return options
 
 
@@ -297,6 +333,8 @@ def run_key(cfg: EmbedConfig, plan: InputPlan, model_fingerprint: str, fusion_pa
         "max_bytes": cfg.max_bytes,
         "duplicate_ids": cfg.duplicate_ids,
         "skip_bad_files": cfg.skip_bad_files,
+        "preprocess": cfg.preprocess,
+        "precision": cfg.precision,
     }
     return json.loads(json.dumps(key))  # the form it takes in .run.json (tuples become lists)
 
@@ -324,6 +362,21 @@ def prepare_output(output: str, key: dict, restart: bool) -> bool:
         storage.makedirs(storage.join(output, EMBEDDINGS))
         storage.write_json(run_path, key)
     return same
+
+
+def distribution_sums(result, names: tuple[str, ...]) -> dict[str, int]:
+    """Sum of each fusionindex distribution metric (committed where the runner has it); 0 if absent."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    sums = dict.fromkeys(names, 0)
+    try:
+        for d in result.metrics().query(MetricsFilter().with_namespace("fusionindex"))["distributions"]:
+            if d.key.metric.name in sums:
+                value = d.committed if d.committed is not None else d.attempted
+                sums[d.key.metric.name] += value.sum if value is not None else 0
+    except (NotImplementedError, KeyError, AttributeError) as exc:  # runners differ in metric support
+        log.debug("no metrics from the runner: %s", exc)
+    return sums
 
 
 def sum_counts(output: str) -> tuple[dict, list[dict]]:
@@ -367,9 +420,12 @@ def run_embed(cfg: EmbedConfig, beam_args: list[str] | None = None) -> dict:
     options = pipeline_options(beam_args or [])
     model_tag = hashlib.sha256(f"{cfg.model}|{cfg.device}|{model_fp}".encode()).hexdigest()[:16]
     t_pipeline = time.monotonic()
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, plan, cfg, info["dim"], model_tag, resume)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, plan, cfg, info["dim"], model_tag, resume)
+    result = p.run()
+    result.wait_until_finish()
     pipeline_s = time.monotonic() - t_pipeline
+    work = distribution_sums(result, ("unit_ms", "load_model_ms", "inference_batch_latency_ms"))
     counts, bad_row_groups = sum_counts(cfg.output)
     if counts["read"] != plan.total_rows or counts["read"] != counts["embedded"] + counts["rejected"] + counts["skipped"]:
         raise RuntimeError(f"row accounting failed: planned {plan.total_rows} rows, shards report {counts}; no manifest written")
@@ -388,10 +444,15 @@ def run_embed(cfg: EmbedConfig, beam_args: list[str] | None = None) -> dict:
         "duplicate_ids": cfg.duplicate_ids,
         "batch_size": cfg.batch_size,
         "device": cfg.device or "auto",
+        "preprocess": cfg.preprocess,
+        "precision": cfg.precision,
         "runner": str(options.view_as(StandardOptions).runner),
         "started_at": started.isoformat(),
         "finished_at": datetime.now(timezone.utc).isoformat(),
-        "timings": {"total_s": round(time.monotonic() - t0, 3), "pipeline_s": round(pipeline_s, 3)},
+        "timings": {"total_s": round(time.monotonic() - t0, 3), "pipeline_s": round(pipeline_s, 3),
+                    # summed over workers: time in row groups (model load excluded), model loads, forward passes
+                    "units_s": work["unit_ms"] / 1000, "model_load_s": work["load_model_ms"] / 1000,
+                    "inference_s": work["inference_batch_latency_ms"] / 1000},
     }
     storage.write_json(storage.join(cfg.output, MANIFEST), manifest)
     log.info("embedded %d of %d rows (%d rejected, %d skipped) into %s", counts["embedded"], counts["read"], counts["rejected"], counts["skipped"], cfg.output)

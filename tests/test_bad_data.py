@@ -213,3 +213,17 @@ def test_pixel_cap_is_configurable(tiny_clip):
         decode_image(big, max_pixels=5_000_000)
     assert getattr(err.value, "reason", None) == "too_many_pixels"
     assert decode_image(big, max_pixels=6_000_000).size == (3000, 2000)
+
+
+def test_tensor_preprocessing_path_agrees_with_the_pil_path(run, tiny_clip, tmp_path):
+    """The GPU path (batched decode_jpeg + tensor resize), exercised on the CPU."""
+    manifest, out, rejects, expect = run
+    src = os.path.dirname(manifest["inputs"][0])
+    m = run_embed(EmbedConfig(inputs=[os.path.join(src, "*.parquet")], output=str(tmp_path / "t"), model=tiny_clip, batch_size=4, preprocess="tensor"))
+    assert m["counts"] == manifest["counts"]  # the same rows embedded, rejected (same reasons), skipped
+    t_out = pa.concat_tables([pq.read_table(s.path) for s in list_shards(str(tmp_path / "t"))])
+    assert t_out.column("id").equals(out.column("id"))
+    a = np.array(t_out.column("image_embedding").to_pylist())
+    b = np.array(out.column("image_embedding").to_pylist())
+    cos = np.sum(a * b, axis=1)
+    assert np.median(cos) >= 0.995 and cos.min() >= 0.95, sorted(cos)[:5]

@@ -199,3 +199,11 @@ def test_handler_works_inside_beam_run_inference(tiny_clip):
 
     with beam.Pipeline("FnApiRunner") as p:
         assert_that(p | beam.Create(items) | RunInference(KeyedModelHandler(handler)), check)
+
+
+def test_large_model_mode_shares_one_model_and_gives_the_same_vectors(tmp_path, tiny_clip, sample_dir, embedded):
+    m = run_embed(EmbedConfig(inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path / "lm"), model=tiny_clip, large_model=True))
+    assert m["counts"]["embedded"] == 56
+    a, b = read_dir(str(tmp_path / "lm")), read_dir(embedded[0])
+    assert a.column("id").equals(b.column("id"))
+    assert np.allclose(arrow_to_vectors(a.column("fused_embedding"))[0], arrow_to_vectors(b.column("fused_embedding"))[0], atol=1e-5)
