@@ -102,7 +102,9 @@ def test_finetune_cli_resume_evaluate_and_embed_with_attention(tmp_path, tiny_be
     assert main(["-q", *args[:-1], "--epochs", "1"]) == 0
     first = json.loads((out / "training.json").read_text())
     assert first["epochs_done"] == 1 and (out / "checkpoints" / "epoch-001" / "trainer.pt").exists()
-    assert first["history"][0]["val_metric"] == "query_to_fused_model R@10"
+    h = first["history"][0]
+    assert h["val_metric"] == "mean of text_to_image and query_to_fused R@10"
+    assert h["val_recall"] == pytest.approx((h["val_text_to_image_R@10"] + h["val_query_to_fused_R@10"]) / 2)
     assert main(["-q", *args[:-1], "--epochs", "2", "--resume"]) == 0
     second = json.loads((out / "training.json").read_text())
     assert [h["epoch"] for h in second["history"]] == [1, 2] and second["history"][0] == first["history"][0]
