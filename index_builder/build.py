@@ -80,6 +80,11 @@ def train_template(factory: str, xt: np.ndarray) -> faiss.Index:
     """An empty trained index; the coarse quantizer trains on GPU when faiss sees one."""
     index = faiss.index_factory(xt.shape[1], factory, METRIC)
     ivf = faiss.try_extract_index_ivf(index)
+    pq = getattr(faiss.downcast_index(ivf if ivf is not None else index), "pq", None)
+    if pq is not None and len(xt) < 39 * pq.ksub:
+        # faiss would print this once per sub-quantizer (64 lines for PQ64): say it once
+        log.warning("training %d PQ codebooks of %d centroids on %d vectors (faiss advises >= %d)", pq.M, pq.ksub, len(xt), 39 * pq.ksub)
+        pq.cp.min_points_per_centroid = 1
     if ivf is not None and faiss.get_num_gpus() > 0:
         log.info("training the coarse quantizer on %d GPU(s)", faiss.get_num_gpus())
         ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlat(ivf.d, METRIC))
