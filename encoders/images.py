@@ -58,7 +58,7 @@ def decode_image(
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's truncated/corrupt stream errors
         raise ImageRejected("corrupt_image", f"cannot decode image: {exc}") from exc
     try:
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # no copy for the usual image without EXIF
     except Exception as exc:  # PIL raises many types on a malformed EXIF block
         raise ImageRejected("corrupt_image", f"bad EXIF orientation data: {exc}") from exc
     return to_8bit(image)

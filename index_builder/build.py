@@ -46,14 +46,40 @@ class BuildConfig:
     seed: int = 0
     workers: int = 1
     recall_queries: int = 200
+    cache_bytes: int = 2 << 30  # shards up to this size are read once and kept in memory
 
 
 def read_vectors(shard: Shard, vector: str) -> tuple[np.ndarray, np.ndarray]:
-    """([n, d] float32 vectors, valid mask [n]) of one shard; text vectors are null without caption."""
+    """([n, d] float32 vectors, valid mask [n]) of one shard; text vectors are all-zero without caption."""
     return arrow_to_vectors(storage.read_parquet(shard.path, [vector_column(vector)]).column(0))
 
 
-def sample_training_set(shards: list[Shard], vector: str, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+class ShardCache:
+    """Shard tables (id, caption, vector) read once and kept while they fit in `budget_bytes`.
+
+    Sampling, adding and measuring recall each walk every shard; below the budget the build
+    reads each shard once (like a plain in-memory faiss script), above it streams.
+    """
+
+    def __init__(self, vector: str, budget_bytes: int):
+        self.columns = ["id", "caption", vector_column(vector)]
+        self.budget, self.used = budget_bytes, 0
+        self.kept: dict[str, pa.Table] = {}
+
+    def table(self, shard: Shard) -> pa.Table:
+        if shard.path in self.kept:
+            return self.kept[shard.path]
+        table = storage.read_parquet(shard.path, self.columns)
+        if self.used + table.nbytes <= self.budget:
+            self.kept[shard.path] = table
+            self.used += table.nbytes
+        return table
+
+    def vectors(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
+        return arrow_to_vectors(self.table(shard).column(2))
+
+
+def sample_training_set(shards: list[Shard], vector: str, size: int, seed: int, cache: ShardCache | None = None) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """A seeded uniform sample of `size` valid vectors across all shards.
 
     Returns (vectors [s, d], their global faiss ids [s], valid count per shard). Global ids
@@ -65,7 +91,7 @@ def sample_training_set(shards: list[Shard], vector: str, size: int, seed: int) 
     parts, ids, valid_counts = [], [], []
     row0 = id0 = 0
     for shard in shards:
-        x, valid = read_vectors(shard, vector)
+        x, valid = cache.vectors(shard) if cache else read_vectors(shard, vector)
         local = chosen[(chosen >= row0) & (chosen < row0 + shard.num_rows)] - row0
         local = local[valid[local]]
         parts.append(x[local])
@@ -98,13 +124,14 @@ def _init_worker(threads: int) -> None:
     faiss.omp_set_num_threads(threads)
 
 
-def add_shard(template_bytes, shard: Shard, vector: str, first_id: int):
+def add_shard(template_bytes, shard: Shard, vector: str, first_id: int, table: pa.Table | None = None):
     """Add one shard's valid vectors with ids first_id.. into a copy of the template.
 
     Returns (serialised part index, ids, captions) for the valid rows.
     """
     index = faiss_io.from_bytes(template_bytes)
-    table = storage.read_parquet(shard.path, ["id", "caption", vector_column(vector)])
+    if table is None:
+        table = storage.read_parquet(shard.path, ["id", "caption", vector_column(vector)])
     x, valid = arrow_to_vectors(table.column(2))
     x = x[valid]
     if faiss.try_extract_index_ivf(index) is not None:
@@ -115,7 +142,7 @@ def add_shard(template_bytes, shard: Shard, vector: str, first_id: int):
     return faiss_io.to_bytes(index), table.column("id").filter(mask), table.column("caption").filter(mask)
 
 
-def add_and_merge(template: faiss.Index, shards: list[Shard], vector: str, valid_counts: list[int], workers: int):
+def add_and_merge(template: faiss.Index, shards: list[Shard], vector: str, valid_counts: list[int], workers: int, cache: ShardCache | None = None):
     """Add every shard into a copy of `template` (in `workers` processes) and merge in shard order."""
     offsets = np.concatenate([[0], np.cumsum(valid_counts)[:-1]]).astype(int).tolist()
     template_bytes = faiss_io.to_bytes(template)
@@ -127,7 +154,7 @@ def add_and_merge(template: faiss.Index, shards: list[Shard], vector: str, valid
         parts = pool.map(add_shard, [template_bytes] * len(shards), shards, [vector] * len(shards), offsets)
     else:
         pool = None
-        parts = (add_shard(template_bytes, s, vector, o) for s, o in zip(shards, offsets))
+        parts = (add_shard(template_bytes, s, vector, o, cache.table(s) if cache else None) for s, o in zip(shards, offsets))
     try:
         for i, (part_bytes, part_ids, part_captions) in enumerate(parts):
             merged.merge_from(faiss_io.from_bytes(part_bytes), 0)
@@ -167,7 +194,8 @@ def build_index(cfg: BuildConfig) -> dict:
     log.info("building %s over %d vectors (%s, dim %d), training on %d", factory, total, cfg.vector, d, train_size)
 
     t = time.monotonic()
-    xt, xt_ids, valid_counts = sample_training_set(shards, cfg.vector, train_size, cfg.seed)
+    cache = ShardCache(cfg.vector, cfg.cache_bytes)
+    xt, xt_ids, valid_counts = sample_training_set(shards, cfg.vector, train_size, cfg.seed, cache)
     n_valid = sum(valid_counts)
     if n_valid == 0:
         raise ValueError(f"no row has a {cfg.vector} vector (e.g. --vector text with no captions)")
@@ -179,7 +207,7 @@ def build_index(cfg: BuildConfig) -> dict:
         raise ValueError(f"cannot train {factory!r} on {len(xt)} vectors: {exc}; pass a smaller --factory or more data") from exc
     timings["train_s"] = time.monotonic() - t
     t = time.monotonic()
-    index, ids_table = add_and_merge(template, shards, cfg.vector, valid_counts, cfg.workers)
+    index, ids_table = add_and_merge(template, shards, cfg.vector, valid_counts, cfg.workers, cache)
     timings["add_merge_s"] = time.monotonic() - t
     ivf = faiss.try_extract_index_ivf(index)
     nprobe = (cfg.nprobe or choose_nprobe(ivf.nlist)) if ivf is not None else None
@@ -189,7 +217,7 @@ def build_index(cfg: BuildConfig) -> dict:
     t = time.monotonic()
     rng = np.random.default_rng(cfg.seed + 1)
     pick = rng.choice(len(xt), size=min(cfg.recall_queries, len(xt)), replace=False)
-    recall = measure_recall(index, xt[pick], xt_ids[pick], (read_vectors(s, cfg.vector) for s in shards), k=10)
+    recall = measure_recall(index, xt[pick], xt_ids[pick], (cache.vectors(s) for s in shards), k=10)
     timings["recall_s"] = time.monotonic() - t
 
     manifest = {

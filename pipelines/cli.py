@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 log = logging.getLogger("fusionindex")
@@ -152,10 +153,8 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in ("fusionindex", "pipelines", "encoders", "index_builder"):
         logging.getLogger(name).setLevel(level)
-    if not verbose:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    if not verbose:  # read by huggingface_hub/transformers when they load (not imported here: slow)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def cmd_embed(args, beam_args: list[str]) -> int:
