@@ -8,7 +8,7 @@ DEMO ?= demo
 DATA_PACKAGES := fonts-noto-color-emoji unicode-cldr-core openclipart-png openclipart-svg
 DATA_FILES := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf /usr/share/unicode/cldr/common/annotations/en.xml /usr/share/openclipart/png
 
-.PHONY: install data-packages test test-slow demo demo-sample bench clean
+.PHONY: install data-packages test test-slow demo demo-sample bench bench-peer clean
 
 install: $(VENV)/.installed
 
@@ -65,7 +65,13 @@ demo-sample: install
 	@echo "NOTE: a RANDOM, untrained CLIP: these rankings are meaningless. Pass a real CLIP checkpoint as --model."
 
 # Figures, not pass/fail: prints a table, writes benchmarks/results/latest.json (~5 min on 2 CPUs).
+# The clip-retrieval comparison runs when .peer-venv exists (make bench-peer creates it).
 bench: install
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.bench $(BENCH_ARGS)
+
+# clip-retrieval 2.45 in its own venv (~6 GB, its own torch), then the full benchmark.
+bench-peer: install
+	test -x .peer-venv/bin/clip-retrieval || ($(PYTHON) -m venv .peer-venv && .peer-venv/bin/pip install -q "clip-retrieval==2.45.*" "setuptools<70")
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.bench $(BENCH_ARGS)
 
 clean:

@@ -6,6 +6,7 @@ Prints a table and writes benchmarks/results/latest.json. Sections:
   embed   bare loop (read Parquet, decode, preprocess, forward; plain Python) vs
           `fusionindex embed` (subprocess: wall incl. start-up; and throughput beyond
           start-up = rows / time spent inside row groups, from the run's metrics)
+  peer    clip-retrieval 2.45 `inference` on the same JPEGs (as webdataset tars) and model
   rss     peak RSS of `fusionindex embed` at N and 10N rows
   index   `fusionindex build-index` vs a plain faiss script (same factory: sample, train,
           add per shard into template copies, merge, write); fastest of --repeat runs each
@@ -120,7 +121,8 @@ def fusionindex(*args: str) -> list[str]:
 def bench_embed(work: Path, args) -> dict:
     from encoders.random_models import make_random_clip
 
-    model = str(make_random_clip(work / "model", **MODELS[args.model]))
+    # vocab 49408: OpenAI's tokenizer size, so clip-retrieval (peer section) can load the same model
+    model = str(make_random_clip(work / "model", **MODELS[args.model], vocab_size=49408))
     files = make_jpeg_shards(work / "in", args.rows, args.image_size)
     bare = bare_loop(files, model, args.batch_size, args.device)
     out = work / "emb"
@@ -137,6 +139,49 @@ def bench_embed(work: Path, args) -> dict:
                   "rows_per_s_beyond_startup": round(beyond, 1), "peak_rss_mib": rss},
         "ratio_beyond_startup": round(beyond / bare["rows_per_s"], 3),
     }
+
+
+def write_webdataset(files: list[str], out: Path) -> list[str]:
+    """The same rows as webdataset tars ({key}.jpg + {key}.txt), clip-retrieval's input format."""
+    import tarfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    tars = []
+    for i, f in enumerate(files):
+        path = out / f"{i:05d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for row in pq.read_table(f, columns=["key", "caption", "jpg"]).to_pylist():
+                for ext, data in (("jpg", row["jpg"]), ("txt", row["caption"].encode())):
+                    info = tarfile.TarInfo(f"{row['key']}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        tars.append(str(path))
+    return tars
+
+
+def bench_peer(work: Path, args) -> dict:
+    """clip-retrieval 2.45 `inference` vs `fusionindex embed`: same JPEGs, model, batch size; wall time.
+
+    Needs the embed section's data and a venv with clip-retrieval (`make bench-peer` makes one).
+    """
+    exe = Path(args.peer_venv) / "bin" / "clip-retrieval"
+    if not exe.exists():
+        return {"skipped": f"no clip-retrieval at {exe}; create it with `make bench-peer`"}
+    files = sorted(str(p) for p in (work / "in").glob("*.parquet"))
+    tars = write_webdataset(files, work / "wds")
+    pattern = str(work / "wds" / ("{00000..%05d}.tar" % (len(tars) - 1)))
+    cmd = [str(exe), "inference", "--input_dataset", pattern, "--output_folder", str(work / "cr-out"), "--input_format", "webdataset",
+           "--clip_model", f"hf_clip:{work / 'model'}", "--batch_size", str(args.batch_size), "--num_prepro_workers", str(os.cpu_count() or 1),
+           "--enable_metadata", "False", "--enable_wandb", "False"]
+    import shutil
+
+    shutil.rmtree(work / "cr-out", ignore_errors=True)
+    peer_wall, peer_rss = run_measured(cmd)
+    embedded = sum(np.load(p).shape[0] for p in (work / "cr-out" / "img_emb").glob("*.npy"))
+    ours_wall, ours_rss = run_measured(fusionindex("embed", "--input", str(work / "in"), "--output", str(work / "peer-emb"), "--model", str(work / "model"),
+                                                   "--batch-size", str(args.batch_size), "--restart", "--device", args.device))
+    return {"rows": args.rows, "clip_retrieval_wall_s": round(peer_wall, 2), "clip_retrieval_rows": int(embedded), "clip_retrieval_peak_rss_mib": peer_rss,
+            "fusionindex_wall_s": round(ours_wall, 2), "fusionindex_peak_rss_mib": ours_rss, "speedup": round(peer_wall / ours_wall, 2)}
 
 
 def bench_rss(work: Path, args) -> dict:
@@ -254,6 +299,10 @@ def table(results: dict) -> str:
                   f"  bare loop                  {e['bare_loop']['rows_per_s']:>8.1f} rows/s  ({e['bare_loop']['seconds']} s)",
                   f"  fusionindex embed, wall    {e['embed']['rows_per_s_wall']:>8.1f} rows/s  ({e['embed']['wall_s']} s, start-up {e['embed']['startup_s']} s)",
                   f"  fusionindex embed, beyond start-up {e['embed']['rows_per_s_beyond_startup']:>8.1f} rows/s  -> ratio {e['ratio_beyond_startup']} (target >= 0.9)"]
+    if "peer" in results:
+        p = results["peer"]
+        lines += [f"peer: {p['skipped']}" if "skipped" in p else
+                  f"clip-retrieval inference {p['clip_retrieval_wall_s']} s ({p['clip_retrieval_rows']} rows) vs fusionindex embed {p['fusionindex_wall_s']} s, walls with start-up -> {p['speedup']}x"]
     if "rss" in results:
         r = results["rss"]
         lines += [f"peak RSS of embed: {r['peak_rss_mib']} MiB -> 10N/N {r['ratio_10n_over_n']} (target <= 1.25)"]
@@ -269,7 +318,8 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="embed,rss,index,pq")
+    ap.add_argument("--sections", default="embed,peer,rss,index,pq")
+    ap.add_argument("--peer-venv", default=str(ROOT / ".peer-venv"), help="venv holding clip-retrieval 2.45 (make bench-peer)")
     ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--model", choices=sorted(MODELS), default="small")
     ap.add_argument("--image-size", type=int, default=256)
@@ -289,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        for name, fn in (("embed", lambda: bench_embed(work, args)), ("rss", lambda: bench_rss(work, args)),
+        for name, fn in (("embed", lambda: bench_embed(work, args)), ("peer", lambda: bench_peer(work, args)), ("rss", lambda: bench_rss(work, args)),
                          ("index", lambda: bench_index(work, args)), ("pq", lambda: bench_pq(args))):
             if name in sections:
                 t = time.perf_counter()

@@ -40,6 +40,7 @@ def make_random_clip(
     max_position_embeddings: int = 77,
     text_hidden_size: int | None = None,
     text_layers: int | None = None,
+    vocab_size: int | None = None,
     seed: int = 0,
 ) -> Path:
     """Write a random CLIP model + processor to `output_dir`; return the directory.
@@ -51,6 +52,8 @@ def make_random_clip(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab = _byte_level_vocab()
+    if vocab_size:  # e.g. 49408, the size OpenAI's tokenizer (used by clip-retrieval) indexes into
+        vocab.update({f"<|unused{i}|>": i for i in range(len(vocab), vocab_size)})
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_position_embeddings)
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size},
