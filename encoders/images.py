@@ -25,6 +25,23 @@ class ImageRejected(ValueError):
         self.reason = reason
 
 
+def check_bytes(data: bytes | None, max_bytes: int) -> None:
+    """Reject null, empty and over-cap encoded images."""
+    if data is None:
+        raise ImageRejected("missing_image", "image is null")
+    if len(data) == 0:
+        raise ImageRejected("empty_image", "image has 0 bytes")
+    if len(data) > max_bytes:
+        raise ImageRejected("image_too_large", f"image has {len(data)} bytes > cap {max_bytes}")
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    """Reject an image whose header declares more pixels than the cap."""
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageRejected("too_many_pixels", f"image declares {width}x{height} pixels > cap {max_pixels} (--max-image-pixels)")
+
+
 def decode_image(
     data: bytes | None,
     *,
@@ -32,22 +49,12 @@ def decode_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Image.Image:
     """Decode `data`; raise ImageRejected (reason code + message) when it is unusable."""
-    if data is None:
-        raise ImageRejected("missing_image", "image is null")
-    if len(data) == 0:
-        raise ImageRejected("empty_image", "image has 0 bytes")
-    if len(data) > max_bytes:
-        raise ImageRejected("image_too_large", f"image has {len(data)} bytes > cap {max_bytes}")
+    check_bytes(data, max_bytes)
     try:
         # Image.open reads only the header; PIL's own bomb check there raises above
         # 2 x Image.MAX_IMAGE_PIXELS (see EmbeddingModelHandler.load_model).
         image = Image.open(io.BytesIO(data))
-        width, height = image.size  # known from the header, before any pixel is decoded
-        if width * height > max_pixels:
-            raise ImageRejected(
-                "too_many_pixels",
-                f"image declares {width}x{height} pixels > cap {max_pixels} (--max-image-pixels)",
-            )
+        check_pixels(image.size, max_pixels)  # known from the header, before any pixel is decoded
         image.load()
     except ImageRejected:
         raise

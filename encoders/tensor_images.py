@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from encoders.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from encoders.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected, check_bytes, check_pixels, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +38,12 @@ class Recipe:
 
 def _probe(data: bytes | None, max_pixels: int, max_bytes: int) -> None:
     """Raise ImageRejected for what decode_image would refuse without decoding pixels."""
-    if data is None:
-        raise ImageRejected("missing_image", "image is null")
-    if len(data) == 0:
-        raise ImageRejected("empty_image", "image has 0 bytes")
-    if len(data) > max_bytes:
-        raise ImageRejected("image_too_large", f"image has {len(data)} bytes > cap {max_bytes}")
+    check_bytes(data, max_bytes)
     try:
-        w, h = Image.open(io.BytesIO(data)).size  # header only
-    except Exception:
-        return  # let the decoders say what is wrong
-    if w * h > max_pixels:
-        raise ImageRejected("too_many_pixels", f"image declares {w}x{h} pixels > cap {max_pixels} (--max-image-pixels)")
+        size = Image.open(io.BytesIO(data)).size  # header only
+    except Exception:  # PIL raises many types on junk; the decoders will say what is wrong
+        return
+    check_pixels(size, max_pixels)
 
 
 def _pil_to_tensor(data: bytes, max_pixels: int, max_bytes: int) -> torch.Tensor:
