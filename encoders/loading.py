@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+SKIP_DIRS = ("checkpoints",)  # `finetune` keeps per-epoch copies there: not part of the model
 
 
 class ModelLoadError(ValueError):
@@ -101,9 +102,6 @@ def check_model_dir(local: Path, *, allow_pickle: bool = False) -> None:
         )
     if not pickles:
         raise ModelLoadError(f"{local} holds no weights (*.safetensors)")
-
-
-SKIP_DIRS = ("checkpoints",)  # `finetune` keeps per-epoch copies there: not part of the model
 
 
 def weight_files(local: Path) -> list[Path]:

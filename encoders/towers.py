@@ -79,10 +79,6 @@ class Towers:
     def fingerprint(self) -> str:
         return fingerprint(self.model_dir)
 
-    def train(self, mode: bool = True) -> None:
-        for module in self.modules().values():
-            module.train(mode)
-
     def recipe(self) -> Recipe | None:
         """The preprocessing as a tensor recipe (resize short side, crop, normalise), if it is one."""
         return None
