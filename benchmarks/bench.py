@@ -190,7 +190,8 @@ def bench_rss(work: Path, args) -> dict:
     model = str(make_random_clip(work / "rss-model", **MODELS["small"]))
     out = {}
     for n in (args.rss_rows, args.rss_rows * 10):
-        make_jpeg_shards(work / f"rss-{n}", n, args.image_size, seed=n)
+        # one row group per file, as img2dataset writes them: memory must follow the batch
+        make_jpeg_shards(work / f"rss-{n}", n, args.image_size, rows_per_group=1024, seed=n)
         _, rss = run_measured(fusionindex("embed", "--input", str(work / f"rss-{n}"), "--output", str(work / f"rss-out-{n}"), "--model", model, "--batch-size", str(args.batch_size)))
         out[str(n)] = rss
     small, big = out.values()

@@ -37,6 +37,7 @@ def _add_embed(sub) -> None:
     p.add_argument("--restart", action="store_true", help="recompute everything instead of reusing shards an interrupted identical run committed")
     p.add_argument("--preprocess", choices=["auto", "pil", "tensor"], default="auto", help="auto: JPEG decode + resize on the GPU with CUDA, the checkpoint's own PIL processor otherwise")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--decode-ahead", choices=["auto", "on", "off"], default="auto", help="decode the next batch in a thread during the forward pass (auto: on CUDA only)")
 
 
 def _add_build(sub) -> None:
@@ -180,6 +181,7 @@ def cmd_embed(args, beam_args: list[str]) -> int:
         restart=args.restart,
         preprocess=args.preprocess,
         precision=args.precision,
+        decode_ahead=args.decode_ahead,
     )
     m = run_embed(cfg, beam_args)
     c = m["counts"]

@@ -30,6 +30,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Iterator
 from datetime import datetime, timezone
 
 import apache_beam as beam
@@ -56,7 +57,7 @@ from index_builder.embeddings import (
     vectors_to_arrow,
 )
 from pipelines.inference import THREADS_ENV, Embedded, EmbeddingModelHandler, ItemInput, Rejected
-from pipelines.inputs import SUCCESS, Columns, InputError, InputPlan, Row, WorkUnit, plan_inputs, read_ids, read_unit
+from pipelines.inputs import SUCCESS, Columns, InputError, InputPlan, Row, WorkUnit, iter_unit, plan_inputs, read_ids
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class EmbedConfig:
     restart: bool = False  # ignore committed shards of an interrupted identical run
     preprocess: str = "auto"  # auto | pil | tensor (see pipelines.inference.PREPROCESS_MODES)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    decode_ahead: str = "auto"  # auto (CUDA only) | on | off: decode batch k+1 while batch k runs
 
 
 @dataclass
@@ -129,8 +131,10 @@ def acquire_model(handler: EmbeddingModelHandler, handle: shared.Shared, tag: st
 class EmbedUnit(beam.DoFn):
     """WorkUnit -> committed shard (+ rejects); yields (unit index, counts)."""
 
-    def __init__(self, handler: EmbeddingModelHandler, output: str, unit_paths: list[str], dim: int, batch_size: int, model_tag: str, skip_bad_files: bool, resume: bool):
+    def __init__(self, handler: EmbeddingModelHandler, output: str, unit_paths: list[str], dim: int, batch_size: int, model_tag: str,
+                 skip_bad_files: bool, resume: bool, decode_ahead: str = "auto"):
         self.handler = handler
+        self.decode_ahead = decode_ahead  # auto: on CUDA only
         self.output = output
         self.unit_paths = unit_paths  # unit index -> source file, for messages
         self.total = len(unit_paths)
@@ -163,61 +167,74 @@ class EmbedUnit(beam.DoFn):
             yield unit.index, counts
 
     def _embed_unit(self, unit: WorkUnit, name: str, shard_path: str, duplicates: dict) -> dict:
+        dups = {row: (u, r) for row, u, r in duplicates.get(unit.index, [])}
+        results: list[RowResult] = []
+        counts = {"read": 0, "skipped": 0}
         try:
-            rows = read_unit(unit)
+            batches = self._classify(iter_unit(unit, self.batch_size), dups, results, counts)
+            for batch, outcomes in self._embed_batches(batches):
+                results.extend(RowResult(r.row_index, r.id, r.caption, o) for r, o in zip(batch, outcomes))
         except InputError as exc:
             if not self.skip_bad_files:
                 raise
             log.warning("skipping unreadable row group: %s", exc)
             results = [RowResult(unit.first_row + i, None, None, Rejected("unreadable_row_group", str(exc))) for i in range(unit.num_rows)]
             return self._commit(unit, name, shard_path, results, read=unit.num_rows, skipped=0, bad_file=str(exc))
-        dups = {row: (u, r) for row, u, r in duplicates.get(unit.index, [])}
-        results: list[RowResult] = []
-        todo: list[Row] = []
-        skipped = 0
-        for row in rows:
-            if row.status != SUCCESS:
-                skipped += 1
-            elif row.id is None:
-                results.append(RowResult(row.row_index, None, row.caption, Rejected("null_id", "id is null")))
-            elif row.row_index in dups:
-                first = dups[row.row_index]
-                where = f"{self.unit_paths[first[0]]} row {first[1]}"
-                results.append(RowResult(row.row_index, row.id, row.caption, Rejected("duplicate_id", f"id {row.id!r} first seen in {where}")))
-            else:
-                todo.append(row)
-        batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
-        for batch, outcomes in self._embed_batches(batches):
-            results.extend(RowResult(r.row_index, r.id, r.caption, o) for r, o in zip(batch, outcomes))
-        self.read.inc(len(rows))
-        self.skipped.inc(skipped)
-        return self._commit(unit, name, shard_path, results, read=len(rows), skipped=skipped)
+        self.read.inc(counts["read"])
+        self.skipped.inc(counts["skipped"])
+        return self._commit(unit, name, shard_path, results, read=counts["read"], skipped=counts["skipped"])
 
-    def _embed_batches(self, batches: list[list[Row]]):
+    def _classify(self, row_batches: Iterator[list[Row]], dups: dict, results: list[RowResult], counts: dict) -> Iterator[list[Row]]:
+        """Count and skip non-success rows, reject null and duplicate ids; yield the rows to embed."""
+        for rows in row_batches:
+            todo = []
+            for row in rows:
+                if row.status != SUCCESS:
+                    counts["skipped"] += 1
+                elif row.id is None:
+                    results.append(RowResult(row.row_index, None, row.caption, Rejected("null_id", "id is null")))
+                elif row.row_index in dups:
+                    first = dups[row.row_index]
+                    where = f"{self.unit_paths[first[0]]} row {first[1]}"
+                    results.append(RowResult(row.row_index, row.id, row.caption, Rejected("duplicate_id", f"id {row.id!r} first seen in {where}")))
+                else:
+                    todo.append(row)
+            counts["read"] += len(rows)
+            if todo:
+                yield todo
+
+    def _embed_batches(self, batches: Iterator[list[Row]]):
         """Yield (batch, outcomes). On CUDA, batch k+1 is decoded in a thread while batch k runs
         forward; on CPU they run in turn: the cores are busy either way, and torch work in a
         second thread measurably slowed the forward passes (5-15% on 2 cores)."""
-        if not batches:
-            return
-        model = self._get_model()
-        items = [[ItemInput(r.id, r.caption, r.image) for r in b] for b in batches]
-        if not str(model.describe()["device"]).startswith("cuda"):
-            for batch, its in zip(batches, items):
-                t = time.perf_counter()
-                outcomes = self.handler.run_inference(its, model)
-                self.batch_ms.update(int((time.perf_counter() - t) * 1000))
-                yield batch, outcomes
-            return
-        with cf.ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
-            ahead = pool.submit(self.handler.prepare, items[0], model)
-            for k, batch in enumerate(batches):
-                prepared = ahead.result()
-                if k + 1 < len(items):
-                    ahead = pool.submit(self.handler.prepare, items[k + 1], model)
-                t = time.perf_counter()
-                outcomes = self.handler.complete(prepared, items[k], model)
-                self.batch_ms.update(int((time.perf_counter() - t) * 1000))
-                yield batch, outcomes
+        model = None
+        ahead = pool = None
+        try:
+            for batch in batches:
+                if model is None:
+                    model = self._get_model()
+                    on_cuda = str(model.describe()["device"]).startswith("cuda")
+                    if self.decode_ahead == "on" or (self.decode_ahead == "auto" and on_cuda):
+                        pool = cf.ThreadPoolExecutor(1, thread_name_prefix="decode")
+                items = [ItemInput(r.id, r.caption, r.image) for r in batch]
+                if pool is None:
+                    yield batch, self._timed(self.handler.run_inference, items, model)
+                    continue
+                nxt = (batch, items, pool.submit(self.handler.prepare, items, model))
+                if ahead is not None:
+                    yield ahead[0], self._timed(self.handler.complete, ahead[2].result(), ahead[1], model)
+                ahead = nxt
+            if ahead is not None:
+                yield ahead[0], self._timed(self.handler.complete, ahead[2].result(), ahead[1], model)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    def _timed(self, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        self.batch_ms.update(int((time.perf_counter() - t) * 1000))
+        return out
 
     def _get_model(self):
         if self._model is None:
@@ -302,7 +319,7 @@ def build_pipeline(p: beam.Pipeline, plan: InputPlan, cfg: EmbedConfig, dim: int
         preprocess=cfg.preprocess,
         precision=cfg.precision,
     )
-    embed = EmbedUnit(handler, cfg.output, [u.path for u in plan.units], dim, cfg.batch_size, model_tag, cfg.skip_bad_files, resume)
+    embed = EmbedUnit(handler, cfg.output, [u.path for u in plan.units], dim, cfg.batch_size, model_tag, cfg.skip_bad_files, resume, cfg.decode_ahead)
     return (
         units
         | "Spread" >> beam.Reshuffle()
@@ -412,6 +429,8 @@ def run_embed(cfg: EmbedConfig, beam_args: list[str] | None = None) -> dict:
         raise ValueError(f"--duplicate-ids must be one of {', '.join(DUPLICATE_POLICIES)}")
     if cfg.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
+    if cfg.decode_ahead not in ("auto", "on", "off"):
+        raise ValueError("--decode-ahead must be auto, on or off")
     model_dir = resolve_model_dir(cfg.model, allow_pickle=cfg.allow_pickle)
     info = describe_checkpoint(model_dir)
     if cfg.fusion is None and not info["fusion"]:

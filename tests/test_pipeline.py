@@ -207,3 +207,12 @@ def test_large_model_mode_shares_one_model_and_gives_the_same_vectors(tmp_path, 
     a, b = read_dir(str(tmp_path / "lm")), read_dir(embedded[0])
     assert a.column("id").equals(b.column("id"))
     assert np.allclose(arrow_to_vectors(a.column("fused_embedding"))[0], arrow_to_vectors(b.column("fused_embedding"))[0], atol=1e-5)
+
+
+def test_decode_ahead_and_streamed_batches_give_the_same_shards(tmp_path, tiny_clip, sample_dir, embedded):
+    """The CUDA-default decode-ahead thread, forced on here on the CPU, changes nothing in the output."""
+    m = run_embed(EmbedConfig(inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path / "ahead"), model=tiny_clip, batch_size=5, decode_ahead="on"))
+    assert m["counts"] == embedded[1]["counts"]
+    a, b = read_dir(str(tmp_path / "ahead")), read_dir(embedded[0])
+    assert a.column("id").equals(b.column("id"))
+    assert np.allclose(arrow_to_vectors(a.column("fused_embedding"))[0], arrow_to_vectors(b.column("fused_embedding"))[0], atol=1e-5)
