@@ -85,7 +85,8 @@ def unique_query_rows(items: list[Item]) -> list[int]:
 def embed_items(towers: Towers, items: list[Item], batch_size: int = 64) -> Vectors:
     """Image, caption and (unique) query vectors of `items`; undecodable images get a zero vector."""
     img, cap, qry = [], [], []
-    wanted = set(unique_query_rows(items))
+    query_rows = unique_query_rows(items)
+    wanted = set(query_rows)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         pics = []
@@ -103,7 +104,7 @@ def embed_items(towers: Towers, items: list[Item], batch_size: int = 64) -> Vect
         qs = [it.query for i, it in enumerate(chunk, start) if i in wanted]
         if qs:
             qry.append(towers.encode_texts(qs).numpy())
-    query_rows = np.array(unique_query_rows(items), dtype=np.int64)
+    query_rows = np.array(query_rows, dtype=np.int64)
     return Vectors(np.stack(img), np.concatenate(cap), np.array([has_caption(it.caption) for it in items]),
                    np.concatenate(qry) if qry else np.zeros((0, towers.dim), np.float32), query_rows)
 

@@ -11,6 +11,7 @@ import io
 import random
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -42,7 +43,7 @@ def thumbnails(paths: list[str], ids: set[str], id_column: str = "key") -> dict[
             pf = pq.ParquetFile(fh)
             image_col = next(c for c in IMAGE_COLUMNS if c in pf.schema_arrow.names)
             table = pf.read(columns=[id_column, image_col])
-        table = table.filter(pc.is_in(table.column(id_column).cast("string"), value_set=_set(ids)))
+        table = table.filter(pc.is_in(table.column(id_column).cast("string"), value_set=pa.array(sorted(ids), pa.string())))
         for key, data in zip(table.column(id_column).to_pylist(), table.column(image_col).to_pylist()):
             try:
                 img = decode_image(data).convert("RGB")
@@ -53,12 +54,6 @@ def thumbnails(paths: list[str], ids: set[str], id_column: str = "key") -> dict[
             img.save(buf, "JPEG", quality=85)
             out[str(key)] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
     return out
-
-
-def _set(ids: set[str]):
-    import pyarrow as pa
-
-    return pa.array(sorted(ids), pa.string())
 
 
 def run_report(index: str, output: str, *, queries: list[str] | None = None, queries_from: list[str] | None = None,
