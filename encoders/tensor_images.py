@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -36,14 +37,45 @@ class Recipe:
     std: tuple[float, float, float]
 
 
-def _probe(data: bytes | None, max_pixels: int, max_bytes: int) -> None:
-    """Raise ImageRejected for what decode_image would refuse without decoding pixels."""
+EXIF_ORIENTATION = 0x0112
+
+
+def _probe(data: bytes | None, max_pixels: int, max_bytes: int) -> int | None:
+    """Raise ImageRejected for what decode_image would refuse without decoding pixels; return
+    the EXIF orientation (1 = none), or None where only PIL can tell (junk, bad EXIF)."""
     check_bytes(data, max_bytes)
     try:
-        size = Image.open(io.BytesIO(data)).size  # header only
+        image = Image.open(io.BytesIO(data))  # header only
+        size = image.size
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1) if "exif" in image.info else 1
     except Exception:  # PIL raises many types on junk; the decoders will say what is wrong
-        return
+        return None
     check_pixels(size, max_pixels)
+    return orientation if orientation in range(1, 9) else None
+
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """[..., H, W] as displayed for EXIF `orientation` 1-8, as PIL's exif_transpose does it.
+
+    Needed because torchvision's CUDA decode_jpeg ignores apply_exif_orientation (0.29: the
+    flag is passed to the CPU decoder only), so the GPU path rotates the decoded tensor itself.
+    """
+    hw = (-2, -1)
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(hw)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-2, -1)
+    if orientation == 6:
+        return torch.rot90(image, -1, hw)
+    if orientation == 7:
+        return image.transpose(-2, -1).flip(hw)
+    if orientation == 8:
+        return torch.rot90(image, 1, hw)
+    return image
 
 
 def _pil_to_tensor(data: bytes, max_pixels: int, max_bytes: int) -> torch.Tensor:
@@ -66,28 +98,31 @@ class TensorPreprocessor:
     def decode(self, datas: list[bytes | None]) -> list[torch.Tensor | ImageRejected]:
         """uint8 [3, H, W] tensors on the device (JPEGs batched there), or the rejection."""
         out: list[torch.Tensor | ImageRejected | None] = [None] * len(datas)
-        jpegs = []
+        jpegs, orientations = [], []
         for i, data in enumerate(datas):
             try:
-                _probe(data, self.max_pixels, self.max_bytes)
+                orientation = _probe(data, self.max_pixels, self.max_bytes)
             except ImageRejected as exc:
                 out[i] = exc
                 continue
-            if data[:3] == JPEG_MAGIC and data.rstrip(b"\x00")[-2:] == JPEG_END:
-                jpegs.append(i)  # libjpeg pads a truncated JPEG with grey; PIL rejects it: let PIL decide
+            # libjpeg pads a truncated JPEG with grey where PIL rejects it, and odd EXIF is PIL's call too
+            if orientation is not None and data[:3] == JPEG_MAGIC and data.rstrip(b"\x00")[-2:] == JPEG_END:
+                jpegs.append(i)
+                orientations.append(orientation)
         if jpegs:
             raw = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpegs]
+            # Orientation is applied below on every device (the CUDA decoder ignores the flag).
             try:
-                decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+                decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=False)
             except RuntimeError:  # one bad JPEG fails the batch call: go one by one
                 decoded = []
                 for r in raw:
                     try:
-                        decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True))
+                        decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=False))
                     except RuntimeError:
                         decoded.append(None)
-            for i, t in zip(jpegs, decoded):
-                out[i] = t
+            for i, t, orientation in zip(jpegs, decoded, orientations):
+                out[i] = None if t is None else orient(t, orientation)
         for i, data in enumerate(datas):
             if out[i] is None:  # not a JPEG, or nvJPEG/libjpeg refused it: PIL decides
                 try:
@@ -97,9 +132,9 @@ class TensorPreprocessor:
         return out
 
     def transform(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 [3, H, W] -> normalised float [3, crop_h, crop_w] (bounded aspect first)."""
+        """uint8 [..., 3, H, W] -> normalised float [..., 3, crop_h, crop_w] (bounded aspect first)."""
         r = self.recipe
-        _, h, w = image.shape
+        h, w = image.shape[-2:]
         if max(h, w) > MAX_ASPECT * min(h, w):  # only the central square survives the crop
             keep = MAX_ASPECT * min(h, w)
             keep += (max(h, w) - keep) % 2
@@ -111,6 +146,13 @@ class TensorPreprocessor:
     def __call__(self, datas: list[bytes | None]) -> tuple[torch.Tensor, list[ImageRejected | None]]:
         """(pixel batch of the good items, in order; per item None or its rejection)."""
         decoded = self.decode(datas)
-        good = [self.transform(t) for t in decoded if isinstance(t, torch.Tensor)]
-        pixels = torch.stack(good) if good else torch.empty(0, 3, *self.recipe.crop, device=self.device)
+        good = [t for t in decoded if isinstance(t, torch.Tensor)]
+        pixels = torch.empty(len(good), 3, *self.recipe.crop, device=self.device)
+        # Same-size images are resized as one batch: a few kernel launches per size instead of
+        # per image (catalogue images mostly share a handful of sizes).
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for j, t in enumerate(good):
+            by_shape[tuple(t.shape)].append(j)
+        for rows in by_shape.values():
+            pixels[rows] = self.transform(torch.stack([good[j] for j in rows]))
         return pixels, [t if isinstance(t, ImageRejected) else None for t in decoded]

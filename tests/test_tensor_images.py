@@ -1,0 +1,62 @@
+"""The tensor (GPU) preprocessing path, run on the CPU: orientation and batching must not change pixels."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from encoders.tensor_images import Recipe, TensorPreprocessor, orient
+
+from tests import images
+
+RECIPE = Recipe(32, (32, 32), (0.48, 0.46, 0.41), (0.27, 0.26, 0.28))
+
+
+def jpeg_with_orientation(orientation: int, size=(64, 40)) -> bytes:
+    pixels = np.random.default_rng(orientation).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return images.save(Image.fromarray(pixels), "JPEG", quality=95, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_applied_as_pil_does(orientation):
+    """CUDA's decode_jpeg ignores apply_exif_orientation, so the path decodes without it and
+    rotates itself; on the CPU that must equal torchvision's own EXIF handling and PIL's."""
+    data = jpeg_with_orientation(orientation)
+    ours = TensorPreprocessor(RECIPE, "cpu").decode([data])[0]
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    assert torch.equal(ours, decode_jpeg(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True))
+    pil = torch.from_numpy(np.array(ImageOps.exif_transpose(Image.open(io.BytesIO(data)).convert("RGB")))).permute(2, 0, 1)
+    assert ours.shape == pil.shape
+    assert (ours.int() - pil.int()).abs().max() <= 2  # same libjpeg family; allow rounding differences
+
+
+def test_orient_is_the_identity_for_orientation_one_and_unknown_values():
+    t = torch.arange(6).view(1, 2, 3)
+    assert torch.equal(orient(t, 1), t) and torch.equal(orient(t, 0), t)
+
+
+def test_out_of_range_orientation_is_left_to_pil():
+    """EXIF orientation 9 is not a valid value: PIL ignores it, so must we (stored layout kept)."""
+    data = jpeg_with_orientation(9)
+    out = TensorPreprocessor(RECIPE, "cpu").decode([data])[0]
+    assert tuple(out.shape) == (3, 40, 64)
+
+
+def test_same_size_images_batched_equal_one_at_a_time():
+    """Grouping by size (one resize per size) gives the pixels of a per-image transform, in input order."""
+    rng = np.random.default_rng(0)
+    sizes = [(64, 40), (50, 50), (64, 40), (30, 90), (50, 50), (64, 40)]
+    datas = [images.save(Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)), "JPEG") for w, h in sizes]
+    datas.insert(2, b"not an image")
+    pre = TensorPreprocessor(RECIPE, "cpu")
+    pixels, rejected = pre(datas)
+    assert [r is not None for r in rejected] == [False, False, True, False, False, False, False]
+    one_by_one = torch.stack([pre.transform(t) for t in pre.decode(datas) if isinstance(t, torch.Tensor)])
+    assert pixels.shape == (6, 3, 32, 32)
+    torch.testing.assert_close(pixels, one_by_one, rtol=0, atol=1e-5)
