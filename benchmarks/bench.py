@@ -5,7 +5,8 @@
 Prints a table and writes benchmarks/results/latest.json. Sections:
   embed   bare loop (read Parquet, decode, preprocess, forward; plain Python) vs
           `fusionindex embed` (subprocess: wall incl. start-up; and throughput beyond
-          start-up = rows / time spent inside row groups, from the run's metrics)
+          start-up = rows / time spent inside row groups, from the run's metrics);
+          fastest of --repeat alternating runs each
   peer    clip-retrieval 2.45 `inference` on the same JPEGs (as webdataset tars) and model
   rss     peak RSS of `fusionindex embed` at N and 10N rows
   index   `fusionindex build-index` vs a plain faiss script (same factory: sample, train,
@@ -119,25 +120,39 @@ def fusionindex(*args: str) -> list[str]:
 
 
 def bench_embed(work: Path, args) -> dict:
+    """Bare loop and `fusionindex embed`, alternating `--repeat` times on the same data.
+
+    The fastest run of each is compared (as timeit does): on a shared machine noise only ever
+    slows a run down, so the best run is the closest to the code's own cost. Every run's
+    figure and the per-pair ratios are kept in the JSON.
+    """
     from encoders.random_models import make_random_clip
 
     # vocab 49408: OpenAI's tokenizer size, so clip-retrieval (peer section) can load the same model
     model = str(make_random_clip(work / "model", **MODELS[args.model], vocab_size=49408))
     files = make_jpeg_shards(work / "in", args.rows, args.image_size)
-    bare = bare_loop(files, model, args.batch_size, args.device)
     out = work / "emb"
-    wall, rss = run_measured(fusionindex("embed", "--input", str(work / "in"), "--output", str(out), "--model", model,
-                                         "--batch-size", str(args.batch_size), "--restart", "--device", args.device, *args.embed_args.split()))
-    m = json.loads((out / "manifest.json").read_text())
-    t = m["timings"]
-    beyond = m["counts"]["embedded"] / t["units_s"]
+    bares, runs = [], []
+    for _ in range(args.repeat):
+        bares.append(bare_loop(files, model, args.batch_size, args.device))
+        wall, rss = run_measured(fusionindex("embed", "--input", str(work / "in"), "--output", str(out), "--model", model,
+                                             "--batch-size", str(args.batch_size), "--restart", "--device", args.device, *args.embed_args.split()))
+        m = json.loads((out / "manifest.json").read_text())
+        t = m["timings"]
+        runs.append({"wall_s": round(wall, 2), "startup_s": round(wall - t["units_s"], 2), "units_s": t["units_s"],
+                     "model_load_s": t["model_load_s"], "rows_per_s_wall": round(args.rows / wall, 1),
+                     "rows_per_s_beyond_startup": round(m["counts"]["embedded"] / t["units_s"], 1), "peak_rss_mib": rss})
+    bare = max(bares, key=lambda b: b["rows_per_s"])
+    best = max(runs, key=lambda r: r["rows_per_s_beyond_startup"])
+    paired = [round(r["rows_per_s_beyond_startup"] / b["rows_per_s"], 3) for r, b in zip(runs, bares)]
     return {
         "model": args.model, "rows": args.rows, "image_size": args.image_size, "batch_size": args.batch_size, "device": args.device,
-        "bare_loop": bare,
-        "embed": {"wall_s": round(wall, 2), "startup_s": round(wall - t["units_s"], 2), "units_s": t["units_s"],
-                  "model_load_s": t["model_load_s"], "rows_per_s_wall": round(args.rows / wall, 1),
-                  "rows_per_s_beyond_startup": round(beyond, 1), "peak_rss_mib": rss},
-        "ratio_beyond_startup": round(beyond / bare["rows_per_s"], 3),
+        "embed_args": args.embed_args, "runs": args.repeat,
+        "bare_loop": bare, "embed": best,
+        "ratio_beyond_startup": round(best["rows_per_s_beyond_startup"] / bare["rows_per_s"], 3),
+        "paired_ratios": paired,
+        "all_bare_rows_per_s": [b["rows_per_s"] for b in bares],
+        "all_embed_rows_per_s_beyond_startup": [r["rows_per_s_beyond_startup"] for r in runs],
     }
 
 
@@ -296,10 +311,12 @@ def table(results: dict) -> str:
     lines = []
     if "embed" in results:
         e = results["embed"]
-        lines += [f"embed ({e['model']}, {e['rows']} JPEGs of {e['image_size']} px, batch {e['batch_size']}):",
+        lines += [f"embed ({e['model']}, {e['rows']} JPEGs of {e['image_size']} px, batch {e['batch_size']}, {e['device']}"
+                  f"{', ' + e['embed_args'] if e['embed_args'] else ''}; fastest of {e['runs']} alternating runs each):",
                   f"  bare loop                  {e['bare_loop']['rows_per_s']:>8.1f} rows/s  ({e['bare_loop']['seconds']} s)",
                   f"  fusionindex embed, wall    {e['embed']['rows_per_s_wall']:>8.1f} rows/s  ({e['embed']['wall_s']} s, start-up {e['embed']['startup_s']} s)",
-                  f"  fusionindex embed, beyond start-up {e['embed']['rows_per_s_beyond_startup']:>8.1f} rows/s  -> ratio {e['ratio_beyond_startup']} (target >= 0.9)"]
+                  f"  fusionindex embed, beyond start-up {e['embed']['rows_per_s_beyond_startup']:>8.1f} rows/s  -> ratio {e['ratio_beyond_startup']} (target >= 0.9)",
+                  f"  per-pair ratios {e['paired_ratios']}"]
     if "peer" in results:
         p = results["peer"]
         lines += [f"peer: {p['skipped']}" if "skipped" in p else
@@ -331,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--index-n", type=int, default=100_000)
     ap.add_argument("--index-dim", type=int, default=256)
     ap.add_argument("--pq-n", type=int, default=20_000)
-    ap.add_argument("--repeat", type=int, default=3, help="index section: runs of each build, fastest compared")
+    ap.add_argument("--repeat", type=int, default=3, help="embed and index sections: alternating runs of each side, fastest compared")
     ap.add_argument("--output", default=str(RESULTS / "latest.json"))
     ap.add_argument("--workdir", default=None, help="keep generated data here (default: a temporary directory)")
     args = ap.parse_args(argv)

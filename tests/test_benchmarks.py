@@ -31,7 +31,7 @@ def test_generated_benchmark_shards_are_real_jpegs(tmp_path):
 @pytest.mark.slow
 def test_embed_and_rss_sections(tmp_path):
     out = tmp_path / "r.json"
-    assert main(["--sections", "embed,rss", "--rows", "16", "--rss-rows", "8", "--batch-size", "8", "--output", str(out), "--workdir", str(tmp_path / "w")]) == 0
+    assert main(["--sections", "embed,rss", "--repeat", "2", "--rows", "16", "--rss-rows", "8", "--batch-size", "8", "--output", str(out), "--workdir", str(tmp_path / "w")]) == 0
     r = json.loads(out.read_text())
-    assert r["embed"]["bare_loop"]["rows"] == 16 and r["embed"]["embed"]["peak_rss_mib"] > 0
+    assert r["embed"]["bare_loop"]["rows"] == 16 and r["embed"]["embed"]["peak_rss_mib"] > 0 and len(r["embed"]["paired_ratios"]) == 2
     assert set(r["rss"]["peak_rss_mib"]) == {"8", "80"}
