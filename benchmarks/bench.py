@@ -299,11 +299,16 @@ def bench_pq(args) -> dict:
 
 
 def machine() -> dict:
-    import faiss
     import torch
 
+    try:  # the embed section runs without faiss (the GPU check carries no faiss wheel)
+        import faiss
+
+        faiss_version = faiss.__version__
+    except ImportError:
+        faiss_version = None
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "faiss": faiss.__version__,
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "faiss": faiss_version,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 

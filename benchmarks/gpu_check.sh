@@ -6,7 +6,8 @@
 # Then with the device tool, from the repo root, carry [".whl"]:
 #   bash benchmarks/gpu_check.sh
 # It installs the carried wheels (Beam and what the GPU image lacks) into /tmp/site, prints the
-# versions it runs with, and writes $OUT/gpu.json (or benchmarks/results/gpu.json without $OUT).
+# versions it runs with, and writes $OUT/gpu-{tensor,pil}.json (benchmarks/results/ without $OUT).
+# DEVICE=cpu ROWS=64 rehearses it on a machine without a GPU (same install and code path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -24,7 +25,8 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "| torchvis
 PY
 OUTDIR=${OUT:-benchmarks/results}
 ROWS=${ROWS:-8192}
+DEVICE=${DEVICE:-cuda}
 for pre in tensor pil; do
-  timeout 200 python3 -m benchmarks.bench --sections embed --model vit-b-32 --rows "$ROWS" --image-size 256 --batch-size 256 --device cuda --repeat 1 \
+  timeout 200 python3 -m benchmarks.bench --sections embed --model vit-b-32 --rows "$ROWS" --image-size 256 --batch-size 256 --device "$DEVICE" --repeat 1 \
     --embed-args "--preprocess $pre" --output "$OUTDIR/gpu-$pre.json" || echo "gpu check with --preprocess $pre failed or timed out"
 done
