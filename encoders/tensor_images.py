@@ -38,20 +38,33 @@ class Recipe:
 
 
 EXIF_ORIENTATION = 0x0112
+# Decoded pixels held on the device at once. Originals are decoded, resized and freed chunk by
+# chunk, so memory follows this budget and not batch size x --max-image-pixels (256 items of a
+# 50 MP cap would be 38 GB of uint8). About 1.2 GB peak with the float resize buffers.
+DEFAULT_CHUNK_PIXELS = 64 * 1024 * 1024
 
 
-def _probe(data: bytes | None, max_pixels: int, max_bytes: int) -> int | None:
+@dataclass(frozen=True)
+class Header:
+    """What the header says: pixel count (0 when unknown) and EXIF orientation (None: PIL decides)."""
+
+    pixels: int
+    orientation: int | None
+
+
+def _probe(data: bytes | None, max_pixels: int, max_bytes: int) -> Header:
     """Raise ImageRejected for what decode_image would refuse without decoding pixels; return
-    the EXIF orientation (1 = none), or None where only PIL can tell (junk, bad EXIF)."""
+    the header's pixel count and EXIF orientation (1 = none; None where only PIL can tell: junk,
+    bad EXIF)."""
     check_bytes(data, max_bytes)
     try:
         image = Image.open(io.BytesIO(data))  # header only
         size = image.size
         orientation = image.getexif().get(EXIF_ORIENTATION, 1) if "exif" in image.info else 1
     except Exception:  # PIL raises many types on junk; the decoders will say what is wrong
-        return None
+        return Header(0, None)
     check_pixels(size, max_pixels)
-    return orientation if orientation in range(1, 9) else None
+    return Header(size[0] * size[1], orientation if orientation in range(1, 9) else None)
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -87,28 +100,34 @@ def _pil_to_tensor(data: bytes, max_pixels: int, max_bytes: int) -> torch.Tensor
 
 
 class TensorPreprocessor:
-    """bytes -> normalised pixel batch on `device`; per-item ImageRejected for bad inputs."""
+    """bytes -> normalised pixel batch on `device`; per-item ImageRejected for bad inputs.
 
-    def __init__(self, recipe: Recipe, device: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES):
+    At most `chunk_pixels` decoded pixels are held at once (one image may exceed it alone).
+    """
+
+    def __init__(self, recipe: Recipe, device: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
+                 chunk_pixels: int = DEFAULT_CHUNK_PIXELS):
         self.recipe, self.device = recipe, torch.device(device)
-        self.max_pixels, self.max_bytes = max_pixels, max_bytes
+        self.max_pixels, self.max_bytes, self.chunk_pixels = max_pixels, max_bytes, chunk_pixels
         self.mean = torch.tensor(recipe.mean, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(recipe.std, device=self.device).view(3, 1, 1)
 
-    def decode(self, datas: list[bytes | None]) -> list[torch.Tensor | ImageRejected]:
-        """uint8 [3, H, W] tensors on the device (JPEGs batched there), or the rejection."""
-        out: list[torch.Tensor | ImageRejected | None] = [None] * len(datas)
-        jpegs, orientations = [], []
-        for i, data in enumerate(datas):
+    def headers(self, datas: list[bytes | None]) -> list[Header | ImageRejected]:
+        out: list[Header | ImageRejected] = []
+        for data in datas:
             try:
-                orientation = _probe(data, self.max_pixels, self.max_bytes)
+                out.append(_probe(data, self.max_pixels, self.max_bytes))
             except ImageRejected as exc:
-                out[i] = exc
-                continue
-            # libjpeg pads a truncated JPEG with grey where PIL rejects it, and odd EXIF is PIL's call too
-            if orientation is not None and data[:3] == JPEG_MAGIC and data.rstrip(b"\x00")[-2:] == JPEG_END:
-                jpegs.append(i)
-                orientations.append(orientation)
+                out.append(exc)
+        return out
+
+    def decode(self, datas: list[bytes | None], headers: list[Header | ImageRejected] | None = None) -> list[torch.Tensor | ImageRejected]:
+        """uint8 [3, H, W] tensors on the device (JPEGs batched there), or the rejection."""
+        headers = self.headers(datas) if headers is None else headers
+        out: list[torch.Tensor | ImageRejected | None] = [h if isinstance(h, ImageRejected) else None for h in headers]
+        # libjpeg pads a truncated JPEG with grey where PIL rejects it, and odd EXIF is PIL's call too
+        jpegs = [i for i, (data, h) in enumerate(zip(datas, headers))
+                 if isinstance(h, Header) and h.orientation is not None and data[:3] == JPEG_MAGIC and data.rstrip(b"\x00")[-2:] == JPEG_END]
         if jpegs:
             raw = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpegs]
             # Orientation is applied below on every device (the CUDA decoder ignores the flag).
@@ -121,8 +140,8 @@ class TensorPreprocessor:
                         decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=False))
                     except RuntimeError:
                         decoded.append(None)
-            for i, t, orientation in zip(jpegs, decoded, orientations):
-                out[i] = None if t is None else orient(t, orientation)
+            for i, t in zip(jpegs, decoded):
+                out[i] = None if t is None else orient(t, headers[i].orientation)
         for i, data in enumerate(datas):
             if out[i] is None:  # not a JPEG, or nvJPEG/libjpeg refused it: PIL decides
                 try:
@@ -143,16 +162,41 @@ class TensorPreprocessor:
         image = F.center_crop(image, list(r.crop))
         return (image.float() / 255.0 - self.mean) / self.std
 
+    def chunks(self, headers: list[Header | ImageRejected]) -> list[list[int]]:
+        """Consecutive item indices whose header pixel counts fit `chunk_pixels` together."""
+        out: list[list[int]] = [[]]
+        held = 0
+        for i, h in enumerate(headers):
+            n = h.pixels if isinstance(h, Header) else 0
+            if out[-1] and held + n > self.chunk_pixels:
+                out.append([])
+                held = 0
+            out[-1].append(i)
+            held += n
+        return out
+
     def __call__(self, datas: list[bytes | None]) -> tuple[torch.Tensor, list[ImageRejected | None]]:
         """(pixel batch of the good items, in order; per item None or its rejection)."""
-        decoded = self.decode(datas)
-        good = [t for t in decoded if isinstance(t, torch.Tensor)]
-        pixels = torch.empty(len(good), 3, *self.recipe.crop, device=self.device)
-        # Same-size images are resized as one batch: a few kernel launches per size instead of
-        # per image (catalogue images mostly share a handful of sizes).
-        by_shape: dict[tuple, list[int]] = defaultdict(list)
-        for j, t in enumerate(good):
-            by_shape[tuple(t.shape)].append(j)
-        for rows in by_shape.values():
-            pixels[rows] = self.transform(torch.stack([good[j] for j in rows]))
-        return pixels, [t if isinstance(t, ImageRejected) else None for t in decoded]
+        headers = self.headers(datas)
+        rejected: list[ImageRejected | None] = [None] * len(datas)
+        parts = []
+        for chunk in self.chunks(headers):
+            decoded = self.decode([datas[i] for i in chunk], [headers[i] for i in chunk])
+            good = [t for t in decoded if isinstance(t, torch.Tensor)]
+            for i, t in zip(chunk, decoded):
+                if isinstance(t, ImageRejected):
+                    rejected[i] = t
+            if not good:
+                continue
+            pixels = torch.empty(len(good), 3, *self.recipe.crop, device=self.device)
+            # Same-size images are resized as one batch: a few kernel launches per size instead
+            # of per image (catalogue images mostly share a handful of sizes).
+            by_shape: dict[tuple, list[int]] = defaultdict(list)
+            for j, t in enumerate(good):
+                by_shape[tuple(t.shape)].append(j)
+            for rows in by_shape.values():
+                pixels[rows] = self.transform(torch.stack([good[j] for j in rows]))
+            parts.append(pixels)
+            del decoded, good  # the originals go before the next chunk is decoded
+        pixels = torch.cat(parts) if parts else torch.empty(0, 3, *self.recipe.crop, device=self.device)
+        return pixels, rejected

@@ -60,3 +60,25 @@ def test_same_size_images_batched_equal_one_at_a_time():
     one_by_one = torch.stack([pre.transform(t) for t in pre.decode(datas) if isinstance(t, torch.Tensor)])
     assert pixels.shape == (6, 3, 32, 32)
     torch.testing.assert_close(pixels, one_by_one, rtol=0, atol=1e-5)
+
+
+def test_chunks_hold_at_most_the_pixel_budget_and_keep_order():
+    pre = TensorPreprocessor(RECIPE, "cpu", chunk_pixels=100)
+    headers = pre.headers([images.save(Image.new("RGB", (w, 10)), "JPEG") for w in (4, 5, 2, 20, 3)] + [b"junk"])
+    assert [h.pixels for h in headers] == [40, 50, 20, 200, 30, 0]
+    chunks = pre.chunks(headers)
+    assert chunks == [[0, 1], [2], [3], [4, 5]]  # an image over the budget goes alone
+    assert [i for c in chunks for i in c] == list(range(6))
+
+
+def test_small_pixel_budget_gives_the_same_batch():
+    """Decoding chunk by chunk (bounded device memory) changes nothing in the output."""
+    rng = np.random.default_rng(1)
+    datas = [images.save(Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)), fmt)
+             for (w, h), fmt in zip([(64, 40), (50, 50), (64, 40), (30, 90), (50, 50)], ["JPEG", "PNG", "JPEG", "JPEG", "JPEG"])]
+    datas.insert(1, None)
+    whole, rejected = TensorPreprocessor(RECIPE, "cpu")(datas)
+    chunked, rejected_chunked = TensorPreprocessor(RECIPE, "cpu", chunk_pixels=3000)(datas)
+    assert [r is None for r in rejected] == [r is None for r in rejected_chunked] == [True, False, True, True, True, True]
+    assert rejected_chunked[1].reason == "missing_image"
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
