@@ -130,7 +130,7 @@ def bench_embed(work: Path, args) -> dict:
 
     # vocab 49408: OpenAI's tokenizer size, so clip-retrieval (peer section) can load the same model
     model = str(make_random_clip(work / "model", **MODELS[args.model], vocab_size=49408))
-    files = make_jpeg_shards(work / "in", args.rows, args.image_size)
+    files = make_jpeg_shards(work / "in", args.rows, args.image_size, rows_per_group=args.rows_per_group)
     out = work / "emb"
     bares, runs = [], []
     for _ in range(args.repeat):
@@ -347,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=sorted(MODELS), default="small")
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--rows-per-group", type=int, default=128, help="Parquet row group size of the generated shards (a batch never spans row groups)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--embed-args", default="", help="extra `fusionindex embed` options, e.g. '--preprocess tensor'")
     ap.add_argument("--rss-rows", type=int, default=200)

@@ -27,6 +27,6 @@ OUTDIR=${OUT:-benchmarks/results}
 ROWS=${ROWS:-8192}
 DEVICE=${DEVICE:-cuda}
 for pre in tensor pil; do
-  timeout 200 python3 -m benchmarks.bench --sections embed --model vit-b-32 --rows "$ROWS" --image-size 256 --batch-size 256 --device "$DEVICE" --repeat 1 \
+  timeout 200 python3 -m benchmarks.bench --sections embed --model vit-b-32 --rows "$ROWS" --image-size 256 --batch-size 256 --rows-per-group 1024 --device "$DEVICE" --repeat 1 \
     --embed-args "--preprocess $pre" --output "$OUTDIR/gpu-$pre.json" || echo "gpu check with --preprocess $pre failed or timed out"
 done
