@@ -162,6 +162,17 @@ class TensorPreprocessor:
         image = F.center_crop(image, list(r.crop))
         return (image.float() / 255.0 - self.mean) / self.std
 
+    def transform_all(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """`transform` of each image, stacked in order. Same-size images are resized as one batch:
+        a few kernel launches per size instead of per image (catalogues share a few sizes)."""
+        pixels = torch.empty(len(images), 3, *self.recipe.crop, device=self.device)
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for j, t in enumerate(images):
+            by_shape[tuple(t.shape)].append(j)
+        for rows in by_shape.values():
+            pixels[rows] = self.transform(torch.stack([images[j] for j in rows]))
+        return pixels
+
     def chunks(self, headers: list[Header | ImageRejected]) -> list[list[int]]:
         """Consecutive item indices whose header pixel counts fit `chunk_pixels` together."""
         out: list[list[int]] = [[]]
@@ -186,17 +197,8 @@ class TensorPreprocessor:
             for i, t in zip(chunk, decoded):
                 if isinstance(t, ImageRejected):
                     rejected[i] = t
-            if not good:
-                continue
-            pixels = torch.empty(len(good), 3, *self.recipe.crop, device=self.device)
-            # Same-size images are resized as one batch: a few kernel launches per size instead
-            # of per image (catalogue images mostly share a handful of sizes).
-            by_shape: dict[tuple, list[int]] = defaultdict(list)
-            for j, t in enumerate(good):
-                by_shape[tuple(t.shape)].append(j)
-            for rows in by_shape.values():
-                pixels[rows] = self.transform(torch.stack([good[j] for j in rows]))
-            parts.append(pixels)
+            if good:
+                parts.append(self.transform_all(good))
             del decoded, good  # the originals go before the next chunk is decoded
         pixels = torch.cat(parts) if parts else torch.empty(0, 3, *self.recipe.crop, device=self.device)
         return pixels, rejected
