@@ -26,14 +26,18 @@ from torchvision.transforms import v2
 from transformers import AutoModel, AutoTokenizer
 
 from encoders.fusion import l2_normalise
+from encoders.images import flatten_on_white
+from encoders.settings import BACKBONES as BACKBONE_NAMES
 from encoders.loading import ModelLoadError, check_tokenizer_fits
 from encoders.tensor_images import Recipe
-from encoders.towers import MAX_CAPTION_CHARS, Towers, default_device
+from encoders.text import MAX_CAPTION_CHARS
+from encoders.towers import Towers, default_device
 
 log = logging.getLogger(__name__)
 
 MODEL_TYPE = "fusionindex-dual"
 BACKBONES = {"resnet18": (torchvision.models.resnet18, 512), "resnet50": (torchvision.models.resnet50, 2048)}
+assert tuple(BACKBONES) == BACKBONE_NAMES, "encoders.settings.BACKBONES names the towers built here"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -56,6 +60,12 @@ class DualEncoder(torch.nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("text.")}
 
 
+def dual_recipe(config: dict) -> Recipe:
+    """torchvision's ImageNet recipe at the model's image size."""
+    size = int(config.get("image_size", 224))
+    return Recipe(size, (size, size), IMAGENET_MEAN, IMAGENET_STD)
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -69,11 +79,11 @@ class DualTowers(Towers):
         self.device, self.model_dir = device, model_dir
         self.dim = int(config["projection_dim"])
         self.max_text_tokens = int(config.get("max_text_tokens", 128))
-        size = int(config.get("image_size", 224))
+        r = dual_recipe(config)
         self.center_crop = True
         self.transform = v2.Compose([
-            v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size),
-            v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            v2.ToImage(), v2.Resize(r.shortest_edge, antialias=True), v2.CenterCrop(list(r.crop)),
+            v2.ToDtype(torch.float32, scale=True), v2.Normalize(r.mean, r.std),
         ])
 
     @classmethod
@@ -121,11 +131,10 @@ class DualTowers(Towers):
         (out / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.transform(_rgb(im)) for im in images])
+        return torch.stack([self.transform(flatten_on_white(im)) for im in images])
 
     def recipe(self) -> Recipe:
-        size = int(self.config.get("image_size", 224))
-        return Recipe(size, (size, size), IMAGENET_MEAN, IMAGENET_STD)
+        return dual_recipe(self.config)
 
     def tokenize(self, texts):
         tokens = self.tokenizer([t[:MAX_CAPTION_CHARS] for t in texts], padding=True, truncation=True,
@@ -144,12 +153,3 @@ class DualTowers(Towers):
     def modules(self):
         return {"image": self.net.image, "text": self.net.text,
                 "heads": torch.nn.ModuleList([self.net.image_head, self.net.text_head])}
-
-
-def _rgb(image: Image.Image) -> Image.Image:
-    """RGB with transparency composited on white (as CLIP's processor does)."""
-    if image.mode == "RGB":
-        return image
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")

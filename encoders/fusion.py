@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from encoders.errors import UsageError
+from encoders.settings import FUSIONS, check_fusion_weights
 
 def l2_normalise(x: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit L2 norm (zero rows stay zero)."""
@@ -34,11 +36,7 @@ class WeightedFusion:
     beta: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.alpha < 0 or self.beta < 0 or self.alpha + self.beta <= 0:
-            raise ValueError(
-                f"fusion weights must be >= 0 and not both 0 (got alpha={self.alpha}, "
-                f"beta={self.beta}); e.g. --alpha 0.5 --beta 0.5"
-            )
+        check_fusion_weights(self.alpha, self.beta)
 
     def __call__(self, img: torch.Tensor, txt: torch.Tensor, has_text: torch.Tensor) -> torch.Tensor:
         """img, txt: [n, d] normalised; has_text: [n] bool. Rows of txt where not has_text are ignored."""

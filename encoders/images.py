@@ -1,4 +1,5 @@
-"""Decode encoded image bytes into PIL images, with caps and stable reject reasons.
+"""Decode encoded image bytes into PIL images, with caps and stable reject reasons; the pixel
+rules every preprocessing path shares (transparency on white, bounded aspect ratio).
 
 Contract: `decode_image(data)` returns an opened, fully loaded PIL image (first frame for
 animations, EXIF orientation applied, 16-bit and float samples scaled to 8 bits) or raises
@@ -6,6 +7,7 @@ animations, EXIF orientation applied, 16-bit and float samples scaled to 8 bits)
 alpha, CMYK, grayscale) is left to the checkpoint's own image processor, so for ordinary
 images the pipeline's pixels equal a direct `processor(images=Image.open(...))` call.
 """
+
 from __future__ import annotations
 
 import io
@@ -15,6 +17,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+
+# Images longer than MAX_ASPECT times their short side are bounded before preprocessing: a
+# processor resizing the short side of a 20000x1 strip to 224 px would allocate gigabytes.
+MAX_ASPECT = 8
+MAX_SQUASH_SIDE = 4096
+WHITE = (255, 255, 255, 255)
 
 
 class ImageRejected(ValueError):
@@ -39,7 +47,9 @@ def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
     """Reject an image whose header declares more pixels than the cap."""
     width, height = size
     if width * height > max_pixels:
-        raise ImageRejected("too_many_pixels", f"image declares {width}x{height} pixels > cap {max_pixels} (--max-image-pixels)")
+        raise ImageRejected(
+            "too_many_pixels", f"image declares {width}x{height} pixels > cap {max_pixels} (--max-image-pixels)"
+        )
 
 
 def decode_image(
@@ -88,4 +98,49 @@ def to_8bit(image: Image.Image) -> Image.Image:
         if arr.size and arr.max() <= 1.0:
             arr = arr * 255.0
         return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    return image
+
+
+def flatten_on_white(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency (alpha, or a palette/tRNS transparent colour) composited on white.
+
+    As CLIP's `convert_to_rgb` does, except that an RGB image carrying a transparent colour is
+    flattened too (CLIP's processor leaves such images as they are).
+    """
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba).convert("RGB")
+
+
+def aspect_crop_box(width: int, height: int) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) cutting the long side to MAX_ASPECT x the short side, or None.
+
+    Centred, with the parity of the long side kept, so a center crop taken afterwards is the
+    same as one taken from the whole image: a center-cropping processor (CLIP: resize the short
+    side, crop the central square) only ever keeps the central square.
+    """
+    short, long_ = min(width, height), max(width, height)
+    if long_ <= MAX_ASPECT * short:
+        return None
+    keep = MAX_ASPECT * short + (long_ - MAX_ASPECT * short) % 2
+    start = (long_ - keep) // 2
+    return (start, 0, start + keep, height) if width > height else (0, start, width, start + keep)
+
+
+def bound_aspect(image: Image.Image, *, center_crop: bool) -> Image.Image:
+    """Bound an extreme aspect ratio without changing what the preprocessing keeps.
+
+    Center-cropping processors: cut to `aspect_crop_box`. Processors that resize to a fixed
+    shape: shrink so the long side is at most MAX_SQUASH_SIDE.
+    """
+    box = aspect_crop_box(*image.size)
+    if box is None:
+        return image
+    if center_crop:
+        return image.crop(box)
+    w, h = image.size
+    if max(w, h) > MAX_SQUASH_SIDE:
+        scale = MAX_SQUASH_SIDE / max(w, h)
+        return image.resize((max(1, round(w * scale)), max(1, round(h * scale))))
     return image

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import fsspec
 
+from encoders.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -25,7 +27,7 @@ _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
 SKIP_DIRS = ("checkpoints",)  # `finetune` keeps per-epoch copies there: not part of the model
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UsageError):
     """A model spec cannot be turned into a usable checkpoint; the message says how to fix it."""
 
 

@@ -1,7 +1,8 @@
 """Pick and load a model family from a `--model` spec; save and load learned fusion.
 
     load_towers(spec)        -> ClipTowers | DualTowers, with .learned_fusion attached
-    describe_checkpoint(dir) -> family, model_type, dim, learned fusion params (no weights loaded)
+    describe_checkpoint(dir) -> family, model_type, dim, learned fusion params, tensor recipe
+                                (config files only, no weights loaded)
 
 A fine-tuned model is one directory: the family's own files plus, when attention fusion was
 trained, `fusion.safetensors` and `fusionindex.json` ({"fusion": params, "training": ...}).
@@ -15,9 +16,10 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from encoders.dual import MODEL_TYPE as DUAL_TYPE
-from encoders.dual import DualTowers
+from encoders.dual import DualTowers, dual_recipe
 from encoders.fusion import AttentionFusion
 from encoders.loading import ModelLoadError, check_tokenizer_fits, resolve_model_dir
+from encoders.tensor_images import recipe_of
 from encoders.towers import ClipTowers, Towers
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,8 @@ def _read_json(path: Path) -> dict:
 
 
 def describe_checkpoint(local: Path) -> dict:
-    """Family, model_type, embedding dim and learned fusion params, read from config files.
+    """Family, model_type, embedding dim, learned fusion params and the tensor preprocessing
+    recipe (None when the processor is not resize + center crop), read from config files.
 
     Raises ModelLoadError when the checkpoint is neither family, or its tokenizer does not
     fit its text tower, so a wrong --model fails before any pipeline starts.
@@ -45,8 +48,9 @@ def describe_checkpoint(local: Path) -> dict:
     if raw.get("model_type") == DUAL_TYPE:
         if not (local / "text" / "config.json").exists():
             raise ModelLoadError(f"{local}: a {DUAL_TYPE} model needs its text encoder in text/")
-        return {"family": "dual", "model_type": DUAL_TYPE, "dim": int(raw["projection_dim"]), "fusion": fusion}
-    from transformers import AutoConfig, AutoTokenizer
+        return {"family": "dual", "model_type": DUAL_TYPE, "dim": int(raw["projection_dim"]), "fusion": fusion,
+                "tensor_recipe": dual_recipe(raw)}
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
     try:
         config = AutoConfig.from_pretrained(local, trust_remote_code=False)
@@ -64,7 +68,11 @@ def describe_checkpoint(local: Path) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"{local}: no usable tokenizer ({exc}); save the processor with processor.save_pretrained(dir)") from exc
     check_tokenizer_fits(tokenizer, config, str(local))
-    return {"family": "clip", "model_type": config.model_type, "dim": int(dim), "fusion": fusion}
+    try:
+        recipe = recipe_of(AutoImageProcessor.from_pretrained(local, trust_remote_code=False))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{local}: no usable image processor ({exc}); save it with processor.save_pretrained(dir)") from exc
+    return {"family": "clip", "model_type": config.model_type, "dim": int(dim), "fusion": fusion, "tensor_recipe": recipe}
 
 
 def load_learned_fusion(local: Path, dim: int) -> AttentionFusion | None:

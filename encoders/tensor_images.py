@@ -3,10 +3,10 @@ resized / cropped / normalised there, with a PIL fallback per item.
 
 The recipe is the checkpoint's: resize the short side (bicubic, antialiased), center crop,
 scale to [0, 1], normalise with its mean/std. torchvision's bicubic differs from PIL's by
-rounding, so vectors match the PIL path to cosine >= 0.99, not bit for bit; that is why the
-CPU default stays the PIL path (exact equality with a direct processor call) and this one is
-the default on CUDA, where CPU decoding and resizing is the bottleneck (clip-retrieval's
-published 2,500 img/s on an A100 is CPU-bound).
+rounding, so vectors are close to the PIL path's but not bit for bit equal (the bound that
+is tested lives in tests/test_bad_data.py); that is why the CPU default stays the PIL path
+(exact equality with a direct processor call) and this one is the default on CUDA, where CPU
+decoding and resizing is the bottleneck.
 """
 from __future__ import annotations
 
@@ -20,13 +20,21 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from encoders.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected, check_bytes, check_pixels, decode_image
+from encoders.images import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageRejected,
+    aspect_crop_box,
+    check_bytes,
+    check_pixels,
+    decode_image,
+    flatten_on_white,
+)
 
 log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
-MAX_ASPECT = 8
 
 
 @dataclass(frozen=True)
@@ -37,10 +45,21 @@ class Recipe:
     std: tuple[float, float, float]
 
 
+def recipe_of(image_processor) -> Recipe | None:
+    """The processor's preprocessing as a Recipe when it is resize-short-side + center-crop
+    (CLIP's), else None (e.g. SigLIP's fixed-size squash: only the processor's PIL path fits)."""
+    ip = image_processor
+    size, crop = getattr(ip, "size", None), getattr(ip, "crop_size", None)
+    edge = getattr(size, "shortest_edge", None) or (size.get("shortest_edge") if isinstance(size, dict) else None)
+    if not (edge and crop and getattr(ip, "do_center_crop", False)):
+        return None
+    crop_hw = (crop["height"], crop["width"]) if isinstance(crop, dict) else (crop.height, crop.width)
+    return Recipe(int(edge), tuple(int(v) for v in crop_hw), tuple(ip.image_mean), tuple(ip.image_std))
+
+
 EXIF_ORIENTATION = 0x0112
 # Decoded pixels held on the device at once. Originals are decoded, resized and freed chunk by
-# chunk, so memory follows this budget and not batch size x --max-image-pixels (256 items of a
-# 50 MP cap would be 38 GB of uint8). About 1.2 GB peak with the float resize buffers.
+# chunk, so memory follows this budget and not batch size x --max-image-pixels.
 DEFAULT_CHUNK_PIXELS = 64 * 1024 * 1024
 
 
@@ -92,11 +111,7 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
 
 
 def _pil_to_tensor(data: bytes, max_pixels: int, max_bytes: int) -> torch.Tensor:
-    img = decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
-    if img.mode != "RGB":  # transparency on white, as CLIP's convert_to_rgb does
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return F.pil_to_tensor(img)
+    return F.pil_to_tensor(flatten_on_white(decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes)))
 
 
 class TensorPreprocessor:
@@ -153,11 +168,10 @@ class TensorPreprocessor:
     def transform(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 [..., 3, H, W] -> normalised float [..., 3, crop_h, crop_w] (bounded aspect first)."""
         r = self.recipe
-        h, w = image.shape[-2:]
-        if max(h, w) > MAX_ASPECT * min(h, w):  # only the central square survives the crop
-            keep = MAX_ASPECT * min(h, w)
-            keep += (max(h, w) - keep) % 2
-            image = F.center_crop(image, [h, keep] if w > h else [keep, w])
+        box = aspect_crop_box(image.shape[-1], image.shape[-2])
+        if box is not None:  # only the central square survives the crop
+            left, top, right, bottom = box
+            image = image[..., top:bottom, left:right]
         image = F.resize(image, r.shortest_edge, interpolation=F.InterpolationMode.BICUBIC, antialias=True)
         image = F.center_crop(image, list(r.crop))
         return (image.float() / 255.0 - self.mean) / self.std

@@ -21,20 +21,15 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
+from encoders.errors import UsageError
 from encoders.fusion import AttentionFusion, Fusion, l2_normalise
+from encoders.images import bound_aspect
 from encoders.loading import ModelLoadError, check_tokenizer_fits, fingerprint
-from encoders.tensor_images import Recipe
+from encoders.tensor_images import Recipe, recipe_of
+from encoders.text import MAX_CAPTION_CHARS, has_caption
 
 log = logging.getLogger(__name__)
 
-# Images longer than MAX_ASPECT times their short side are bounded before preprocessing: a
-# processor resizing the short side of a 20000x1 strip to 224 px would allocate gigabytes.
-MAX_ASPECT = 8
-MAX_SQUASH_SIDE = 4096
-
-# Captions are cut to this many characters before tokenising: the tokenizer truncates to the
-# model's context anyway, and a 100k-character caption should not cost 100k characters of work.
-MAX_CAPTION_CHARS = 4096
 
 
 def default_device() -> str:
@@ -161,13 +156,7 @@ class ClipTowers(Towers):
         return self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
     def recipe(self) -> Recipe | None:
-        ip = self.processor.image_processor
-        size, crop = getattr(ip, "size", None), getattr(ip, "crop_size", None)
-        edge = getattr(size, "shortest_edge", None) or (size.get("shortest_edge") if isinstance(size, dict) else None)
-        if not (edge and crop and getattr(ip, "do_center_crop", False)):
-            return None  # e.g. SigLIP's fixed-size squash: keep the processor's own PIL path
-        crop_hw = (crop["height"], crop["width"]) if isinstance(crop, dict) else (crop.height, crop.width)
-        return Recipe(int(edge), tuple(int(v) for v in crop_hw), tuple(ip.image_mean), tuple(ip.image_std))
+        return recipe_of(self.processor.image_processor)
 
     def tokenize(self, texts):
         tokens = self.processor.tokenizer(
@@ -195,29 +184,6 @@ class ClipTowers(Towers):
         self.processor.save_pretrained(out)
 
 
-def bound_aspect(image: Image.Image, *, center_crop: bool) -> Image.Image:
-    """Bound an extreme aspect ratio without changing what the preprocessing keeps.
-
-    A center-cropping processor (CLIP: resize the short side, crop the central square) only
-    keeps the central square: cut the long side to MAX_ASPECT x the short side, centred with
-    the same parity so the crop stays aligned. Other processors resize to a fixed shape:
-    shrink so the long side is at most MAX_SQUASH_SIDE.
-    """
-    w, h = image.size
-    short, long_ = min(w, h), max(w, h)
-    if long_ <= MAX_ASPECT * short:
-        return image
-    if center_crop:
-        keep = MAX_ASPECT * short + (long_ - MAX_ASPECT * short) % 2
-        start = (long_ - keep) // 2
-        box = (start, 0, start + keep, h) if w > h else (0, start, w, start + keep)
-        return image.crop(box)
-    if long_ > MAX_SQUASH_SIDE:
-        scale = MAX_SQUASH_SIDE / long_
-        return image.resize((max(1, round(w * scale)), max(1, round(h * scale))))
-    return image
-
-
 def _projected(out) -> torch.Tensor:
     """transformers 5 returns an output object whose pooler_output is the projected vector."""
     if isinstance(out, torch.Tensor):
@@ -233,10 +199,6 @@ class EmbeddedBatch:
     text: np.ndarray
     fused: np.ndarray
     has_text: np.ndarray
-
-
-def has_caption(caption: str | None) -> bool:
-    return caption is not None and caption.strip() != ""
 
 
 def embed_pairs(towers: Towers, fusion: Fusion, images: Sequence[Image.Image] | torch.Tensor, captions: Sequence[str | None]) -> EmbeddedBatch:
@@ -258,7 +220,7 @@ def embed_pairs(towers: Towers, fusion: Fusion, images: Sequence[Image.Image] | 
 def embed_query(towers: Towers, fusion: Fusion, text: str | None = None, image: Image.Image | None = None) -> np.ndarray:
     """[1, dim] query vector: text, image, or (both given) their fusion, as items are fused."""
     if text is None and image is None:
-        raise ValueError("give a text query, an image query, or both")
+        raise UsageError("give a text query, an image query, or both")
     if image is None:
         return towers.encode_texts([text]).numpy()
     if text is None:

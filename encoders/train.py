@@ -15,38 +15,28 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from encoders.fusion import AttentionFusion, Fusion
-from encoders.towers import Towers, has_caption
+from encoders.images import ImageRejected
+from encoders.settings import TrainConfig
+from encoders.text import has_caption
+from encoders.towers import Towers
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Example:
+    id: str
     image: Callable[[], Image.Image]  # decodes on demand: a catalogue does not fit in memory as pixels
     caption: str | None
     query: str | None
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-4
-    head_lr: float = 1e-3
-    weight_decay: float = 0.01
-    freeze: set[str] = field(default_factory=set)  # subset of {"image", "text"}
-    seed: int = 0
-    patience: int = 2  # epochs without a better validation recall before stopping
-    max_minutes: float | None = None  # stop (after checkpointing) once this much time is spent
-    amp: bool | None = None  # None: on for CUDA
 
 
 @dataclass
@@ -74,8 +64,6 @@ class Trainer:
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=self.device))
         modules = towers.modules()
         for name in cfg.freeze:
-            if name not in ("image", "text"):
-                raise ValueError(f"cannot freeze {name!r}: choose image or text")
             for p in modules[name].parameters():
                 p.requires_grad_(False)
         groups = [{"params": [p for n in ("image", "text") if n not in cfg.freeze for p in modules[n].parameters()], "lr": cfg.lr}]
@@ -87,6 +75,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
         self.amp = cfg.amp if cfg.amp is not None else self.device.startswith("cuda")
         self._text_cache: dict[str, torch.Tensor] = {}
+        self.unusable: dict[str, str] = {}  # example id -> reject reason of an image that did not decode
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "logit_scale": self.logit_scale.detach().cpu()}
@@ -115,9 +104,26 @@ class Trainer:
             self._text_cache.update(zip(todo, pooled))
         return t.text_head(torch.stack([self._text_cache[x] for x in texts])).float()
 
-    def step(self, batch: Sequence[Example]) -> float:
+    def decoded(self, batch: Sequence[Example]) -> tuple[list[Example], list[Image.Image]]:
+        """The batch's examples whose image decodes, and those images; the others are recorded
+        in `unusable` (and logged once each), never silently dropped."""
+        kept, images = [], []
+        for e in batch:
+            try:
+                images.append(e.image())
+                kept.append(e)
+            except ImageRejected as exc:
+                if e.id not in self.unusable:
+                    log.warning("training item %s left out: %s (%s)", e.id, exc, exc.reason)
+                self.unusable[e.id] = exc.reason
+        return kept, images
+
+    def step(self, batch: Sequence[Example]) -> float | None:
+        """One optimiser step; None when fewer than two items of the batch decode (no negatives)."""
         t = self.towers
-        images = [e.image() for e in batch]
+        batch, images = self.decoded(batch)
+        if len(batch) < 2:
+            return None
         captions = [e.caption if has_caption(e.caption) else "" for e in batch]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             img = t.image_features(t.preprocess_images(images).to(self.device)).float()
@@ -152,10 +158,13 @@ class Trainer:
             bar = progress(total=len(batches), desc=f"epoch {state.epoch + 1}/{cfg.epochs}") if progress else None
             out_of_time = False
             for b in batches:
-                losses.append(self.step([train[i] for i in b]))
+                loss = self.step([train[i] for i in b])
+                if loss is not None:
+                    losses.append(loss)
                 if bar:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+                    if losses:
+                        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
                 if cfg.max_minutes is not None and time.monotonic() - started > cfg.max_minutes * 60:
                     out_of_time = True
                     break
@@ -165,7 +174,7 @@ class Trainer:
                       "seconds": round(time.monotonic() - started, 1), "temperature": float(1 / self.logit_scale.detach().exp()), **metrics}
             state.history.append(record)
             if bar:
-                bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{metrics['val_recall']:.3f}")
+                bar.set_postfix(loss=f"{record['loss'] or float('nan'):.3f}", val=f"{metrics['val_recall']:.3f}")
                 bar.close()
             log.info("epoch %d: loss %.4f, val recall %.4f", record["epoch"], record["loss"] or float("nan"), metrics["val_recall"])
             state.epoch += 1

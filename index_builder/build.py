@@ -15,7 +15,6 @@ import logging
 import multiprocessing
 import os
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import faiss
@@ -23,10 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from encoders.errors import InputError, SettingsError
 from index_builder import faiss_io, storage
 from index_builder.embeddings import MANIFEST, Shard, arrow_to_vectors, list_shards, vector_column
-from index_builder.factory import check_factory, choose_factory, choose_nprobe, choose_train_size
+from index_builder.factory import choose_factory, choose_nprobe, choose_train_size
 from index_builder.recall import measure_recall
+from index_builder.settings import BuildSettings
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +36,13 @@ IDS_FILE = "ids.parquet"
 METRIC = faiss.METRIC_INNER_PRODUCT
 
 
-@dataclass
-class BuildConfig:
-    embeddings: str
-    output: str
-    vector: str = "fused"
-    factory: str | None = None
-    nprobe: int | None = None
-    train_size: int | None = None
-    seed: int = 0
-    workers: int = 1
-    recall_queries: int = 200
-    cache_bytes: int = 2 << 30  # shards up to this size are read once and kept in memory
+def new_index(d: int, factory: str) -> faiss.Index:
+    """An empty index of `factory`; a string faiss cannot parse is a SettingsError."""
+    try:
+        return faiss.index_factory(d, factory, METRIC)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SettingsError(f"--factory {factory!r} is not a faiss index_factory string for dim {d} ({first})") from exc
 
 
 def read_vectors(shard: Shard, vector: str) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +100,7 @@ def sample_training_set(shards: list[Shard], vector: str, size: int, seed: int, 
 
 def train_template(factory: str, xt: np.ndarray) -> faiss.Index:
     """An empty trained index; the coarse quantizer trains on GPU when faiss sees one."""
-    index = faiss.index_factory(xt.shape[1], factory, METRIC)
+    index = new_index(xt.shape[1], factory)
     ivf = faiss.try_extract_index_ivf(index)
     pq = getattr(faiss.downcast_index(ivf if ivf is not None else index), "pq", None)
     if pq is not None and len(xt) < 39 * pq.ksub:
@@ -164,8 +160,8 @@ def add_and_merge(template: faiss.Index, shards: list[Shard], vector: str, valid
     finally:
         if pool is not None:
             pool.shutdown()
-    table = pa.table({"id": pa.chunked_array(sum((c.chunks for c in ids), []), pa.string()),
-                      "caption": pa.chunked_array(sum((c.chunks for c in captions), []), pa.string())})
+    table = pa.table({"id": pa.chunked_array([chunk for c in ids for chunk in c.chunks], pa.string()),
+                      "caption": pa.chunked_array([chunk for c in captions for chunk in c.chunks], pa.string())})
     return merged, table
 
 
@@ -175,21 +171,21 @@ def set_nprobe(index: faiss.Index, nprobe: int) -> None:
         ivf.nprobe = nprobe
 
 
-def build_index(cfg: BuildConfig) -> dict:
+def build_index(cfg: BuildSettings) -> dict:
     """Build and commit IDX (index.faiss, ids.parquet, manifest.json last); return the manifest."""
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     source_path = storage.join(cfg.embeddings, MANIFEST)
     if not storage.exists(source_path):
-        raise FileNotFoundError(f"{cfg.embeddings} has no {MANIFEST}: the embed run did not finish; re-run `fusionindex embed`")
+        raise InputError(f"{cfg.embeddings} has no {MANIFEST}: the embed run did not finish; re-run `fusionindex embed`")
     source = storage.read_json(source_path)
     shards = list_shards(cfg.embeddings)
     total = sum(s.num_rows for s in shards)
     if total == 0:
-        raise ValueError(f"{cfg.embeddings} holds no embedded rows; nothing to index")
+        raise InputError(f"{cfg.embeddings} holds no embedded rows; nothing to index")
     d = int(source["dim"])
     factory = cfg.factory or choose_factory(total, d)
-    check_factory(factory)
+    new_index(d, factory)  # a bad --factory fails here, before any vector is read
     train_size = cfg.train_size or choose_train_size(total, factory)
     log.info("building %s over %d vectors (%s, dim %d), training on %d", factory, total, cfg.vector, d, train_size)
 
@@ -198,13 +194,15 @@ def build_index(cfg: BuildConfig) -> dict:
     xt, xt_ids, valid_counts = sample_training_set(shards, cfg.vector, train_size, cfg.seed, cache)
     n_valid = sum(valid_counts)
     if n_valid == 0:
-        raise ValueError(f"no row has a {cfg.vector} vector (e.g. --vector text with no captions)")
+        raise InputError(f"no row has a {cfg.vector} vector (e.g. --vector text with no captions)")
     timings = {"sample_s": time.monotonic() - t}
     t = time.monotonic()
     try:
         template = train_template(factory, xt)
     except RuntimeError as exc:
-        raise ValueError(f"cannot train {factory!r} on {len(xt)} vectors: {exc}; pass a smaller --factory or more data") from exc
+        raise SettingsError(
+            f"cannot train {factory!r} on {len(xt)} vectors: {exc}; pass a smaller --factory or more data"
+        ) from exc
     timings["train_s"] = time.monotonic() - t
     t = time.monotonic()
     index, ids_table = add_and_merge(template, shards, cfg.vector, valid_counts, cfg.workers, cache)

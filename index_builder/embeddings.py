@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from encoders.errors import InputError, check_choice
 from index_builder import storage
 
 EMBEDDINGS = "embeddings"
@@ -81,8 +82,8 @@ class Shard:
 def list_shards(embeddings_dir: str, *, require_complete: bool = True) -> list[Shard]:
     """Committed shards of `DIR` (or `DIR/embeddings`), in shard order, with row counts.
 
-    With `require_complete` (default) raises FileNotFoundError when there are none and
-    ValueError when some of the N shards are missing.
+    With `require_complete` (default) raises InputError when there are none or when some of
+    the N shards are missing.
     """
     base = embeddings_dir
     if EMBEDDINGS not in storage.listdir(base) and any(_SHARD.match(n) for n in storage.listdir(base)):
@@ -93,10 +94,10 @@ def list_shards(embeddings_dir: str, *, require_complete: bool = True) -> list[S
     if not names and not require_complete:
         return []
     if not names:
-        raise FileNotFoundError(f"no embedding shards (part-*.parquet) under {shard_dir}; run `fusionindex embed` first")
+        raise InputError(f"no embedding shards (part-*.parquet) under {shard_dir}; run `fusionindex embed` first")
     totals = {int(_SHARD.match(n).group(2)) for n in names}
     if require_complete and (len(totals) != 1 or len(names) != totals.pop()):
-        raise ValueError(f"{shard_dir} holds an incomplete or mixed set of shards ({len(names)} files); re-run embed")
+        raise InputError(f"{shard_dir} holds an incomplete or mixed set of shards ({len(names)} files); re-run embed")
     shards = []
     for name in sorted(names):
         path = storage.join(shard_dir, name)
@@ -108,6 +109,5 @@ def list_shards(embeddings_dir: str, *, require_complete: bool = True) -> list[S
 
 
 def vector_column(vector: str) -> str:
-    if vector not in VECTOR_COLUMNS:
-        raise ValueError(f"unknown vector {vector!r}; choose one of {', '.join(VECTOR_COLUMNS)}")
+    check_choice("--vector", vector, VECTOR_COLUMNS)
     return VECTOR_COLUMNS[vector]

@@ -5,16 +5,17 @@ Follows the FAISS guidelines (wiki "Guidelines to choose an index"):
   100M, 1048576 beyond, never more than n/39 so each centroid gets >= 39 training points;
   an HNSW coarse quantizer from 65536 lists on;
 - PQ: m sub-quantizers, the largest GPU-supported m that divides d with >= 2 dims each,
-  8-bit codes (measured on clustered 4,500 x 32-d data, nprobe = nlist: self-query at rank
-  1 was 1.00 with PQ16x8 and 0.82 with PQ16x4, so 4-bit codes are not worth their saving
-  even where 256 centroids get few training points); always the `np` suffix: polysemous
-  training costs 3-5x the training time for nothing here;
+  8-bit codes (4-bit codes lost self-query recall on small sets, see docs/performance.md);
+  always the `np` suffix: polysemous training costs several times the training time for
+  nothing here;
 - below 1,000 vectors an exact `Flat` index: IVF-PQ on so few vectors only loses recall.
 """
 from __future__ import annotations
 
 import math
 import re
+
+from encoders.errors import SettingsError
 
 MIN_POINTS_PER_CENTROID = 39
 FLAT_BELOW = 1_000
@@ -76,7 +77,7 @@ def check_factory(factory: str) -> None:
     """Refuse polysemous PQ training (`PQm` without `np` on a non-fast-scan PQ)."""
     for match in re.finditer(r"PQ(\d+)(x\d+)?(fs|np)?", factory):
         if match.group(3) is None:
-            raise ValueError(
+            raise SettingsError(
                 f"factory {factory!r}: {match.group(0)} turns on polysemous training (3-5x slower, "
                 f"no benefit here); write {match.group(0)}np"
             )

@@ -1,4 +1,9 @@
-"""Load a committed index directory and rank vectors against it."""
+"""Load a committed index directory and rank vectors against it.
+
+Search parameters (nprobe) are passed per call (`SearchParametersIVF`), never set on the
+loaded index, so one loaded index can serve calls with different settings.
+"""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,8 +11,9 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from encoders.errors import InputError, SettingsError
 from index_builder import faiss_io, storage
-from index_builder.build import IDS_FILE, INDEX_FILE, set_nprobe
+from index_builder.build import IDS_FILE, INDEX_FILE
 from index_builder.embeddings import MANIFEST
 
 
@@ -19,35 +25,56 @@ class Hit:
     caption: str | None
 
 
+def search_parameters(index: faiss.Index, nprobe: int) -> faiss.SearchParameters:
+    """Per-call parameters that probe `nprobe` inverted lists of `index`, through the wrappers
+    index_factory builds (OPQ/PCA pre-transforms, RFlat refinement). SettingsError when the
+    index has no inverted lists."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(nprobe=nprobe)
+    if isinstance(index, faiss.IndexPreTransform):
+        params, inner = faiss.SearchParametersPreTransform(), search_parameters(index.index, nprobe)
+        params.index_params = inner
+    elif isinstance(index, faiss.IndexRefine):
+        params, inner = faiss.IndexRefineSearchParameters(), search_parameters(index.base_index, nprobe)
+        params.base_index_params = inner
+    else:
+        raise SettingsError(f"--nprobe applies to IVF indexes; this index is a {type(index).__name__}: leave it out")
+    params.referenced_objects = [inner]  # SWIG holds a raw pointer to `inner`: keep it alive
+    return params
+
+
 class LoadedIndex:
     """index.faiss + ids.parquet + manifest.json of one IDX directory."""
 
     def __init__(self, index: faiss.Index, ids: list[str], captions: list[str | None], manifest: dict):
         if index.ntotal != len(ids):
-            raise ValueError(f"index holds {index.ntotal} vectors but ids.parquet {len(ids)} rows; rebuild the index")
+            raise InputError(f"index holds {index.ntotal} vectors but ids.parquet {len(ids)} rows; rebuild the index")
         self.index, self.ids, self.captions, self.manifest = index, ids, captions, manifest
 
     @classmethod
-    def load(cls, path: str) -> "LoadedIndex":
+    def load(cls, path: str) -> LoadedIndex:
         manifest_path = storage.join(path, MANIFEST)
         if not storage.exists(manifest_path):
-            raise FileNotFoundError(f"{path} has no {MANIFEST}: not a finished index; run `fusionindex build-index`")
+            raise InputError(f"{path} has no {MANIFEST}: not a finished index; run `fusionindex build-index`")
         manifest = storage.read_json(manifest_path)
         table = storage.read_parquet(storage.join(path, IDS_FILE), ["id", "caption"])
-        return cls(faiss_io.read_index(storage.join(path, INDEX_FILE)), table.column("id").to_pylist(), table.column("caption").to_pylist(), manifest)
+        index = faiss_io.read_index(storage.join(path, INDEX_FILE))
+        return cls(index, table.column("id").to_pylist(), table.column("caption").to_pylist(), manifest)
 
     @property
     def dim(self) -> int:
         return self.index.d
 
     def search(self, queries: np.ndarray, k: int = 10, nprobe: int | None = None) -> list[list[Hit]]:
-        """Top-k hits per query row (queries [q, dim], L2-normalised); fewer if the index is small."""
+        """Top-k hits per query row (queries [q, dim], L2-normalised); fewer if the index is small.
+
+        `nprobe` applies to this call only (default: the one the index was built with)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"query vectors have shape {queries.shape}, the index expects dim {self.dim}")
-        if nprobe is not None:
-            set_nprobe(self.index, nprobe)
-        scores, found = self.index.search(queries, min(k, self.index.ntotal))
+            raise InputError(f"query vectors have shape {queries.shape}, the index expects dim {self.dim}")
+        params = None if nprobe is None else search_parameters(self.index, nprobe)
+        scores, found = self.index.search(queries, min(k, self.index.ntotal), params=params)
         return [
             [Hit(r + 1, self.ids[j], float(s), self.captions[j]) for r, (j, s) in enumerate(zip(row_ids, row_scores)) if j >= 0]
             for row_ids, row_scores in zip(found, scores)

@@ -1,7 +1,11 @@
 """Small fsspec helpers: every path may be local or a URL (gs://, s3://, memory://, ...).
 
-Writes are atomic for readers: data goes to a hidden temporary name in the same directory
-and is then renamed (a single PUT on object stores), so a reader never sees half a file.
+Writes are atomic for readers: data goes to a hidden temporary name (`.tmp-...`) in the same
+directory and is then moved to its name. Locally the move is a rename (atomic). On object
+stores fsspec's move is a server-side copy then a delete of the temporary: the copy makes the
+final object appear whole (object stores never show a half-written object), and a writer
+killed between copy and delete leaves a `.tmp-*` object behind, which `remove_temporaries`
+clears at the start of the next run. Either way a reader never sees half a file.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from typing import Any, Iterator
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from encoders.errors import InputError
 
 
 def url_to_fs(path: str):
@@ -37,7 +43,7 @@ def _unstrip(original: str, fs, path: str) -> str:
 def expand(patterns: list[str]) -> list[str]:
     """Sorted unique files matching globs, files or directories (their *.parquet).
 
-    A pattern matching nothing is an error.
+    A pattern matching nothing raises InputError.
     """
     found: set[str] = set()
     for pattern in patterns:
@@ -46,7 +52,7 @@ def expand(patterns: list[str]) -> list[str]:
             path = posixpath.join(path, "*.parquet")
         matches = [m for m in fs.glob(path) if fs.isfile(m)]
         if not matches:
-            raise FileNotFoundError(f"no file matches {pattern!r}; check the path or glob (quote it in the shell)")
+            raise InputError(f"no file matches {pattern!r}; check the path or glob (quote it in the shell)")
         found.update(_unstrip(pattern, fs, m) for m in matches)
     return sorted(found)
 

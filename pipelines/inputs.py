@@ -1,40 +1,68 @@
-"""Plan the input: expand globs, read Parquet footers, validate columns, cut work units.
+"""The one Parquet reader: expand globs, read footers, validate columns, cut work units, stream rows.
 
-Everything here runs before the pipeline starts, so a bad path or schema fails in seconds
-with the file named. A work unit is one row group of one file: the smallest piece a
+Everything in `plan_inputs` runs before any pipeline starts, so a bad path or schema fails in
+seconds with the file named. A work unit is one row group of one file: the smallest piece a
 Parquet reader can fetch on its own, and the unit of output (one embedding shard each).
+`iter_unit` streams a unit's rows in batches; `embed`, fine-tuning, evaluation and the report
+all read through it.
+
+Two layouts are understood:
+* img2dataset's: the image bytes in a binary column named after the encoding (`jpg`, `png`,
+  `webp`), a `status` column (rows that are not `success` are skipped);
+* Hugging Face `datasets`' (how image datasets on the hub are stored): the image column is the
+  `Image` feature, `struct<bytes: binary, path: string>`, usually named `image`, no status.
+A null image, or a struct holding only a path (an image stored outside the file), is a row
+without image: `embed` rejects it, never drops it.
 
 We read with pyarrow + fsspec rather than Beam's ReadFromParquetBatched because we need
 (a) any fsspec URL, not only Beam's filesystems, (b) the row index of every row for
 deterministic output order and reject records, (c) the source file named on a corrupt read.
 """
+
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field
-from typing import Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from encoders.errors import InputError
 from index_builder import storage
 
 log = logging.getLogger(__name__)
 
-IMAGE_COLUMNS = ("jpg", "png", "webp")
+IMAGE_COLUMNS = ("jpg", "png", "webp")  # img2dataset: a binary column named after the encoding
 SUCCESS = "success"
+HF_METADATA = b"huggingface"  # schema metadata `datasets` writes: {"info": {"features": {...}}}
+READ_BUFFER = 1 << 20  # bytes per read: rows stream page by page, not row group by row group
 
 
-class InputError(ValueError):
-    """The input cannot be read as asked; the message names the file and the fix."""
+def _column(name: str | None, flag: str, help: str) -> object:
+    return field(default=name, metadata={"dest": flag.lstrip("-").replace("-", "_"), "flag": flag, "help": help})
 
 
 @dataclass(frozen=True)
 class Columns:
-    id: str = "key"
-    caption: str = "caption"
-    image: str | None = None  # None: auto-detect jpg / png / webp
-    status: str | None = "status"  # rows whose status is not "success" are skipped; absent column: all rows used
+    """Which columns hold what. `image` None: auto-detect. `status`, `query`, `split` are used
+    where a file has them (None or "": never read)."""
+
+    id: str = _column("key", "--id-column", "item id (string or integer)")
+    caption: str = _column("caption", "--caption-column", "caption text (string, or binary UTF-8)")
+    image: str | None = _column(
+        None, "--image-column", "encoded image bytes; default: auto-detect jpg, png, webp or a Hugging Face Image column"
+    )
+    status: str | None = _column("status", "--status-column", "rows whose value is not 'success' are skipped")
+    query: str | None = _column(None, "--query-column", "a shopper's query text (evaluation, fine-tuning)")
+    split: str | None = _column(None, "--split-column", "train / val / test (fine-tuning, evaluation)")
+    image_struct: bool = False  # resolved per file: the image column is struct<bytes, path>
+
+    def __post_init__(self) -> None:
+        for name in ("status", "query", "split"):
+            if getattr(self, name) == "":
+                object.__setattr__(self, name, None)
 
 
 @dataclass(frozen=True)
@@ -46,7 +74,7 @@ class WorkUnit:
     row_group: int
     first_row: int
     num_rows: int
-    columns: Columns  # resolved: image column known, status None when the file has none
+    columns: Columns  # resolved: image column known, optional columns None where the file has none
 
 
 @dataclass(frozen=True)
@@ -57,6 +85,20 @@ class InputPlan:
     bad_files: list[dict] = field(default_factory=list)  # unreadable files skipped with --skip-bad-files
 
 
+@dataclass(frozen=True)
+class Row:
+    """One input row as the reader sees it."""
+
+    row_index: int  # within its file
+    id: str | None
+    caption: str | None
+    image: bytes | None
+    status: str | None
+    image_path: str | None = None  # a Hugging Face image struct's path when it holds no bytes
+    query: str | None = None
+    split: str | None = None
+
+
 def _is_string(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
@@ -65,30 +107,61 @@ def _is_binary(t: pa.DataType) -> bool:
     return pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
+def is_image_struct(t: pa.DataType) -> bool:
+    """Hugging Face's Image feature: struct<bytes: binary, path: string>."""
+    if not pa.types.is_struct(t):
+        return False
+    names = {t.field(i).name: t.field(i).type for i in range(t.num_fields)}
+    return "bytes" in names and _is_binary(names["bytes"])
+
+
+def _hf_image_columns(schema: pa.Schema) -> list[str] | None:
+    """Columns `datasets` declared as Image features, or None when the file is not from `datasets`."""
+    raw = (schema.metadata or {}).get(HF_METADATA)
+    if raw is None:
+        return None
+    try:
+        features = json.loads(raw)["info"]["features"]
+        return [name for name, f in features.items() if isinstance(f, dict) and f.get("_type") == "Image"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _detect_image(schema: pa.Schema, path: str, listing: str) -> str:
+    declared = _hf_image_columns(schema)
+    present = [c for c in IMAGE_COLUMNS if c in schema.names]  # by name: a wrong type is reported below
+    structs = [f.name for f in schema if is_image_struct(f.type) and (declared is None or f.name in declared)]
+    found = present + structs
+    if not found:
+        raise InputError(
+            f"{path}: no image column found (looked for {', '.join(IMAGE_COLUMNS)} and Hugging Face "
+            f"Image struct<bytes, path> columns); columns are: {listing}. Pass --image-column"
+        )
+    if len(found) > 1:
+        raise InputError(f"{path}: several image columns ({', '.join(found)}); pick one with --image-column")
+    return found[0]
+
+
 def resolve_columns(schema: pa.Schema, wanted: Columns, path: str) -> Columns:
     """Check `schema` has the columns with usable types; fill in the image column."""
     names = schema.names
     listing = ", ".join(names)
-    image = wanted.image
-    if image is None:
-        present = [c for c in IMAGE_COLUMNS if c in names]
-        if not present:
-            raise InputError(f"{path}: no image column found (looked for {', '.join(IMAGE_COLUMNS)}); columns are: {listing}. Pass --image-column")
-        if len(present) > 1:
-            raise InputError(f"{path}: several image columns ({', '.join(present)}); pick one with --image-column")
-        image = present[0]
+    image = wanted.image or _detect_image(schema, path, listing)
+    hint = ""
+    if HF_METADATA in (schema.metadata or {}):
+        hint = " (a Hugging Face `datasets` file: its columns are often `id` and `text`: --id-column id --caption-column text)"
     checks = [
         (wanted.id, "--id-column", lambda t: _is_string(t) or pa.types.is_integer(t), "string or integer"),
         (wanted.caption, "--caption-column", lambda t: _is_string(t) or _is_binary(t), "string (or binary UTF-8 text)"),
-        (image, "--image-column", _is_binary, "binary (encoded image bytes)"),
+        (image, "--image-column", lambda t: _is_binary(t) or is_image_struct(t), "binary or struct<bytes, path>"),
     ]
     for name, flag, ok, expected in checks:
         if name not in names:
-            raise InputError(f"{path}: missing column {name!r} (set {flag}); columns are: {listing}")
+            raise InputError(f"{path}: missing column {name!r} (set {flag}); columns are: {listing}{hint}")
         if not ok(schema.field(name).type) and not pa.types.is_null(schema.field(name).type):
             raise InputError(f"{path}: column {name!r} has type {schema.field(name).type}, expected {expected}")
-    status = wanted.status if wanted.status and wanted.status in names else None
-    return Columns(id=wanted.id, caption=wanted.caption, image=image, status=status)
+    present = {k: getattr(wanted, k) if getattr(wanted, k) in names else None for k in ("status", "query", "split")}
+    return replace(wanted, image=image, image_struct=is_image_struct(schema.field(image).type), **present)
 
 
 def open_parquet(path: str) -> pq.ParquetFile:
@@ -97,7 +170,10 @@ def open_parquet(path: str) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(fs.open(p, "rb"))
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({exc}); a writer that died can leave a file without footer: remove or re-create it") from exc
+        raise InputError(
+            f"{path}: not a readable Parquet file ({exc}); a writer that died can leave a file without footer: "
+            "remove or re-create it"
+        ) from exc
 
 
 def plan_inputs(patterns: list[str], wanted: Columns, *, skip_bad_files: bool = False) -> InputPlan:
@@ -106,6 +182,8 @@ def plan_inputs(patterns: list[str], wanted: Columns, *, skip_bad_files: bool = 
     An unreadable file raises InputError, or with `skip_bad_files` is listed in `bad_files`
     and left out. A readable file with wrong columns always raises: that is a usage error.
     """
+    if not patterns:
+        raise InputError("no input given: pass --input with Parquet files, globs or directories")
     files = storage.expand(patterns)
     units: list[WorkUnit] = []
     bad: list[dict] = []
@@ -129,26 +207,8 @@ def plan_inputs(patterns: list[str], wanted: Columns, *, skip_bad_files: bool = 
         if first == 0:
             log.warning("%s holds no rows", path)
     log.info("input: %d files, %d row groups, %d rows", len(files), len(units), total)
-    return InputPlan([f for f in files if f not in {b["path"] for b in bad}], units, total, bad)
-
-
-@dataclass(frozen=True)
-class Row:
-    """One input row as the reader sees it."""
-
-    row_index: int  # within its file
-    id: str | None
-    caption: str | None
-    image: bytes | None
-    status: str | None
-
-
-def _read(unit: WorkUnit, names: list[str]) -> pa.Table:
-    pf = open_parquet(unit.path)
-    try:
-        return pf.read_row_group(unit.row_group, columns=names)
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{unit.path}: cannot read row group {unit.row_group}: {exc}") from exc
+    skipped = {b["path"] for b in bad}
+    return InputPlan([f for f in files if f not in skipped], units, total, bad)
 
 
 def _text(value) -> str | None:
@@ -158,26 +218,42 @@ def _text(value) -> str | None:
     return value
 
 
+def _images(column: pa.Array, struct: bool) -> tuple[list[bytes | None], list[str | None]]:
+    """(bytes, path) per row. flatten() applies the struct's own nulls to its children (a null
+    struct's child slots may hold anything)."""
+    if not struct:
+        return column.to_pylist(), [None] * len(column)
+    children = dict(zip([column.type.field(i).name for i in range(column.type.num_fields)], column.flatten()))
+    paths = children["path"].to_pylist() if "path" in children else [None] * len(column)
+    return children["bytes"].to_pylist(), paths
+
+
 def iter_unit(unit: WorkUnit, batch_rows: int = 256) -> Iterator[list[Row]]:
     """The unit's rows in batches of `batch_rows`, streamed: memory is bounded by the batch, not
-    the row group (6,144 JPEG rows in one group: 211 MiB peak streamed vs 837 MiB read whole).
-
-    Raises InputError (naming file and row group) when the data cannot be read.
+    the row group. Raises InputError (naming file and row group) when the data cannot be read.
     """
     c = unit.columns
-    names = [c.id, c.caption, c.image] + ([c.status] if c.status else [])
+    optional = {k: getattr(c, k) for k in ("status", "query", "split") if getattr(c, k)}
+    names = [c.id, c.caption, c.image, *optional.values()]
     fs, p = storage.url_to_fs(unit.path)
     start = unit.first_row
     try:
         with fs.open(p, "rb") as fh:
-            pf = pq.ParquetFile(fh, buffer_size=1 << 20, pre_buffer=False)  # page by page
+            pf = pq.ParquetFile(fh, buffer_size=READ_BUFFER, pre_buffer=False)
             for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[unit.row_group], columns=names):
+                n = batch.num_rows
                 ids = batch.column(0).to_pylist()
                 captions = batch.column(1).to_pylist()
-                images = batch.column(2).to_pylist()
-                statuses = batch.column(3).to_pylist() if c.status else [SUCCESS] * len(ids)
-                yield [Row(start + i, None if ids[i] is None else str(ids[i]), _text(captions[i]), images[i], statuses[i]) for i in range(len(ids))]
-                start += len(ids)
+                images, paths = _images(batch.column(2), c.image_struct)
+                extra = {k: batch.column(3 + i).to_pylist() for i, k in enumerate(optional)}
+                statuses = extra.get("status", [SUCCESS] * n)
+                queries, splits = extra.get("query", [None] * n), extra.get("split", [None] * n)
+                yield [
+                    Row(start + i, None if ids[i] is None else str(ids[i]), _text(captions[i]), images[i],
+                        statuses[i], paths[i], _text(queries[i]), splits[i])
+                    for i in range(n)
+                ]
+                start += n
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{unit.path}: cannot read row group {unit.row_group}: {exc}") from exc
 
@@ -190,7 +266,11 @@ def read_unit(unit: WorkUnit) -> list[Row]:
 def read_ids(unit: WorkUnit) -> list[tuple[int, str]]:
     """(row index, id) of the unit's rows that would be embedded: success status, non-null id."""
     c = unit.columns
-    table = _read(unit, [c.id] + ([c.status] if c.status else []))
+    pf = open_parquet(unit.path)
+    try:
+        table = pf.read_row_group(unit.row_group, columns=[c.id] + ([c.status] if c.status else []))
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{unit.path}: cannot read row group {unit.row_group}: {exc}") from exc
     ids = table.column(c.id).to_pylist()
     statuses = table.column(c.status).to_pylist() if c.status else [SUCCESS] * len(ids)
     return [(unit.first_row + i, str(v)) for i, (v, s) in enumerate(zip(ids, statuses)) if v is not None and s == SUCCESS]

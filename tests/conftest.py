@@ -19,7 +19,7 @@ def tiny_clip(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> str:
     """Two shards (jpg, png), 30 rows each, 2 failed rows each, row groups of 12 rows."""
-    from pipelines.sample import make_sample
+    from pipelines.datasets.sample import make_sample
 
     out = tmp_path_factory.mktemp("sample")
     make_sample(str(out), rows=60, shards=2, failed_per_shard=2, seed=1, row_group_size=12)

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from pipelines.sample import draw
+from pipelines.datasets.sample import draw
 
 
 def save(img: Image.Image, fmt: str, **kw) -> bytes:

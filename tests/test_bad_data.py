@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -12,13 +13,14 @@ import torch
 from PIL import Image
 from transformers import CLIPProcessor
 
-from encoders.images import decode_image
+from encoders.images import ImageRejected, decode_image
 from encoders.loading import ModelLoadError, resolve_model_dir
 from encoders.models import describe_checkpoint
 from encoders.models import load_towers
 from index_builder.embeddings import list_shards
-from pipelines.embed import EmbedConfig, run_embed
-from pipelines.inputs import InputError
+from pipelines.embed.run import run_embed
+from pipelines.embed.settings import EmbedSettings
+from encoders.errors import InputError
 from tests import images
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
@@ -71,7 +73,7 @@ def run(tmp_path_factory, tiny_clip):
     ]
     pq.write_table(pa.Table.from_pylist(second, schema=_schema(pa.binary())), root / "b.parquet")
     pq.write_table(pa.Table.from_pylist([], schema=_schema()), root / "c.parquet")
-    manifest = run_embed(EmbedConfig(inputs=[str(root / "*.parquet")], output=str(root / "out"), model=tiny_clip, batch_size=4))
+    manifest = run_embed(EmbedSettings(inputs=[str(root / "*.parquet")], output=str(root / "out"), model=tiny_clip, batch_size=4))
     out = pa.concat_tables([pq.read_table(s.path) for s in list_shards(str(root / "out"))])
     rejects = pq.read_table(root / "out" / "rejects").to_pylist()
     return manifest, out, rejects, expect
@@ -163,10 +165,10 @@ def test_bad_files_fail_by_name_or_are_skipped_and_recorded(tmp_path, tiny_clip)
     good = [{"key": str(i), "caption": "c", "status": "success", "jpg": GOOD} for i in range(6)]
     pq.write_table(pa.Table.from_pylist(good, schema=_schema()), tmp_path / "good.parquet", row_group_size=3)
     (tmp_path / "torn.parquet").write_bytes(b"PAR1" + os.urandom(200))  # a writer died: no footer
-    cfg = EmbedConfig(inputs=[str(tmp_path / "*.parquet")], output=str(tmp_path / "out"), model=tiny_clip)
+    cfg = EmbedSettings(inputs=[str(tmp_path / "*.parquet")], output=str(tmp_path / "out"), model=tiny_clip)
     with pytest.raises(InputError, match="torn.parquet"):
         run_embed(cfg)
-    cfg.skip_bad_files = True
+    cfg = replace(cfg, skip_bad_files=True)
     m = run_embed(cfg)
     assert m["counts"]["embedded"] == 6 and [b["path"] for b in m["bad_files"]] == [str(tmp_path / "torn.parquet")]
     # A corrupt row group inside a readable file: its rows are rejected, not lost.
@@ -186,9 +188,9 @@ def test_bad_files_fail_by_name_or_are_skipped_and_recorded(tmp_path, tiny_clip)
 def test_duplicate_policy_allow_keeps_every_copy(tmp_path, tiny_clip):
     rows = [{"key": "same", "caption": f"copy {i}", "status": "success", "jpg": GOOD} for i in range(3)]
     pq.write_table(pa.Table.from_pylist(rows, schema=_schema()), tmp_path / "in.parquet")
-    m = run_embed(EmbedConfig(inputs=[str(tmp_path / "in.parquet")], output=str(tmp_path / "o"), model=tiny_clip, duplicate_ids="allow"))
+    m = run_embed(EmbedSettings(inputs=[str(tmp_path / "in.parquet")], output=str(tmp_path / "o"), model=tiny_clip, duplicate_ids="allow"))
     assert m["counts"]["embedded"] == 3
-    m = run_embed(EmbedConfig(inputs=[str(tmp_path / "in.parquet")], output=str(tmp_path / "o"), model=tiny_clip))
+    m = run_embed(EmbedSettings(inputs=[str(tmp_path / "in.parquet")], output=str(tmp_path / "o"), model=tiny_clip))
     assert m["counts"]["embedded"] == 1 and m["counts"]["rejects_by_reason"] == {"duplicate_id": 2}
 
 
@@ -209,9 +211,9 @@ def test_tokenizer_that_does_not_fit_the_model_is_refused(tmp_path, tiny_clip):
 def test_pixel_cap_is_configurable(tiny_clip):
     big = images.save(Image.new("RGB", (3000, 2000), (1, 2, 3)), "PNG")
     assert decode_image(big).size == (3000, 2000)
-    with pytest.raises(Exception) as err:
+    with pytest.raises(ImageRejected) as err:
         decode_image(big, max_pixels=5_000_000)
-    assert getattr(err.value, "reason", None) == "too_many_pixels"
+    assert err.value.reason == "too_many_pixels"
     assert decode_image(big, max_pixels=6_000_000).size == (3000, 2000)
 
 
@@ -219,7 +221,7 @@ def test_tensor_preprocessing_path_agrees_with_the_pil_path(run, tiny_clip, tmp_
     """The GPU path (batched decode_jpeg + tensor resize), exercised on the CPU."""
     manifest, out, rejects, expect = run
     src = os.path.dirname(manifest["inputs"][0])
-    m = run_embed(EmbedConfig(inputs=[os.path.join(src, "*.parquet")], output=str(tmp_path / "t"), model=tiny_clip, batch_size=4, preprocess="tensor"))
+    m = run_embed(EmbedSettings(inputs=[os.path.join(src, "*.parquet")], output=str(tmp_path / "t"), model=tiny_clip, batch_size=4, preprocess="tensor"))
     assert m["counts"] == manifest["counts"]  # the same rows embedded, rejected (same reasons), skipped
     t_out = pa.concat_tables([pq.read_table(s.path) for s in list_shards(str(tmp_path / "t"))])
     assert t_out.column("id").equals(out.column("id"))

@@ -1,9 +1,14 @@
-"""Real-data catalogue from Debian packages (emoji font + CLDR, openclipart): schema, bytes, splits."""
+"""Real-data catalogue from Debian packages (emoji font + CLDR, openclipart): schema, bytes, splits.
+
+Tests that read the packages' files skip (with the apt-get line) where they are not installed;
+the pure functions are tested everywhere."""
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,13 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines import catalogue
-from pipelines.catalogue import make_catalogue, split_of
+from encoders.errors import InputError
+from pipelines.datasets import catalogue
+from pipelines.datasets.catalogue import make_catalogue, split_of
 from pipelines.inputs import Columns, plan_inputs
 
 NEEDED = [catalogue.EMOJI_FONT, catalogue.CLDR_ANNOTATIONS, os.path.join(catalogue.OPENCLIPART_ROOT, "png"), os.path.join(catalogue.OPENCLIPART_ROOT, "svg")]
-if not all(os.path.exists(p) for p in NEEDED):
-    pytest.skip("needs the Debian packages fonts-noto-color-emoji unicode-cldr-core openclipart-png openclipart-svg", allow_module_level=True)
+needs_packages = pytest.mark.skipif(
+    not all(os.path.exists(p) for p in NEEDED),
+    reason="needs the Debian packages: apt-get install -y fonts-noto-color-emoji unicode-cldr-core openclipart-png openclipart-svg",
+)
 
 COLUMNS = ["key", "caption", "query", "split", "url", "status", "error_message", "width", "height",
            "original_width", "original_height", "exif", "sha256"]
@@ -68,6 +76,7 @@ def check_rows(rows: list[dict], summary: dict, image_column: str, image_format:
             assert r["query"].casefold() not in [k.casefold() for k in r["caption"].split(", ")]
 
 
+@needs_packages
 def test_emoji_catalogue(emoji):
     out, summary = emoji
     assert summary["rows"] == 60 and summary["sources"] == {"emoji": 60}
@@ -82,6 +91,7 @@ def test_emoji_catalogue(emoji):
     assert plan.total_rows == 60 and {u.columns.image for u in plan.units} == {"png"}
 
 
+@needs_packages
 def test_emoji_images_are_drawn_not_blank(emoji):
     _, summary = emoji
     for r in read_rows(summary, "png")[:10]:
@@ -90,6 +100,7 @@ def test_emoji_images_are_drawn_not_blank(emoji):
         assert colours is None or len(colours) > 20  # a real colour glyph, not an empty white square
 
 
+@needs_packages
 def test_openclipart_catalogue(clipart):
     out, summary = clipart
     assert summary["rows"] == 40 and summary["sources"] == {"openclipart": 40}
@@ -110,6 +121,7 @@ def texts(summary: dict, prefix: str) -> list[tuple]:
     return [(r["key"], r["caption"], r["query"]) for p in summary["shards"] for r in pq.read_table(p, columns=cols).to_pylist() if r["key"].startswith(prefix)]
 
 
+@needs_packages
 def test_both_sources_shard_per_source_and_are_deterministic(tmp_path, emoji, clipart):
     summary = make_catalogue(str(tmp_path), source="both", limit=25, shard_rows=10)
     names = sorted(os.path.basename(p) for p in summary["shards"])
@@ -126,28 +138,59 @@ def test_both_sources_shard_per_source_and_are_deterministic(tmp_path, emoji, cl
     assert sorted(n for n in os.listdir(tmp_path) if n.startswith("emoji-")) == ["emoji-00000.parquet"]
 
 
-def test_split_of_is_pure_and_80_10_10():
+def test_split_of_is_stable_across_processes_and_80_10_10():
+    """The split of a key must not depend on the process (e.g. Python's salted hash()): a fresh
+    interpreter with another hash seed must assign every key the same split."""
     keys = [f"item-{i}" for i in range(10_000)]
     splits = [split_of(k) for k in keys]
-    assert splits == [split_of(k) for k in keys]
+    code = "import sys; from pipelines.datasets.catalogue import split_of; print(''.join(split_of(f'item-{i}')[0] for i in range(10_000)))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout.strip()
+    assert other == "".join(s[0] for s in splits)
     for name, share in (("train", 80), ("val", 10), ("test", 10)):
         assert abs(100 * splits.count(name) / len(keys) - share) <= 3, name
-    assert split_of("emoji-1f600") in {"train", "val", "test"}
+
+
+def test_caption_and_query_rules_without_the_packages():
+    assert catalogue.emoji_caption("grinning face", ["face", "Grinning Face", "grin", "face"]) == "face, grin"
+    assert catalogue.is_single_code_point("\U0001F600") and catalogue.is_single_code_point("\u2764\ufe0f")
+    assert not catalogue.is_single_code_point("\U0001F468\u200d\U0001F469")
+    assert catalogue.path_words("animals/big_cats/lion-roaring_02.png") == ["animals", "big cats", "lion", "roaring"]
+    caption, query = catalogue.clipart_texts("Lion", ["lion", "cat", "unsorted", "big_cat"], "animals/lion_01.png")
+    assert (caption, query) == ("cat, big cat, animals", "Lion")
+    only = catalogue.clipart_texts("Lion", [], "lion.png")  # the title is the only term: the caption keeps it
+    assert only == ("lion", None)
+    with pytest.raises(catalogue.SkipItem):
+        catalogue.clipart_texts("", [], "a_1.png")
+
+
+def test_svg_metadata_regex_reads_title_and_keywords_without_the_packages():
+    svg = (
+        '<svg xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:cc="http://creativecommons.org/ns#" '
+        'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><metadata><rdf:RDF><cc:Work>'
+        "<dc:title>Red &amp; Green Apple</dc:title><cc:Agent><dc:title>author name</dc:title></cc:Agent>"
+        "<dc:subject><rdf:Bag><rdf:li>fruit</rdf:li><rdf:li> apple </rdf:li></rdf:Bag></dc:subject>"
+        "</cc:Work></rdf:RDF></metadata></svg>"
+    )
+    assert catalogue.metadata_from_text(svg) == ("Red & Green Apple", ["fruit", "apple"])
 
 
 def test_missing_package_is_named(tmp_path, monkeypatch):
+    (tmp_path / "en.xml").write_text("<ldml/>")  # CLDR present, the font missing
+    monkeypatch.setattr(catalogue, "CLDR_ANNOTATIONS", str(tmp_path / "en.xml"))
     monkeypatch.setattr(catalogue, "EMOJI_FONT", str(tmp_path / "nope" / "NotoColorEmoji.ttf"))
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(InputError) as err:
         make_catalogue(str(tmp_path / "out"), source="emoji")
     msg = str(err.value)
     assert "fonts-noto-color-emoji" in msg and "apt-get install -y fonts-noto-color-emoji" in msg
     assert "unicode-cldr-core" not in msg.split("apt-get")[1]  # only the missing package is to install
     assert not (tmp_path / "out").exists()  # checked before writing anything
     monkeypatch.setattr(catalogue, "OPENCLIPART_ROOT", str(tmp_path / "nope"))
-    with pytest.raises(FileNotFoundError, match="apt-get install -y openclipart-png openclipart-svg"):
+    with pytest.raises(InputError, match="apt-get install -y openclipart-png openclipart-svg"):
         make_catalogue(str(tmp_path / "out"), source="openclipart")
 
 
+@needs_packages
 def test_regex_fallback_matches_xml_parse_on_real_svgs():
     for rel in catalogue.clipart_files(catalogue.OPENCLIPART_ROOT)[::400]:
         svg = os.path.join(catalogue.OPENCLIPART_ROOT, "svg", rel[:-4] + ".svg")
@@ -156,6 +199,7 @@ def test_regex_fallback_matches_xml_parse_on_real_svgs():
         assert catalogue.metadata_from_text(head) == catalogue.svg_metadata(svg), rel
 
 
+@needs_packages
 def test_bad_source_files_are_skipped_not_fatal(tmp_path, monkeypatch):
     src = catalogue.OPENCLIPART_ROOT
     rel = next(r for r in catalogue.clipart_files(src) if r.startswith("animals/") and catalogue.svg_metadata(f"{src}/svg/{r[:-4]}.svg")[0])
@@ -183,6 +227,7 @@ def test_bad_source_files_are_skipped_not_fatal(tmp_path, monkeypatch):
     assert {r["key"] for r in rows} == {catalogue.clipart_key(f"{s}.png") for s in ("animals/cut_after_metadata_01", "animals/malformed_head_01")}
 
 
+@needs_packages
 def test_writes_to_fsspec_urls():
     out = "memory://catalogue-test/out"
     summary = make_catalogue(out, source="emoji", limit=3, shard_rows=2)

@@ -12,12 +12,14 @@ import torch
 from PIL import Image
 from transformers import BertConfig, BertModel, CLIPModel, CLIPProcessor
 
+from encoders.errors import SettingsError
 from encoders.fusion import WeightedFusion, fusion_from_params
 from encoders.images import ImageRejected, decode_image
 from encoders.loading import ModelLoadError, fingerprint, resolve_model_dir
 from encoders.models import describe_checkpoint, load_towers
 from encoders.towers import embed_pairs, embed_query
-from pipelines.sample import draw, encode
+from pipelines.datasets.img2dataset import encode
+from pipelines.datasets.sample import draw
 
 
 def direct(model_dir, images=None, texts=None):
@@ -80,7 +82,7 @@ def test_weighted_fusion_formula_and_missing_text():
 
 @pytest.mark.parametrize("alpha,beta", [(-1, 1), (0, 0), (1, -0.5)])
 def test_fusion_rejects_bad_weights(alpha, beta):
-    with pytest.raises(ValueError, match="--alpha"):
+    with pytest.raises(SettingsError, match="--alpha"):
         WeightedFusion(alpha, beta)
 
 

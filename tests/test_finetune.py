@@ -10,14 +10,20 @@ import torch
 
 from encoders.dual import DualTowers
 from encoders.fusion import AttentionFusion, WeightedFusion
+from encoders.loading import ModelLoadError
 from encoders.models import load_towers, save_model
 from encoders.random_models import make_random_bert
-from encoders.train import Example, TrainConfig, Trainer, info_nce
+from encoders.settings import TrainConfig
+from encoders.train import Example, Trainer, info_nce
 from index_builder.evaluate import recall_at_k
 from pipelines.cli import main
-from pipelines.embed import EmbedConfig, run_embed
-from pipelines.finetune import FinetuneConfig, load_items, run_evaluate, run_finetune, unique_query_rows
-from pipelines.sample import draw
+from pipelines.embed.run import run_embed
+from pipelines.embed.settings import EmbedSettings
+from pipelines.datasets.items import load_items, unique_query_rows
+from pipelines.training.evaluation import run_evaluate
+from pipelines.training.finetune import run_finetune
+from pipelines.training.settings import FinetuneSettings
+from pipelines.datasets.sample import draw
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +77,7 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(tiny_clip):
     towers = load_towers(tiny_clip, device="cpu")
     colours = [(200, 0, 0), (0, 160, 0), (0, 0, 200), (230, 200, 0)]
     shapes = ["circle", "square", "triangle", "cross"]
-    batch = [Example(lambda c=c, s=s: draw(s, c, (255, 255, 255), 48), f"{s} {i}", f"q {s} {i}")
+    batch = [Example(str(i), lambda c=c, s=s: draw(s, c, (255, 255, 255), 48), f"{s} {i}", f"q {s} {i}")
              for i, (c, s) in enumerate((c, s) for c in colours for s in shapes)]
     trainer = Trainer(towers, AttentionFusion(towers.dim), TrainConfig(lr=1e-3, head_lr=1e-2))
     trainer.set_train(True)
@@ -85,7 +91,7 @@ def test_frozen_text_tower_stays_in_eval_mode_and_its_outputs_are_cached(tiny_cl
     trainer.set_train(True)
     assert not towers.model.text_model.training and towers.model.vision_model.training
     before = [p.clone() for p in towers.model.text_model.parameters()]
-    batch = [Example(lambda s=s: draw(s, (9, 9, 200), (255, 255, 255), 40), f"a {s}", f"{s}?") for s in ("circle", "ring", "cross")]
+    batch = [Example(s, lambda s=s: draw(s, (9, 9, 200), (255, 255, 255), 40), f"a {s}", f"{s}?") for s in ("circle", "ring", "cross")]
     trainer.step(batch)
     assert len(trainer._text_cache) == 6
     cached = trainer.texts(["a ring"])
@@ -120,7 +126,7 @@ def test_finetune_cli_resume_evaluate_and_embed_with_attention(tmp_path, tiny_be
     assert len({items[i].query for i in unique_query_rows(items)}) == report["queries"]
 
     emb = tmp_path / "emb"
-    m = run_embed(EmbedConfig(inputs=[sample_dir], output=str(emb), model=str(out), fusion=None))
+    m = run_embed(EmbedSettings(inputs=[sample_dir], output=str(emb), model=str(out), fusion="attention"))
     assert m["fusion"]["kind"] == "attention" and m["model"]["family"] == "dual" and m["counts"]["embedded"] == 56
     idx = tmp_path / "idx"
     assert main(["-q", "build-index", "--embeddings", str(emb), "--output", str(idx)]) == 0
@@ -134,8 +140,8 @@ def test_finetune_cli_resume_evaluate_and_embed_with_attention(tmp_path, tiny_be
 
 
 def test_time_budget_stops_after_checkpointing(tmp_path, tiny_clip, sample_dir):
-    cfg = FinetuneConfig(train=[sample_dir], val=[sample_dir], output=str(tmp_path / "m"), model=tiny_clip, fusion="weighted",
-                         train_cfg=TrainConfig(epochs=3, batch_size=8, max_minutes=0))
+    cfg = FinetuneSettings(train=[sample_dir], val=[sample_dir], output=str(tmp_path / "m"), model=tiny_clip, fusion="weighted",
+                         trainer=TrainConfig(epochs=3, batch_size=8, max_minutes=0))
     s = run_finetune(cfg)
     assert s["epochs_done"] == 1 and s["history"][0]["batches"] == 1 and "time budget" in s["stopped"]
     assert load_towers(str(tmp_path / "m"), device="cpu").family == "clip"
@@ -143,6 +149,6 @@ def test_time_budget_stops_after_checkpointing(tmp_path, tiny_clip, sample_dir):
 
 
 def test_weighted_fusion_embed_refuses_attention_without_learned_weights(tmp_path, tiny_clip, sample_dir):
-    with pytest.raises(ValueError, match="no learned attention fusion"):
-        run_embed(EmbedConfig(inputs=[sample_dir], output=str(tmp_path / "o"), model=tiny_clip, fusion=None))
+    with pytest.raises(ModelLoadError, match="no learned attention fusion"):
+        run_embed(EmbedSettings(inputs=[sample_dir], output=str(tmp_path / "o"), model=tiny_clip, fusion="attention"))
     assert len(load_items([sample_dir], "train")) == 56  # no split column: every success row

@@ -10,8 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from encoders.errors import InputError, SettingsError
 from index_builder import storage
-from index_builder.build import BuildConfig, add_and_merge, build_index, read_vectors, sample_training_set, train_template
+from index_builder.build import add_and_merge, build_index, read_vectors, sample_training_set, train_template
+from index_builder.settings import BuildSettings
 from index_builder.embeddings import embeddings_schema, list_shards, shard_name, vectors_to_arrow
 from index_builder.factory import check_factory, choose_factory, choose_nlist, choose_nprobe, choose_pq_m, choose_train_size
 from index_builder.search import LoadedIndex
@@ -58,7 +60,7 @@ def test_default_factory_is_trainable_and_never_polysemous(n, d):
 
 
 def test_polysemous_factory_is_refused():
-    with pytest.raises(ValueError, match="PQ16np"):
+    with pytest.raises(SettingsError, match="PQ16np"):
         check_factory("IVF256,PQ16")
     check_factory("IVF256,PQ16x4fs")
 
@@ -93,7 +95,7 @@ def test_merged_index_equals_single_index_from_same_template(emb_dir):
 
 def test_build_index_self_query_and_id_mapping(emb_dir, tmp_path):
     out = str(tmp_path / "idx")
-    m = build_index(BuildConfig(emb_dir, out, seed=3))
+    m = build_index(BuildSettings(emb_dir, out, seed=3))
     assert m["factory"] == choose_factory(4500, 32) and m["ntotal"] == 4500 and m["metric"] == "inner_product"
     assert json.load(open(os.path.join(out, "manifest.json"))) == m
     assert m["source"]["manifest"]["dim"] == 32 and m["train_size"] == 4500
@@ -116,7 +118,7 @@ def test_text_vector_skips_rows_without_caption_and_keeps_ids_aligned(tmp_path):
     masks = [rng.random(len(s)) > 0.3 for s in shards]
     root = str(tmp_path / "emb")
     write_embeddings(root, shards, masks)
-    m = build_index(BuildConfig(root, str(tmp_path / "idx"), vector="text", factory="IVF8,Flat"))
+    m = build_index(BuildSettings(root, str(tmp_path / "idx"), vector="text", factory="IVF8,Flat"))
     kept = int(sum(mk.sum() for mk in masks))
     assert m["ntotal"] == kept and m["skipped_null_vectors"] == 1600 - kept
     idx = LoadedIndex.load(str(tmp_path / "idx"))
@@ -130,7 +132,7 @@ def test_text_vector_skips_rows_without_caption_and_keeps_ids_aligned(tmp_path):
 def test_small_collection_gets_exact_flat_index(tmp_path):
     rng = np.random.default_rng(3)
     write_embeddings(str(tmp_path / "emb"), [clustered(100, 8, rng), clustered(50, 8, rng)])
-    m = build_index(BuildConfig(str(tmp_path / "emb"), str(tmp_path / "idx")))
+    m = build_index(BuildSettings(str(tmp_path / "emb"), str(tmp_path / "idx")))
     assert m["factory"] == "Flat" and m["nprobe"] is None and m["recall"]["recall_at_k"] == 1.0
     idx = LoadedIndex.load(str(tmp_path / "idx"))
     assert idx.ids[100] == "s1-r0"
@@ -140,16 +142,16 @@ def test_embeddings_without_manifest_are_refused(tmp_path):
     rng = np.random.default_rng(4)
     write_embeddings(str(tmp_path), [clustered(10, 8, rng)])
     os.remove(tmp_path / "manifest.json")
-    with pytest.raises(FileNotFoundError, match="did not finish"):
-        build_index(BuildConfig(str(tmp_path), str(tmp_path / "idx")))
-    with pytest.raises(FileNotFoundError, match="not a finished index"):
+    with pytest.raises(InputError, match="did not finish"):
+        build_index(BuildSettings(str(tmp_path), str(tmp_path / "idx")))
+    with pytest.raises(InputError, match="not a finished index"):
         LoadedIndex.load(str(tmp_path / "idx"))
 
 
 def test_streaming_build_equals_the_cached_build(emb_dir, tmp_path):
     """Above the memory budget shards are streamed (read per pass); the index is the same."""
-    a = build_index(BuildConfig(emb_dir, str(tmp_path / "cached"), seed=5))
-    b = build_index(BuildConfig(emb_dir, str(tmp_path / "streamed"), seed=5, cache_bytes=0))
+    a = build_index(BuildSettings(emb_dir, str(tmp_path / "cached"), seed=5))
+    b = build_index(BuildSettings(emb_dir, str(tmp_path / "streamed"), seed=5, cache_bytes=0))
     assert a["recall"] == b["recall"] and a["ntotal"] == b["ntotal"]
     x = np.concatenate([read_vectors(s, "fused")[0] for s in list_shards(emb_dir)])[::50]
     ia, ib = LoadedIndex.load(str(tmp_path / "cached")), LoadedIndex.load(str(tmp_path / "streamed"))

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.inputs import Columns, InputError, plan_inputs, read_unit
+from encoders.errors import InputError
+from pipelines.inputs import Columns, plan_inputs, read_unit
 
 
 def write(path, columns: dict, **kw):
@@ -45,7 +46,7 @@ def test_wrong_types_and_ambiguous_images_are_errors(tmp_path):
 
 
 def test_glob_matching_nothing_and_corrupt_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no file matches"):
+    with pytest.raises(InputError, match="no file matches"):
         plan_inputs([str(tmp_path / "*.parquet")], Columns())
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 this file lost its footer")
     with pytest.raises(InputError, match="broken.parquet: not a readable Parquet file"):

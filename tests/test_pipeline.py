@@ -14,9 +14,11 @@ from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
 from index_builder.embeddings import arrow_to_vectors, list_shards
-from pipelines.embed import EmbedConfig, run_embed
-from pipelines.inputs import InputError
-from pipelines.sample import draw, encode
+from pipelines.embed.run import run_embed
+from pipelines.embed.settings import EmbedSettings
+from encoders.errors import InputError
+from pipelines.datasets.img2dataset import encode
+from pipelines.datasets.sample import draw
 
 
 def read_dir(path):
@@ -36,7 +38,7 @@ def input_rows(sample_dir):
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory, tiny_clip, sample_dir):
     out = str(tmp_path_factory.mktemp("emb"))
-    manifest = run_embed(EmbedConfig(inputs=[f"{sample_dir}/*.parquet"], output=out, model=tiny_clip, batch_size=8))
+    manifest = run_embed(EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=out, model=tiny_clip, batch_size=8))
     return out, manifest
 
 
@@ -89,7 +91,7 @@ def test_pipeline_vectors_equal_direct_clip_calls(embedded, sample_dir, tiny_cli
 def test_rerun_is_deterministic_and_direct_runner_agrees(embedded, tiny_clip, sample_dir, tmp_path):
     out, _ = embedded
     again = str(tmp_path / "again")
-    run_embed(EmbedConfig(inputs=[f"{sample_dir}/*.parquet"], output=again, model=tiny_clip, batch_size=5), ["--runner", "DirectRunner"])
+    run_embed(EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=again, model=tiny_clip, batch_size=5), ["--runner", "DirectRunner"])
     a, b = read_dir(out), read_dir(again)
     assert a.column("id").equals(b.column("id"))
     for col in ("image_embedding", "text_embedding", "fused_embedding"):
@@ -113,7 +115,7 @@ def test_bad_rows_are_rejected_not_dropped_and_blank_captions_counted(tmp_path, 
         {"key": "failed", "caption": "x", "status": "failed_to_download", "jpg": None},
     ]
     _catalogue(tmp_path / "in.parquet", rows)
-    m = run_embed(EmbedConfig(inputs=[str(tmp_path / "in.parquet")], output=str(tmp_path / "out"), model=tiny_clip))
+    m = run_embed(EmbedSettings(inputs=[str(tmp_path / "in.parquet")], output=str(tmp_path / "out"), model=tiny_clip))
     assert m["counts"] == {"read": 7, "embedded": 3, "rejected": 3, "skipped": 1, "empty_caption": 2,
                            "rejects_by_reason": {"corrupt_image": 1, "not_an_image": 1, "null_id": 1}}
     table = read_dir(str(tmp_path / "out"))
@@ -134,39 +136,38 @@ def test_failed_run_leaves_no_manifest(tmp_path, tiny_clip):
     path = tmp_path / "in.parquet"
     _catalogue(path, [{"key": str(i), "caption": "c", "status": "success", "jpg": good} for i in range(20)])
     out = str(tmp_path / "out")
-    run_embed(EmbedConfig(inputs=[str(path)], output=out, model=tiny_clip))
+    run_embed(EmbedSettings(inputs=[str(path)], output=out, model=tiny_clip))
     assert os.path.exists(os.path.join(out, "manifest.json"))
     # Corrupt the data pages but keep the footer: planning passes, reading fails mid-pipeline.
     data = bytearray(path.read_bytes())
     for i in range(8, len(data) // 2):
         data[i] = 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(Exception, match="in.parquet"):
-        run_embed(EmbedConfig(inputs=[str(path)], output=out, model=tiny_clip))
+    with pytest.raises(InputError, match="in.parquet"):
+        run_embed(EmbedSettings(inputs=[str(path)], output=out, model=tiny_clip))
     assert not os.path.exists(os.path.join(out, "manifest.json"))
 
 
 def test_output_dir_with_foreign_files_is_refused(tmp_path, tiny_clip, sample_dir):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(InputError, match="not a fusionindex run"):
-        run_embed(EmbedConfig(inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path), model=tiny_clip))
+        run_embed(EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path), model=tiny_clip))
     assert (tmp_path / "precious.txt").exists()
 
 
 def test_multi_process_workers(tmp_path, tiny_clip, sample_dir, embedded):
     out = str(tmp_path / "mp")
-    m = run_embed(EmbedConfig(inputs=[f"{sample_dir}/*.parquet"], output=out, model=tiny_clip),
+    m = run_embed(EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=out, model=tiny_clip),
                   ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
     assert m["counts"]["embedded"] == 56
     assert read_dir(out).column("id").equals(read_dir(embedded[0]).column("id"))
 
 
 def test_a_failing_item_is_isolated_from_its_batch(tiny_clip):
-    from encoders.fusion import WeightedFusion
     from encoders.models import load_towers
-    from pipelines.inference import Embedded, EmbeddingModelHandler, Rejected
+    from pipelines.embed.handler import Embedded, EmbeddingModelHandler, Rejected
 
-    handler = EmbeddingModelHandler(tiny_clip, fusion=WeightedFusion())
+    handler = EmbeddingModelHandler(EmbedSettings(inputs=(), output="", model=tiny_clip))
     towers = load_towers(tiny_clip, device="cpu")
     good = [draw(s, (200, 0, 0), (255, 255, 255), 50) for s in ("circle", "ring", "cross")]
     unprocessable = Image.new("La", (20, 20))  # the CLIP processor raises on this mode
@@ -182,10 +183,9 @@ def test_handler_works_inside_beam_run_inference(tiny_clip):
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
     from apache_beam.testing.util import assert_that
 
-    from encoders.fusion import WeightedFusion
-    from pipelines.inference import Embedded, EmbeddingModelHandler, ItemInput, Rejected
+    from pipelines.embed.handler import Embedded, EmbeddingModelHandler, ItemInput, Rejected
 
-    handler = EmbeddingModelHandler(tiny_clip, fusion=WeightedFusion(), batch_size=2)
+    handler = EmbeddingModelHandler(EmbedSettings(inputs=(), output="", model=tiny_clip, batch_size=2))
     items = [("a", ItemInput("a", "red", encode(draw("circle", (200, 0, 0), (255, 255, 255), 40), "jpg"))),
              ("b", ItemInput("b", None, encode(draw("square", (0, 0, 200), (255, 255, 255), 40), "png"))),
              ("c", ItemInput("c", "junk", b"not an image"))]
@@ -202,7 +202,7 @@ def test_handler_works_inside_beam_run_inference(tiny_clip):
 
 
 def test_large_model_mode_shares_one_model_and_gives_the_same_vectors(tmp_path, tiny_clip, sample_dir, embedded):
-    m = run_embed(EmbedConfig(inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path / "lm"), model=tiny_clip, large_model=True))
+    m = run_embed(EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path / "lm"), model=tiny_clip, large_model=True))
     assert m["counts"]["embedded"] == 56
     a, b = read_dir(str(tmp_path / "lm")), read_dir(embedded[0])
     assert a.column("id").equals(b.column("id"))
@@ -211,7 +211,7 @@ def test_large_model_mode_shares_one_model_and_gives_the_same_vectors(tmp_path, 
 
 def test_decode_ahead_and_streamed_batches_give_the_same_shards(tmp_path, tiny_clip, sample_dir, embedded):
     """The CUDA-default decode-ahead thread, forced on here on the CPU, changes nothing in the output."""
-    m = run_embed(EmbedConfig(inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path / "ahead"), model=tiny_clip, batch_size=5, decode_ahead="on"))
+    m = run_embed(EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path / "ahead"), model=tiny_clip, batch_size=5, decode_ahead="on"))
     assert m["counts"] == embedded[1]["counts"]
     a, b = read_dir(str(tmp_path / "ahead")), read_dir(embedded[0])
     assert a.column("id").equals(b.column("id"))

@@ -7,15 +7,19 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from encoders.errors import SettingsError
 from encoders.random_models import make_random_clip
-from index_builder.build import BuildConfig, build_index
+from index_builder.build import build_index
+from index_builder.settings import BuildSettings
 from index_builder.search import LoadedIndex
-from pipelines.embed import EmbedConfig, run_embed
-from pipelines.sample import make_sample
+from pipelines.embed.run import run_embed
+from pipelines.embed.settings import EmbedSettings
+from pipelines.datasets.sample import make_sample
 
 
 def shard_bytes(out):
@@ -51,53 +55,50 @@ def test_kill_9_then_rerun_reuses_committed_shards_and_matches_uninterrupted_run
     assert 3 <= len(committed) < 40, f"{len(committed)} shards committed at kill time"
     assert not os.path.exists(os.path.join(out, "manifest.json"))
 
-    m = run_embed(EmbedConfig(inputs=[inputs], output=out, model=model, batch_size=8))
+    m = run_embed(EmbedSettings(inputs=[inputs], output=out, model=model, batch_size=8))
     assert m["reused_shards"] == len(committed)
     assert m["counts"]["read"] == 600 and m["counts"]["embedded"] + m["counts"]["skipped"] == 600
     resumed = shard_bytes(out)
     assert all(resumed[n] == b for n, b in committed.items())  # reused, not rewritten
 
     fresh = str(root / "fresh")
-    run_embed(EmbedConfig(inputs=[inputs], output=fresh, model=model, batch_size=8))
+    run_embed(EmbedSettings(inputs=[inputs], output=fresh, model=model, batch_size=8))
     assert shard_bytes(fresh) == resumed  # same final rows as an uninterrupted run, byte for byte
 
 
 def test_rerun_of_finished_job_reuses_everything_unless_restarted_or_changed(slow_job, tmp_path):
     root, inputs, model = slow_job
     out = str(tmp_path / "out")
-    cfg = EmbedConfig(inputs=[inputs], output=out, model=model, batch_size=8)
+    cfg = EmbedSettings(inputs=[inputs], output=out, model=model, batch_size=8)
     first = run_embed(cfg)
     before = shard_bytes(out)
     again = run_embed(cfg)
     assert again["reused_shards"] == 40 and again["counts"] == first["counts"]
     assert shard_bytes(out) == before
-    cfg.restart = True
-    assert run_embed(cfg)["reused_shards"] == 0
+    assert run_embed(replace(cfg, restart=True))["reused_shards"] == 0
     assert shard_bytes(out) == before  # deterministic recompute
-    cfg.restart = False
-    cfg.fusion = type(cfg.fusion)(0.9, 0.1)  # a different fusion must not reuse old vectors
-    changed = run_embed(cfg)
+    changed = run_embed(replace(cfg, alpha=0.9, beta=0.1))  # a different fusion must not reuse old vectors
     assert changed["reused_shards"] == 0 and shard_bytes(out) != before
 
 
 def test_index_build_is_deterministic_and_a_failed_build_leaves_the_old_index(slow_job, tmp_path):
     root, inputs, model = slow_job
     emb = str(tmp_path / "emb")
-    run_embed(EmbedConfig(inputs=[inputs], output=emb, model=model, batch_size=8))
+    run_embed(EmbedSettings(inputs=[inputs], output=emb, model=model, batch_size=8))
     idx1, idx2 = str(tmp_path / "idx1"), str(tmp_path / "idx2")
-    build_index(BuildConfig(emb, idx1, factory="IVF16,PQ8x8np", seed=7))
-    build_index(BuildConfig(emb, idx2, factory="IVF16,PQ8x8np", seed=7))
+    build_index(BuildSettings(emb, idx1, factory="IVF16,PQ8x8np", seed=7))
+    build_index(BuildSettings(emb, idx2, factory="IVF16,PQ8x8np", seed=7))
     a, b = LoadedIndex.load(idx1), LoadedIndex.load(idx2)
     queries = np.random.default_rng(0).standard_normal((20, a.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     assert [[h.id for h in hits] for hits in a.search(queries, 10)] == [[h.id for h in hits] for hits in b.search(queries, 10)]
 
     files = {n: open(os.path.join(idx1, n), "rb").read() for n in os.listdir(idx1)}
-    with pytest.raises(ValueError, match="cannot train"):
-        build_index(BuildConfig(emb, idx1, factory="IVF100000,PQ8x8np"))  # more lists than vectors
+    with pytest.raises(SettingsError, match="cannot train"):
+        build_index(BuildSettings(emb, idx1, factory="IVF100000,PQ8x8np"))  # more lists than vectors
     assert {n: open(os.path.join(idx1, n), "rb").read() for n in os.listdir(idx1)} == files
     assert json.load(open(os.path.join(idx1, "manifest.json")))["factory"] == "IVF16,PQ8x8np"
-    build_index(BuildConfig(emb, idx1, seed=7))  # a re-run completes
+    build_index(BuildSettings(emb, idx1, seed=7))  # a re-run completes
     assert LoadedIndex.load(idx1).index.ntotal == 596
 
 
@@ -108,7 +109,7 @@ def test_killed_index_build_leaves_the_previous_index_untouched(tmp_path):
     small, big, idx = str(tmp_path / "small"), str(tmp_path / "big"), str(tmp_path / "idx")
     write_embeddings(small, [clustered(1500, 64, rng)])
     write_embeddings(big, [clustered(20_000, 64, rng) for _ in range(4)])
-    build_index(BuildConfig(small, idx))
+    build_index(BuildSettings(small, idx))
     before = {n: open(os.path.join(idx, n), "rb").read() for n in os.listdir(idx)}
     exe = os.path.join(os.path.dirname(sys.executable), "fusionindex")
     proc = subprocess.Popen([exe, "build-index", "--embeddings", big, "--output", idx], stderr=subprocess.PIPE, text=True)
@@ -121,5 +122,5 @@ def test_killed_index_build_leaves_the_previous_index_untouched(tmp_path):
     proc.wait()
     assert {n: open(os.path.join(idx, n), "rb").read() for n in os.listdir(idx)} == before
     assert LoadedIndex.load(idx).index.ntotal == 1500
-    m = build_index(BuildConfig(big, idx))  # a re-run completes
+    m = build_index(BuildSettings(big, idx))  # a re-run completes
     assert m["ntotal"] == 80_000 and LoadedIndex.load(idx).index.ntotal == 80_000

@@ -4,22 +4,20 @@ Images are real encoded JPEG/PNG bytes of drawn shapes ("a red circle on a white
 background"); a few rows per shard carry a failed img2dataset status and a null image, as
 img2dataset writes them. Deterministic for a given seed.
 """
+
 from __future__ import annotations
 
-import hashlib
-import io
 import random
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from index_builder import storage
+from pipelines.datasets import img2dataset
 
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 160, 60), "blue": (30, 60, 220), "yellow": (240, 220, 30),
     "purple": (140, 40, 170), "orange": (245, 140, 20), "black": (10, 10, 10), "pink": (250, 150, 190),
-}
+}  # fmt: skip
 BACKGROUNDS = {"white": (255, 255, 255), "grey": (128, 128, 128), "light blue": (190, 220, 250)}
 SHAPES = ("circle", "square", "triangle", "ring", "cross")
 
@@ -43,13 +41,8 @@ def draw(shape: str, colour: tuple, background: tuple, size: int) -> Image.Image
     return img
 
 
-def encode(img: Image.Image, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG" if fmt == "jpg" else fmt.upper(), **({"quality": 90} if fmt == "jpg" else {}))
-    return buf.getvalue()
-
-
-def make_sample(output: str, *, rows: int = 120, shards: int = 2, failed_per_shard: int = 2, seed: int = 0, row_group_size: int | None = None) -> list[str]:
+def make_sample(output: str, *, rows: int = 120, shards: int = 2, failed_per_shard: int = 2, seed: int = 0,
+                row_group_size: int | None = None) -> list[str]:
     """Write `shards` Parquet files (alternating jpg / png columns) under `output`; return their paths."""
     rng = random.Random(seed)
     storage.makedirs(output)
@@ -62,30 +55,18 @@ def make_sample(output: str, *, rows: int = 120, shards: int = 2, failed_per_sha
         for i in range(count):
             shape, colour, bg = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(BACKGROUNDS))
             size = rng.randrange(48, 160)
-            data = encode(draw(shape, COLOURS[colour], BACKGROUNDS[bg], size), fmt)
+            data = img2dataset.encode(draw(shape, COLOURS[colour], BACKGROUNDS[bg], size), fmt)
             failed = i >= count - failed_per_shard
-            records.append({
-                "key": f"{s:05d}{i:04d}",
-                "caption": f"a {colour} {shape} on a {bg} background",
-                "query": f"{colour} {shape}",
-                "url": f"https://example.invalid/{n}.{fmt}",
-                "status": "failed_to_download" if failed else "success",
-                "error_message": "HTTP 404" if failed else None,
-                "width": None if failed else size, "height": None if failed else size,
-                "original_width": None if failed else size, "original_height": None if failed else size,
-                "exif": None if failed else "{}",
-                "sha256": None if failed else hashlib.sha256(data).hexdigest(),
-                fmt: None if failed else data,
-            })
+            common = dict(url=f"https://example.invalid/{n}.{fmt}", query=f"{colour} {shape}")
+            caption = f"a {colour} {shape} on a {bg} background"
+            if failed:
+                records.append(img2dataset.record(f"{s:05d}{i:04d}", caption, fmt, None, status="failed_to_download",
+                                                  error_message="HTTP 404", **common))
+            else:
+                records.append(img2dataset.record(f"{s:05d}{i:04d}", caption, fmt, data, size=(size, size), exif="{}",
+                                                  **common))
             n += 1
-        schema = pa.schema([
-            ("key", pa.string()), ("caption", pa.string()), ("query", pa.string()), ("url", pa.string()), ("status", pa.string()),
-            ("error_message", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-            ("original_width", pa.int32()), ("original_height", pa.int32()), ("exif", pa.string()),
-            ("sha256", pa.string()), (fmt, pa.binary()),
-        ])
         path = storage.join(output, f"{s:05d}.parquet")
-        with storage.atomic_open(path) as fh:
-            pq.write_table(pa.Table.from_pylist(records, schema=schema), fh, row_group_size=row_group_size)
+        img2dataset.write(path, records, fmt, extra=("query",), row_group_size=row_group_size)
         paths.append(path)
     return paths

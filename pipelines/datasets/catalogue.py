@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import io
 import logging
 import os
 import re
@@ -29,11 +28,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
+from encoders.errors import InputError, SettingsError
+from encoders.images import flatten_on_white
 from index_builder import storage
+from pipelines.datasets import img2dataset
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +49,11 @@ MAX_SOURCE_PIXELS = 50_000_000  # larger clip-art PNGs (a few, up to 623M px) ar
 SVG_HEAD_BYTES = 64 * 1024  # what the regex fallback reads of an SVG that does not parse
 DROPPED_KEYWORDS = frozenset({"unsorted"})  # openclipart keywords that say nothing about the image
 DROPPED_FOLDERS = frozenset({"unsorted"})
-JPEG_QUALITY = 90
 PROGRESS_EVERY = 1000
 
 DC = "{http://purl.org/dc/elements/1.1/}"
 RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
-
-SCHEMA_FIELDS = [
-    ("key", pa.string()), ("caption", pa.string()), ("query", pa.string()), ("split", pa.string()),
-    ("url", pa.string()), ("status", pa.string()), ("error_message", pa.string()),
-    ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()), ("original_height", pa.int32()),
-    ("exif", pa.string()), ("sha256", pa.string()),
-]
+EXTRA_COLUMNS = ("query", "split")  # written after the caption, see img2dataset.schema
 
 
 class SkipItem(Exception):
@@ -95,51 +88,19 @@ def split_of(key: str) -> str:
     return "train" if h < 80 else "val" if h < 90 else "test"
 
 
-def schema_for(source: str) -> pa.Schema:
-    """The shard schema of `source`: img2dataset's columns plus query/split, one image column."""
-    return pa.schema(SCHEMA_FIELDS + [(IMAGE_COLUMN[source], pa.binary())])
-
-
 def shard_path(output: str, source: str, index: int) -> str:
     return storage.join(output, f"{source}-{index:05d}.parquet")
 
 
-def encode(img: Image.Image, fmt: str) -> bytes:
-    """PNG or JPEG (quality JPEG_QUALITY) bytes of an RGB image; deterministic for equal pixels."""
-    buf = io.BytesIO()
-    if fmt == "jpg":
-        img.save(buf, format="JPEG", quality=JPEG_QUALITY)
-    else:
-        img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def on_white(img: Image.Image) -> Image.Image:
-    """RGB copy of `img` with any transparency (RGBA, LA, P/L with a transparent colour) composited on white."""
-    if img.mode == "P" or (img.mode in ("L", "RGB") and "transparency" in img.info):
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        base = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(base, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
 def record(key: str, entry: Entry, source: str) -> dict:
     """The Parquet row (img2dataset columns + query, split) of one built entry."""
-    (w, h), (ow, oh) = entry.size, entry.original
-    return {
-        "key": key, "caption": entry.caption, "query": entry.query, "split": split_of(key),
-        "url": None, "status": "success", "error_message": None,
-        "width": w, "height": h, "original_width": ow, "original_height": oh,
-        "exif": None, "sha256": hashlib.sha256(entry.data).hexdigest(), IMAGE_COLUMN[source]: entry.data,
-    }
+    return img2dataset.record(key, entry.caption, IMAGE_COLUMN[source], entry.data, size=entry.size,
+                              original=entry.original, query=entry.query, split=split_of(key))
 
 
 def write_shard(path: str, records: list[dict], source: str) -> None:
     """Write one shard atomically (a reader never sees a partial file)."""
-    with storage.atomic_open(path) as fh:
-        pq.write_table(pa.Table.from_pylist(records, schema=schema_for(source)), fh)
+    img2dataset.write(path, records, IMAGE_COLUMN[source], extra=EXTRA_COLUMNS)
 
 
 def remove_stale_shards(output: str, source: str, keep: int) -> None:
@@ -198,12 +159,12 @@ def required_files(source: str) -> list[tuple[str, str]]:
 
 
 def require(source: str) -> None:
-    """Raise FileNotFoundError naming the Debian package(s) to install when a file of `source` is missing."""
+    """Raise InputError naming the Debian package(s) to install when a file of `source` is missing."""
     files = required_files(source)
     missing = [(path, pkg) for path, pkg in files if not os.path.exists(path)]
     if missing:
         needs = " and ".join(pkg for _, pkg in files)
-        raise FileNotFoundError(
+        raise InputError(
             f"{source} source needs {needs} (not found: {', '.join(p for p, _ in missing)}): "
             f"apt-get install -y {' '.join(pkg for _, pkg in missing)}"
         )
@@ -267,7 +228,7 @@ class EmojiRenderer:
 
     def square(self, glyph: Image.Image) -> Image.Image:
         """The glyph on white, scaled to fit image_size x image_size (aspect kept), padded square."""
-        flat = on_white(glyph)
+        flat = flatten_on_white(glyph)
         scale = self.image_size / max(flat.size)
         size = (max(1, round(flat.width * scale)), max(1, round(flat.height * scale)))
         flat = flat.resize(size, Image.Resampling.LANCZOS)
@@ -296,7 +257,7 @@ def emoji_candidates(image_size: int) -> Iterator[Candidate]:
 
 def emoji_entry(renderer: EmojiRenderer, glyph: Image.Image, caption: str, name: str) -> Entry:
     img = renderer.square(glyph)
-    return Entry(caption, name, encode(img, "png"), img.size, glyph.size)
+    return Entry(caption, name, img2dataset.encode(img, "png"), img.size, glyph.size)
 
 
 # --------------------------------------------------------------------------- openclipart
@@ -403,11 +364,12 @@ def clipart_image(png: str, image_size: int) -> tuple[bytes, tuple[int, int], tu
                 original = img.size
                 if original[0] * original[1] > MAX_SOURCE_PIXELS:
                     raise SkipItem(f"{png}: {original[0]}x{original[1]} pixels is over MAX_SOURCE_PIXELS={MAX_SOURCE_PIXELS}")
-                flat = on_white(img)
+                img.load()  # pixels in memory before the file closes (an RGB image is returned as is)
+                flat = flatten_on_white(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise SkipItem(f"{png}: {exc}") from exc
     flat.thumbnail((image_size, image_size), Image.Resampling.LANCZOS)
-    return encode(flat, "jpg"), flat.size, original
+    return img2dataset.encode(flat, "jpg"), flat.size, original
 
 
 def clipart_files(root: str) -> list[str]:
@@ -448,12 +410,12 @@ def make_catalogue(output: str, *, source: str = "emoji", limit: int | None = No
     past the new last one are removed. Summary: {"rows", "shards", "by_split", "sources"
     (rows per source), "skipped" (source files that could not be used)}. `seed` is accepted for
     symmetry with make_sample; the output does not depend on it (everything is keyed by hashes).
-    Raises FileNotFoundError naming the Debian package when the source files are not installed.
+    Raises InputError naming the Debian package when the source files are not installed.
     """
     if source not in SOURCES + ("both",):
-        raise ValueError(f"source must be one of emoji, openclipart, both; got {source!r}")
+        raise SettingsError(f"source must be one of emoji, openclipart, both; got {source!r}")
     if shard_rows < 1 or image_size < 1 or (limit is not None and limit < 0):
-        raise ValueError("shard_rows and image_size must be >= 1 and limit >= 0")
+        raise SettingsError("shard_rows and image_size must be >= 1 and limit >= 0")
     wanted = SOURCES if source == "both" else (source,)
     for name in wanted:  # every package is checked before anything is written
         require(name)

@@ -1,0 +1,181 @@
+"""The model handler (Beam's RunInference `ModelHandler` interface): bytes + caption in, vectors out.
+
+A batch is a list of `ItemInput`; the result list is aligned with it, one `Embedded` or
+`Rejected` per item. The unit worker calls it per row group (see pipelines/embed/__init__.py
+for why), and it works unchanged inside `RunInference(handler)` too. Decoding happens here, per
+item, so an undecodable image rejects that item and not its batch (Beam's
+`with_exception_handling` would fail the whole batch). If the batched forward pass itself
+fails, items are retried one by one to isolate the culprit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from apache_beam.ml.inference.base import ModelHandler
+from PIL import Image
+
+from encoders.images import ImageRejected, decode_image
+from encoders.loading import ModelLoadError, resolve_model_dir
+from encoders.models import describe_checkpoint, load_towers
+from encoders.tensor_images import TensorPreprocessor
+from encoders.towers import Towers, embed_pairs
+from pipelines.embed.settings import EmbedSettings, Runtime, resolve_runtime
+
+log = logging.getLogger(__name__)
+
+THREADS_ENV = "FUSIONINDEX_TORCH_THREADS"  # set by the driver when local worker processes share the CPUs
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ItemInput:
+    id: str
+    caption: str | None
+    image: bytes | None
+
+
+@dataclass(frozen=True)
+class Embedded:
+    image: np.ndarray
+    text: np.ndarray
+    fused: np.ndarray
+    has_text: bool
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    message: str
+
+
+Outcome = Embedded | Rejected
+
+
+@dataclass
+class Prepared:
+    """A batch after decoding: rejects filled in, `images` (PIL list or pixel tensor) for `ok` items."""
+
+    results: list
+    ok: list[int]
+    images: object
+
+
+class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
+    """Loads the towers once per worker process (RunInference shares them across threads).
+
+    `tensor_recipe`: whether the checkpoint has a tensor preprocessing recipe (a property of its
+    files, from `describe_checkpoint`); looked up on first use when not given.
+    """
+
+    def __init__(self, settings: EmbedSettings, *, tensor_recipe: bool | None = None):
+        # max_batch_weight is left out: it crashes BatchElements in Beam 2.77.
+        super().__init__(min_batch_size=1, max_batch_size=settings.batch_size, large_model=settings.large_model)
+        self.settings = settings
+        self._tensor_recipe = tensor_recipe
+        self._runtime: Runtime | None = None
+        self._tensor_cache = None
+        self._described = None
+
+    def runtime(self) -> Runtime:
+        """How this machine runs the settings (resolved once, without loading weights)."""
+        if self._runtime is None:
+            if self._tensor_recipe is None:
+                local = resolve_model_dir(self.settings.model, allow_pickle=self.settings.allow_pickle)
+                self._tensor_recipe = describe_checkpoint(local)["tensor_recipe"] is not None
+            self._runtime = resolve_runtime(
+                self.settings, cuda_available=torch.cuda.is_available(), tensor_recipe=self._tensor_recipe
+            )
+        return self._runtime
+
+    def load_model(self) -> Towers:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        threads = os.environ.get(THREADS_ENV)
+        if threads:
+            torch.set_num_threads(int(threads))
+        # PIL refuses images above 2 x MAX_IMAGE_PIXELS inside Image.open; never let that be
+        # stricter than --max-image-pixels (raised only, so other caps in the process hold).
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self.settings.max_image_pixels)
+        rt = self.runtime()
+        towers = load_towers(self.settings.model, device=rt.device, allow_pickle=self.settings.allow_pickle)
+        towers.amp_dtype = AMP_DTYPES[rt.precision]
+        if self.settings.fusion == "attention" and towers.learned_fusion is None:
+            raise ModelLoadError(
+                f"--fusion attention: {self.settings.model} has no learned attention fusion; fine-tune it with "
+                "`fusionindex finetune --fusion attention`, or use --fusion weighted"
+            )
+        return towers
+
+    def prepare(self, batch: Sequence[ItemInput], model: Towers) -> Prepared:
+        """Decode and preprocess (CPU threads or the GPU); safe to run ahead of `complete`."""
+        results: list[Outcome | None] = [None] * len(batch)
+        preprocessor = self._tensor_preprocessor(model)
+        if preprocessor is not None:
+            pixels, rejected = preprocessor([item.image for item in batch])
+            for i, exc in enumerate(rejected):
+                if exc is not None:
+                    results[i] = Rejected(exc.reason, str(exc))
+            return Prepared(results, [i for i, exc in enumerate(rejected) if exc is None], pixels)
+        s = self.settings
+        images = []
+        for i, item in enumerate(batch):
+            try:
+                images.append(decode_image(item.image, max_pixels=s.max_image_pixels, max_bytes=s.max_image_bytes))
+            except ImageRejected as exc:
+                results[i] = Rejected(exc.reason, str(exc))
+        return Prepared(results, [i for i, r in enumerate(results) if r is None], images)
+
+    def complete(self, prepared: Prepared, batch: Sequence[ItemInput], model: Towers) -> list[Outcome]:
+        """Forward passes and fusion for the prepared items; results aligned with `batch`."""
+        ok = prepared.ok
+        outcomes = self._embed(model, prepared.images, [batch[i].caption for i in ok], [batch[i].id for i in ok])
+        results = list(prepared.results)
+        for i, res in zip(ok, outcomes):
+            results[i] = res
+        return results
+
+    def run_inference(
+        self, batch: Sequence[ItemInput], model: Towers, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[Outcome]:
+        return self.complete(self.prepare(batch, model), batch, model)
+
+    def _describe(self, model) -> dict:
+        """model.describe(), once per model (a --large-model proxy answers method calls only)."""
+        if self._described is None or self._described[0] != id(model):
+            self._described = (id(model), model.describe())
+        return self._described[1]
+
+    def _tensor_preprocessor(self, model: Towers) -> TensorPreprocessor | None:
+        """The tensor path where the Runtime says so (never through a --large-model proxy)."""
+        if self.runtime().preprocess != "tensor":
+            return None
+        recipe = model.recipe()
+        key = (id(model), recipe)
+        if self._tensor_cache is None or self._tensor_cache[0] != key:
+            s = self.settings
+            pre = TensorPreprocessor(recipe, str(model.device), max_pixels=s.max_image_pixels, max_bytes=s.max_image_bytes)
+            self._tensor_cache = (key, pre)
+        return self._tensor_cache[1]
+
+    def _embed(self, model: Towers, images, captions, ids) -> list[Outcome]:
+        fusion = self.settings.weighted_fusion() or self._describe(model)["learned_fusion"]
+        try:
+            out = embed_pairs(model, fusion, images, captions)
+        except Exception as exc:  # isolate the failing item(s): retry one by one
+            if len(images) <= 1:
+                log.warning("item %s failed to embed: %s", ids[0] if ids else "?", exc)
+                return [Rejected("embed_failed", f"{type(exc).__name__}: {exc}")] * len(images)
+            log.warning("batch of %d failed (%s); retrying item by item", len(images), exc)
+            return [r for j in range(len(images)) for r in self._embed(model, images[j : j + 1], captions[j : j + 1], ids[j : j + 1])]
+        return [Embedded(out.image[j], out.text[j], out.fused[j], bool(out.has_text[j])) for j in range(len(images))]
+
+    def get_metrics_namespace(self) -> str:
+        return "fusionindex"

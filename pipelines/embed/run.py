@@ -1,0 +1,123 @@
+"""The `embed` driver: plan the input, prepare the output, run the Beam job, write the manifest last."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from datetime import datetime, timezone
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
+
+from encoders.errors import InputError
+from encoders.loading import ModelLoadError, fingerprint, resolve_model_dir
+from encoders.models import describe_checkpoint
+from index_builder import storage
+from index_builder.embeddings import MANIFEST, list_shards
+from pipelines.embed.beam import build_pipeline, is_local, pipeline_options
+from pipelines.embed.handler import EmbeddingModelHandler
+from pipelines.embed.output import prepare_output, run_key
+from pipelines.embed.settings import EmbedSettings
+from pipelines.embed.shards import sum_counts
+from pipelines.embed.worker import UnitJob
+from pipelines.inputs import plan_inputs
+
+log = logging.getLogger(__name__)
+
+
+def distribution_sums(result, names: tuple[str, ...]) -> dict[str, int]:
+    """Sum of each fusionindex distribution metric (committed where the runner has it); 0 if absent."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    sums = dict.fromkeys(names, 0)
+    try:
+        for d in result.metrics().query(MetricsFilter().with_namespace("fusionindex"))["distributions"]:
+            if d.key.metric.name in sums:
+                value = d.committed if d.committed is not None else d.attempted
+                sums[d.key.metric.name] += value.sum if value is not None else 0
+    except (NotImplementedError, KeyError, AttributeError) as exc:  # runners differ in metric support
+        log.debug("no metrics from the runner: %s", exc)
+    return sums
+
+
+def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> dict:
+    """Run the whole embed job; return the manifest written to `settings.output/manifest.json`."""
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    s = settings
+    options = pipeline_options(beam_args or [])
+    model_dir = resolve_model_dir(s.model, allow_pickle=s.allow_pickle)
+    info = describe_checkpoint(model_dir)
+    if s.fusion == "attention" and not info["fusion"]:
+        raise ModelLoadError(
+            f"--fusion attention: {s.model} has no learned attention fusion; fine-tune it with "
+            "`fusionindex finetune --fusion attention`, or use --fusion weighted"
+        )
+    fusion_params = s.weighted_fusion().params() if s.fusion == "weighted" else info["fusion"]
+    handler = EmbeddingModelHandler(s, tensor_recipe=info["tensor_recipe"] is not None)
+    if is_local(options):  # the workers are this machine: a runtime that cannot work fails now
+        log.info("runtime: %s", handler.runtime())
+    model_fp = fingerprint(model_dir)
+    plan = plan_inputs(list(s.inputs), s.columns, skip_bad_files=s.skip_bad_files)
+    if not plan.units:
+        raise InputError(f"the input files hold no rows: {', '.join(plan.files) or '(all unreadable)'}")
+    resume = prepare_output(s.output, run_key(s, plan, model_fp, fusion_params), s.restart)
+    committed = len(list_shards(s.output, require_complete=False)) if resume else 0
+    if committed:
+        log.info("resuming an interrupted run: %d of %d shards are committed", committed, len(plan.units))
+    job = UnitJob(s, tuple(u.path for u in plan.units), info["dim"], resume)
+    model_tag = hashlib.sha256(f"{s.model}|{s.device}|{s.precision}|{model_fp}".encode()).hexdigest()[:16]
+    t_pipeline = time.monotonic()
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, plan, job, model_tag)
+    result = p.run()
+    result.wait_until_finish()
+    pipeline_s = time.monotonic() - t_pipeline
+    work = distribution_sums(result, ("unit_ms", "load_model_ms", "inference_batch_latency_ms"))
+    counts, bad_row_groups, runtimes = sum_counts(s.output)
+    if counts["read"] != plan.total_rows or counts["read"] != counts["embedded"] + counts["rejected"] + counts["skipped"]:
+        raise RuntimeError(f"row accounting failed: planned {plan.total_rows} rows, shards report {counts}; no manifest written")
+    if len(runtimes) > 1:
+        log.warning("shards were made with %d different runtimes: %s", len(runtimes), runtimes)
+    manifest = {
+        "kind": "fusionindex.embeddings",
+        "format_version": 2,
+        "inputs": plan.files,
+        "columns": s.as_dict()["columns"],
+        "counts": counts,
+        "bad_files": plan.bad_files + bad_row_groups,
+        "shards": len(plan.units),
+        "reused_shards": _counter(result, "shards_reused"),  # None: the runner reports no metrics
+        "dim": info["dim"],
+        "model": {"spec": s.model, "family": info["family"], "model_type": info["model_type"], "fingerprint": model_fp},
+        "fusion": fusion_params,
+        "settings": s.as_dict(),
+        "runtime": runtimes[0] if len(runtimes) == 1 else runtimes,
+        "runner": str(options.view_as(StandardOptions).runner),
+        "started_at": started.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "timings": {
+            "total_s": round(time.monotonic() - t0, 3),
+            "pipeline_s": round(pipeline_s, 3),
+            # summed over workers: time in row groups (model load excluded), model loads, model calls
+            "units_s": work["unit_ms"] / 1000,
+            "model_load_s": work["load_model_ms"] / 1000,
+            "inference_s": work["inference_batch_latency_ms"] / 1000,
+        },
+    }
+    storage.write_json(storage.join(s.output, MANIFEST), manifest)
+    log.info("embedded %d of %d rows (%d rejected, %d skipped) into %s", counts["embedded"], counts["read"],
+             counts["rejected"], counts["skipped"], s.output)
+    return manifest
+
+
+def _counter(result, name: str) -> int | None:
+    """A fusionindex counter's committed (else attempted) value; None where the runner has no metrics."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace("fusionindex").with_name(name))["counters"]
+    except (NotImplementedError, KeyError, AttributeError):
+        return None
+    return int(sum((c.committed if c.committed is not None else c.attempted) or 0 for c in found))

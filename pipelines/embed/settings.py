@@ -1,0 +1,132 @@
+"""What `embed` is asked to do (`EmbedSettings`) and what that resolves to on a machine (`Runtime`).
+
+Both are frozen and validated on creation, flag names in the messages: the CLI builds the
+settings from its flags, and the handler, the unit worker, the run key and the manifest all
+take the object whole. Defaults and allowed values live here and nowhere else.
+
+Four settings say *how* to run rather than *what* to compute, and resolve per machine:
+device (auto: CUDA when torch sees it), preprocessing (auto: the tensor path on CUDA),
+precision (auto: bf16 autocast on CUDA; always fp32 on a CPU) and model sharing
+(--large-model: one model per machine). `resolve_runtime` is a pure function of the settings,
+whether CUDA is there and whether the checkpoint has a tensor recipe; each committed shard
+records the Runtime it was made with, and a re-run reuses a shard only where its own Runtime
+is the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields
+
+from encoders.errors import SettingsError, check_at_least, check_choice
+from encoders.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from encoders.settings import FUSIONS, check_fusion_weights
+from pipelines.inputs import Columns
+
+log = logging.getLogger(__name__)
+
+PREPROCESS_MODES = ("auto", "pil", "tensor")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECODE_AHEAD = ("auto", "on", "off")
+DUPLICATE_POLICIES = ("reject", "allow")
+
+# Field metadata: whether a setting enters the run key that decides if an output directory's
+# committed shards belong to this run. "runtime": covered per shard by the resolved Runtime.
+NOT_KEYED = {"run_key": False}
+RUNTIME = {"run_key": False, "runtime": True}
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    inputs: tuple[str, ...]
+    output: str
+    model: str
+    batch_size: int = 64
+    fusion: str = "weighted"  # weighted: normalise(alpha*image + beta*text); attention: the model's learned weights
+    alpha: float = 0.5
+    beta: float = 0.5
+    columns: Columns = field(default_factory=Columns)
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_bytes: int = DEFAULT_MAX_BYTES
+    allow_pickle: bool = False
+    duplicate_ids: str = "reject"  # reject: keep the first row of an id by input order, reject later ones
+    skip_bad_files: bool = False
+    device: str | None = field(default=None, metadata=RUNTIME)  # None: cuda when torch sees it, else cpu
+    preprocess: str = field(default="auto", metadata=RUNTIME)
+    precision: str = field(default="auto", metadata=RUNTIME)
+    large_model: bool = field(default=False, metadata=RUNTIME)
+    decode_ahead: str = field(default="auto", metadata=NOT_KEYED)  # decode batch k+1 while k runs (auto: CUDA)
+    restart: bool = field(default=False, metadata=NOT_KEYED)  # recompute instead of reusing committed shards
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        check_at_least("--batch-size", self.batch_size, 1)
+        check_choice("--fusion", self.fusion, FUSIONS)
+        if self.fusion == "weighted":
+            check_fusion_weights(self.alpha, self.beta)
+        check_at_least("--max-image-pixels", self.max_image_pixels, 1)
+        check_at_least("--max-image-bytes", self.max_image_bytes, 1)
+        check_choice("--duplicate-ids", self.duplicate_ids, DUPLICATE_POLICIES)
+        check_choice("--preprocess", self.preprocess, PREPROCESS_MODES)
+        check_choice("--precision", self.precision, PRECISIONS)
+        check_choice("--decode-ahead", self.decode_ahead, DECODE_AHEAD)
+        if self.preprocess == "tensor" and self.large_model:
+            raise SettingsError(
+                "--preprocess tensor cannot be combined with --large-model: worker processes decode with PIL and "
+                "send images to the one shared model; drop one of the two"
+            )
+
+    def weighted_fusion(self):
+        """The weighted fusion asked for (encoders.fusion.WeightedFusion), or None for the model's
+        learned attention fusion."""
+        from encoders.fusion import WeightedFusion  # torch: not needed to parse and validate
+
+        return WeightedFusion(self.alpha, self.beta) if self.fusion == "weighted" else None
+
+    def as_dict(self) -> dict:
+        """JSON-ready form, as recorded in the manifest."""
+        d = asdict(self)
+        d["inputs"] = list(self.inputs)
+        d["columns"].pop("image_struct")
+        return d
+
+    def keyed(self) -> dict:
+        """The settings that decide the output's bytes (see the run key)."""
+        d = self.as_dict()
+        return {f.name: d[f.name] for f in fields(self) if f.metadata.get("run_key", True) and f.name != "inputs"}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a worker actually runs: recorded in every shard and in the manifest."""
+
+    device: str  # "cpu", "cuda", "cuda:1", ...
+    preprocess: str  # "pil" (the checkpoint's own processor) or "tensor" (batched decode + resize on the device)
+    precision: str  # "fp32", "bf16" or "fp16" (autocast; CUDA only)
+    model_sharing: str  # "per_process" or "per_machine" (--large-model)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_runtime(s: EmbedSettings, *, cuda_available: bool, tensor_recipe: bool) -> Runtime:
+    """The Runtime `s` resolves to on a machine; SettingsError when it cannot work there.
+
+    `tensor_recipe`: whether the checkpoint's preprocessing is resize-short-side + center-crop.
+    """
+    device = s.device or ("cuda" if cuda_available else "cpu")
+    on_cuda = device.startswith("cuda")
+    if on_cuda and not cuda_available:
+        raise SettingsError(f"--device {device}: torch sees no CUDA device on this machine; use --device cpu")
+    if s.preprocess == "tensor" and not tensor_recipe:
+        raise SettingsError(
+            "--preprocess tensor: this model's image processor is not resize-short-side + center-crop; "
+            "use --preprocess pil"
+        )
+    tensor = s.preprocess == "tensor" or (s.preprocess == "auto" and on_cuda and tensor_recipe and not s.large_model)
+    precision = "fp32"
+    if on_cuda:
+        precision = "bf16" if s.precision == "auto" else s.precision
+    elif s.precision not in ("auto", "fp32"):
+        log.warning("--precision %s applies on CUDA only; running fp32 on %s", s.precision, device)
+    return Runtime(device, "tensor" if tensor else "pil", precision, "per_machine" if s.large_model else "per_process")

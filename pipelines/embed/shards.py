@@ -1,0 +1,119 @@
+"""Committing a work unit's output, and reading back what committed shards say.
+
+A unit commits `rejects/part-i-of-N.parquet` (when it rejected rows; a stale one is removed
+otherwise) and then `embeddings/part-i-of-N.parquet`, each atomically; the shard's Parquet
+metadata carries the unit's counts and the Runtime that made it. A committed shard therefore
+implies committed rejects, and the driver can add up a run from the shards alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from index_builder import storage
+from index_builder.embeddings import EMBEDDINGS, REJECTS, REJECTS_SCHEMA, embeddings_schema, list_shards, vectors_to_arrow
+from pipelines.embed.handler import Embedded, Rejected
+from pipelines.embed.rows import RowResult
+from pipelines.embed.settings import Runtime
+from pipelines.inputs import WorkUnit
+
+log = logging.getLogger(__name__)
+
+COUNTS_KEY = b"fusionindex.counts"
+RUNTIME_KEY = b"fusionindex.runtime"
+COUNT_NAMES = ("read", "embedded", "rejected", "skipped", "empty_caption")
+
+
+def shard_paths(output: str, name: str) -> tuple[str, str]:
+    return storage.join(output, EMBEDDINGS, name), storage.join(output, REJECTS, name)
+
+
+def commit_unit(
+    output: str, name: str, unit: WorkUnit, results: list[RowResult], *, dim: int, read: int, skipped: int,
+    runtime: Runtime, bad_file: str | None = None,
+) -> dict:
+    """Write the unit's rejects (or remove stale ones), then its shard; return its counts.
+
+    Raises RuntimeError when read != embedded + rejected + skipped (a bug, never data).
+    """
+    results = sorted(results, key=lambda r: r.row_index)
+    good = [r for r in results if isinstance(r.outcome, Embedded)]
+    bad = [r for r in results if isinstance(r.outcome, Rejected)]
+    counts = {
+        "read": read,
+        "embedded": len(good),
+        "rejected": len(bad),
+        "skipped": skipped,
+        "empty_caption": sum(1 for r in good if not r.outcome.has_text),
+        "rejects_by_reason": dict(Counter(r.outcome.reason for r in bad)),
+        "bad_file": None if bad_file is None else {"path": unit.path, "row_group": unit.row_group, "error": bad_file},
+    }
+    if read != len(good) + len(bad) + skipped or len(good) + len(bad) != len(results):
+        raise RuntimeError(f"unit {unit.index} ({unit.path}): rows do not add up: {counts}")
+    shard_path, rejects_path = shard_paths(output, name)
+    if bad:
+        _write(rejects_path, rejects_table(bad, unit.path))
+    else:
+        storage.remove(rejects_path)  # from an earlier run of this unit made another way
+    metadata = {COUNTS_KEY: json.dumps(counts).encode(), RUNTIME_KEY: json.dumps(runtime.as_dict()).encode()}
+    _write(shard_path, embeddings_table(good, dim).replace_schema_metadata(metadata))
+    log.info("committed %s: %d embedded, %d rejected, %d skipped", name, len(good), len(bad), skipped)
+    return counts
+
+
+def committed_runtime(shard_path: str) -> Runtime | None:
+    """The Runtime a committed shard records; None when it has none (or cannot be read)."""
+    fs, p = storage.url_to_fs(shard_path)
+    try:
+        with fs.open(p, "rb") as fh:
+            meta = pq.ParquetFile(fh).metadata.metadata or {}
+        return Runtime(**json.loads(meta[RUNTIME_KEY]))
+    except (OSError, KeyError, TypeError, ValueError, pa.ArrowException):
+        return None
+
+
+def embeddings_table(good: list[RowResult], dim: int) -> pa.Table:
+    """The shard table of the embedded rows, in the given order."""
+
+    def stack(attr: str) -> np.ndarray:
+        return np.stack([getattr(r.outcome, attr) for r in good]) if good else np.zeros((0, dim), np.float32)
+
+    columns = [pa.array([r.id for r in good], pa.string()), pa.array([r.caption for r in good], pa.string())]
+    columns += [vectors_to_arrow(stack(a)) for a in ("image", "text", "fused")]
+    return pa.Table.from_arrays(columns, schema=embeddings_schema(dim))
+
+
+def rejects_table(bad: list[RowResult], source: str) -> pa.Table:
+    rows = [{"id": r.id, "source_file": source, "row_index": r.row_index, "reason": r.outcome.reason,
+             "message": r.outcome.message} for r in bad]
+    return pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA)
+
+
+def _write(path: str, table: pa.Table) -> None:
+    with storage.atomic_open(path) as fh:
+        pq.write_table(table, fh)
+
+
+def sum_counts(output: str) -> tuple[dict, list[dict], list[dict]]:
+    """Add up the committed shards' counts; list bad files and the distinct Runtimes used."""
+    total: Counter = Counter()
+    reasons: Counter = Counter()
+    bad_files, runtimes = [], []
+    for shard in list_shards(output):
+        counts = json.loads(shard.metadata[COUNTS_KEY])
+        reasons.update(counts.pop("rejects_by_reason"))
+        bad = counts.pop("bad_file", None)
+        if bad:
+            bad_files.append(bad)
+        total.update(counts)
+        runtime = json.loads(shard.metadata.get(RUNTIME_KEY, b"null"))
+        if runtime not in runtimes:
+            runtimes.append(runtime)
+    summed = {k: int(total[k]) for k in COUNT_NAMES}
+    return {**summed, "rejects_by_reason": dict(sorted(reasons.items()))}, bad_files, runtimes

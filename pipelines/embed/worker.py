@@ -1,0 +1,145 @@
+"""Embedding one work unit and committing its shard: engine-agnostic, no Beam here.
+
+The Beam DoFn (pipelines/embed/beam.py) is a thin driver over `UnitWorker`: it hands over the
+model loader (Beam's `shared.Shared` / `MultiProcessShared`) and turns `UnitReport`s into Beam
+metrics. Reuse after a crash is decided here, per shard: a committed shard is reused only when
+the Runtime it records equals the one this worker resolves.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from encoders.errors import InputError
+from encoders.towers import Towers
+from index_builder import storage
+from index_builder.embeddings import shard_name
+from pipelines.embed.handler import EmbeddingModelHandler, ItemInput, Outcome, Rejected
+from pipelines.embed.rows import FirstCopies, RowResult, classify
+from pipelines.embed.settings import EmbedSettings
+from pipelines.embed.shards import commit_unit, committed_runtime, shard_paths
+from pipelines.inputs import Row, WorkUnit, iter_unit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UnitJob:
+    """What every worker needs to know about the run (small and picklable)."""
+
+    settings: EmbedSettings
+    unit_paths: tuple[str, ...]  # unit index -> its source file, for messages
+    dim: int
+    resume: bool  # the directory's committed shards belong to this run (equal run key)
+
+
+@dataclass
+class UnitReport:
+    """What processing one unit did, for metrics: counts None when the shard was reused."""
+
+    unit: int
+    counts: dict | None = None
+    unit_ms: int = 0  # read + embed + commit, model load excluded
+    load_ms: int | None = None  # when this unit loaded the model
+    batch_ms: list[int] = field(default_factory=list)  # one entry per model call
+
+
+class UnitWorker:
+    """Embeds units and commits their shards. `load_model` returns the towers, loading them at
+    most once per process (or per machine); it is called only when a unit needs the model."""
+
+    def __init__(self, job: UnitJob, handler: EmbeddingModelHandler, load_model: Callable[[], Towers]):
+        self.job, self.handler, self._load = job, handler, load_model
+        self.runtime = handler.runtime()
+        self._model: Towers | None = None
+
+    def process(self, unit: WorkUnit, duplicates: list[tuple[int, int, int]]) -> UnitReport:
+        """Embed `unit` (later copies of duplicate ids given as (row, first unit, first row)) and
+        commit its shard, or reuse the shard an identical run committed."""
+        name = shard_name(unit.index, len(self.job.unit_paths))
+        shard_path, _ = shard_paths(self.job.settings.output, name)
+        report = UnitReport(unit.index)
+        if self.job.resume and storage.exists(shard_path):
+            made = committed_runtime(shard_path)
+            if made == self.runtime:
+                log.info("reusing committed %s", name)
+                return report
+            log.info("recomputing %s: it was made with %s, this worker runs %s", name, made, self.runtime)
+        t = time.perf_counter()
+        first = {row: (self.job.unit_paths[u], r) for row, u, r in duplicates}
+        report.counts = self._embed_unit(unit, name, first, report)
+        report.unit_ms = int((time.perf_counter() - t) * 1000) - (report.load_ms or 0)
+        return report
+
+    def _embed_unit(self, unit: WorkUnit, name: str, first_copies: FirstCopies, report: UnitReport) -> dict:
+        s = self.job.settings
+        results: list[RowResult] = []
+        counts = {"read": 0, "skipped": 0}
+        commit = dict(dim=self.job.dim, runtime=self.runtime)
+        try:
+            todo = self._classified(iter_unit(unit, s.batch_size), first_copies, results, counts)
+            for batch, outcomes in self._embed_batches(todo, report):
+                results.extend(RowResult(r.row_index, r.id, r.caption, o) for r, o in zip(batch, outcomes))
+        except InputError as exc:
+            if not s.skip_bad_files:
+                raise
+            log.warning("skipping unreadable row group: %s", exc)
+            bad = Rejected("unreadable_row_group", str(exc))
+            results = [RowResult(unit.first_row + i, None, None, bad) for i in range(unit.num_rows)]
+            return commit_unit(s.output, name, unit, results, read=unit.num_rows, skipped=0, bad_file=str(exc), **commit)
+        return commit_unit(s.output, name, unit, results, read=counts["read"], skipped=counts["skipped"], **commit)
+
+    @staticmethod
+    def _classified(row_batches: Iterator[list[Row]], first_copies: FirstCopies, results: list[RowResult],
+                    counts: dict) -> Iterator[list[Row]]:
+        """Classify each batch as it streams in; yield the rows for the model."""
+        for rows in row_batches:
+            c = classify(rows, first_copies)
+            counts["read"] += len(rows)
+            counts["skipped"] += c.skipped
+            results.extend(c.decided)
+            if c.todo:
+                yield c.todo
+
+    def _embed_batches(self, batches: Iterator[list[Row]], report: UnitReport) -> Iterator[tuple[list[Row], list[Outcome]]]:
+        """Yield (batch, outcomes). With decode-ahead (default on CUDA) batch k+1 is decoded in a
+        thread while batch k runs forward; on a CPU they run in turn (the cores are busy either
+        way, and torch work in a second thread slowed the forward passes, docs/performance.md)."""
+        s = self.job.settings
+        ahead_on = s.decode_ahead == "on" or (s.decode_ahead == "auto" and self.runtime.device.startswith("cuda"))
+        pool = cf.ThreadPoolExecutor(1, thread_name_prefix="decode") if ahead_on else None
+        ahead = None
+        try:
+            for batch in batches:
+                model = self._get_model(report)
+                items = [ItemInput(r.id, r.caption, r.image) for r in batch]
+                if pool is None:
+                    yield batch, self._timed(report, self.handler.run_inference, items, model)
+                    continue
+                nxt = (batch, items, pool.submit(self.handler.prepare, items, model))
+                if ahead is not None:
+                    yield ahead[0], self._timed(report, self.handler.complete, ahead[2].result(), ahead[1], model)
+                ahead = nxt
+            if ahead is not None:
+                yield ahead[0], self._timed(report, self.handler.complete, ahead[2].result(), ahead[1], self._model)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    @staticmethod
+    def _timed(report: UnitReport, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        report.batch_ms.append(int((time.perf_counter() - t) * 1000))
+        return out
+
+    def _get_model(self, report: UnitReport) -> Towers:
+        if self._model is None:
+            t = time.perf_counter()
+            self._model = self._load()
+            report.load_ms = int((time.perf_counter() - t) * 1000)
+        return self._model

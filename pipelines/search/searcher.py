@@ -1,0 +1,74 @@
+"""An index opened with the towers its items were embedded with: queries are encoded and fused
+exactly as the items were."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from PIL import Image
+
+from encoders.errors import InputError, UsageError
+from encoders.fusion import Fusion, fusion_from_params
+from encoders.images import ImageRejected, decode_image
+from encoders.models import load_towers
+from encoders.towers import Towers, embed_query
+from index_builder import storage
+from index_builder.search import Hit, LoadedIndex
+from pipelines.search.settings import SearchSettings
+
+log = logging.getLogger(__name__)
+
+
+class Searcher:
+    def __init__(self, index: LoadedIndex, towers: Towers, fusion: Fusion):
+        self.index, self.towers, self.fusion = index, towers, fusion
+
+    @property
+    def source(self) -> dict:
+        """The embeddings manifest the index was built from."""
+        return self.index.manifest["source"]["manifest"]
+
+    @classmethod
+    def open(cls, index: str, model: str | None = None, device: str | None = None) -> Searcher:
+        """Load IDX and the model (default: the one recorded in the embeddings manifest)."""
+        idx = LoadedIndex.load(index)
+        source = idx.manifest["source"]["manifest"]
+        towers = load_towers(model or source["model"]["spec"], device=device)
+        if towers.dim != idx.dim:
+            raise UsageError(
+                f"model gives {towers.dim}-d vectors but the index holds {idx.dim}-d ones; use the model the index "
+                f"was built with ({source['model']['spec']})"
+            )
+        if towers.fingerprint() != source["model"]["fingerprint"]:
+            log.warning("the model's weights differ from those the index was built with (%s): rankings may be "
+                        "meaningless", source["model"]["spec"])
+        return cls(idx, towers, fusion_from_params(source["fusion"], towers.learned_fusion))
+
+    def query_vector(self, text: str | None = None, image: Image.Image | None = None) -> np.ndarray:
+        """[1, dim]: the text, the image, or (both) their fusion."""
+        return embed_query(self.towers, self.fusion, text, image)
+
+    def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> list[list[Hit]]:
+        return self.index.search(vectors, k=k, nprobe=nprobe)
+
+
+def read_query_image(path: str) -> Image.Image:
+    """The decoded image file at `path` (local or URL); InputError naming the file otherwise."""
+    fs, p = storage.url_to_fs(path)
+    try:
+        with fs.open(p, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise InputError(f"--image {path}: cannot read it ({exc})") from exc
+    try:
+        return decode_image(data)
+    except ImageRejected as exc:
+        raise InputError(f"--image {path}: not a usable image ({exc.reason}: {exc})") from exc
+
+
+def run_search(s: SearchSettings) -> list[Hit]:
+    """The top s.k hits for the query (the image is read before any model loads)."""
+    image = read_query_image(s.image) if s.image is not None else None
+    searcher = Searcher.open(s.index, s.model, s.device)
+    return searcher.search(searcher.query_vector(s.text, image), s.k, s.nprobe)[0]
