@@ -8,7 +8,7 @@ DEMO ?= demo
 DATA_PACKAGES := fonts-noto-color-emoji unicode-cldr-core openclipart-png openclipart-svg
 DATA_FILES := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf /usr/share/unicode/cldr/common/annotations/en.xml /usr/share/openclipart/png
 
-.PHONY: install data-packages test test-slow demo demo-sample bench bench-peer clean
+.PHONY: install data-packages test test-unit test-slow lint format demo demo-sample bench bench-peer clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,19 @@ test: install data-packages
 
 test-slow: install data-packages
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
+
+# The unit layer alone: settings, run key, row classification, shard commits (no runner, no model; seconds).
+test-unit: install
+	$(PY) -m pytest -q tests/unit
+
+# ruff: formatting and lint (lines <= 120); run by CI. `make format` rewrites the files.
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # The main job on a small real sample: emoji catalogue -> fine-tune a ResNet18 + MiniLM model
 # briefly (reused when $(DEMO)/model exists) -> evaluate -> embed (Beam) -> index -> search -> HTML.

@@ -14,6 +14,7 @@ Prints a table and writes benchmarks/results/latest.json. Sections:
   pq      PQ training time with and without polysemous training
 Figures are printed, never asserted: targets live in the README, not in tests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,24 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = {
-    "small": dict(image_size=224, patch_size=32, hidden_size=256, num_layers=6, text_hidden_size=256, text_layers=6, projection_dim=256),
-    "vit-b-32": dict(image_size=224, patch_size=32, hidden_size=768, num_layers=12, text_hidden_size=512, text_layers=12, projection_dim=512),
+    "small": dict(
+        image_size=224,
+        patch_size=32,
+        hidden_size=256,
+        num_layers=6,
+        text_hidden_size=256,
+        text_layers=6,
+        projection_dim=256,
+    ),
+    "vit-b-32": dict(
+        image_size=224,
+        patch_size=32,
+        hidden_size=768,
+        num_layers=12,
+        text_hidden_size=512,
+        text_layers=12,
+        projection_dim=512,
+    ),
 }
 
 
@@ -48,7 +65,9 @@ def photo_like(rng: np.random.Generator, size: int) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for _ in range(4):
         x, y, r = rng.integers(0, size, 3)
-        draw.ellipse([x - r // 3, y - r // 3, x + r // 3, y + r // 3], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        draw.ellipse(
+            [x - r // 3, y - r // 3, x + r // 3, y + r // 3], fill=tuple(int(c) for c in rng.integers(0, 255, 3))
+        )
     noise = rng.normal(0, 12, (size, size, 3))
     return Image.fromarray(np.clip(np.asarray(img, np.float32) + noise, 0, 255).astype(np.uint8))
 
@@ -64,9 +83,18 @@ def make_jpeg_shards(out: Path, rows: int, size: int = 256, rows_per_group: int 
         for i in range(start, start + n):
             buf = io.BytesIO()
             photo_like(rng, size).save(buf, "JPEG", quality=90)
-            records.append({"key": f"{i:08d}", "caption": f"a photo of item {i} with {i % 7} round things", "status": "success", "jpg": buf.getvalue()})
+            records.append(
+                {
+                    "key": f"{i:08d}",
+                    "caption": f"a photo of item {i} with {i % 7} round things",
+                    "status": "success",
+                    "jpg": buf.getvalue(),
+                }
+            )
         path = out / f"{start // 1024:05d}.parquet"
-        schema = pa.schema([("key", pa.string()), ("caption", pa.string()), ("status", pa.string()), ("jpg", pa.binary())])
+        schema = pa.schema(
+            [("key", pa.string()), ("caption", pa.string()), ("status", pa.string()), ("jpg", pa.binary())]
+        )
         pq.write_table(pa.Table.from_pylist(records, schema=schema), path, row_group_size=rows_per_group)
         paths.append(str(path))
     return paths
@@ -91,10 +119,22 @@ def bare_loop(files: list[str], model_dir: str, batch_size: int, device: str = "
             images, captions = t.column("jpg").to_pylist(), t.column("caption").to_pylist()
             for s in range(0, len(images), batch_size):
                 pics = [Image.open(io.BytesIO(b)) for b in images[s : s + batch_size]]
-                inputs = processor(text=captions[s : s + batch_size], images=pics, return_tensors="pt", padding=True, truncation=True, max_length=77).to(device)
-                with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                inputs = processor(
+                    text=captions[s : s + batch_size],
+                    images=pics,
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=77,
+                ).to(device)
+                with (
+                    torch.inference_mode(),
+                    torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")),
+                ):
                     img = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
-                    txt = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).pooler_output
+                    txt = model.get_text_features(
+                        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+                    ).pooler_output
                     torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1)
                 rows += len(pics)
     if device.startswith("cuda"):
@@ -106,7 +146,9 @@ def bare_loop(files: list[str], model_dir: str, batch_size: int, device: str = "
 def run_measured(cmd: list[str]) -> tuple[float, int]:
     """(wall seconds, peak RSS in MiB) of a child process."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if status != 0:
@@ -135,20 +177,49 @@ def bench_embed(work: Path, args) -> dict:
     bares, runs = [], []
     for _ in range(args.repeat):
         bares.append(bare_loop(files, model, args.batch_size, args.device))
-        wall, rss = run_measured(fusionindex("embed", "--input", str(work / "in"), "--output", str(out), "--model", model,
-                                             "--batch-size", str(args.batch_size), "--restart", "--device", args.device, *args.embed_args.split()))
+        wall, rss = run_measured(
+            fusionindex(
+                "embed",
+                "--input",
+                str(work / "in"),
+                "--output",
+                str(out),
+                "--model",
+                model,
+                "--batch-size",
+                str(args.batch_size),
+                "--restart",
+                "--device",
+                args.device,
+                *args.embed_args.split(),
+            )
+        )
         m = json.loads((out / "manifest.json").read_text())
         t = m["timings"]
-        runs.append({"wall_s": round(wall, 2), "startup_s": round(wall - t["units_s"], 2), "units_s": t["units_s"],
-                     "model_load_s": t["model_load_s"], "rows_per_s_wall": round(args.rows / wall, 1),
-                     "rows_per_s_beyond_startup": round(m["counts"]["embedded"] / t["units_s"], 1), "peak_rss_mib": rss})
+        runs.append(
+            {
+                "wall_s": round(wall, 2),
+                "startup_s": round(wall - t["units_s"], 2),
+                "units_s": t["units_s"],
+                "model_load_s": t["model_load_s"],
+                "rows_per_s_wall": round(args.rows / wall, 1),
+                "rows_per_s_beyond_startup": round(m["counts"]["embedded"] / t["units_s"], 1),
+                "peak_rss_mib": rss,
+            }
+        )
     bare = max(bares, key=lambda b: b["rows_per_s"])
     best = max(runs, key=lambda r: r["rows_per_s_beyond_startup"])
     paired = [round(r["rows_per_s_beyond_startup"] / b["rows_per_s"], 3) for r, b in zip(runs, bares)]
     return {
-        "model": args.model, "rows": args.rows, "image_size": args.image_size, "batch_size": args.batch_size, "device": args.device,
-        "embed_args": args.embed_args, "runs": args.repeat,
-        "bare_loop": bare, "embed": best,
+        "model": args.model,
+        "rows": args.rows,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "embed_args": args.embed_args,
+        "runs": args.repeat,
+        "bare_loop": bare,
+        "embed": best,
         "ratio_beyond_startup": round(best["rows_per_s_beyond_startup"] / bare["rows_per_s"], 3),
         "paired_ratios": paired,
         "all_bare_rows_per_s": [b["rows_per_s"] for b in bares],
@@ -184,19 +255,57 @@ def bench_peer(work: Path, args) -> dict:
         return {"skipped": f"no clip-retrieval at {exe}; create it with `make bench-peer`"}
     files = sorted(str(p) for p in (work / "in").glob("*.parquet"))
     tars = write_webdataset(files, work / "wds")
-    pattern = str(work / "wds" / ("{00000..%05d}.tar" % (len(tars) - 1)))
-    cmd = [str(exe), "inference", "--input_dataset", pattern, "--output_folder", str(work / "cr-out"), "--input_format", "webdataset",
-           "--clip_model", f"hf_clip:{work / 'model'}", "--batch_size", str(args.batch_size), "--num_prepro_workers", str(os.cpu_count() or 1),
-           "--enable_metadata", "False", "--enable_wandb", "False"]
+    pattern = str(work / "wds" / f"{{00000..{len(tars) - 1:05d}}}.tar")
+    cmd = [
+        str(exe),
+        "inference",
+        "--input_dataset",
+        pattern,
+        "--output_folder",
+        str(work / "cr-out"),
+        "--input_format",
+        "webdataset",
+        "--clip_model",
+        f"hf_clip:{work / 'model'}",
+        "--batch_size",
+        str(args.batch_size),
+        "--num_prepro_workers",
+        str(os.cpu_count() or 1),
+        "--enable_metadata",
+        "False",
+        "--enable_wandb",
+        "False",
+    ]
     import shutil
 
     shutil.rmtree(work / "cr-out", ignore_errors=True)
     peer_wall, peer_rss = run_measured(cmd)
     embedded = sum(np.load(p).shape[0] for p in (work / "cr-out" / "img_emb").glob("*.npy"))
-    ours_wall, ours_rss = run_measured(fusionindex("embed", "--input", str(work / "in"), "--output", str(work / "peer-emb"), "--model", str(work / "model"),
-                                                   "--batch-size", str(args.batch_size), "--restart", "--device", args.device))
-    return {"rows": args.rows, "clip_retrieval_wall_s": round(peer_wall, 2), "clip_retrieval_rows": int(embedded), "clip_retrieval_peak_rss_mib": peer_rss,
-            "fusionindex_wall_s": round(ours_wall, 2), "fusionindex_peak_rss_mib": ours_rss, "speedup": round(peer_wall / ours_wall, 2)}
+    ours_wall, ours_rss = run_measured(
+        fusionindex(
+            "embed",
+            "--input",
+            str(work / "in"),
+            "--output",
+            str(work / "peer-emb"),
+            "--model",
+            str(work / "model"),
+            "--batch-size",
+            str(args.batch_size),
+            "--restart",
+            "--device",
+            args.device,
+        )
+    )
+    return {
+        "rows": args.rows,
+        "clip_retrieval_wall_s": round(peer_wall, 2),
+        "clip_retrieval_rows": int(embedded),
+        "clip_retrieval_peak_rss_mib": peer_rss,
+        "fusionindex_wall_s": round(ours_wall, 2),
+        "fusionindex_peak_rss_mib": ours_rss,
+        "speedup": round(peer_wall / ours_wall, 2),
+    }
 
 
 def bench_rss(work: Path, args) -> dict:
@@ -207,7 +316,19 @@ def bench_rss(work: Path, args) -> dict:
     for n in (args.rss_rows, args.rss_rows * 10):
         # one row group per file, as img2dataset writes them: memory must follow the batch
         make_jpeg_shards(work / f"rss-{n}", n, args.image_size, rows_per_group=1024, seed=n)
-        _, rss = run_measured(fusionindex("embed", "--input", str(work / f"rss-{n}"), "--output", str(work / f"rss-out-{n}"), "--model", model, "--batch-size", str(args.batch_size)))
+        _, rss = run_measured(
+            fusionindex(
+                "embed",
+                "--input",
+                str(work / f"rss-{n}"),
+                "--output",
+                str(work / f"rss-out-{n}"),
+                "--model",
+                model,
+                "--batch-size",
+                str(args.batch_size),
+            )
+        )
         out[str(n)] = rss
     small, big = out.values()
     return {"peak_rss_mib": out, "ratio_10n_over_n": round(big / small, 3)}
@@ -224,12 +345,21 @@ def write_embeddings(root: Path, n: int, d: int, shards: int, seed: int = 0) -> 
         m = n // shards
         x = centres[rng.integers(0, 256, m)] + 0.5 * rng.standard_normal((m, d)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        table = pa.Table.from_arrays([pa.array([f"{i}-{j}" for j in range(m)]), pa.array([""] * m), vectors_to_arrow(x), vectors_to_arrow(x), vectors_to_arrow(x)], schema=embeddings_schema(d))
+        table = pa.Table.from_arrays(
+            [
+                pa.array([f"{i}-{j}" for j in range(m)]),
+                pa.array([""] * m),
+                vectors_to_arrow(x),
+                vectors_to_arrow(x),
+                vectors_to_arrow(x),
+            ],
+            schema=embeddings_schema(d),
+        )
         pq.write_table(table, root / "embeddings" / shard_name(i, shards))
     storage.write_json(str(root / "manifest.json"), {"dim": d})
 
 
-PLAIN_FAISS = r'''
+PLAIN_FAISS = r"""
 import sys, time, glob, numpy as np, pyarrow.parquet as pq, faiss
 src, out, factory, train_size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 t0 = time.perf_counter()
@@ -252,7 +382,7 @@ for x in xs:
     start += len(x)
 faiss.write_index(merged, out)
 print(time.perf_counter() - t0)
-'''
+"""
 
 
 def bench_index(work: Path, args) -> dict:
@@ -268,20 +398,37 @@ def bench_index(work: Path, args) -> dict:
     ours, plain, recall_s = [], [], []
     for _ in range(args.repeat):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, str(script), str(src), str(work / "plain.faiss"), factory, str(train_size)], capture_output=True, text=True, check=True)
+        subprocess.run(
+            [sys.executable, str(script), str(src), str(work / "plain.faiss"), factory, str(train_size)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         plain.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        run_measured(fusionindex("build-index", "--embeddings", str(src), "--output", str(work / "idx"), "--factory", factory))
+        run_measured(
+            fusionindex("build-index", "--embeddings", str(src), "--output", str(work / "idx"), "--factory", factory)
+        )
         ours.append(time.perf_counter() - t0)
         m = json.loads((work / "idx" / "manifest.json").read_text())
         recall_s.append(m["timings"]["recall_s"])
     best = int(np.argmin(ours))
     core = ours[best] - recall_s[best]
-    return {"n": args.index_n, "dim": args.index_dim, "factory": factory, "train_size": train_size, "runs": args.repeat,
-            "build_index_wall_s": round(ours[best], 2), "build_index_recall_s": recall_s[best],
-            "build_index_without_recall_s": round(core, 2), "plain_faiss_wall_s": round(min(plain), 2),
-            "all_build_index_s": [round(x, 2) for x in ours], "all_plain_faiss_s": [round(x, 2) for x in plain],
-            "ratio_without_recall": round(core / min(plain), 3), "recall_at_10": m["recall"]["recall_at_k"]}
+    return {
+        "n": args.index_n,
+        "dim": args.index_dim,
+        "factory": factory,
+        "train_size": train_size,
+        "runs": args.repeat,
+        "build_index_wall_s": round(ours[best], 2),
+        "build_index_recall_s": recall_s[best],
+        "build_index_without_recall_s": round(core, 2),
+        "plain_faiss_wall_s": round(min(plain), 2),
+        "all_build_index_s": [round(x, 2) for x in ours],
+        "all_plain_faiss_s": [round(x, 2) for x in plain],
+        "ratio_without_recall": round(core / min(plain), 3),
+        "recall_at_10": m["recall"]["recall_at_k"],
+    }
 
 
 def bench_pq(args) -> dict:
@@ -307,64 +454,105 @@ def machine() -> dict:
         faiss_version = faiss.__version__
     except ImportError:
         faiss_version = None
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "faiss": faiss_version,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "faiss": faiss_version,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def table(results: dict) -> str:
     lines = []
     if "embed" in results:
-        e = results["embed"]
-        lines += [f"embed ({e['model']}, {e['rows']} JPEGs of {e['image_size']} px, batch {e['batch_size']}, {e['device']}"
-                  f"{', ' + e['embed_args'] if e['embed_args'] else ''}; fastest of {e['runs']} alternating runs each):",
-                  f"  bare loop                  {e['bare_loop']['rows_per_s']:>8.1f} rows/s  ({e['bare_loop']['seconds']} s)",
-                  f"  fusionindex embed, wall    {e['embed']['rows_per_s_wall']:>8.1f} rows/s  ({e['embed']['wall_s']} s, start-up {e['embed']['startup_s']} s)",
-                  f"  fusionindex embed, beyond start-up {e['embed']['rows_per_s_beyond_startup']:>8.1f} rows/s  -> ratio {e['ratio_beyond_startup']} (target >= 0.9)",
-                  f"  per-pair ratios {e['paired_ratios']}"]
+        e, bare, emb = results["embed"], results["embed"]["bare_loop"], results["embed"]["embed"]
+        lines += [
+            f"embed ({e['model']}, {e['rows']} JPEGs of {e['image_size']} px, batch {e['batch_size']}, {e['device']}"
+            f"{', ' + e['embed_args'] if e['embed_args'] else ''}; fastest of {e['runs']} alternating runs each):",
+            f"  bare loop                  {bare['rows_per_s']:>8.1f} rows/s  ({bare['seconds']} s)",
+            f"  fusionindex embed, wall    {emb['rows_per_s_wall']:>8.1f} rows/s  "
+            f"({emb['wall_s']} s, start-up {emb['startup_s']} s)",
+            f"  fusionindex embed, beyond start-up {emb['rows_per_s_beyond_startup']:>8.1f} rows/s  "
+            f"-> ratio {e['ratio_beyond_startup']} (target >= 0.9)",
+            f"  per-pair ratios {e['paired_ratios']}",
+        ]
     if "peer" in results:
         p = results["peer"]
-        lines += [f"peer: {p['skipped']}" if "skipped" in p else
-                  f"clip-retrieval inference {p['clip_retrieval_wall_s']} s ({p['clip_retrieval_rows']} rows) vs fusionindex embed {p['fusionindex_wall_s']} s, walls with start-up -> {p['speedup']}x"]
+        lines += [
+            f"peer: {p['skipped']}"
+            if "skipped" in p
+            else f"clip-retrieval inference {p['clip_retrieval_wall_s']} s ({p['clip_retrieval_rows']} rows) vs "
+            f"fusionindex embed {p['fusionindex_wall_s']} s, walls with start-up -> {p['speedup']}x"
+        ]
     if "rss" in results:
         r = results["rss"]
         lines += [f"peak RSS of embed: {r['peak_rss_mib']} MiB -> 10N/N {r['ratio_10n_over_n']} (target <= 1.25)"]
     if "index" in results:
         i = results["index"]
-        lines += [f"build-index {i['factory']} on {i['n']} x {i['dim']}: {i['build_index_wall_s']} s ({i['build_index_recall_s']} s of it measuring recall)"
-                  f" vs plain faiss {i['plain_faiss_wall_s']} s -> ratio without recall {i['ratio_without_recall']} (target <= 1.1)"]
+        lines += [
+            f"build-index {i['factory']} on {i['n']} x {i['dim']}: {i['build_index_wall_s']} s "
+            f"({i['build_index_recall_s']} s of it measuring recall) vs plain faiss {i['plain_faiss_wall_s']} s "
+            f"-> ratio without recall {i['ratio_without_recall']} (target <= 1.1)"
+        ]
     if "pq" in results:
         p = results["pq"]
-        lines += [f"PQ training {p['n']} x 64: polysemous {p['train_s']['polysemous']} s vs np {p['train_s']['np']} s ({p['slowdown']}x)"]
+        lines += [
+            f"PQ training {p['n']} x 64: polysemous {p['train_s']['polysemous']} s vs np {p['train_s']['np']} s "
+            f"({p['slowdown']}x)"
+        ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default="embed,peer,rss,index,pq")
-    ap.add_argument("--peer-venv", default=str(ROOT / ".peer-venv"), help="venv holding clip-retrieval 2.45 (make bench-peer)")
+    ap.add_argument(
+        "--peer-venv", default=str(ROOT / ".peer-venv"), help="venv holding clip-retrieval 2.45 (make bench-peer)"
+    )
     ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--model", choices=sorted(MODELS), default="small")
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--rows-per-group", type=int, default=128, help="Parquet row group size of the generated shards (a batch never spans row groups)")
+    ap.add_argument(
+        "--rows-per-group",
+        type=int,
+        default=128,
+        help="Parquet row group size of the generated shards (a batch never spans row groups)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--embed-args", default="", help="extra `fusionindex embed` options, e.g. '--preprocess tensor'")
     ap.add_argument("--rss-rows", type=int, default=200)
     ap.add_argument("--index-n", type=int, default=100_000)
     ap.add_argument("--index-dim", type=int, default=256)
     ap.add_argument("--pq-n", type=int, default=20_000)
-    ap.add_argument("--repeat", type=int, default=3, help="embed and index sections: alternating runs of each side, fastest compared")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="embed and index sections: alternating runs of each side, fastest compared",
+    )
     ap.add_argument("--output", default=str(RESULTS / "latest.json"))
     ap.add_argument("--workdir", default=None, help="keep generated data here (default: a temporary directory)")
     args = ap.parse_args(argv)
     sections = args.sections.split(",")
-    results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "args": vars(args)}
+    results: dict = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "args": vars(args),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        for name, fn in (("embed", lambda: bench_embed(work, args)), ("peer", lambda: bench_peer(work, args)), ("rss", lambda: bench_rss(work, args)),
-                         ("index", lambda: bench_index(work, args)), ("pq", lambda: bench_pq(args))):
+        for name, fn in (
+            ("embed", lambda: bench_embed(work, args)),
+            ("peer", lambda: bench_peer(work, args)),
+            ("rss", lambda: bench_rss(work, args)),
+            ("index", lambda: bench_index(work, args)),
+            ("pq", lambda: bench_pq(args)),
+        ):
             if name in sections:
                 t = time.perf_counter()
                 results[name] = fn()

@@ -11,12 +11,13 @@ Image preprocessing is torchvision's ImageNet recipe (resize the short side, cen
 normalise); text vectors are the attention-masked mean of the last hidden states (as
 sentence-transformers does for MiniLM), each projected to `projection_dim` and normalised.
 """
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torchvision
@@ -27,8 +28,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from encoders.fusion import l2_normalise
 from encoders.images import flatten_on_white
-from encoders.settings import BACKBONES as BACKBONE_NAMES
 from encoders.loading import ModelLoadError, check_tokenizer_fits
+from encoders.settings import BACKBONES as BACKBONE_NAMES
 from encoders.tensor_images import Recipe
 from encoders.text import MAX_CAPTION_CHARS
 from encoders.towers import Towers, default_device
@@ -81,14 +82,28 @@ class DualTowers(Towers):
         self.max_text_tokens = int(config.get("max_text_tokens", 128))
         r = dual_recipe(config)
         self.center_crop = True
-        self.transform = v2.Compose([
-            v2.ToImage(), v2.Resize(r.shortest_edge, antialias=True), v2.CenterCrop(list(r.crop)),
-            v2.ToDtype(torch.float32, scale=True), v2.Normalize(r.mean, r.std),
-        ])
+        self.transform = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(r.shortest_edge, antialias=True),
+                v2.CenterCrop(list(r.crop)),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(r.mean, r.std),
+            ]
+        )
 
     @classmethod
-    def create(cls, text_model_dir: str | Path, *, backbone: str = "resnet18", projection_dim: int = 256,
-               image_size: int = 224, image_weights: str | None = None, device: str | None = None, seed: int = 0) -> "DualTowers":
+    def create(
+        cls,
+        text_model_dir: str | Path,
+        *,
+        backbone: str = "resnet18",
+        projection_dim: int = 256,
+        image_size: int = 224,
+        image_weights: str | None = None,
+        device: str | None = None,
+        seed: int = 0,
+    ) -> DualTowers:
         """A new (untrained heads) model from a local HF text encoder and an optional CNN state file.
 
         `image_weights`: a safetensors file of the torchvision backbone's state dict (fc is ignored).
@@ -101,13 +116,21 @@ class DualTowers(Towers):
             state = {k: v for k, v in load_file(image_weights).items() if not k.startswith("fc.")}
             missing, unexpected = net.image.load_state_dict(state, strict=False)
             if unexpected or [m for m in missing if not m.startswith("fc.")]:
-                raise ModelLoadError(f"{image_weights} is not a {backbone} state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        config = {"model_type": MODEL_TYPE, "image_backbone": backbone, "image_size": image_size,
-                  "projection_dim": projection_dim, "max_text_tokens": min(int(getattr(tokenizer, "model_max_length", 128)), 256)}
+                raise ModelLoadError(
+                    f"{image_weights} is not a {backbone} state dict "
+                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+                )
+        config = {
+            "model_type": MODEL_TYPE,
+            "image_backbone": backbone,
+            "image_size": image_size,
+            "projection_dim": projection_dim,
+            "max_text_tokens": min(int(getattr(tokenizer, "model_max_length", 128)), 256),
+        }
         return cls(net, tokenizer, config, device or default_device(), None)
 
     @classmethod
-    def load(cls, model_dir: Path, *, device: str | None = None) -> "DualTowers":
+    def load(cls, model_dir: Path, *, device: str | None = None) -> DualTowers:
         config = json.loads((model_dir / "config.json").read_text())
         text_dir = model_dir / "text"
         try:
@@ -120,14 +143,19 @@ class DualTowers(Towers):
         missing, unexpected = net.load_state_dict(load_file(model_dir / "model.safetensors"), strict=False)
         missing = [m for m in missing if not m.startswith("text.")]
         if missing or unexpected:
-            raise ModelLoadError(f"{model_dir}/model.safetensors does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise ModelLoadError(
+                f"{model_dir}/model.safetensors does not match its config "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         return cls(net, tokenizer, config, device or default_device(), model_dir)
 
     def save(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.net.text.save_pretrained(out / "text", safe_serialization=True)
         self.tokenizer.save_pretrained(out / "text")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.net.image_state().items()}, out / "model.safetensors")
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.net.image_state().items()}, out / "model.safetensors"
+        )
         (out / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -137,8 +165,13 @@ class DualTowers(Towers):
         return dual_recipe(self.config)
 
     def tokenize(self, texts):
-        tokens = self.tokenizer([t[:MAX_CAPTION_CHARS] for t in texts], padding=True, truncation=True,
-                                max_length=self.max_text_tokens, return_tensors="pt")
+        tokens = self.tokenizer(
+            [t[:MAX_CAPTION_CHARS] for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=self.max_text_tokens,
+            return_tensors="pt",
+        )
         return {k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
     def image_features(self, pixels):
@@ -151,5 +184,8 @@ class DualTowers(Towers):
         return l2_normalise(self.net.text_head(pooled))
 
     def modules(self):
-        return {"image": self.net.image, "text": self.net.text,
-                "heads": torch.nn.ModuleList([self.net.image_head, self.net.text_head])}
+        return {
+            "image": self.net.image,
+            "text": self.net.text,
+            "heads": torch.nn.ModuleList([self.net.image_head, self.net.text_head]),
+        }

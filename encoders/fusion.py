@@ -14,14 +14,15 @@ between a shopper's query text and the fused item vector) and saved with the mod
 Both: rows without a caption take the image vector as their fused vector. Inputs and
 outputs are L2-normalised rows.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from encoders.errors import UsageError
-from encoders.settings import FUSIONS, check_fusion_weights
+from encoders.settings import check_fusion_weights
+
 
 def l2_normalise(x: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit L2 norm (zero rows stay zero)."""
@@ -86,6 +87,9 @@ def fusion_from_params(params: dict, learned: AttentionFusion | None = None) -> 
         return WeightedFusion(alpha=float(params["alpha"]), beta=float(params["beta"]))
     if kind == "attention":
         if learned is None:
-            raise ValueError("this index was built with attention fusion, but the model has no learned fusion (fusion.safetensors); pass the fine-tuned --model")
+            raise ValueError(
+                "this index was built with attention fusion, but the model has no learned fusion "
+                "(fusion.safetensors); pass the fine-tuned --model"
+            )
         return learned
     raise ValueError(f"unknown fusion kind {kind!r}; known: weighted, attention")

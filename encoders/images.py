@@ -70,8 +70,8 @@ def decode_image(
         raise
     except Image.DecompressionBombError as exc:
         raise ImageRejected("too_many_pixels", str(exc)) from exc
-    except UnidentifiedImageError as exc:
-        raise ImageRejected("not_an_image", f"not a recognised image format: {exc}") from exc
+    except UnidentifiedImageError as exc:  # PIL's message names only its BytesIO object
+        raise ImageRejected("not_an_image", f"not a recognised image format (starts with {data[:16]!r})") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's truncated/corrupt stream errors
         raise ImageRejected("corrupt_image", f"cannot decode image: {exc}") from exc
     try:

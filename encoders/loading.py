@@ -6,6 +6,7 @@ hub ids are looked up with `huggingface_hub.snapshot_download` (which honours
 HF_HUB_OFFLINE and the local HF cache). Pickle weights (`*.bin`, `*.pt`) are refused unless
 `allow_pickle=True`: unpickling runs arbitrary code.
 """
+
 from __future__ import annotations
 
 import hashlib

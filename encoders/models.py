@@ -7,6 +7,7 @@
 A fine-tuned model is one directory: the family's own files plus, when attention fusion was
 trained, `fusion.safetensors` and `fusionindex.json` ({"fusion": params, "training": ...}).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,13 @@ def describe_checkpoint(local: Path) -> dict:
     if raw.get("model_type") == DUAL_TYPE:
         if not (local / "text" / "config.json").exists():
             raise ModelLoadError(f"{local}: a {DUAL_TYPE} model needs its text encoder in text/")
-        return {"family": "dual", "model_type": DUAL_TYPE, "dim": int(raw["projection_dim"]), "fusion": fusion,
-                "tensor_recipe": dual_recipe(raw)}
+        return {
+            "family": "dual",
+            "model_type": DUAL_TYPE,
+            "dim": int(raw["projection_dim"]),
+            "fusion": fusion,
+            "tensor_recipe": dual_recipe(raw),
+        }
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
     try:
@@ -66,13 +72,23 @@ def describe_checkpoint(local: Path) -> dict:
     try:
         tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"{local}: no usable tokenizer ({exc}); save the processor with processor.save_pretrained(dir)") from exc
+        raise ModelLoadError(
+            f"{local}: no usable tokenizer ({exc}); save the processor with processor.save_pretrained(dir)"
+        ) from exc
     check_tokenizer_fits(tokenizer, config, str(local))
     try:
         recipe = recipe_of(AutoImageProcessor.from_pretrained(local, trust_remote_code=False))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"{local}: no usable image processor ({exc}); save it with processor.save_pretrained(dir)") from exc
-    return {"family": "clip", "model_type": config.model_type, "dim": int(dim), "fusion": fusion, "tensor_recipe": recipe}
+        raise ModelLoadError(
+            f"{local}: no usable image processor ({exc}); save it with processor.save_pretrained(dir)"
+        ) from exc
+    return {
+        "family": "clip",
+        "model_type": config.model_type,
+        "dim": int(dim),
+        "fusion": fusion,
+        "tensor_recipe": recipe,
+    }
 
 
 def load_learned_fusion(local: Path, dim: int) -> AttentionFusion | None:
@@ -97,8 +113,14 @@ def load_towers(spec: str, *, device: str | None = None, allow_pickle: bool = Fa
     else:
         towers = ClipTowers.load(local, device=device, allow_pickle=allow_pickle)
     towers.learned_fusion = load_learned_fusion(local, towers.dim)
-    log.info("loaded %s (%s, %d-d%s) on %s", spec, info["model_type"], towers.dim,
-             ", attention fusion" if towers.learned_fusion is not None else "", towers.device)
+    log.info(
+        "loaded %s (%s, %d-d%s) on %s",
+        spec,
+        info["model_type"],
+        towers.dim,
+        ", attention fusion" if towers.learned_fusion is not None else "",
+        towers.device,
+    )
     return towers
 
 

@@ -4,6 +4,7 @@ Used by the demo and the tests: no hub access, real `CLIPModel` weights saved wi
 `save_pretrained` (safetensors) next to a real `CLIPProcessor`, so loading goes through the
 same path as a user's checkpoint. Its rankings are meaningless: the weights are random.
 """
+
 from __future__ import annotations
 
 import logging
@@ -106,8 +107,13 @@ def make_random_bert(output_dir: str | Path, *, hidden_size: int = 32, num_layer
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(out / "vocab.txt"), model_max_length=64).save_pretrained(out)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=num_layers,
-                        num_attention_heads=max(1, hidden_size // 16), intermediate_size=hidden_size * 4,
-                        max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=max(1, hidden_size // 16),
+        intermediate_size=hidden_size * 4,
+        max_position_embeddings=64,
+    )
     BertModel(config).eval().save_pretrained(out, safe_serialization=True)
     return out

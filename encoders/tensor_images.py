@@ -8,6 +8,7 @@ is tested lives in tests/test_bad_data.py); that is why the CPU default stays th
 (exact equality with a direct processor call) and this one is the default on CUDA, where CPU
 decoding and resizing is the bottleneck.
 """
+
 from __future__ import annotations
 
 import io
@@ -120,8 +121,15 @@ class TensorPreprocessor:
     At most `chunk_pixels` decoded pixels are held at once (one image may exceed it alone).
     """
 
-    def __init__(self, recipe: Recipe, device: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
-                 chunk_pixels: int = DEFAULT_CHUNK_PIXELS):
+    def __init__(
+        self,
+        recipe: Recipe,
+        device: str,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        chunk_pixels: int = DEFAULT_CHUNK_PIXELS,
+    ):
         self.recipe, self.device = recipe, torch.device(device)
         self.max_pixels, self.max_bytes, self.chunk_pixels = max_pixels, max_bytes, chunk_pixels
         self.mean = torch.tensor(recipe.mean, device=self.device).view(3, 1, 1)
@@ -136,13 +144,21 @@ class TensorPreprocessor:
                 out.append(exc)
         return out
 
-    def decode(self, datas: list[bytes | None], headers: list[Header | ImageRejected] | None = None) -> list[torch.Tensor | ImageRejected]:
+    def decode(
+        self, datas: list[bytes | None], headers: list[Header | ImageRejected] | None = None
+    ) -> list[torch.Tensor | ImageRejected]:
         """uint8 [3, H, W] tensors on the device (JPEGs batched there), or the rejection."""
         headers = self.headers(datas) if headers is None else headers
         out: list[torch.Tensor | ImageRejected | None] = [h if isinstance(h, ImageRejected) else None for h in headers]
         # libjpeg pads a truncated JPEG with grey where PIL rejects it, and odd EXIF is PIL's call too
-        jpegs = [i for i, (data, h) in enumerate(zip(datas, headers))
-                 if isinstance(h, Header) and h.orientation is not None and data[:3] == JPEG_MAGIC and data.rstrip(b"\x00")[-2:] == JPEG_END]
+        jpegs = [
+            i
+            for i, (data, h) in enumerate(zip(datas, headers))
+            if isinstance(h, Header)
+            and h.orientation is not None
+            and data[:3] == JPEG_MAGIC
+            and data.rstrip(b"\x00")[-2:] == JPEG_END
+        ]
         if jpegs:
             raw = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpegs]
             # Orientation is applied below on every device (the CUDA decoder ignores the flag).
@@ -152,7 +168,9 @@ class TensorPreprocessor:
                 decoded = []
                 for r in raw:
                     try:
-                        decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=False))
+                        decoded.append(
+                            decode_jpeg(r, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=False)
+                        )
                     except RuntimeError:
                         decoded.append(None)
             for i, t in zip(jpegs, decoded):

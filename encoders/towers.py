@@ -9,12 +9,13 @@ fusion saved with a fine-tuned model, or None.
 Families: `ClipTowers` (a HF CLIP checkpoint, here) and `DualTowers` (torchvision CNN + HF
 text encoder + projection heads, `encoders.dual`). `encoders.models.load_towers` picks one.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,7 +30,6 @@ from encoders.tensor_images import Recipe, recipe_of
 from encoders.text import MAX_CAPTION_CHARS, has_caption
 
 log = logging.getLogger(__name__)
-
 
 
 def default_device() -> str:
@@ -80,7 +80,12 @@ class Towers:
 
     def describe(self) -> dict:
         """Attributes as one method call: works through Beam's MultiProcessShared proxies too."""
-        return {"device": str(self.device), "dim": self.dim, "family": self.family, "learned_fusion": self.learned_fusion}
+        return {
+            "device": str(self.device),
+            "dim": self.dim,
+            "family": self.family,
+            "learned_fusion": self.learned_fusion,
+        }
 
     def autocast(self):
         """bf16 autocast on CUDA (set `amp_dtype = None` for fp32), a no-op elsewhere."""
@@ -130,7 +135,7 @@ class ClipTowers(Towers):
         self.dim = int(model.config.projection_dim)
 
     @classmethod
-    def load(cls, model_dir: Path, *, device: str | None = None, allow_pickle: bool = False) -> "ClipTowers":
+    def load(cls, model_dir: Path, *, device: str | None = None, allow_pickle: bool = False) -> ClipTowers:
         """Load from a local checkpoint directory; weights from safetensors unless allowed."""
         device = device or default_device()
         try:
@@ -160,8 +165,11 @@ class ClipTowers(Towers):
 
     def tokenize(self, texts):
         tokens = self.processor.tokenizer(
-            [t[:MAX_CAPTION_CHARS] for t in texts], padding=True, truncation=True,
-            max_length=self.max_text_tokens, return_tensors="pt",
+            [t[:MAX_CAPTION_CHARS] for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=self.max_text_tokens,
+            return_tensors="pt",
         )
         return {k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
 
@@ -176,8 +184,11 @@ class ClipTowers(Towers):
 
     def modules(self):
         m = self.model
-        return {"image": m.vision_model, "text": m.text_model,
-                "heads": torch.nn.ModuleList([m.visual_projection, m.text_projection])}
+        return {
+            "image": m.vision_model,
+            "text": m.text_model,
+            "heads": torch.nn.ModuleList([m.visual_projection, m.text_projection]),
+        }
 
     def save(self, out: Path) -> None:
         self.model.save_pretrained(out, safe_serialization=True)
@@ -201,7 +212,9 @@ class EmbeddedBatch:
     has_text: np.ndarray
 
 
-def embed_pairs(towers: Towers, fusion: Fusion, images: Sequence[Image.Image] | torch.Tensor, captions: Sequence[str | None]) -> EmbeddedBatch:
+def embed_pairs(
+    towers: Towers, fusion: Fusion, images: Sequence[Image.Image] | torch.Tensor, captions: Sequence[str | None]
+) -> EmbeddedBatch:
     """Embed aligned images (PIL images, or a preprocessed pixel batch) and captions.
 
     A null/blank caption gets the image vector as its fused vector.
@@ -217,7 +230,9 @@ def embed_pairs(towers: Towers, fusion: Fusion, images: Sequence[Image.Image] | 
     return EmbeddedBatch(img.numpy(), txt.numpy(), fused.numpy(), has_text.numpy())
 
 
-def embed_query(towers: Towers, fusion: Fusion, text: str | None = None, image: Image.Image | None = None) -> np.ndarray:
+def embed_query(
+    towers: Towers, fusion: Fusion, text: str | None = None, image: Image.Image | None = None
+) -> np.ndarray:
     """[1, dim] query vector: text, image, or (both given) their fusion, as items are fused."""
     if text is None and image is None:
         raise UsageError("give a text query, an image query, or both")

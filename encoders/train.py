@@ -9,6 +9,7 @@ should land on the fused item vector; with weighted fusion it still trains the t
 The caller supplies the data (`Example` lists), a `validate` callback returning a recall to
 maximise, and a `checkpoint` callback; this module knows nothing of files or Parquet.
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,7 +67,12 @@ class Trainer:
         for name in cfg.freeze:
             for p in modules[name].parameters():
                 p.requires_grad_(False)
-        groups = [{"params": [p for n in ("image", "text") if n not in cfg.freeze for p in modules[n].parameters()], "lr": cfg.lr}]
+        groups = [
+            {
+                "params": [p for n in ("image", "text") if n not in cfg.freeze for p in modules[n].parameters()],
+                "lr": cfg.lr,
+            }
+        ]
         head = list(modules["heads"].parameters()) + [self.logit_scale]
         if isinstance(fusion, AttentionFusion):
             fusion.to(self.device)
@@ -140,8 +146,14 @@ class Trainer:
         self.optimizer.step()
         return float(loss.detach())
 
-    def run(self, train: list[Example], validate: Callable[[], dict], checkpoint: Callable[[TrainState, bool], None],
-            state: TrainState | None = None, progress: Callable | None = None) -> TrainState:
+    def run(
+        self,
+        train: list[Example],
+        validate: Callable[[], dict],
+        checkpoint: Callable[[TrainState, bool], None],
+        state: TrainState | None = None,
+        progress: Callable | None = None,
+    ) -> TrainState:
         """Train from `state.epoch` on; validate and checkpoint after every epoch."""
         cfg = self.cfg
         state = state or TrainState()
@@ -170,13 +182,24 @@ class Trainer:
                     break
             self.set_train(False)
             metrics = validate()
-            record = {"epoch": state.epoch + 1, "loss": float(np.mean(losses)) if losses else None, "batches": len(losses),
-                      "seconds": round(time.monotonic() - started, 1), "temperature": float(1 / self.logit_scale.detach().exp()), **metrics}
+            record = {
+                "epoch": state.epoch + 1,
+                "loss": float(np.mean(losses)) if losses else None,
+                "batches": len(losses),
+                "seconds": round(time.monotonic() - started, 1),
+                "temperature": float(1 / self.logit_scale.detach().exp()),
+                **metrics,
+            }
             state.history.append(record)
             if bar:
                 bar.set_postfix(loss=f"{record['loss'] or float('nan'):.3f}", val=f"{metrics['val_recall']:.3f}")
                 bar.close()
-            log.info("epoch %d: loss %.4f, val recall %.4f", record["epoch"], record["loss"] or float("nan"), metrics["val_recall"])
+            log.info(
+                "epoch %d: loss %.4f, val recall %.4f",
+                record["epoch"],
+                record["loss"] or float("nan"),
+                metrics["val_recall"],
+            )
             state.epoch += 1
             improved = metrics["val_recall"] > state.best
             if improved:

@@ -8,14 +8,16 @@ Global ids are assigned in shard order, so a merged index equals one built by ad
 vector to one copy of the template. Shards can be added in parallel processes (`workers`),
 each with its own OpenMP thread budget.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
 import multiprocessing
 import os
+import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import faiss
 import numpy as np
@@ -41,8 +43,10 @@ def new_index(d: int, factory: str) -> faiss.Index:
     try:
         return faiss.index_factory(d, factory, METRIC)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SettingsError(f"--factory {factory!r} is not a faiss index_factory string for dim {d} ({first})") from exc
+        why = (
+            re.split(r"\.(?:cpp|h):\d+: ", str(exc))[-1].strip().strip("'") or type(exc).__name__
+        )  # not the C++ location
+        raise SettingsError(f"--factory {factory!r} is not a faiss index_factory string for dim {d} ({why})") from exc
 
 
 def read_vectors(shard: Shard, vector: str) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +79,9 @@ class ShardCache:
         return arrow_to_vectors(self.table(shard).column(2))
 
 
-def sample_training_set(shards: list[Shard], vector: str, size: int, seed: int, cache: ShardCache | None = None) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def sample_training_set(
+    shards: list[Shard], vector: str, size: int, seed: int, cache: ShardCache | None = None
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """A seeded uniform sample of `size` valid vectors across all shards.
 
     Returns (vectors [s, d], their global faiss ids [s], valid count per shard). Global ids
@@ -105,7 +111,13 @@ def train_template(factory: str, xt: np.ndarray) -> faiss.Index:
     pq = getattr(faiss.downcast_index(ivf if ivf is not None else index), "pq", None)
     if pq is not None and len(xt) < 39 * pq.ksub:
         # faiss would print this once per sub-quantizer (64 lines for PQ64): say it once
-        log.warning("training %d PQ codebooks of %d centroids on %d vectors (faiss advises >= %d)", pq.M, pq.ksub, len(xt), 39 * pq.ksub)
+        log.warning(
+            "training %d PQ codebooks of %d centroids on %d vectors (faiss advises >= %d)",
+            pq.M,
+            pq.ksub,
+            len(xt),
+            39 * pq.ksub,
+        )
         pq.cp.min_points_per_centroid = 1
     if ivf is not None and faiss.get_num_gpus() > 0:
         log.info("training the coarse quantizer on %d GPU(s)", faiss.get_num_gpus())
@@ -138,7 +150,14 @@ def add_shard(template_bytes, shard: Shard, vector: str, first_id: int, table: p
     return faiss_io.to_bytes(index), table.column("id").filter(mask), table.column("caption").filter(mask)
 
 
-def add_and_merge(template: faiss.Index, shards: list[Shard], vector: str, valid_counts: list[int], workers: int, cache: ShardCache | None = None):
+def add_and_merge(
+    template: faiss.Index,
+    shards: list[Shard],
+    vector: str,
+    valid_counts: list[int],
+    workers: int,
+    cache: ShardCache | None = None,
+):
     """Add every shard into a copy of `template` (in `workers` processes) and merge in shard order."""
     offsets = np.concatenate([[0], np.cumsum(valid_counts)[:-1]]).astype(int).tolist()
     template_bytes = faiss_io.to_bytes(template)
@@ -146,11 +165,15 @@ def add_and_merge(template: faiss.Index, shards: list[Shard], vector: str, valid
     ids, captions = [], []
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
-        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,))
+        pool = cf.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+        )
         parts = pool.map(add_shard, [template_bytes] * len(shards), shards, [vector] * len(shards), offsets)
     else:
         pool = None
-        parts = (add_shard(template_bytes, s, vector, o, cache.table(s) if cache else None) for s, o in zip(shards, offsets))
+        parts = (
+            add_shard(template_bytes, s, vector, o, cache.table(s) if cache else None) for s, o in zip(shards, offsets)
+        )
     try:
         for i, (part_bytes, part_ids, part_captions) in enumerate(parts):
             merged.merge_from(faiss_io.from_bytes(part_bytes), 0)
@@ -160,8 +183,12 @@ def add_and_merge(template: faiss.Index, shards: list[Shard], vector: str, valid
     finally:
         if pool is not None:
             pool.shutdown()
-    table = pa.table({"id": pa.chunked_array([chunk for c in ids for chunk in c.chunks], pa.string()),
-                      "caption": pa.chunked_array([chunk for c in captions for chunk in c.chunks], pa.string())})
+    table = pa.table(
+        {
+            "id": pa.chunked_array([chunk for c in ids for chunk in c.chunks], pa.string()),
+            "caption": pa.chunked_array([chunk for c in captions for chunk in c.chunks], pa.string()),
+        }
+    )
     return merged, table
 
 
@@ -173,11 +200,13 @@ def set_nprobe(index: faiss.Index, nprobe: int) -> None:
 
 def build_index(cfg: BuildSettings) -> dict:
     """Build and commit IDX (index.faiss, ids.parquet, manifest.json last); return the manifest."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.monotonic()
     source_path = storage.join(cfg.embeddings, MANIFEST)
     if not storage.exists(source_path):
-        raise InputError(f"{cfg.embeddings} has no {MANIFEST}: the embed run did not finish; re-run `fusionindex embed`")
+        raise InputError(
+            f"{cfg.embeddings} has no {MANIFEST}: the embed run did not finish; re-run `fusionindex embed`"
+        )
     source = storage.read_json(source_path)
     shards = list_shards(cfg.embeddings)
     total = sum(s.num_rows for s in shards)
@@ -246,7 +275,15 @@ def build_index(cfg: BuildSettings) -> dict:
     timings["write_s"] = time.monotonic() - t
     timings["total_s"] = time.monotonic() - t0
     manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
-    manifest["finished_at"] = datetime.now(timezone.utc).isoformat()
+    manifest["finished_at"] = datetime.now(UTC).isoformat()
     storage.write_json(storage.join(cfg.output, MANIFEST), manifest)
-    log.info("index %s: %d vectors, nprobe %s, recall@%d %.3f, self@1 %.3f", cfg.output, index.ntotal, nprobe, recall["k"], recall["recall_at_k"], recall["self_at_1"])
+    log.info(
+        "index %s: %d vectors, nprobe %s, recall@%d %.3f, self@1 %.3f",
+        cfg.output,
+        index.ntotal,
+        nprobe,
+        recall["k"],
+        recall["recall_at_k"],
+        recall["self_at_1"],
+    )
     return manifest

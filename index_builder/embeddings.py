@@ -10,6 +10,7 @@ all zeros for rows without a caption (their fused vector is then the image vecto
 vector scores 0 against any query, and null fixed-size lists do not survive a Parquet round
 trip in pyarrow 25 ("Expected all lists to be of size=d").
 """
+
 from __future__ import annotations
 
 import re

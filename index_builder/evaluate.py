@@ -1,4 +1,5 @@
 """Retrieval quality on labelled pairs: recall@k with exact inner-product search (faiss)."""
+
 from __future__ import annotations
 
 import faiss

@@ -10,6 +10,7 @@ Follows the FAISS guidelines (wiki "Guidelines to choose an index"):
   nothing here;
 - below 1,000 vectors an exact `Flat` index: IVF-PQ on so few vectors only loses recall.
 """
+
 from __future__ import annotations
 
 import math

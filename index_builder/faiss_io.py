@@ -1,4 +1,5 @@
 """Read and write FAISS indexes at any fsspec path, streaming (no second copy in memory)."""
+
 from __future__ import annotations
 
 import faiss

@@ -1,7 +1,8 @@
 """Measure an index against exact search, with faiss.contrib helpers."""
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import faiss
 import numpy as np

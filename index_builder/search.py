@@ -39,7 +39,7 @@ def search_parameters(index: faiss.Index, nprobe: int) -> faiss.SearchParameters
         params, inner = faiss.IndexRefineSearchParameters(), search_parameters(index.base_index, nprobe)
         params.base_index_params = inner
     else:
-        raise SettingsError(f"--nprobe applies to IVF indexes; this index is a {type(index).__name__}: leave it out")
+        raise SettingsError(f"--nprobe applies to IVF indexes, not to this {type(index).__name__}: leave it out")
     params.referenced_objects = [inner]  # SWIG holds a raw pointer to `inner`: keep it alive
     return params
 
@@ -76,6 +76,10 @@ class LoadedIndex:
         params = None if nprobe is None else search_parameters(self.index, nprobe)
         scores, found = self.index.search(queries, min(k, self.index.ntotal), params=params)
         return [
-            [Hit(r + 1, self.ids[j], float(s), self.captions[j]) for r, (j, s) in enumerate(zip(row_ids, row_scores)) if j >= 0]
+            [
+                Hit(r + 1, self.ids[j], float(s), self.captions[j])
+                for r, (j, s) in enumerate(zip(row_ids, row_scores))
+                if j >= 0
+            ]
             for row_ids, row_scores in zip(found, scores)
         ]

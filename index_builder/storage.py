@@ -7,13 +7,15 @@ final object appear whole (object stores never show a half-written object), and 
 killed between copy and delete leaves a `.tmp-*` object behind, which `remove_temporaries`
 clears at the start of the next run. Either way a reader never sees half a file.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import posixpath
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import fsspec
 import pyarrow as pa

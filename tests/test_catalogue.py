@@ -2,6 +2,7 @@
 
 Tests that read the packages' files skip (with the apt-get line) where they are not installed;
 the pure functions are tested everywhere."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,14 +22,33 @@ from pipelines.datasets import catalogue
 from pipelines.datasets.catalogue import make_catalogue, split_of
 from pipelines.inputs import Columns, plan_inputs
 
-NEEDED = [catalogue.EMOJI_FONT, catalogue.CLDR_ANNOTATIONS, os.path.join(catalogue.OPENCLIPART_ROOT, "png"), os.path.join(catalogue.OPENCLIPART_ROOT, "svg")]
+NEEDED = [
+    catalogue.EMOJI_FONT,
+    catalogue.CLDR_ANNOTATIONS,
+    os.path.join(catalogue.OPENCLIPART_ROOT, "png"),
+    os.path.join(catalogue.OPENCLIPART_ROOT, "svg"),
+]
 needs_packages = pytest.mark.skipif(
     not all(os.path.exists(p) for p in NEEDED),
-    reason="needs the Debian packages: apt-get install -y fonts-noto-color-emoji unicode-cldr-core openclipart-png openclipart-svg",
+    reason="needs the Debian packages: "
+    "apt-get install -y fonts-noto-color-emoji unicode-cldr-core openclipart-png openclipart-svg",
 )
 
-COLUMNS = ["key", "caption", "query", "split", "url", "status", "error_message", "width", "height",
-           "original_width", "original_height", "exif", "sha256"]
+COLUMNS = [
+    "key",
+    "caption",
+    "query",
+    "split",
+    "url",
+    "status",
+    "error_message",
+    "width",
+    "height",
+    "original_width",
+    "original_height",
+    "exif",
+    "sha256",
+]
 TYPES = {"width": pa.int32(), "height": pa.int32(), "original_width": pa.int32(), "original_height": pa.int32()}
 
 
@@ -118,7 +138,12 @@ def test_openclipart_catalogue(clipart):
 def texts(summary: dict, prefix: str) -> list[tuple]:
     """(key, caption, query) of the summary's rows whose key starts with `prefix`, in file order."""
     cols = ["key", "caption", "query"]
-    return [(r["key"], r["caption"], r["query"]) for p in summary["shards"] for r in pq.read_table(p, columns=cols).to_pylist() if r["key"].startswith(prefix)]
+    return [
+        (r["key"], r["caption"], r["query"])
+        for p in summary["shards"]
+        for r in pq.read_table(p, columns=cols).to_pylist()
+        if r["key"].startswith(prefix)
+    ]
 
 
 @needs_packages
@@ -132,7 +157,9 @@ def test_both_sources_shard_per_source_and_are_deterministic(tmp_path, emoji, cl
     assert texts(summary, "emoji") == texts(emoji[1], "emoji")[:25]
     assert texts(summary, "openclipart") == texts(clipart[1], "openclipart")[:25]
     again = make_catalogue(str(tmp_path), source="both", limit=25, shard_rows=10)
-    assert texts(again, "emoji") == texts(summary, "emoji") and texts(again, "openclipart") == texts(summary, "openclipart")
+    assert texts(again, "emoji") == texts(summary, "emoji") and texts(again, "openclipart") == texts(
+        summary, "openclipart"
+    )
     # a smaller rerun into the same directory leaves no stale shards behind
     make_catalogue(str(tmp_path), source="emoji", limit=5, shard_rows=10)
     assert sorted(n for n in os.listdir(tmp_path) if n.startswith("emoji-")) == ["emoji-00000.parquet"]
@@ -143,9 +170,17 @@ def test_split_of_is_stable_across_processes_and_80_10_10():
     interpreter with another hash seed must assign every key the same split."""
     keys = [f"item-{i}" for i in range(10_000)]
     splits = [split_of(k) for k in keys]
-    code = "import sys; from pipelines.datasets.catalogue import split_of; print(''.join(split_of(f'item-{i}')[0] for i in range(10_000)))"
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout.strip()
+    code = (
+        "from pipelines.datasets.catalogue import split_of; "
+        "print(''.join(split_of(f'item-{i}')[0] for i in range(10_000)))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    ).stdout.strip()
     assert other == "".join(s[0] for s in splits)
     for name, share in (("train", 80), ("val", 10), ("test", 10)):
         assert abs(100 * splits.count(name) / len(keys) - share) <= 3, name
@@ -153,8 +188,8 @@ def test_split_of_is_stable_across_processes_and_80_10_10():
 
 def test_caption_and_query_rules_without_the_packages():
     assert catalogue.emoji_caption("grinning face", ["face", "Grinning Face", "grin", "face"]) == "face, grin"
-    assert catalogue.is_single_code_point("\U0001F600") and catalogue.is_single_code_point("\u2764\ufe0f")
-    assert not catalogue.is_single_code_point("\U0001F468\u200d\U0001F469")
+    assert catalogue.is_single_code_point("\U0001f600") and catalogue.is_single_code_point("\u2764\ufe0f")
+    assert not catalogue.is_single_code_point("\U0001f468\u200d\U0001f469")
     assert catalogue.path_words("animals/big_cats/lion-roaring_02.png") == ["animals", "big cats", "lion", "roaring"]
     caption, query = catalogue.clipart_texts("Lion", ["lion", "cat", "unsorted", "big_cat"], "animals/lion_01.png")
     assert (caption, query) == ("cat, big cat, animals", "Lion")
@@ -202,12 +237,19 @@ def test_regex_fallback_matches_xml_parse_on_real_svgs():
 @needs_packages
 def test_bad_source_files_are_skipped_not_fatal(tmp_path, monkeypatch):
     src = catalogue.OPENCLIPART_ROOT
-    rel = next(r for r in catalogue.clipart_files(src) if r.startswith("animals/") and catalogue.svg_metadata(f"{src}/svg/{r[:-4]}.svg")[0])
+    rel = next(
+        r
+        for r in catalogue.clipart_files(src)
+        if r.startswith("animals/") and catalogue.svg_metadata(f"{src}/svg/{r[:-4]}.svg")[0]
+    )
     png, svg = Path(f"{src}/png/{rel}").read_bytes(), Path(f"{src}/svg/{rel[:-4]}.svg").read_bytes()
     title = catalogue.svg_metadata(f"{src}/svg/{rel[:-4]}.svg")[0]
     root = tmp_path / "openclipart"
     files = {
-        "animals/cut_after_metadata_01": (png, svg[: svg.index(b"</metadata>") + len(b"</metadata>")]),  # parse stops early
+        "animals/cut_after_metadata_01": (
+            png,
+            svg[: svg.index(b"</metadata>") + len(b"</metadata>")],
+        ),  # parse stops early
         "animals/malformed_head_01": (png, svg.replace(b"<metadata", b"<oops & <metadata", 1)),  # regex fallback
         "animals/broken_png_01": (b"\x89PNG not really", svg),
         "animals/no_svg_01": (png, None),
@@ -224,7 +266,9 @@ def test_bad_source_files_are_skipped_not_fatal(tmp_path, monkeypatch):
     rows = pq.read_table(summary["shards"][0]).to_pylist()
     assert [r["query"] for r in rows] == [title, title]
     assert all("animals" in r["caption"].split(", ") for r in rows)
-    assert {r["key"] for r in rows} == {catalogue.clipart_key(f"{s}.png") for s in ("animals/cut_after_metadata_01", "animals/malformed_head_01")}
+    assert {r["key"] for r in rows} == {
+        catalogue.clipart_key(f"{s}.png") for s in ("animals/cut_after_metadata_01", "animals/malformed_head_01")
+    }
 
 
 @needs_packages

@@ -1,11 +1,14 @@
 """The CLI end to end: make-sample -> embed -> build-index -> search, as a user runs it."""
+
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -17,14 +20,36 @@ def built(tmp_path_factory, tiny_clip):
     root = tmp_path_factory.mktemp("cli")
     cat, emb = str(root / "catalogue"), str(root / "emb")
     assert main(["make-sample", "--output", cat, "--rows", "1100", "--shards", "3"]) == 0
-    assert main(["embed", "--input", f"{cat}/*.parquet", "--output", emb, "--model", tiny_clip, "--batch-size", "32", "--alpha", "0.6", "--beta", "0.4"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--input",
+                f"{cat}/*.parquet",
+                "--output",
+                emb,
+                "--model",
+                tiny_clip,
+                "--batch-size",
+                "32",
+                "--alpha",
+                "0.6",
+                "--beta",
+                "0.4",
+            ]
+        )
+        == 0
+    )
     idx = {}
     idx["fused"] = str(root / "idx-fused")
     assert main(["build-index", "--embeddings", emb, "--output", idx["fused"]]) == 0
     # Exact index over image vectors: the image-query test checks the query path, not PQ error
     # (a random tiny model's vectors are nearly identical, so PQ would blur them).
     idx["image"] = str(root / "idx-image")
-    assert main(["build-index", "--embeddings", emb, "--output", idx["image"], "--vector", "image", "--factory", "Flat"]) == 0
+    assert (
+        main(["build-index", "--embeddings", emb, "--output", idx["image"], "--vector", "image", "--factory", "Flat"])
+        == 0
+    )
     return root, cat, emb, idx
 
 
@@ -59,17 +84,60 @@ def test_image_query_finds_the_same_image_first(built, capsys, tmp_path):
     assert hits[0]["score"] > 0.99
     assert row["key"] in [h["id"] for h in hits if h["score"] >= hits[0]["score"] - 1e-4]
     # text + image together: fused query, still ranked
-    assert main(["search", "--index", idx["fused"], "--image", str(image_path), "--text", row["caption"], "--k", "2"]) == 0
+    assert (
+        main(["search", "--index", idx["fused"], "--image", str(image_path), "--text", row["caption"], "--k", "2"]) == 0
+    )
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
 def test_clear_errors(built, tmp_path, tiny_clip, capsys):
     root, cat, emb, idx = built
-    assert main(["embed", "--input", str(tmp_path / "none-*.parquet"), "--output", str(tmp_path / "o"), "--model", tiny_clip]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                "--input",
+                str(tmp_path / "none-*.parquet"),
+                "--output",
+                str(tmp_path / "o"),
+                "--model",
+                tiny_clip,
+            ]
+        )
+        == 2
+    )
     assert "no file matches" in capsys.readouterr().err
-    assert main(["embed", "--input", f"{cat}/*.parquet", "--output", str(tmp_path / "o"), "--model", str(tmp_path / "missing")]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                "--input",
+                f"{cat}/*.parquet",
+                "--output",
+                str(tmp_path / "o"),
+                "--model",
+                str(tmp_path / "missing"),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
-    assert main(["embed", "--input", f"{cat}/*.parquet", "--output", str(tmp_path / "o"), "--model", tiny_clip, "--id-column", "sku"]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                "--input",
+                f"{cat}/*.parquet",
+                "--output",
+                str(tmp_path / "o"),
+                "--model",
+                tiny_clip,
+                "--id-column",
+                "sku",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "missing column 'sku'" in err and "key, caption" in err
     assert main(["search", "--index", idx["fused"]]) == 2
@@ -80,8 +148,183 @@ def test_clear_errors(built, tmp_path, tiny_clip, capsys):
 def test_console_script_runs(built):
     root, cat, emb, idx = built
     exe = os.path.join(os.path.dirname(sys.executable), "fusionindex")
-    out = subprocess.run([exe, "-q", "search", "--index", idx["fused"], "--text", "a blue square", "--k", "2"],
-                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    out = subprocess.run(
+        [exe, "-q", "search", "--index", idx["fused"], "--text", "a blue square", "--k", "2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 2 and lines[0].split()[0] == "1"
+
+
+# Bad command lines -> the one line printed (exit 2, no traceback). The README's "Bad command
+# lines" table is checked against this one. Placeholders are filled from the `built` fixture.
+EMBED = ["embed", "--input", "{cat}", "--output", "{tmp}/out", "--model", "{model}"]
+BAD_CLI = {
+    "`embed ... --batchsize 8` (typo)": (
+        [*EMBED, "--batchsize", "8"],
+        "unknown option --batchsize: neither an embed option nor a Beam pipeline option; did you mean --batch-size?",
+    ),
+    "`embed ... stray` (an argument without option)": ([*EMBED, "stray"], "unexpected argument 'stray'"),
+    "`embed ... --batch-size 0`": ([*EMBED, "--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
+    "`embed ... --batch-size many`": (
+        [*EMBED, "--batch-size", "many"],
+        "argument --batch-size: invalid int value: 'many'",
+    ),
+    "`embed ... --alpha -1`": ([*EMBED, "--alpha", "-1"], "fusion weights must be >= 0 and not both 0"),
+    "`embed ... --preprocess tensor --large-model`": (
+        [*EMBED, "--preprocess", "tensor", "--large-model"],
+        "--preprocess tensor cannot be combined with --large-model",
+    ),
+    "`embed ... --device cuda` on a machine without CUDA": (
+        [*EMBED, "--device", "cuda"],
+        "--device cuda: torch sees no CUDA device on this machine",
+    ),
+    "`embed ... --fusion attention` with a model that has no learned fusion": (
+        [*EMBED, "--fusion", "attention"],
+        "--fusion attention: {model} has no learned attention fusion",
+    ),
+    "`embed ... --direct_num_workers two` (a Beam option, bad value)": (
+        [*EMBED, "--direct_num_workers", "two"],
+        "Beam option: argument --direct_num_workers: invalid int value: 'two'",
+    ),
+    "`embed ... --runner NoSuchRunner`": (
+        [*EMBED, "--runner", "NoSuchRunner"],
+        "--runner NoSuchRunner: Unexpected pipeline runner",
+    ),
+    "`embed --input 'none-*.parquet' ...`": (
+        ["embed", "--input", "{tmp}/none-*.parquet", "--output", "{tmp}/o", "--model", "{model}"],
+        "no file matches",
+    ),
+    "`embed ... --model DIR` that does not exist": (
+        ["embed", "--input", "{cat}", "--output", "{tmp}/o", "--model", "{tmp}/missing"],
+        "model directory '{tmp}/missing' does not exist",
+    ),
+    "`embed ... --id-column sku` (no such column)": (
+        [*EMBED, "--id-column", "sku"],
+        "missing column 'sku' (set --id-column)",
+    ),
+    "`build-index ... --workers 0`": (
+        ["build-index", "--embeddings", "{emb}", "--output", "{tmp}/i", "--workers", "0"],
+        "--workers must be >= 1 (got 0)",
+    ),
+    "`build-index ... --factory 'IVF256,PQ16'` (polysemous)": (
+        ["build-index", "--embeddings", "{emb}", "--output", "{tmp}/i", "--factory", "IVF256,PQ16"],
+        "write PQ16np",
+    ),
+    "`build-index ... --factory 'NotAnIndex'`": (
+        ["build-index", "--embeddings", "{emb}", "--output", "{tmp}/i", "--factory", "NotAnIndex"],
+        "--factory 'NotAnIndex' is not a faiss index_factory string",
+    ),
+    "`build-index --embeddings DIR` of an unfinished embed run": (
+        ["build-index", "--embeddings", "{tmp}", "--output", "{tmp}/i"],
+        "has no manifest.json: the embed run did not finish",
+    ),
+    "`search ... --k 0`": (["search", "--index", "{idx}", "--text", "red", "--k", "0"], "--k must be >= 1 (got 0)"),
+    "`search ... --k -3`": (["search", "--index", "{idx}", "--text", "red", "--k", "-3"], "--k must be >= 1 (got -3)"),
+    "`search ... --nprobe 0`": (
+        ["search", "--index", "{idx}", "--text", "red", "--nprobe", "0"],
+        "--nprobe must be >= 1 (got 0)",
+    ),
+    "`search ... --nprobe 4` on a Flat index": (
+        ["search", "--index", "{flat}", "--text", "red", "--nprobe", "4"],
+        "--nprobe applies to IVF indexes, not to this IndexFlat",
+    ),
+    '`search ... --text ""`': (["search", "--index", "{idx}", "--text", ""], "--text is empty"),
+    "`search` without --text or --image": (["search", "--index", "{idx}"], "give --text, --image or both"),
+    "`search ... --image FILE` that is not an image": (
+        ["search", "--index", "{idx}", "--image", "{notimage}"],
+        "--image {notimage}: not a usable image (not_an_image",
+    ),
+    "`search ... --image FILE` that does not exist": (
+        ["search", "--index", "{idx}", "--image", "{tmp}/nope.jpg"],
+        "--image {tmp}/nope.jpg: cannot read it",
+    ),
+    "`search --index DIR` that holds no index": (
+        ["search", "--index", "{tmp}", "--text", "red"],
+        "has no manifest.json: not a finished index",
+    ),
+    "`search ... --colour red` (unknown option)": (
+        ["search", "--index", "{idx}", "--text", "red", "--colour", "red"],
+        "unrecognized arguments: --colour red",
+    ),
+    "`finetune ... --batch-size 1`": (
+        ["finetune", "--train", "{cat}", "--val", "{cat}", "--output", "{tmp}/m", "--batch-size", "1"],
+        "--batch-size must be >= 2 (got 1)",
+    ),
+    "`finetune ... --output gs://bucket/m`": (
+        ["finetune", "--train", "{cat}", "--val", "{cat}", "--output", "gs://bucket/m"],
+        "--output of finetune must be a local directory",
+    ),
+    "`evaluate ... --split nosuch`": (
+        ["evaluate", "--model", "{model}", "--data", "{split_cat}", "--split", "nosuch"],
+        "no usable rows of split 'nosuch'",
+    ),
+    "`report ... --k 0`": (
+        ["report", "--index", "{idx}", "--output", "{tmp}/r.html", "--queries", "red", "--k", "0"],
+        "argument --k: must be >= 1 (got 0)",
+    ),
+}
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ")
+
+
+@pytest.fixture(scope="module")
+def places(built, tiny_clip, tmp_path_factory):
+    root, cat, emb, idx = built
+    tmp = tmp_path_factory.mktemp("bad-cli")
+    (tmp / "notimage.jpg").write_bytes(b"<html>403 Forbidden</html>")
+    split_cat = tmp / "split"
+    split_cat.mkdir()
+    pq.write_table(
+        pa.table({"key": ["a"], "caption": ["c"], "split": ["train"], "jpg": [b"x"]}), split_cat / "s.parquet"
+    )
+    return {
+        "cat": cat,
+        "emb": emb,
+        "idx": idx["fused"],
+        "flat": idx["image"],
+        "model": tiny_clip,
+        "tmp": str(tmp),
+        "notimage": str(tmp / "notimage.jpg"),
+        "split_cat": str(split_cat),
+    }
+
+
+@pytest.mark.parametrize("case", list(BAD_CLI))
+def test_bad_command_lines_get_one_line_and_exit_2(case, places, capsys):
+    argv, message = BAD_CLI[case]
+    capsys.readouterr()
+    assert main([a.format(**places) for a in argv]) == 2, case
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if not LOG_LINE.match(line)]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert message.format(**places) in lines[0], lines[0]
+    assert lines[0].startswith("fusionindex")
+
+
+def test_readme_bad_command_table_matches_the_tests():
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md"), encoding="utf-8").read()
+    section = readme.split("### Bad command lines", 1)[1].split("\n#", 1)[0]
+    table = dict(re.findall(r"^\| (.+?) \| (.+?) \|$", section, re.M)[2:])
+    expected = {case: f"`{message}`" for case, (_, message) in BAD_CLI.items()}
+    assert table == expected, "README 'Bad command lines' is out of date: " + str(
+        {k: v for k, v in expected.items() if table.get(k) != v}
+        or {k: v for k, v in table.items() if k not in expected}
+    )
+
+
+def test_internal_errors_are_not_usage_errors(built, monkeypatch):
+    """A bug (here: an ArrowInvalid from deep inside) is raised with its traceback, not turned into exit 2."""
+    import pyarrow
+
+    root, cat, emb, idx = built
+
+    def broken(*args, **kwargs):
+        raise pyarrow.ArrowInvalid("an internal bug")
+
+    monkeypatch.setattr("index_builder.search.LoadedIndex.load", broken)
+    with pytest.raises(pyarrow.ArrowInvalid):
+        main(["search", "--index", idx["fused"], "--text", "red"])

@@ -1,4 +1,5 @@
 """Towers against direct transformers calls, fusion maths, image decoding, model loading."""
+
 from __future__ import annotations
 
 import io
@@ -124,7 +125,9 @@ def test_model_loading_errors(tmp_path, tiny_clip):
     with pytest.raises(ModelLoadError, match="does not exist"):
         resolve_model_dir(str(tmp_path / "nope"))
     bert = tmp_path / "bert"
-    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(bert)
+    BertModel(
+        BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(bert)
     with pytest.raises(ModelLoadError, match="not a CLIP-like"):
         describe_checkpoint(resolve_model_dir(str(bert)))
     pickled = tmp_path / "pickled"

@@ -1,4 +1,5 @@
 """Fine-tuning, attention fusion, the dual (ResNet + text encoder) family, and evaluation."""
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,13 @@ from encoders.settings import TrainConfig
 from encoders.train import Example, Trainer, info_nce
 from index_builder.evaluate import recall_at_k
 from pipelines.cli import main
+from pipelines.datasets.items import load_items, unique_query_rows
+from pipelines.datasets.sample import draw
 from pipelines.embed.run import run_embed
 from pipelines.embed.settings import EmbedSettings
-from pipelines.datasets.items import load_items, unique_query_rows
 from pipelines.training.evaluation import run_evaluate
 from pipelines.training.finetune import run_finetune
 from pipelines.training.settings import FinetuneSettings
-from pipelines.datasets.sample import draw
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +78,10 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(tiny_clip):
     towers = load_towers(tiny_clip, device="cpu")
     colours = [(200, 0, 0), (0, 160, 0), (0, 0, 200), (230, 200, 0)]
     shapes = ["circle", "square", "triangle", "cross"]
-    batch = [Example(str(i), lambda c=c, s=s: draw(s, c, (255, 255, 255), 48), f"{s} {i}", f"q {s} {i}")
-             for i, (c, s) in enumerate((c, s) for c in colours for s in shapes)]
+    batch = [
+        Example(str(i), lambda c=c, s=s: draw(s, c, (255, 255, 255), 48), f"{s} {i}", f"q {s} {i}")
+        for i, (c, s) in enumerate((c, s) for c in colours for s in shapes)
+    ]
     trainer = Trainer(towers, AttentionFusion(towers.dim), TrainConfig(lr=1e-3, head_lr=1e-2))
     trainer.set_train(True)
     losses = [trainer.step(batch) for _ in range(25)]
@@ -91,7 +94,10 @@ def test_frozen_text_tower_stays_in_eval_mode_and_its_outputs_are_cached(tiny_cl
     trainer.set_train(True)
     assert not towers.model.text_model.training and towers.model.vision_model.training
     before = [p.clone() for p in towers.model.text_model.parameters()]
-    batch = [Example(s, lambda s=s: draw(s, (9, 9, 200), (255, 255, 255), 40), f"a {s}", f"{s}?") for s in ("circle", "ring", "cross")]
+    batch = [
+        Example(s, lambda s=s: draw(s, (9, 9, 200), (255, 255, 255), 40), f"a {s}", f"{s}?")
+        for s in ("circle", "ring", "cross")
+    ]
     trainer.step(batch)
     assert len(trainer._text_cache) == 6
     cached = trainer.texts(["a ring"])
@@ -103,8 +109,26 @@ def test_frozen_text_tower_stays_in_eval_mode_and_its_outputs_are_cached(tiny_cl
 
 def test_finetune_cli_resume_evaluate_and_embed_with_attention(tmp_path, tiny_bert, sample_dir):
     out = tmp_path / "model"
-    args = ["finetune", "--train", sample_dir, "--val", sample_dir, "--output", str(out), "--text-model", tiny_bert,
-            "--image-size", "32", "--projection-dim", "16", "--batch-size", "16", "--seed", "3", "-q"]
+    args = [
+        "finetune",
+        "--train",
+        sample_dir,
+        "--val",
+        sample_dir,
+        "--output",
+        str(out),
+        "--text-model",
+        tiny_bert,
+        "--image-size",
+        "32",
+        "--projection-dim",
+        "16",
+        "--batch-size",
+        "16",
+        "--seed",
+        "3",
+        "-q",
+    ]
     assert main(["-q", *args[:-1], "--epochs", "1"]) == 0
     first = json.loads((out / "training.json").read_text())
     assert first["epochs_done"] == 1 and (out / "checkpoints" / "epoch-001" / "trainer.pt").exists()
@@ -114,12 +138,24 @@ def test_finetune_cli_resume_evaluate_and_embed_with_attention(tmp_path, tiny_be
     assert main(["-q", *args[:-1], "--epochs", "2", "--resume"]) == 0
     second = json.loads((out / "training.json").read_text())
     assert [h["epoch"] for h in second["history"]] == [1, 2] and second["history"][0] == first["history"][0]
-    assert set(os.listdir(out)) >= {"config.json", "model.safetensors", "text", "fusion.safetensors", "fusionindex.json"}
+    assert set(os.listdir(out)) >= {
+        "config.json",
+        "model.safetensors",
+        "text",
+        "fusion.safetensors",
+        "fusionindex.json",
+    }
     meta = json.loads((out / "fusionindex.json").read_text())
     assert meta["training"]["freeze"] == ["text"]  # the pretrained text tower is locked by default
 
     report = run_evaluate(str(out), [sample_dir], split=None)
-    for task in ("text_to_image", "image_to_text", "query_to_image", "query_to_fused_weighted", "query_to_fused_attention"):
+    for task in (
+        "text_to_image",
+        "image_to_text",
+        "query_to_image",
+        "query_to_fused_weighted",
+        "query_to_fused_attention",
+    ):
         assert set(report[task]) == {"R@1", "R@5", "R@10"} and all(0 <= v <= 1 for v in report[task].values())
     items = load_items([sample_dir], None)
     assert report["items"] == 56 and 0 < report["queries"] == len(unique_query_rows(items)) < 56
@@ -132,16 +168,43 @@ def test_finetune_cli_resume_evaluate_and_embed_with_attention(tmp_path, tiny_be
     assert main(["-q", "build-index", "--embeddings", str(emb), "--output", str(idx)]) == 0
     assert main(["-q", "search", "--index", str(idx), "--text", "red circle", "--k", "3"]) == 0
     page = tmp_path / "report.html"
-    assert main(["-q", "report", "--index", str(idx), "--output", str(page), "--queries", "blue square",
-                 "--queries-from", sample_dir, "--split", "all", "--n", "3", "--k", "4"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "report",
+                "--index",
+                str(idx),
+                "--output",
+                str(page),
+                "--queries",
+                "blue square",
+                "--queries-from",
+                sample_dir,
+                "--split",
+                "all",
+                "--n",
+                "3",
+                "--k",
+                "4",
+            ]
+        )
+        == 0
+    )
     text = page.read_text()
     assert text.count("<h3>") == 4 and "&ldquo;blue square&rdquo;" in text
     assert text.count("data:image/jpeg;base64,") >= 16 and "find their own item" in text
 
 
 def test_time_budget_stops_after_checkpointing(tmp_path, tiny_clip, sample_dir):
-    cfg = FinetuneSettings(train=[sample_dir], val=[sample_dir], output=str(tmp_path / "m"), model=tiny_clip, fusion="weighted",
-                         trainer=TrainConfig(epochs=3, batch_size=8, max_minutes=0))
+    cfg = FinetuneSettings(
+        train=[sample_dir],
+        val=[sample_dir],
+        output=str(tmp_path / "m"),
+        model=tiny_clip,
+        fusion="weighted",
+        trainer=TrainConfig(epochs=3, batch_size=8, max_minutes=0),
+    )
     s = run_finetune(cfg)
     assert s["epochs_done"] == 1 and s["history"][0]["batches"] == 1 and "time budget" in s["stopped"]
     assert load_towers(str(tmp_path / "m"), device="cpu").family == "clip"

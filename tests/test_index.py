@@ -1,4 +1,5 @@
 """Index builder: heuristics, template/add/merge equivalence, self-query, id mapping."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,17 @@ import pytest
 from encoders.errors import InputError, SettingsError
 from index_builder import storage
 from index_builder.build import add_and_merge, build_index, read_vectors, sample_training_set, train_template
-from index_builder.settings import BuildSettings
 from index_builder.embeddings import embeddings_schema, list_shards, shard_name, vectors_to_arrow
-from index_builder.factory import check_factory, choose_factory, choose_nlist, choose_nprobe, choose_pq_m, choose_train_size
+from index_builder.factory import (
+    check_factory,
+    choose_factory,
+    choose_nlist,
+    choose_nprobe,
+    choose_pq_m,
+    choose_train_size,
+)
 from index_builder.search import LoadedIndex
+from index_builder.settings import BuildSettings
 
 
 def clustered(n, d, rng, centres=50):
@@ -33,15 +41,25 @@ def write_embeddings(root, shards: list[np.ndarray], text_mask=None):
         ids = [f"s{i}-r{j}" for j in range(n)]
         text = x if text_mask is None else x * text_mask[i][:, None]
         table = pa.Table.from_arrays(
-            [pa.array(ids), pa.array([f"caption {k}" for k in ids]), vectors_to_arrow(x), vectors_to_arrow(text), vectors_to_arrow(x)],
+            [
+                pa.array(ids),
+                pa.array([f"caption {k}" for k in ids]),
+                vectors_to_arrow(x),
+                vectors_to_arrow(text),
+                vectors_to_arrow(x),
+            ],
             schema=embeddings_schema(d),
         )
         os.makedirs(os.path.join(root, "embeddings"), exist_ok=True)
         pq.write_table(table, os.path.join(root, "embeddings", shard_name(i, len(shards))))
-    storage.write_json(os.path.join(root, "manifest.json"), {"dim": d, "model": {"spec": "x", "fingerprint": "y"}, "fusion": {}})
+    storage.write_json(
+        os.path.join(root, "manifest.json"), {"dim": d, "model": {"spec": "x", "fingerprint": "y"}, "fusion": {}}
+    )
 
 
-@pytest.mark.parametrize("n,d", [(10, 512), (999, 16), (1000, 512), (5000, 384), (50_000, 768), (3_000_000, 512), (200_000_000, 64)])
+@pytest.mark.parametrize(
+    "n,d", [(10, 512), (999, 16), (1000, 512), (5000, 384), (50_000, 768), (3_000_000, 512), (200_000_000, 64)]
+)
 def test_default_factory_is_trainable_and_never_polysemous(n, d):
     factory = choose_factory(n, d)
     check_factory(factory)

@@ -1,4 +1,5 @@
 """Input planning: globs, schema checks with clear errors, work units, fsspec URLs."""
+
 from __future__ import annotations
 
 import fsspec

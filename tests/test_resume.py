@@ -1,4 +1,5 @@
 """Crash and re-run: a real `kill -9` mid-run, resume, byte-identical results, index rebuilds."""
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,12 @@ import pytest
 from encoders.errors import SettingsError
 from encoders.random_models import make_random_clip
 from index_builder.build import build_index
-from index_builder.settings import BuildSettings
+from index_builder.embeddings import list_shards
 from index_builder.search import LoadedIndex
+from index_builder.settings import BuildSettings
+from pipelines.datasets.sample import make_sample
 from pipelines.embed.run import run_embed
 from pipelines.embed.settings import EmbedSettings
-from pipelines.datasets.sample import make_sample
 
 
 def shard_bytes(out):
@@ -41,7 +43,9 @@ def test_kill_9_then_rerun_reuses_committed_shards_and_matches_uninterrupted_run
     out = str(root / "killed")
     exe = os.path.join(os.path.dirname(sys.executable), "fusionindex")
     cmd = [exe, "-q", "embed", "--input", inputs, "--output", out, "--model", model, "--batch-size", "8"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     shard_dir = os.path.join(out, "embeddings")
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
@@ -57,7 +61,8 @@ def test_kill_9_then_rerun_reuses_committed_shards_and_matches_uninterrupted_run
 
     m = run_embed(EmbedSettings(inputs=[inputs], output=out, model=model, batch_size=8))
     assert m["reused_shards"] == len(committed)
-    assert m["counts"]["read"] == 600 and m["counts"]["embedded"] + m["counts"]["skipped"] == 600
+    assert m["counts"]["read"] == 600 and m["counts"]["rejected"] == 0
+    assert m["counts"]["embedded"] == sum(s.num_rows for s in list_shards(out)) == 600 - m["counts"]["skipped"]
     resumed = shard_bytes(out)
     assert all(resumed[n] == b for n, b in committed.items())  # reused, not rewritten
 
@@ -91,7 +96,9 @@ def test_index_build_is_deterministic_and_a_failed_build_leaves_the_old_index(sl
     a, b = LoadedIndex.load(idx1), LoadedIndex.load(idx2)
     queries = np.random.default_rng(0).standard_normal((20, a.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    assert [[h.id for h in hits] for hits in a.search(queries, 10)] == [[h.id for h in hits] for hits in b.search(queries, 10)]
+    assert [[h.id for h in hits] for hits in a.search(queries, 10)] == [
+        [h.id for h in hits] for hits in b.search(queries, 10)
+    ]
 
     files = {n: open(os.path.join(idx1, n), "rb").read() for n in os.listdir(idx1)}
     with pytest.raises(SettingsError, match="cannot train"):
@@ -112,7 +119,9 @@ def test_killed_index_build_leaves_the_previous_index_untouched(tmp_path):
     build_index(BuildSettings(small, idx))
     before = {n: open(os.path.join(idx, n), "rb").read() for n in os.listdir(idx)}
     exe = os.path.join(os.path.dirname(sys.executable), "fusionindex")
-    proc = subprocess.Popen([exe, "build-index", "--embeddings", big, "--output", idx], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [exe, "build-index", "--embeddings", big, "--output", idx], stderr=subprocess.PIPE, text=True
+    )
     for line in proc.stderr:
         if "building" in line:
             break
@@ -124,3 +133,31 @@ def test_killed_index_build_leaves_the_previous_index_untouched(tmp_path):
     assert LoadedIndex.load(idx).index.ntotal == 1500
     m = build_index(BuildSettings(big, idx))  # a re-run completes
     assert m["ntotal"] == 80_000 and LoadedIndex.load(idx).index.ntotal == 80_000
+
+
+def test_rerun_reuses_shards_only_where_the_settings_resolve_the_same_way(tmp_path, tiny_clip, sample_dir):
+    """On a CPU `--preprocess auto` resolves to the PIL path and `tensor` to the tensor path: a re-run
+    asking differently must not mix shards made two ways; one asking differently but resolving the
+    same (`pil`, `--precision bf16` on a CPU) reuses them. `--large-model` is another model sharing."""
+    out = str(tmp_path / "out")
+
+    def run(**kw):
+        return run_embed(EmbedSettings(inputs=(sample_dir,), output=out, model=tiny_clip, **kw))
+
+    first = run(preprocess="tensor")
+    assert first["runtime"] == {
+        "device": "cpu",
+        "preprocess": "tensor",
+        "precision": "fp32",
+        "model_sharing": "per_process",
+    }
+    tensor_shards = shard_bytes(out)
+    auto = run()
+    assert auto["reused_shards"] == 0 and auto["runtime"]["preprocess"] == "pil"
+    pil_shards = shard_bytes(out)
+    assert pil_shards != tensor_shards and auto["counts"] == first["counts"]
+    same = run(preprocess="pil", precision="bf16")
+    assert same["reused_shards"] == same["shards"] == 6 and shard_bytes(out) == pil_shards
+    shared = run(large_model=True)
+    assert shared["reused_shards"] == 0 and shared["runtime"]["model_sharing"] == "per_machine"
+    assert shared["settings"]["large_model"] is True and auto["settings"]["preprocess"] == "auto"

@@ -1,4 +1,5 @@
 """The tensor (GPU) preprocessing path, run on the CPU: orientation and batching must not change pixels."""
+
 from __future__ import annotations
 
 import io
@@ -10,7 +11,6 @@ from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from encoders.tensor_images import Recipe, TensorPreprocessor, orient
-
 from tests import images
 
 RECIPE = Recipe(32, (32, 32), (0.48, 0.46, 0.41), (0.27, 0.26, 0.28))
@@ -31,7 +31,9 @@ def test_every_exif_orientation_is_applied_as_pil_does(orientation):
     ours = TensorPreprocessor(RECIPE, "cpu").decode([data])[0]
     raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     assert torch.equal(ours, decode_jpeg(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True))
-    pil = torch.from_numpy(np.array(ImageOps.exif_transpose(Image.open(io.BytesIO(data)).convert("RGB")))).permute(2, 0, 1)
+    pil = torch.from_numpy(np.array(ImageOps.exif_transpose(Image.open(io.BytesIO(data)).convert("RGB")))).permute(
+        2, 0, 1
+    )
     assert ours.shape == pil.shape
     assert (ours.int() - pil.int()).abs().max() <= 2  # same libjpeg family; allow rounding differences
 
@@ -74,11 +76,17 @@ def test_chunks_hold_at_most_the_pixel_budget_and_keep_order():
 def test_small_pixel_budget_gives_the_same_batch():
     """Decoding chunk by chunk (bounded device memory) changes nothing in the output."""
     rng = np.random.default_rng(1)
-    datas = [images.save(Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)), fmt)
-             for (w, h), fmt in zip([(64, 40), (50, 50), (64, 40), (30, 90), (50, 50)], ["JPEG", "PNG", "JPEG", "JPEG", "JPEG"])]
+    datas = [
+        images.save(Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)), fmt)
+        for (w, h), fmt in zip(
+            [(64, 40), (50, 50), (64, 40), (30, 90), (50, 50)], ["JPEG", "PNG", "JPEG", "JPEG", "JPEG"]
+        )
+    ]
     datas.insert(1, None)
     whole, rejected = TensorPreprocessor(RECIPE, "cpu")(datas)
     chunked, rejected_chunked = TensorPreprocessor(RECIPE, "cpu", chunk_pixels=3000)(datas)
-    assert [r is None for r in rejected] == [r is None for r in rejected_chunked] == [True, False, True, True, True, True]
+    assert (
+        [r is None for r in rejected] == [r is None for r in rejected_chunked] == [True, False, True, True, True, True]
+    )
     assert rejected_chunked[1].reason == "missing_image"
     torch.testing.assert_close(chunked, whole, rtol=0, atol=0)

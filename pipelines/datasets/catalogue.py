@@ -16,6 +16,7 @@ Rows are written in key order, ``shard_rows`` per file, as ``{source}-{i:05d}.pa
 split (train/val/test) is a pure function of the key (:func:`split_of`). Output is the same
 bytes for the same installed packages and arguments.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -94,8 +95,16 @@ def shard_path(output: str, source: str, index: int) -> str:
 
 def record(key: str, entry: Entry, source: str) -> dict:
     """The Parquet row (img2dataset columns + query, split) of one built entry."""
-    return img2dataset.record(key, entry.caption, IMAGE_COLUMN[source], entry.data, size=entry.size,
-                              original=entry.original, query=entry.query, split=split_of(key))
+    return img2dataset.record(
+        key,
+        entry.caption,
+        IMAGE_COLUMN[source],
+        entry.data,
+        size=entry.size,
+        original=entry.original,
+        query=entry.query,
+        split=split_of(key),
+    )
 
 
 def write_shard(path: str, records: list[dict], source: str) -> None:
@@ -113,7 +122,9 @@ def remove_stale_shards(output: str, source: str, keep: int) -> None:
             storage.remove(storage.join(output, name))
 
 
-def write_source(output: str, source: str, candidates: Iterable[Candidate], *, limit: int | None, shard_rows: int) -> dict:
+def write_source(
+    output: str, source: str, candidates: Iterable[Candidate], *, limit: int | None, shard_rows: int
+) -> dict:
     """Build `candidates` (already in key order) into shards of `shard_rows`, stopping after `limit` rows.
 
     Returns {"rows", "shards", "by_split", "skipped"} for this source.
@@ -155,7 +166,10 @@ def required_files(source: str) -> list[tuple[str, str]]:
     """(path, Debian package providing it) for `source`; read at call time so tests can repoint them."""
     if source == "emoji":
         return [(EMOJI_FONT, "fonts-noto-color-emoji"), (CLDR_ANNOTATIONS, "unicode-cldr-core")]
-    return [(os.path.join(OPENCLIPART_ROOT, "png"), "openclipart-png"), (os.path.join(OPENCLIPART_ROOT, "svg"), "openclipart-svg")]
+    return [
+        (os.path.join(OPENCLIPART_ROOT, "png"), "openclipart-png"),
+        (os.path.join(OPENCLIPART_ROOT, "svg"), "openclipart-svg"),
+    ]
 
 
 def require(source: str) -> None:
@@ -242,7 +256,9 @@ def emoji_candidates(image_size: int) -> Iterator[Candidate]:
     require("emoji")
     renderer = EmojiRenderer(EMOJI_FONT, image_size)
     annotations = read_annotations(CLDR_ANNOTATIONS)
-    entries = sorted((emoji_key(cp), cp, name, kws) for cp, (name, kws) in annotations.items() if is_single_code_point(cp))
+    entries = sorted(
+        (emoji_key(cp), cp, name, kws) for cp, (name, kws) in annotations.items() if is_single_code_point(cp)
+    )
     undrawn = uncaptioned = 0
     for key, cp, name, keywords in entries:
         caption = emoji_caption(name, keywords)
@@ -251,8 +267,15 @@ def emoji_candidates(image_size: int) -> Iterator[Candidate]:
             undrawn += glyph is None
             uncaptioned += glyph is not None and not caption
             continue
-        yield Candidate(key, lambda glyph=glyph, caption=caption, name=name: emoji_entry(renderer, glyph, caption, name))
-    log.info("emoji: %d single code points annotated; %d not drawn by the font, %d with no keyword besides the name", len(entries), undrawn, uncaptioned)
+        yield Candidate(
+            key, lambda glyph=glyph, caption=caption, name=name: emoji_entry(renderer, glyph, caption, name)
+        )
+    log.info(
+        "emoji: %d single code points annotated; %d not drawn by the font, %d with no keyword besides the name",
+        len(entries),
+        undrawn,
+        uncaptioned,
+    )
 
 
 def emoji_entry(renderer: EmojiRenderer, glyph: Image.Image, caption: str, name: str) -> Entry:
@@ -363,7 +386,9 @@ def clipart_image(png: str, image_size: int) -> tuple[bytes, tuple[int, int], tu
             with Image.open(png) as img:
                 original = img.size
                 if original[0] * original[1] > MAX_SOURCE_PIXELS:
-                    raise SkipItem(f"{png}: {original[0]}x{original[1]} pixels is over MAX_SOURCE_PIXELS={MAX_SOURCE_PIXELS}")
+                    raise SkipItem(
+                        f"{png}: {original[0]}x{original[1]} pixels is over MAX_SOURCE_PIXELS={MAX_SOURCE_PIXELS}"
+                    )
                 img.load()  # pixels in memory before the file closes (an RGB image is returned as is)
                 flat = flatten_on_white(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -375,7 +400,12 @@ def clipart_image(png: str, image_size: int) -> tuple[bytes, tuple[int, int], tu
 def clipart_files(root: str) -> list[str]:
     """Sorted PNG paths relative to root/png, with '/' separators."""
     base = os.path.join(root, "png")
-    found = [os.path.relpath(os.path.join(d, f), base) for d, _, files in os.walk(base) for f in files if f.lower().endswith(".png")]
+    found = [
+        os.path.relpath(os.path.join(d, f), base)
+        for d, _, files in os.walk(base)
+        for f in files
+        if f.lower().endswith(".png")
+    ]
     return sorted(p.replace(os.sep, "/") for p in found)
 
 
@@ -402,7 +432,15 @@ def clipart_candidates(image_size: int) -> Iterator[Candidate]:
 # --------------------------------------------------------------------------- entry point
 
 
-def make_catalogue(output: str, *, source: str = "emoji", limit: int | None = None, shard_rows: int = 1000, image_size: int = 224, seed: int = 0) -> dict:
+def make_catalogue(
+    output: str,
+    *,
+    source: str = "emoji",
+    limit: int | None = None,
+    shard_rows: int = 1000,
+    image_size: int = 224,
+    seed: int = 0,
+) -> dict:
     """Write the catalogue of `source` ("emoji", "openclipart" or "both") under `output`; return a summary.
 
     Shards are `{source}-{i:05d}.parquet` (local path or fsspec URL), rows in key order, at
@@ -421,7 +459,13 @@ def make_catalogue(output: str, *, source: str = "emoji", limit: int | None = No
         require(name)
     storage.makedirs(output)
     makers = {"emoji": emoji_candidates, "openclipart": clipart_candidates}
-    summary: dict = {"rows": 0, "shards": [], "by_split": {"train": 0, "val": 0, "test": 0}, "sources": {}, "skipped": 0}
+    summary: dict = {
+        "rows": 0,
+        "shards": [],
+        "by_split": {"train": 0, "val": 0, "test": 0},
+        "sources": {},
+        "skipped": 0,
+    }
     for name in wanted:
         part = write_source(output, name, makers[name](image_size), limit=limit, shard_rows=shard_rows)
         summary["rows"] += part["rows"]

@@ -44,9 +44,18 @@ def encode(image: Image.Image, image_column: str) -> bytes:
 
 
 def record(
-    key: str, caption: str | None, image_column: str, data: bytes | None, *, size: tuple[int, int] | None = None,
-    original: tuple[int, int] | None = None, status: str = "success", error_message: str | None = None,
-    url: str | None = None, exif: str | None = None, **extra: str | None,
+    key: str,
+    caption: str | None,
+    image_column: str,
+    data: bytes | None,
+    *,
+    size: tuple[int, int] | None = None,
+    original: tuple[int, int] | None = None,
+    status: str = "success",
+    error_message: str | None = None,
+    url: str | None = None,
+    exif: str | None = None,
+    **extra: str | None,
 ) -> dict:
     """One row; `extra` holds the extra columns' values. The original size defaults to `size`."""
     (w, h), (ow, oh) = size or (None, None), original or size or (None, None)
@@ -57,7 +66,9 @@ def record(
     }  # fmt: skip
 
 
-def write(path: str, records: list[dict], image_column: str, extra: tuple[str, ...] = (), row_group_size: int | None = None) -> None:
+def write(
+    path: str, records: list[dict], image_column: str, extra: tuple[str, ...] = (), row_group_size: int | None = None
+) -> None:
     """Write one shard atomically (local path or fsspec URL; a reader never sees a partial file)."""
     table = pa.Table.from_pylist(records, schema=schema(image_column, extra))
     with storage.atomic_open(path) as fh:

@@ -29,7 +29,9 @@ class Item:
     query: str | None
 
 
-def load_items(patterns: list[str], split: str | None, columns: Columns = LABELLED, limit: int | None = None) -> list[Item]:
+def load_items(
+    patterns: list[str], split: str | None, columns: Columns = LABELLED, limit: int | None = None
+) -> list[Item]:
     """Usable rows of `split` (None: every split), sorted by id, at most `limit`."""
     plan = plan_inputs(patterns, columns)
     items: list[Item] = []
@@ -47,7 +49,9 @@ def load_items(patterns: list[str], split: str | None, columns: Columns = LABELL
                 else:
                     items.append(Item(r.id, r.image, r.caption, r.query))
     if left_out:
-        log.warning("%s: left out %s", ", ".join(patterns), ", ".join(f"{n} rows with {why}" for why, n in left_out.items()))
+        log.warning(
+            "%s: left out %s", ", ".join(patterns), ", ".join(f"{n} rows with {why}" for why, n in left_out.items())
+        )
     items.sort(key=lambda it: it.id)
     if not items:
         raise InputError(f"no usable rows{f' of split {split!r}' if split else ''} in {', '.join(patterns)}")

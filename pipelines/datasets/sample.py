@@ -41,8 +41,15 @@ def draw(shape: str, colour: tuple, background: tuple, size: int) -> Image.Image
     return img
 
 
-def make_sample(output: str, *, rows: int = 120, shards: int = 2, failed_per_shard: int = 2, seed: int = 0,
-                row_group_size: int | None = None) -> list[str]:
+def make_sample(
+    output: str,
+    *,
+    rows: int = 120,
+    shards: int = 2,
+    failed_per_shard: int = 2,
+    seed: int = 0,
+    row_group_size: int | None = None,
+) -> list[str]:
     """Write `shards` Parquet files (alternating jpg / png columns) under `output`; return their paths."""
     rng = random.Random(seed)
     storage.makedirs(output)
@@ -60,11 +67,21 @@ def make_sample(output: str, *, rows: int = 120, shards: int = 2, failed_per_sha
             common = dict(url=f"https://example.invalid/{n}.{fmt}", query=f"{colour} {shape}")
             caption = f"a {colour} {shape} on a {bg} background"
             if failed:
-                records.append(img2dataset.record(f"{s:05d}{i:04d}", caption, fmt, None, status="failed_to_download",
-                                                  error_message="HTTP 404", **common))
+                records.append(
+                    img2dataset.record(
+                        f"{s:05d}{i:04d}",
+                        caption,
+                        fmt,
+                        None,
+                        status="failed_to_download",
+                        error_message="HTTP 404",
+                        **common,
+                    )
+                )
             else:
-                records.append(img2dataset.record(f"{s:05d}{i:04d}", caption, fmt, data, size=(size, size), exif="{}",
-                                                  **common))
+                records.append(
+                    img2dataset.record(f"{s:05d}{i:04d}", caption, fmt, data, size=(size, size), exif="{}", **common)
+                )
             n += 1
         path = storage.join(output, f"{s:05d}.parquet")
         img2dataset.write(path, records, fmt, extra=("query",), row_group_size=row_group_size)

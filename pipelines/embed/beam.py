@@ -1,7 +1,7 @@
 """The Beam side of `embed`: the job graph, its DoFns (thin wrappers over UnitWorker), options.
 
-    Create(units) | Reshuffle | EmbedUnit   <- side input: later copies of duplicate ids
-    units | ReadIds | GroupByKey(id) | later_duplicates | GroupByKey(unit) -> AsDict
+Create(units) | Reshuffle | EmbedUnit   <- side input: later copies of duplicate ids
+units | ReadIds | GroupByKey(id) | later_duplicates | GroupByKey(unit) -> AsDict
 """
 
 from __future__ import annotations
@@ -76,8 +76,12 @@ class EmbedUnit(beam.DoFn):
             self.reused.inc()
             return
         c = report.counts
-        for metric, n in ((self.read, c["read"]), (self.skipped, c["skipped"]), (self.embedded, c["embedded"]),
-                          (self.rejected, c["rejected"])):
+        for metric, n in (
+            (self.read, c["read"]),
+            (self.skipped, c["skipped"]),
+            (self.embedded, c["embedded"]),
+            (self.rejected, c["rejected"]),
+        ):
             metric.inc(n)
         for ms in report.batch_ms:
             self.batch_ms.update(ms)

@@ -16,7 +16,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler
 from PIL import Image
@@ -26,36 +25,13 @@ from encoders.loading import ModelLoadError, resolve_model_dir
 from encoders.models import describe_checkpoint, load_towers
 from encoders.tensor_images import TensorPreprocessor
 from encoders.towers import Towers, embed_pairs
+from pipelines.embed.outcomes import Embedded, ItemInput, Outcome, Rejected
 from pipelines.embed.settings import EmbedSettings, Runtime, resolve_runtime
 
 log = logging.getLogger(__name__)
 
 THREADS_ENV = "FUSIONINDEX_TORCH_THREADS"  # set by the driver when local worker processes share the CPUs
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ItemInput:
-    id: str
-    caption: str | None
-    image: bytes | None
-
-
-@dataclass(frozen=True)
-class Embedded:
-    image: np.ndarray
-    text: np.ndarray
-    fused: np.ndarray
-    has_text: bool
-
-
-@dataclass(frozen=True)
-class Rejected:
-    reason: str
-    message: str
-
-
-Outcome = Embedded | Rejected
 
 
 @dataclass
@@ -161,7 +137,9 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
         key = (id(model), recipe)
         if self._tensor_cache is None or self._tensor_cache[0] != key:
             s = self.settings
-            pre = TensorPreprocessor(recipe, str(model.device), max_pixels=s.max_image_pixels, max_bytes=s.max_image_bytes)
+            pre = TensorPreprocessor(
+                recipe, str(model.device), max_pixels=s.max_image_pixels, max_bytes=s.max_image_bytes
+            )
             self._tensor_cache = (key, pre)
         return self._tensor_cache[1]
 
@@ -174,7 +152,11 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
                 log.warning("item %s failed to embed: %s", ids[0] if ids else "?", exc)
                 return [Rejected("embed_failed", f"{type(exc).__name__}: {exc}")] * len(images)
             log.warning("batch of %d failed (%s); retrying item by item", len(images), exc)
-            return [r for j in range(len(images)) for r in self._embed(model, images[j : j + 1], captions[j : j + 1], ids[j : j + 1])]
+            return [
+                r
+                for j in range(len(images))
+                for r in self._embed(model, images[j : j + 1], captions[j : j + 1], ids[j : j + 1])
+            ]
         return [Embedded(out.image[j], out.text[j], out.fused[j], bool(out.has_text[j])) for j in range(len(images))]
 
     def get_metrics_namespace(self) -> str:

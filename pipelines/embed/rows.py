@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipelines.embed.handler import Outcome, Rejected
+from pipelines.embed.outcomes import Outcome, Rejected
 from pipelines.inputs import SUCCESS, Row
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
@@ -43,7 +43,7 @@ def distribution_sums(result, names: tuple[str, ...]) -> dict[str, int]:
 
 def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> dict:
     """Run the whole embed job; return the manifest written to `settings.output/manifest.json`."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.monotonic()
     s = settings
     options = pipeline_options(beam_args or [])
@@ -76,8 +76,13 @@ def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> di
     pipeline_s = time.monotonic() - t_pipeline
     work = distribution_sums(result, ("unit_ms", "load_model_ms", "inference_batch_latency_ms"))
     counts, bad_row_groups, runtimes = sum_counts(s.output)
-    if counts["read"] != plan.total_rows or counts["read"] != counts["embedded"] + counts["rejected"] + counts["skipped"]:
-        raise RuntimeError(f"row accounting failed: planned {plan.total_rows} rows, shards report {counts}; no manifest written")
+    if (
+        counts["read"] != plan.total_rows
+        or counts["read"] != counts["embedded"] + counts["rejected"] + counts["skipped"]
+    ):
+        raise RuntimeError(
+            f"row accounting failed: planned {plan.total_rows} rows, shards report {counts}; no manifest written"
+        )
     if len(runtimes) > 1:
         log.warning("shards were made with %d different runtimes: %s", len(runtimes), runtimes)
     manifest = {
@@ -96,7 +101,7 @@ def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> di
         "runtime": runtimes[0] if len(runtimes) == 1 else runtimes,
         "runner": str(options.view_as(StandardOptions).runner),
         "started_at": started.isoformat(),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
         "timings": {
             "total_s": round(time.monotonic() - t0, 3),
             "pipeline_s": round(pipeline_s, 3),
@@ -107,8 +112,14 @@ def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> di
         },
     }
     storage.write_json(storage.join(s.output, MANIFEST), manifest)
-    log.info("embedded %d of %d rows (%d rejected, %d skipped) into %s", counts["embedded"], counts["read"],
-             counts["rejected"], counts["skipped"], s.output)
+    log.info(
+        "embedded %d of %d rows (%d rejected, %d skipped) into %s",
+        counts["embedded"],
+        counts["read"],
+        counts["rejected"],
+        counts["skipped"],
+        s.output,
+    )
     return manifest
 
 

@@ -38,8 +38,8 @@ RUNTIME = {"run_key": False, "runtime": True}
 
 @dataclass(frozen=True)
 class EmbedSettings:
-    inputs: tuple[str, ...]
-    output: str
+    inputs: tuple[str, ...]  # files, globs, directories; the run key holds the files they expand to instead
+    output: str = field(metadata=NOT_KEYED)  # the run key lives in it
     model: str
     batch_size: int = 64
     fusion: str = "weighted"  # weighted: normalise(alpha*image + beta*text); attention: the model's learned weights
@@ -107,6 +107,10 @@ class Runtime:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def __str__(self) -> str:
+        sharing = "one model per machine" if self.model_sharing == "per_machine" else "one model per process"
+        return f"{self.device}, {self.preprocess} preprocessing, {self.precision}, {sharing}"
 
 
 def resolve_runtime(s: EmbedSettings, *, cuda_available: bool, tensor_recipe: bool) -> Runtime:

@@ -17,8 +17,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from index_builder import storage
-from index_builder.embeddings import EMBEDDINGS, REJECTS, REJECTS_SCHEMA, embeddings_schema, list_shards, vectors_to_arrow
-from pipelines.embed.handler import Embedded, Rejected
+from index_builder.embeddings import (
+    EMBEDDINGS,
+    REJECTS,
+    REJECTS_SCHEMA,
+    embeddings_schema,
+    list_shards,
+    vectors_to_arrow,
+)
+from pipelines.embed.outcomes import Embedded, Rejected
 from pipelines.embed.rows import RowResult
 from pipelines.embed.settings import Runtime
 from pipelines.inputs import WorkUnit
@@ -35,8 +42,16 @@ def shard_paths(output: str, name: str) -> tuple[str, str]:
 
 
 def commit_unit(
-    output: str, name: str, unit: WorkUnit, results: list[RowResult], *, dim: int, read: int, skipped: int,
-    runtime: Runtime, bad_file: str | None = None,
+    output: str,
+    name: str,
+    unit: WorkUnit,
+    results: list[RowResult],
+    *,
+    dim: int,
+    read: int,
+    skipped: int,
+    runtime: Runtime,
+    bad_file: str | None = None,
 ) -> dict:
     """Write the unit's rejects (or remove stale ones), then its shard; return its counts.
 
@@ -90,8 +105,16 @@ def embeddings_table(good: list[RowResult], dim: int) -> pa.Table:
 
 
 def rejects_table(bad: list[RowResult], source: str) -> pa.Table:
-    rows = [{"id": r.id, "source_file": source, "row_index": r.row_index, "reason": r.outcome.reason,
-             "message": r.outcome.message} for r in bad]
+    rows = [
+        {
+            "id": r.id,
+            "source_file": source,
+            "row_index": r.row_index,
+            "reason": r.outcome.reason,
+            "message": r.outcome.message,
+        }
+        for r in bad
+    ]
     return pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA)
 
 

@@ -18,7 +18,8 @@ from encoders.errors import InputError
 from encoders.towers import Towers
 from index_builder import storage
 from index_builder.embeddings import shard_name
-from pipelines.embed.handler import EmbeddingModelHandler, ItemInput, Outcome, Rejected
+from pipelines.embed.handler import EmbeddingModelHandler
+from pipelines.embed.outcomes import ItemInput, Outcome, Rejected
 from pipelines.embed.rows import FirstCopies, RowResult, classify
 from pipelines.embed.settings import EmbedSettings
 from pipelines.embed.shards import commit_unit, committed_runtime, shard_paths
@@ -90,12 +91,15 @@ class UnitWorker:
             log.warning("skipping unreadable row group: %s", exc)
             bad = Rejected("unreadable_row_group", str(exc))
             results = [RowResult(unit.first_row + i, None, None, bad) for i in range(unit.num_rows)]
-            return commit_unit(s.output, name, unit, results, read=unit.num_rows, skipped=0, bad_file=str(exc), **commit)
+            return commit_unit(
+                s.output, name, unit, results, read=unit.num_rows, skipped=0, bad_file=str(exc), **commit
+            )
         return commit_unit(s.output, name, unit, results, read=counts["read"], skipped=counts["skipped"], **commit)
 
     @staticmethod
-    def _classified(row_batches: Iterator[list[Row]], first_copies: FirstCopies, results: list[RowResult],
-                    counts: dict) -> Iterator[list[Row]]:
+    def _classified(
+        row_batches: Iterator[list[Row]], first_copies: FirstCopies, results: list[RowResult], counts: dict
+    ) -> Iterator[list[Row]]:
         """Classify each batch as it streams in; yield the rows for the model."""
         for rows in row_batches:
             c = classify(rows, first_copies)
@@ -105,7 +109,9 @@ class UnitWorker:
             if c.todo:
                 yield c.todo
 
-    def _embed_batches(self, batches: Iterator[list[Row]], report: UnitReport) -> Iterator[tuple[list[Row], list[Outcome]]]:
+    def _embed_batches(
+        self, batches: Iterator[list[Row]], report: UnitReport
+    ) -> Iterator[tuple[list[Row], list[Outcome]]]:
         """Yield (batch, outcomes). With decode-ahead (default on CUDA) batch k+1 is decoded in a
         thread while batch k runs forward; on a CPU they run in turn (the cores are busy either
         way, and torch work in a second thread slowed the forward passes, docs/performance.md)."""

@@ -43,9 +43,20 @@ def thumbnails(paths: list[str], ids: set[str], columns: Columns) -> dict[str, s
     return out
 
 
-def run_report(index: str, output: str, *, queries: list[str] | None = None, queries_from: list[str] | None = None,
-               split: str | None = "test", n: int = 12, k: int = 5, model: str | None = None, seed: int = 0,
-               device: str | None = None, columns: Columns = LABELLED) -> list[QueryResult]:
+def run_report(
+    index: str,
+    output: str,
+    *,
+    queries: list[str] | None = None,
+    queries_from: list[str] | None = None,
+    split: str | None = "test",
+    n: int = 12,
+    k: int = 5,
+    model: str | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    columns: Columns = LABELLED,
+) -> list[QueryResult]:
     """Search each query (given, and/or `n` unique data queries of `split` sampled from
     `queries_from`), write the page to `output`, return the results."""
     asked: list[tuple[str, str | None]] = [(q, None) for q in queries or []]

@@ -41,8 +41,10 @@ class Searcher:
                 f"was built with ({source['model']['spec']})"
             )
         if towers.fingerprint() != source["model"]["fingerprint"]:
-            log.warning("the model's weights differ from those the index was built with (%s): rankings may be "
-                        "meaningless", source["model"]["spec"])
+            log.warning(
+                "the model's weights differ from those the index was built with (%s): rankings may be meaningless",
+                source["model"]["spec"],
+            )
         return cls(idx, towers, fusion_from_params(source["fusion"], towers.learned_fusion))
 
     def query_vector(self, text: str | None = None, image: Image.Image | None = None) -> np.ndarray:

@@ -52,8 +52,12 @@ def embed_items(towers: Towers, items: list[Item], batch_size: int = 64) -> Vect
         if qs:
             qry.append(towers.encode_texts(qs).numpy())
     return Vectors(
-        np.stack(img), np.concatenate(cap), np.array([has_caption(it.caption) for it in items]),
-        np.concatenate(qry) if qry else np.zeros((0, towers.dim), np.float32), np.array(query_rows, dtype=np.int64), bad,
+        np.stack(img),
+        np.concatenate(cap),
+        np.array([has_caption(it.caption) for it in items]),
+        np.concatenate(qry) if qry else np.zeros((0, towers.dim), np.float32),
+        np.array(query_rows, dtype=np.int64),
+        bad,
     )
 
 
@@ -89,11 +93,25 @@ def model_fusions(towers: Towers) -> dict[str, object]:
     return fusions
 
 
-def run_evaluate(model: str, data: list[str], *, split: str | None = "test", device: str | None = None,
-                 limit: int | None = None, columns: Columns = LABELLED) -> dict:
+def run_evaluate(
+    model: str,
+    data: list[str],
+    *,
+    split: str | None = "test",
+    device: str | None = None,
+    limit: int | None = None,
+    columns: Columns = LABELLED,
+) -> dict:
     towers = load_towers(model, device=device)
     items = load_items(data, split, columns, limit)
     t = time.monotonic()
     report = evaluate_vectors(embed_items(towers, items), model_fusions(towers))
-    return {"model": model, "fingerprint": towers.fingerprint(), "family": towers.family, "data": data,
-            "split": split, "seconds": round(time.monotonic() - t, 1), **report}
+    return {
+        "model": model,
+        "fingerprint": towers.fingerprint(),
+        "family": towers.family,
+        "data": data,
+        "split": split,
+        "seconds": round(time.monotonic() - t, 1),
+        **report,
+    }

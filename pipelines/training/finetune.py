@@ -55,8 +55,13 @@ def _start_model(s: FinetuneSettings, resume_from: Path | None):
         towers = load_towers(s.model, device=s.device)
         return towers, towers.family
     towers = DualTowers.create(
-        s.text_model or default_text_model(), backbone=s.image_backbone, projection_dim=s.projection_dim,
-        image_size=s.image_size, image_weights=s.image_weights, device=s.device, seed=s.trainer.seed,
+        s.text_model or default_text_model(),
+        backbone=s.image_backbone,
+        projection_dim=s.projection_dim,
+        image_size=s.image_size,
+        image_weights=s.image_weights,
+        device=s.device,
+        seed=s.trainer.seed,
     )
     return towers, "dual"
 

@@ -1,0 +1,163 @@
+"""Settings objects: validated once, frozen, defaults in one place, runtime resolution (no runner, no model)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from encoders.errors import SettingsError
+from encoders.settings import TrainConfig
+from index_builder.settings import BuildSettings
+from pipelines.cli import build_parser, settings_from
+from pipelines.embed.settings import EmbedSettings, Runtime, resolve_runtime
+from pipelines.inputs import Columns
+from pipelines.search.settings import SearchSettings
+from pipelines.training.settings import FinetuneSettings
+
+EMBED = dict(inputs=("in/*.parquet",), output="out", model="m")
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(list(argv))
+
+
+def test_flags_left_out_give_exactly_the_settings_defaults():
+    """The parser takes its defaults from the settings objects: nothing is restated."""
+    assert settings_from(
+        EmbedSettings, parse("embed", "--input", "in/*.parquet", "--output", "out", "--model", "m")
+    ) == EmbedSettings(**EMBED)
+    assert settings_from(BuildSettings, parse("build-index", "--embeddings", "e", "--output", "i")) == BuildSettings(
+        "e", "i"
+    )
+    assert settings_from(SearchSettings, parse("search", "--index", "i", "--text", "t")) == SearchSettings(
+        "i", text="t"
+    )
+    got = settings_from(FinetuneSettings, parse("finetune", "--train", "a", "--val", "b", "--output", "o"))
+    assert got == FinetuneSettings(train=("a",), val=("b",), output="o")
+
+
+def test_flags_reach_nested_settings():
+    e = settings_from(
+        EmbedSettings,
+        parse(
+            "embed",
+            "--input",
+            "a",
+            "b",
+            "--output",
+            "o",
+            "--model",
+            "m",
+            "--id-column",
+            "sku",
+            "--image-column",
+            "image",
+            "--status-column",
+            "",
+            "--batch-size",
+            "8",
+        ),
+    )
+    assert e.inputs == ("a", "b") and e.batch_size == 8
+    assert e.columns == Columns(id="sku", image="image", status=None)
+    f = settings_from(
+        FinetuneSettings,
+        parse(
+            "finetune",
+            "--train",
+            "a",
+            "--val",
+            "b",
+            "--output",
+            "o",
+            "--freeze-image",
+            "--freeze-text",
+            "--epochs",
+            "0",
+            "--caption-column",
+            "text",
+        ),
+    )
+    assert f.trainer.freeze == {"image", "text"} and f.trainer.epochs == 0 and f.columns.caption == "text"
+    assert f.columns.query == "query" and f.columns.split == "split"
+
+
+BAD_EMBED = [
+    (dict(batch_size=0), "--batch-size must be >= 1"),
+    (dict(fusion="mean"), "--fusion must be one of weighted, attention"),
+    (dict(alpha=-1.0), "--alpha"),
+    (dict(alpha=0.0, beta=0.0), "not both 0"),
+    (dict(preprocess="gpu"), "--preprocess must be one of auto, pil, tensor"),
+    (dict(precision="int8"), "--precision must be one of"),
+    (dict(decode_ahead="yes"), "--decode-ahead must be one of"),
+    (dict(duplicate_ids="keep"), "--duplicate-ids must be one of reject, allow"),
+    (dict(max_image_pixels=0), "--max-image-pixels must be >= 1"),
+    (dict(preprocess="tensor", large_model=True), "cannot be combined with --large-model"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD_EMBED)
+def test_bad_embed_settings_name_the_flag(change, message):
+    with pytest.raises(SettingsError, match=message):
+        EmbedSettings(**EMBED, **change)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: BuildSettings("e", "i", vector="both"), "--vector must be one of fused, image, text"),
+    (lambda: BuildSettings("e", "i", factory="IVF256,PQ16"), "polysemous"),
+    (lambda: BuildSettings("e", "i", nprobe=0), "--nprobe must be >= 1"),
+    (lambda: BuildSettings("e", "i", workers=0), "--workers must be >= 1"),
+    (lambda: TrainConfig(batch_size=1), "--batch-size must be >= 2"),
+    (lambda: TrainConfig(lr=0), "--lr must be > 0"),
+    (lambda: TrainConfig(freeze={"heads"}), "--freeze must be one of image, text"),
+    (lambda: FinetuneSettings(("a",), ("b",), "gs://bucket/m"), "must be a local directory"),
+    (lambda: FinetuneSettings(("a",), ("b",), "o", image_backbone="vit"), "--image-backbone must be one of resnet18"),
+    (lambda: SearchSettings("i"), "give --text, --image or both"),
+    (lambda: SearchSettings("i", text="  "), "--text is empty"),
+    (lambda: SearchSettings("i", text="x", k=0), "--k must be >= 1"),
+    (lambda: SearchSettings("i", text="x", nprobe=0), "--nprobe must be >= 1"),
+])  # fmt: skip
+def test_bad_settings_of_the_other_commands(make, message):
+    with pytest.raises(SettingsError, match=message):
+        make()
+
+
+def test_settings_are_frozen():
+    s = EmbedSettings(**EMBED)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.batch_size = 1
+
+
+def test_run_key_holds_what_changes_the_bytes_and_not_how_they_are_computed():
+    base = EmbedSettings(**EMBED).keyed()
+    assert base == EmbedSettings(**EMBED, decode_ahead="on", restart=True).keyed()
+    for runtime in (dict(device="cuda"), dict(preprocess="tensor"), dict(precision="bf16"), dict(large_model=True)):
+        assert EmbedSettings(**EMBED, **runtime).keyed() == base, runtime  # decided per shard by the Runtime
+    for change in (dict(batch_size=8), dict(alpha=0.7), dict(skip_bad_files=True), dict(columns=Columns(id="sku"))):
+        assert EmbedSettings(**EMBED, **change).keyed() != base, change
+    assert "output" not in base and "inputs" not in base  # the plan's files and their versions are keyed instead
+
+
+def rt(**kw) -> Runtime:
+    return resolve_runtime(
+        EmbedSettings(**EMBED, **{k: v for k, v in kw.items() if k not in ("cuda", "recipe")}),
+        cuda_available=kw.get("cuda", False),
+        tensor_recipe=kw.get("recipe", True),
+    )
+
+
+def test_runtime_resolution():
+    assert rt() == Runtime("cpu", "pil", "fp32", "per_process")
+    assert rt(cuda=True) == Runtime("cuda", "tensor", "bf16", "per_process")
+    assert rt(cuda=True, device="cpu") == Runtime("cpu", "pil", "fp32", "per_process")
+    assert rt(cuda=True, large_model=True) == Runtime("cuda", "pil", "bf16", "per_machine")
+    assert rt(cuda=True, recipe=False) == Runtime("cuda", "pil", "bf16", "per_process")  # e.g. SigLIP's squash
+    assert rt(cuda=True, precision="fp16", preprocess="pil") == Runtime("cuda", "pil", "fp16", "per_process")
+    assert rt(preprocess="tensor") == Runtime("cpu", "tensor", "fp32", "per_process")
+    assert rt(precision="bf16") == rt(precision="fp32") == rt()  # autocast is CUDA-only
+    assert rt(preprocess="pil") == rt()  # asked differently, resolved the same: shards may be shared
+    with pytest.raises(SettingsError, match="not resize-short-side"):
+        rt(preprocess="tensor", recipe=False)
+    with pytest.raises(SettingsError, match="sees no CUDA device"):
+        rt(device="cuda")
