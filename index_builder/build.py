@@ -39,14 +39,25 @@ METRIC = faiss.METRIC_INNER_PRODUCT
 
 
 def new_index(d: int, factory: str) -> faiss.Index:
-    """An empty index of `factory`; a string faiss cannot parse is a SettingsError."""
+    """An empty index of `factory`; a string faiss cannot parse, or an index the shard-merging
+    build cannot fill, is a SettingsError."""
     try:
-        return faiss.index_factory(d, factory, METRIC)
+        index = faiss.index_factory(d, factory, METRIC)
     except RuntimeError as exc:
         why = (
             re.split(r"\.(?:cpp|h):\d+: ", str(exc))[-1].strip().strip("'") or type(exc).__name__
         )  # not the C++ location
         raise SettingsError(f"--factory {factory!r} is not a faiss index_factory string for dim {d} ({why})") from exc
+    top = faiss.downcast_index(index)
+    inner = faiss.downcast_index(top.index) if isinstance(top, faiss.IndexPreTransform) else top
+    if not isinstance(inner, faiss.IndexIVF | faiss.IndexFlat):
+        # shards are added into copies of the trained template and merged: faiss has no
+        # add_with_ids / merge_from for refinement wrappers (RFlat) or HNSW graphs
+        raise SettingsError(
+            f"--factory {factory!r} builds a {type(inner).__name__}, which the shard-merging build cannot fill; "
+            "use an IVF factory (optionally after OPQ/PCA, e.g. IVF4096,PQ64np) or Flat"
+        )
+    return index
 
 
 def read_vectors(shard: Shard, vector: str) -> tuple[np.ndarray, np.ndarray]:

@@ -76,7 +76,7 @@ def choose_nprobe(nlist: int) -> int:
 
 def check_factory(factory: str) -> None:
     """Refuse polysemous PQ training (`PQm` without `np` on a non-fast-scan PQ)."""
-    for match in re.finditer(r"PQ(\d+)(x\d+)?(fs|np)?", factory):
+    for match in re.finditer(r"(?<![A-Za-z])PQ(\d+)(x\d+)?(fs|np)?", factory):  # not the PQ of OPQ
         if match.group(3) is None:
             raise SettingsError(
                 f"factory {factory!r}: {match.group(0)} turns on polysemous training (3-5x slower, "

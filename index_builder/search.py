@@ -26,20 +26,15 @@ class Hit:
 
 
 def search_parameters(index: faiss.Index, nprobe: int) -> faiss.SearchParameters:
-    """Per-call parameters that probe `nprobe` inverted lists of `index`, through the wrappers
-    index_factory builds (OPQ/PCA pre-transforms, RFlat refinement). SettingsError when the
-    index has no inverted lists."""
+    """Per-call parameters that probe `nprobe` inverted lists of `index`, through an OPQ/PCA
+    pre-transform. SettingsError when the index has no inverted lists."""
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexIVF):
         return faiss.SearchParametersIVF(nprobe=nprobe)
-    if isinstance(index, faiss.IndexPreTransform):
-        params, inner = faiss.SearchParametersPreTransform(), search_parameters(index.index, nprobe)
-        params.index_params = inner
-    elif isinstance(index, faiss.IndexRefine):
-        params, inner = faiss.IndexRefineSearchParameters(), search_parameters(index.base_index, nprobe)
-        params.base_index_params = inner
-    else:
+    if not isinstance(index, faiss.IndexPreTransform):
         raise SettingsError(f"--nprobe applies to IVF indexes, not to this {type(index).__name__}: leave it out")
+    params, inner = faiss.SearchParametersPreTransform(), search_parameters(index.index, nprobe)
+    params.index_params = inner
     params.referenced_objects = [inner]  # SWIG holds a raw pointer to `inner`: keep it alive
     return params
 

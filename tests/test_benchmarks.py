@@ -2,50 +2,28 @@
 
 from __future__ import annotations
 
+import io
 import json
 
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from benchmarks.bench import main, make_jpeg_shards
 
 
 def test_index_and_pq_sections_report_their_figures(tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert (
-        main(
-            [
-                "--sections",
-                "index,pq",
-                "--index-n",
-                "4000",
-                "--index-dim",
-                "32",
-                "--pq-n",
-                "3000",
-                "--output",
-                str(out),
-                "--workdir",
-                str(tmp_path / "w"),
-            ]
-        )
-        == 0
-    )
+    argv = "--sections index,pq --index-n 4000 --index-dim 32 --pq-n 3000".split()
+    assert main([*argv, "--output", str(out), "--workdir", str(tmp_path / "w")]) == 0
     r = json.loads(out.read_text())
-    assert (
-        r["index"]["factory"].endswith("np")
-        and r["index"]["plain_faiss_wall_s"] > 0
-        and 0 <= r["index"]["recall_at_10"] <= 1
-    )
+    assert r["index"]["factory"].endswith("np") and r["index"]["plain_faiss_wall_s"] > 0
+    assert 0 <= r["index"]["recall_at_10"] <= 1
     assert set(r["pq"]["train_s"]) == {"polysemous", "np"} and r["machine"]["cpus"] >= 1
     assert "build-index" in capsys.readouterr().out
 
 
 def test_generated_benchmark_shards_are_real_jpegs(tmp_path):
-    import io
-
-    import pyarrow.parquet as pq
-    from PIL import Image
-
     paths = make_jpeg_shards(tmp_path, 10, size=64, rows_per_group=4)
     t = pq.read_table(paths[0])
     assert t.num_rows == 10 and pq.ParquetFile(paths[0]).metadata.num_row_groups == 3
@@ -55,31 +33,9 @@ def test_generated_benchmark_shards_are_real_jpegs(tmp_path):
 @pytest.mark.slow
 def test_embed_and_rss_sections(tmp_path):
     out = tmp_path / "r.json"
-    assert (
-        main(
-            [
-                "--sections",
-                "embed,rss",
-                "--repeat",
-                "2",
-                "--rows",
-                "16",
-                "--rss-rows",
-                "8",
-                "--batch-size",
-                "8",
-                "--output",
-                str(out),
-                "--workdir",
-                str(tmp_path / "w"),
-            ]
-        )
-        == 0
-    )
+    argv = "--sections embed,rss --repeat 2 --rows 16 --rss-rows 8 --batch-size 8".split()
+    assert main([*argv, "--output", str(out), "--workdir", str(tmp_path / "w")]) == 0
     r = json.loads(out.read_text())
-    assert (
-        r["embed"]["bare_loop"]["rows"] == 16
-        and r["embed"]["embed"]["peak_rss_mib"] > 0
-        and len(r["embed"]["paired_ratios"]) == 2
-    )
+    assert r["embed"]["bare_loop"]["rows"] == 16 and r["embed"]["embed"]["peak_rss_mib"] > 0
+    assert len(r["embed"]["paired_ratios"]) == 2
     assert set(r["rss"]["peak_rss_mib"]) == {"8", "80"}

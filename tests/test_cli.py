@@ -20,24 +20,10 @@ def built(tmp_path_factory, tiny_clip):
     root = tmp_path_factory.mktemp("cli")
     cat, emb = str(root / "catalogue"), str(root / "emb")
     assert main(["make-sample", "--output", cat, "--rows", "1100", "--shards", "3"]) == 0
+    flags = "--batch-size 32 --alpha 0.6 --beta 0.4".split()
+    beam_options = "--runner FnApiRunner --direct_num_workers 1".split()  # options Beam knows pass through
     assert (
-        main(
-            [
-                "embed",
-                "--input",
-                f"{cat}/*.parquet",
-                "--output",
-                emb,
-                "--model",
-                tiny_clip,
-                "--batch-size",
-                "32",
-                "--alpha",
-                "0.6",
-                "--beta",
-                "0.4",
-            ]
-        )
+        main(["embed", "--input", f"{cat}/*.parquet", "--output", emb, "--model", tiny_clip, *flags, *beam_options])
         == 0
     )
     idx = {}
@@ -57,6 +43,7 @@ def test_end_to_end_text_search_json(built, capsys):
     root, cat, emb, idx = built
     manifest = json.load(open(os.path.join(emb, "manifest.json")))
     assert manifest["counts"]["embedded"] == 1100 - 6 and manifest["fusion"]["alpha"] == 0.6
+    assert manifest["runner"] == "FnApiRunner" and manifest["settings"]["batch_size"] == 32
     index_manifest = json.load(open(os.path.join(idx["fused"], "manifest.json")))
     assert index_manifest["factory"].startswith("IVF") and index_manifest["ntotal"] == 1094
     capsys.readouterr()
@@ -218,6 +205,10 @@ BAD_CLI = {
     "`build-index ... --factory 'NotAnIndex'`": (
         ["build-index", "--embeddings", "{emb}", "--output", "{tmp}/i", "--factory", "NotAnIndex"],
         "--factory 'NotAnIndex' is not a faiss index_factory string",
+    ),
+    "`build-index ... --factory 'IVF64,PQ8np,RFlat'` (refinement)": (
+        ["build-index", "--embeddings", "{emb}", "--output", "{tmp}/i", "--factory", "IVF64,PQ8np,RFlat"],
+        "builds a IndexRefineFlat, which the shard-merging build cannot fill",
     ),
     "`build-index --embeddings DIR` of an unfinished embed run": (
         ["build-index", "--embeddings", "{tmp}", "--output", "{tmp}/i"],

@@ -11,6 +11,7 @@ import torch
 
 from encoders.dual import DualTowers
 from encoders.fusion import AttentionFusion, WeightedFusion
+from encoders.images import decode_image
 from encoders.loading import ModelLoadError
 from encoders.models import load_towers, save_model
 from encoders.random_models import make_random_bert
@@ -86,6 +87,19 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(tiny_clip):
     trainer.set_train(True)
     losses = [trainer.step(batch) for _ in range(25)]
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_an_image_that_does_not_decode_is_left_out_and_recorded_not_fatal(tiny_clip):
+    towers = load_towers(tiny_clip, device="cpu")
+    trainer = Trainer(towers, AttentionFusion(towers.dim), TrainConfig())
+    trainer.set_train(True)
+    good = [
+        Example(s, lambda s=s: draw(s, (9, 9, 200), (255, 255, 255), 40), f"a {s}", None) for s in ("circle", "ring")
+    ]
+    bad = Example("broken", lambda: decode_image(b"<html>"), "a broken row", None)
+    assert isinstance(trainer.step([good[0], bad, good[1]]), float)
+    assert trainer.unusable == {"broken": "not_an_image"}
+    assert trainer.step([good[0], bad]) is None  # one usable item has no negatives: no step
 
 
 def test_frozen_text_tower_stays_in_eval_mode_and_its_outputs_are_cached(tiny_clip):

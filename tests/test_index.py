@@ -80,6 +80,10 @@ def test_default_factory_is_trainable_and_never_polysemous(n, d):
 def test_polysemous_factory_is_refused():
     with pytest.raises(SettingsError, match="PQ16np"):
         check_factory("IVF256,PQ16")
+    with pytest.raises(SettingsError, match="PQ64x8np"):
+        check_factory("OPQ64_320,IVF2048_HNSW32,PQ64x8")
+    for fine in ("OPQ8,IVF32,PQ8np", "OPQ16_64,IVF256,PQ16x4fs", "IVF1024,SQ8", "Flat", "IVF64,PQ8np,RFlat"):
+        check_factory(fine)
     check_factory("IVF256,PQ16x4fs")
 
 
@@ -128,6 +132,23 @@ def test_build_index_self_query_and_id_mapping(emb_dir, tmp_path):
     assert hits[0][0].caption == f"caption {hits[0][0].id}" and hits[0][0].rank == 1
     assert all(a.score >= b.score for h in hits for a, b in zip(h, h[1:]))
     assert 0 < m["recall"]["recall_at_k"] <= 1 and m["recall"]["self_at_1"] >= 0.9
+
+
+def test_search_parameters_apply_per_call_and_leave_the_loaded_index_alone(emb_dir, tmp_path):
+    """nprobe given to one search must not change the next: the served index keeps its own."""
+    for factory in ("IVF32,PQ8np", "OPQ8,IVF32,PQ8np"):
+        out = str(tmp_path / factory.replace(",", "_"))
+        build_index(BuildSettings(emb_dir, out, factory=factory, nprobe=1, seed=0))
+        idx = LoadedIndex.load(out)
+        ivf = faiss.extract_index_ivf(idx.index)
+        x = np.random.default_rng(5).standard_normal((200, 32)).astype(np.float32)  # neighbours across lists
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        default = [[h.id for h in hits] for hits in idx.search(x, k=10)]
+        wide = [[h.id for h in hits] for hits in idx.search(x, k=10, nprobe=32)]
+        assert ivf.nprobe == 1 and default != wide  # probing every list finds other neighbours
+        assert [[h.id for h in hits] for hits in idx.search(x, k=10)] == default
+        ivf.nprobe = 32  # what the per-call parameters must equal
+        assert [[h.id for h in hits] for hits in idx.search(x, k=10)] == wide
 
 
 def test_text_vector_skips_rows_without_caption_and_keeps_ids_aligned(tmp_path):

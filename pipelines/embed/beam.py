@@ -67,7 +67,7 @@ class EmbedUnit(beam.DoFn):
         self.load_ms = Metrics.distribution(NAMESPACE, "load_model_ms")
 
     def setup(self):
-        handler = EmbeddingModelHandler(self.job.settings)
+        handler = EmbeddingModelHandler(self.job.settings, tensor_recipe=self.job.tensor_recipe)
         self.worker = UnitWorker(self.job, handler, lambda: acquire_model(handler, self._shared, self.model_tag))
 
     def process(self, unit: WorkUnit, duplicates: dict):

@@ -26,18 +26,21 @@ from pipelines.inputs import plan_inputs
 log = logging.getLogger(__name__)
 
 
-def distribution_sums(result, names: tuple[str, ...]) -> dict[str, int]:
-    """Sum of each fusionindex distribution metric (committed where the runner has it); 0 if absent."""
+def metric_sums(result) -> dict[str, int] | None:
+    """Each fusionindex counter's value and distribution's sum, summed over workers (committed
+    where the runner has it, else attempted); None when the runner reports no metrics."""
     from apache_beam.metrics.metric import MetricsFilter
 
-    sums = dict.fromkeys(names, 0)
     try:
-        for d in result.metrics().query(MetricsFilter().with_namespace("fusionindex"))["distributions"]:
-            if d.key.metric.name in sums:
-                value = d.committed if d.committed is not None else d.attempted
-                sums[d.key.metric.name] += value.sum if value is not None else 0
+        found = result.metrics().query(MetricsFilter().with_namespace("fusionindex"))
     except (NotImplementedError, KeyError, AttributeError) as exc:  # runners differ in metric support
         log.debug("no metrics from the runner: %s", exc)
+        return None
+    sums: dict[str, int] = {}
+    for kind, total in (("counters", lambda v: v), ("distributions", lambda v: v.sum)):
+        for m in found[kind]:
+            value = m.committed if m.committed is not None else m.attempted
+            sums[m.key.metric.name] = sums.get(m.key.metric.name, 0) + (total(value) if value is not None else 0)
     return sums
 
 
@@ -55,7 +58,8 @@ def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> di
             "`fusionindex finetune --fusion attention`, or use --fusion weighted"
         )
     fusion_params = s.weighted_fusion().params() if s.fusion == "weighted" else info["fusion"]
-    handler = EmbeddingModelHandler(s, tensor_recipe=info["tensor_recipe"] is not None)
+    recipe = info["tensor_recipe"] is not None
+    handler = EmbeddingModelHandler(s, tensor_recipe=recipe)
     if is_local(options):  # the workers are this machine: a runtime that cannot work fails now
         log.info("runtime: %s", handler.runtime())
     model_fp = fingerprint(model_dir)
@@ -66,7 +70,7 @@ def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> di
     committed = len(list_shards(s.output, require_complete=False)) if resume else 0
     if committed:
         log.info("resuming an interrupted run: %d of %d shards are committed", committed, len(plan.units))
-    job = UnitJob(s, tuple(u.path for u in plan.units), info["dim"], resume)
+    job = UnitJob(s, tuple(u.path for u in plan.units), info["dim"], resume, recipe)
     model_tag = hashlib.sha256(f"{s.model}|{s.device}|{s.precision}|{model_fp}".encode()).hexdigest()[:16]
     t_pipeline = time.monotonic()
     p = beam.Pipeline(options=options)
@@ -74,7 +78,8 @@ def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> di
     result = p.run()
     result.wait_until_finish()
     pipeline_s = time.monotonic() - t_pipeline
-    work = distribution_sums(result, ("unit_ms", "load_model_ms", "inference_batch_latency_ms"))
+    metrics = metric_sums(result)
+    work = metrics or {}
     counts, bad_row_groups, runtimes = sum_counts(s.output)
     if (
         counts["read"] != plan.total_rows
@@ -93,7 +98,7 @@ def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> di
         "counts": counts,
         "bad_files": plan.bad_files + bad_row_groups,
         "shards": len(plan.units),
-        "reused_shards": _counter(result, "shards_reused"),  # None: the runner reports no metrics
+        "reused_shards": None if metrics is None else metrics.get("shards_reused", 0),  # None: no metrics
         "dim": info["dim"],
         "model": {"spec": s.model, "family": info["family"], "model_type": info["model_type"], "fingerprint": model_fp},
         "fusion": fusion_params,
@@ -106,9 +111,9 @@ def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> di
             "total_s": round(time.monotonic() - t0, 3),
             "pipeline_s": round(pipeline_s, 3),
             # summed over workers: time in row groups (model load excluded), model loads, model calls
-            "units_s": work["unit_ms"] / 1000,
-            "model_load_s": work["load_model_ms"] / 1000,
-            "inference_s": work["inference_batch_latency_ms"] / 1000,
+            "units_s": work.get("unit_ms", 0) / 1000,
+            "model_load_s": work.get("load_model_ms", 0) / 1000,
+            "inference_s": work.get("inference_batch_latency_ms", 0) / 1000,
         },
     }
     storage.write_json(storage.join(s.output, MANIFEST), manifest)
@@ -121,14 +126,3 @@ def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> di
         s.output,
     )
     return manifest
-
-
-def _counter(result, name: str) -> int | None:
-    """A fusionindex counter's committed (else attempted) value; None where the runner has no metrics."""
-    from apache_beam.metrics.metric import MetricsFilter
-
-    try:
-        found = result.metrics().query(MetricsFilter().with_namespace("fusionindex").with_name(name))["counters"]
-    except (NotImplementedError, KeyError, AttributeError):
-        return None
-    return int(sum((c.committed if c.committed is not None else c.attempted) or 0 for c in found))

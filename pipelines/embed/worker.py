@@ -36,6 +36,7 @@ class UnitJob:
     unit_paths: tuple[str, ...]  # unit index -> its source file, for messages
     dim: int
     resume: bool  # the directory's committed shards belong to this run (equal run key)
+    tensor_recipe: bool | None = None  # the checkpoint's processor is resize + center crop (None: look it up)
 
 
 @dataclass
