@@ -336,7 +336,7 @@ def bench_rss(work: Path, args) -> dict:
 
 def write_embeddings(root: Path, n: int, d: int, shards: int, seed: int = 0) -> None:
     from index_builder import storage
-    from index_builder.embeddings import embeddings_schema, shard_name, vectors_to_arrow
+    from index_builder.embeddings import embeddings_table, shard_name
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((256, d)).astype(np.float32)
@@ -345,16 +345,7 @@ def write_embeddings(root: Path, n: int, d: int, shards: int, seed: int = 0) -> 
         m = n // shards
         x = centres[rng.integers(0, 256, m)] + 0.5 * rng.standard_normal((m, d)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        table = pa.Table.from_arrays(
-            [
-                pa.array([f"{i}-{j}" for j in range(m)]),
-                pa.array([""] * m),
-                vectors_to_arrow(x),
-                vectors_to_arrow(x),
-                vectors_to_arrow(x),
-            ],
-            schema=embeddings_schema(d),
-        )
+        table = embeddings_table([f"{i}-{j}" for j in range(m)], [""] * m, x, x, x)
         pq.write_table(table, root / "embeddings" / shard_name(i, shards))
     storage.write_json(str(root / "manifest.json"), {"dim": d})
 

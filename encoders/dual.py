@@ -167,7 +167,7 @@ class DualTowers(Towers):
     def tokenize(self, texts):
         tokens = self.tokenizer(
             [t[:MAX_CAPTION_CHARS] for t in texts],
-            padding=True,
+            padding=self.padding(),
             truncation=True,
             max_length=self.max_text_tokens,
             return_tensors="pt",

@@ -45,6 +45,14 @@ class Towers:
     model_dir: Path
     learned_fusion: AttentionFusion | None = None
     center_crop: bool = True  # whether preprocessing keeps only the central square
+    # Exact shapes: every model call gets exactly this many rows (padding with blank rows) and
+    # text its full context, so a row's vectors do not depend on the rows batched with it (GEMM
+    # kernels and their rounding follow the shapes). None: shapes follow the batch (faster).
+    fixed_rows: int | None = None
+
+    def padding(self) -> bool | str:
+        """The tokenizer's padding: to the longest caption, or to the full context (fixed_rows)."""
+        return "max_length" if self.fixed_rows else True
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         raise NotImplementedError
@@ -96,8 +104,10 @@ class Towers:
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """[n, dim] normalised image vectors for an already preprocessed pixel batch."""
+        n = len(pixels)
+        pixels = pad_rows(pixels, self.fixed_rows)
         with self.autocast():
-            return self.image_features(pixels.to(self.device, non_blocking=True)).float().cpu()
+            return self.image_features(pixels.to(self.device, non_blocking=True)).float().cpu()[:n]
 
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """[n, dim] normalised image vectors for PIL images (any mode; preprocessing converts)."""
@@ -114,9 +124,11 @@ class Towers:
         """[n, dim] normalised text vectors; texts are truncated to the model's context."""
         if not texts:
             return torch.empty(0, self.dim)
+        n = len(texts)
+        texts = list(texts) + [""] * ((self.fixed_rows or n) - n)
         tokens = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
         with self.autocast():
-            return self.text_features(tokens).float().cpu()
+            return self.text_features(tokens).float().cpu()[:n]
 
 
 class ClipTowers(Towers):
@@ -166,7 +178,7 @@ class ClipTowers(Towers):
     def tokenize(self, texts):
         tokens = self.processor.tokenizer(
             [t[:MAX_CAPTION_CHARS] for t in texts],
-            padding=True,
+            padding=self.padding(),
             truncation=True,
             max_length=self.max_text_tokens,
             return_tensors="pt",
@@ -213,21 +225,37 @@ class EmbeddedBatch:
 
 
 def embed_pairs(
-    towers: Towers, fusion: Fusion, images: Sequence[Image.Image] | torch.Tensor, captions: Sequence[str | None]
+    towers: Towers,
+    fusion: Fusion,
+    images: Sequence[Image.Image] | torch.Tensor,
+    captions: Sequence[str | None],
+    fixed_rows: int | None = None,
 ) -> EmbeddedBatch:
     """Embed aligned images (PIL images, or a preprocessed pixel batch) and captions.
 
-    A null/blank caption gets the image vector as its fused vector.
+    A null/blank caption gets the image vector as its fused vector. With `fixed_rows` (the
+    towers' own, passed in because a --large-model proxy answers method calls only) every call
+    (image tower, text tower, fusion) sees exactly that many rows.
     """
+    n = len(captions)
     has_text = torch.tensor([has_caption(c) for c in captions], dtype=torch.bool)
     img = towers.encode_pixels(images) if isinstance(images, torch.Tensor) else towers.encode_images(images)
     txt = torch.zeros_like(img)
     idx = torch.nonzero(has_text).flatten()
-    if len(idx):
+    if fixed_rows:  # the text tower sees every row (blank where there is no caption)
+        txt = torch.where(has_text[:, None], towers.encode_texts([c if has_caption(c) else "" for c in captions]), txt)
+    elif len(idx):
         txt[idx] = towers.encode_texts([captions[i] for i in idx.tolist()])
     with torch.inference_mode():
-        fused = fusion(img, txt, has_text).cpu()
+        fused = fusion(pad_rows(img, fixed_rows), pad_rows(txt, fixed_rows), pad_rows(has_text, fixed_rows)).cpu()[:n]
     return EmbeddedBatch(img.numpy(), txt.numpy(), fused.numpy(), has_text.numpy())
+
+
+def pad_rows(x: torch.Tensor, rows: int | None) -> torch.Tensor:
+    """`x` with zero rows appended up to `rows` (unchanged when `rows` is None or already reached)."""
+    if not rows or len(x) >= rows:
+        return x
+    return torch.cat([x, x.new_zeros((rows - len(x), *x.shape[1:]))])
 
 
 def embed_query(

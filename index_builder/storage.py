@@ -130,6 +130,13 @@ def read_json(path: str) -> Any:
         return json.loads(fh.read())
 
 
+def read_schema(path: str) -> pa.Schema:
+    """A Parquet file's schema, from its footer."""
+    fs, p = url_to_fs(path)
+    with fs.open(p, "rb") as fh:
+        return pq.ParquetFile(fh).schema_arrow
+
+
 def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
     fs, p = url_to_fs(path)
     with fs.open(p, "rb") as fh:

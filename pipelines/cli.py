@@ -140,6 +140,13 @@ def _add_embed(sub) -> None:
         action="store_true",
         help="record unreadable Parquet files/row groups in the manifest and go on (default: fail)",
     )
+    p.add_argument(
+        "--exact-shapes",
+        action="store_true",
+        help="pad every model call to --batch-size rows and captions to the model's full context, so a row's "
+        "vectors do not depend on the rows batched with it (an incremental night equals a full rebuild byte "
+        "for byte); slower, see the README",
+    )
     p.add_argument("--device", default=s.device, help="torch device (default: cuda when present, else cpu)")
     p.add_argument(
         "--preprocess",

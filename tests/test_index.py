@@ -7,14 +7,13 @@ import os
 
 import faiss
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from encoders.errors import InputError, SettingsError
 from index_builder import storage
 from index_builder.build import add_and_merge, build_index, read_vectors, sample_training_set, train_template
-from index_builder.embeddings import embeddings_schema, list_shards, shard_name, vectors_to_arrow
+from index_builder.embeddings import embeddings_table, list_shards, shard_name
 from index_builder.factory import (
     check_factory,
     choose_factory,
@@ -40,16 +39,7 @@ def write_embeddings(root, shards: list[np.ndarray], text_mask=None):
         n = len(x)
         ids = [f"s{i}-r{j}" for j in range(n)]
         text = x if text_mask is None else x * text_mask[i][:, None]
-        table = pa.Table.from_arrays(
-            [
-                pa.array(ids),
-                pa.array([f"caption {k}" for k in ids]),
-                vectors_to_arrow(x),
-                vectors_to_arrow(text),
-                vectors_to_arrow(x),
-            ],
-            schema=embeddings_schema(d),
-        )
+        table = embeddings_table(ids, [f"caption {k}" for k in ids], x, text, x)
         os.makedirs(os.path.join(root, "embeddings"), exist_ok=True)
         pq.write_table(table, os.path.join(root, "embeddings", shard_name(i, len(shards))))
     storage.write_json(

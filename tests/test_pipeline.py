@@ -133,6 +133,9 @@ def test_bad_rows_are_rejected_not_dropped_and_blank_captions_counted(tmp_path, 
         "rejected": 3,
         "skipped": 1,
         "empty_caption": 2,
+        "new": 3,
+        "changed": 0,
+        "unchanged": 0,
         "rejects_by_reason": {"corrupt_image": 1, "not_an_image": 1, "null_id": 1},
     }
     table = read_dir(str(tmp_path / "out"))

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 from index_builder.embeddings import shard_name
 from pipelines.embed.handler import EmbeddingModelHandler
+from pipelines.embed.rows import RowPlan
 from pipelines.embed.settings import EmbedSettings
 from pipelines.embed.shards import committed_runtime
 from pipelines.embed.worker import UnitJob, UnitWorker
@@ -33,7 +34,7 @@ def test_units_commit_and_reuse_only_shards_made_the_same_way(tmp_path, tiny_cli
     shard = os.path.join(out, "embeddings", shard_name(unit.index, len(plan.units)))
 
     loads: list = []
-    report = worker(pil, plan, resume=False, loads=loads).process(unit, duplicates=[])
+    report = worker(pil, plan, resume=False, loads=loads).process(unit)
     assert report.counts["read"] == unit.num_rows and report.counts["embedded"] == unit.num_rows
     assert report.load_ms is not None and len(report.batch_ms) == 3 and loads == [1]  # 12 rows in batches of 4
     made = open(shard, "rb").read()
@@ -46,12 +47,14 @@ def test_units_commit_and_reuse_only_shards_made_the_same_way(tmp_path, tiny_cli
         plan,
         resume=True,
         loads=loads,
-    ).process(unit, duplicates=[])
+    ).process(unit)
     assert again.counts is None and loads == []  # "auto" resolves to "pil" on a CPU: reused, no model loaded
     assert open(shard, "rb").read() == made
 
     tensor = EmbedSettings(inputs=(sample_dir,), output=out, model=tiny_clip, batch_size=4, preprocess="tensor")
-    redone = worker(tensor, plan, resume=True, loads=loads).process(unit, duplicates=[(unit.first_row + 2, 0, 7)])
+    redone = worker(tensor, plan, resume=True, loads=loads).process(
+        unit, [RowPlan(unit.first_row + 2, "duplicate", (0, 7))]
+    )
     assert redone.counts is not None and loads == [1]  # made another way: recomputed, not mixed in
     assert committed_runtime(shard).preprocess == "tensor"
     assert redone.counts["rejects_by_reason"] == {"duplicate_id": 1}

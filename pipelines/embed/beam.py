@@ -1,7 +1,14 @@
 """The Beam side of `embed`: the job graph, its DoFns (thin wrappers over UnitWorker), options.
 
-Create(units) | Reshuffle | EmbedUnit   <- side input: later copies of duplicate ids
-units | ReadIds | GroupByKey(id) | later_duplicates | GroupByKey(unit) -> AsDict
+    units | ReadKeys ------------------+
+                                       CoGroupByKey(id) | Decide --> plans: (unit, RowPlan)
+    previous shards | ReadPreviousKeys-+                          --> deleted | sum | WriteJoinCounts
+    {units by index, plans} | CoGroupByKey(unit) | EmbedUnit
+
+The join by id runs inside the pipeline (a shuffle, not a driver-side dict), so it scales with
+the input: it finds later copies of duplicate ids and, against a previous run, the rows whose
+vectors can be copied. Without a previous run and with --duplicate-ids allow there is nothing
+to join, and units go straight to EmbedUnit.
 """
 
 from __future__ import annotations
@@ -15,10 +22,11 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from apache_beam.utils import multi_process_shared, shared
 
 from encoders.errors import InputError, SettingsError
+from index_builder import storage
 from pipelines.embed.handler import THREADS_ENV, EmbeddingModelHandler
-from pipelines.embed.rows import later_duplicates
+from pipelines.embed.rows import PreviousRow, TodayRow, caption_hash, content_hash, decide
 from pipelines.embed.worker import UnitJob, UnitWorker
-from pipelines.inputs import InputPlan, WorkUnit, read_ids
+from pipelines.inputs import SUCCESS, InputPlan, WorkUnit, iter_unit, read_ids
 
 log = logging.getLogger(__name__)
 
@@ -27,21 +35,69 @@ LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "Swit
 NAMESPACE = "fusionindex"
 
 
-class ReadIds(beam.DoFn):
-    """WorkUnit -> (id, (unit index, row index)) for every row that would be embedded."""
+class ReadKeys(beam.DoFn):
+    """WorkUnit -> (id, TodayRow) for every row that would be embedded (success status, an id).
+    With `hashes` the image bytes and caption are hashed, for the comparison with a previous run."""
 
-    def __init__(self, skip_bad_files: bool):
-        self.skip_bad_files = skip_bad_files
+    def __init__(self, skip_bad_files: bool, hashes: bool):
+        self.skip_bad_files, self.hashes = skip_bad_files, hashes
 
     def process(self, unit: WorkUnit):
         try:
-            pairs = read_ids(unit)
+            if self.hashes:
+                keys = [
+                    (r.id, TodayRow(unit.index, r.row_index, content_hash(r.image), caption_hash(r.caption)))
+                    for rows in iter_unit(unit)
+                    for r in rows
+                    if r.status == SUCCESS and r.id is not None
+                ]
+            else:
+                keys = [(row_id, TodayRow(unit.index, row, None, b"")) for row, row_id in read_ids(unit)]
         except InputError:
             if not self.skip_bad_files:
                 raise
-            pairs = []  # the unit worker rejects the whole unreadable row group
-        for row_index, row_id in pairs:
-            yield row_id, (unit.index, row_index)
+            keys = []  # the unit worker rejects the whole unreadable row group
+        yield from keys
+
+
+class ReadPreviousKeys(beam.DoFn):
+    """Index of a previous run's shard -> (id, PreviousRow) for each of its rows."""
+
+    def __init__(self, shards: tuple[str, ...]):
+        self.shards = shards
+
+    def process(self, shard: int):
+        table = storage.read_parquet(self.shards[shard], ["id", "caption", "content_hash"])
+        ids, captions, content = (table.column(c).to_pylist() for c in ("id", "caption", "content_hash"))
+        for row, (row_id, caption, chash) in enumerate(zip(ids, captions, content)):
+            yield row_id, PreviousRow(shard, row, chash, caption_hash(caption))
+
+
+class Decide(beam.DoFn):
+    """(id, {"today": [...], "previous": [...]}) -> (unit, RowPlan), and 1 on output "deleted"."""
+
+    def __init__(self, reject_duplicates: bool, comparable: bool):
+        self.reject_duplicates, self.comparable = reject_duplicates, comparable
+
+    def process(self, element):
+        _, grouped = element
+        for key, value in decide(
+            list(grouped["today"]),
+            list(grouped["previous"]),
+            reject_duplicates=self.reject_duplicates,
+            comparable=self.comparable,
+        ):
+            yield beam.pvalue.TaggedOutput("deleted", value) if key == "deleted" else (key, value)
+
+
+class WriteJoinCounts(beam.DoFn):
+    """The deleted count (a global sum) -> DIR/.join.json, read by the driver for the manifest."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def process(self, deleted: int):
+        storage.write_json(self.path, {"deleted": int(deleted)})
 
 
 def acquire_model(handler: EmbeddingModelHandler, handle: shared.Shared, tag: str):
@@ -70,8 +126,10 @@ class EmbedUnit(beam.DoFn):
         handler = EmbeddingModelHandler(self.job.settings, tensor_recipe=self.job.tensor_recipe)
         self.worker = UnitWorker(self.job, handler, lambda: acquire_model(handler, self._shared, self.model_tag))
 
-    def process(self, unit: WorkUnit, duplicates: dict):
-        report = self.worker.process(unit, duplicates.get(unit.index, []))
+    def process(self, element):
+        _, grouped = element
+        (unit,) = grouped["unit"]
+        report = self.worker.process(unit, grouped["plans"])
         if report.counts is None:
             self.reused.inc()
             return
@@ -91,24 +149,48 @@ class EmbedUnit(beam.DoFn):
         yield unit.index, c
 
 
-def build_pipeline(p: beam.Pipeline, plan: InputPlan, job: UnitJob, model_tag: str):
-    """Add the embed transforms to `p`; returns the PCollection of (unit index, counts)."""
+def build_pipeline(
+    p: beam.Pipeline,
+    plan: InputPlan,
+    job: UnitJob,
+    model_tag: str,
+    *,
+    comparable: bool = False,
+    join_counts: str | None = None,
+):
+    """Add the embed transforms to `p`; returns the PCollection of (unit index, counts).
+
+    `comparable`: the previous run (job.previous_shards) used the same model and fusion;
+    `join_counts`: where the join writes its deleted count (used when there is a previous run)."""
+    s = job.settings
     units = p | "Units" >> beam.Create(plan.units)
-    if job.settings.duplicate_ids == "reject":
-        duplicates = (
-            units
-            | "ReadIds" >> beam.ParDo(ReadIds(job.settings.skip_bad_files))
-            | "GroupIds" >> beam.GroupByKey()
-            | "LaterCopies" >> beam.FlatMap(later_duplicates)
-            | "ByUnit" >> beam.GroupByKey()
-            | "Lists" >> beam.MapTuple(lambda unit, rows: (unit, list(rows)))
+    if s.duplicate_ids == "reject" or job.previous_shards:
+        today = units | "ReadKeys" >> beam.ParDo(ReadKeys(s.skip_bad_files, hashes=bool(job.previous_shards)))
+        previous = (
+            p
+            | "PreviousShards" >> beam.Create(range(len(job.previous_shards)))
+            | "ReadPreviousKeys" >> beam.ParDo(ReadPreviousKeys(job.previous_shards))
         )
+        decided = (
+            {"today": today, "previous": previous}
+            | "JoinById" >> beam.CoGroupByKey()
+            | "Decide"
+            >> beam.ParDo(Decide(s.duplicate_ids == "reject", comparable)).with_outputs("deleted", main="plans")
+        )
+        plans = decided.plans
+        if job.previous_shards:
+            _ = (
+                decided.deleted
+                | "Deleted" >> beam.CombineGlobally(sum)
+                | "WriteJoinCounts" >> beam.ParDo(WriteJoinCounts(join_counts))
+            )
     else:
-        duplicates = p | "NoDuplicates" >> beam.Create([])
+        plans = p | "NoPlans" >> beam.Create([])
+    by_index = units | "ByIndex" >> beam.Map(lambda u: (u.index, u))
     return (
-        units
-        | "Spread" >> beam.Reshuffle()
-        | "Embed" >> beam.ParDo(EmbedUnit(job, model_tag), duplicates=beam.pvalue.AsDict(duplicates))
+        {"unit": by_index, "plans": plans}
+        | "JoinByUnit" >> beam.CoGroupByKey()
+        | "Embed" >> beam.ParDo(EmbedUnit(job, model_tag))
     )
 
 

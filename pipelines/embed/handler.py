@@ -70,6 +70,11 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
             )
         return self._runtime
 
+    @property
+    def fixed_rows(self) -> int | None:
+        """Rows per model call under --exact-shapes (None: as many as the batch has)."""
+        return self.settings.batch_size if self.settings.exact_shapes else None
+
     def load_model(self) -> Towers:
         from transformers.utils import logging as hf_logging
 
@@ -83,6 +88,7 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
         rt = self.runtime()
         towers = load_towers(self.settings.model, device=rt.device, allow_pickle=self.settings.allow_pickle)
         towers.amp_dtype = AMP_DTYPES[rt.precision]
+        towers.fixed_rows = self.fixed_rows
         if self.settings.fusion == "attention" and towers.learned_fusion is None:
             raise ModelLoadError(
                 f"--fusion attention: {self.settings.model} has no learned attention fusion; fine-tune it with "
@@ -146,7 +152,7 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
     def _embed(self, model: Towers, images, captions, ids) -> list[Outcome]:
         fusion = self.settings.weighted_fusion() or self._describe(model)["learned_fusion"]
         try:
-            out = embed_pairs(model, fusion, images, captions)
+            out = embed_pairs(model, fusion, images, captions, self.fixed_rows)
         except Exception as exc:  # isolate the failing item(s): retry one by one
             if len(images) <= 1:
                 log.warning("item %s failed to embed: %s", ids[0] if ids else "?", exc)

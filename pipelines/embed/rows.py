@@ -1,14 +1,16 @@
-"""Row classification, before any model runs: pure functions of the rows read.
+"""Row classification, before any model runs: pure functions of the rows read and the join's plans.
 
 Every row read ends as exactly one of: skipped (status not `success`, counted), rejected here
-(null id, later copy of a duplicate id, an image stored only by path), or handed to the model
-(which embeds or rejects it).
+(null id, later copy of a duplicate id, an image stored only by path), reused (unchanged since
+the previous run: its vectors are copied), or handed to the model (which embeds or rejects it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import xxhash
 
 from pipelines.embed.outcomes import Outcome, Rejected
 from pipelines.inputs import SUCCESS, Row
@@ -20,40 +22,43 @@ class RowResult:
     id: str | None
     caption: str | None
     outcome: Outcome
-
-
-# row index -> (file of the first copy, row index there)
-FirstCopies = dict[int, tuple[str, int]]
+    content: bytes | None = None  # content_hash of the image bytes, for the shard
+    kind: str = "new"  # new | changed | unchanged (see CLASSES), against the previous run
 
 
 @dataclass
 class Classified:
-    todo: list[Row]  # rows for the model
+    todo: list[tuple[Row, str]]  # rows for the model, with their class (new or changed)
+    reuse: list[tuple[Row, tuple[int, int]]]  # unchanged rows: (row, (previous shard, row there))
     decided: list[RowResult]  # rejected before the model
     skipped: int  # status not `success`
 
 
-def classify(rows: Sequence[Row], first_copies: FirstCopies) -> Classified:
-    """Split `rows` into rows to embed, rows rejected here, and the skipped count."""
-    out = Classified([], [], 0)
+def classify(rows: Sequence[Row], plans: dict[int, RowPlan], unit_paths: Sequence[str]) -> Classified:
+    """Split `rows` into rows to embed, rows to copy from the previous run, rows rejected here,
+    and the skipped count. `plans`: row index -> the join's RowPlan; `unit_paths` names files."""
+    out = Classified([], [], [], 0)
     for row in rows:
         if row.status != SUCCESS:
             out.skipped += 1
             continue
-        rejected = _reject(row, first_copies)
-        if rejected is None:
-            out.todo.append(row)
-        else:
+        plan = plans.get(row.row_index)
+        rejected = _reject(row, plan, unit_paths)
+        if rejected is not None:
             out.decided.append(RowResult(row.row_index, row.id, row.caption, rejected))
+        elif plan is not None and plan.kind == "unchanged":
+            out.reuse.append((row, plan.ref))
+        else:
+            out.todo.append((row, "changed" if plan is not None else "new"))
     return out
 
 
-def _reject(row: Row, first_copies: FirstCopies) -> Rejected | None:
+def _reject(row: Row, plan: RowPlan | None, unit_paths: Sequence[str]) -> Rejected | None:
     if row.id is None:
         return Rejected("null_id", "id is null")
-    if row.row_index in first_copies:
-        path, first_row = first_copies[row.row_index]
-        return Rejected("duplicate_id", f"id {row.id!r} first seen in {path} row {first_row}")
+    if plan is not None and plan.kind == "duplicate":
+        first_unit, first_row = plan.ref
+        return Rejected("duplicate_id", f"id {row.id!r} first seen in {unit_paths[first_unit]} row {first_row}")
     if row.image is None and row.image_path is not None:
         return Rejected(
             "image_path_only",
@@ -63,9 +68,73 @@ def _reject(row: Row, first_copies: FirstCopies) -> Rejected | None:
     return None
 
 
-def later_duplicates(element: tuple[str, list[tuple[int, int]]]):
-    """(id, [(unit, row), ...]) -> (unit, (row, first unit, first row)) for all but the first occurrence."""
-    _, places = element
-    places = sorted(places)
-    for unit, row in places[1:]:
-        yield unit, (row, places[0][0], places[0][1])
+# --------------------------------------------------------------------------- incremental runs
+# A row of today's input and a row of the previous run meet in a join by id. A row is
+# `unchanged` when the previous run embedded the same id with the same image bytes and caption
+# under the same model and fusion; its vectors are copied. Otherwise it is `changed` (the id was
+# there) or `new` (it was not). Previous ids with no success row today are `deleted`.
+
+CLASSES = ("new", "changed", "unchanged")
+
+
+def content_hash(data: bytes | None) -> bytes | None:
+    """128-bit xxh3 of the encoded image bytes (not a security property: equal bytes, equal hash).
+    hashlib's fastest (md5) costs ~65x more per image, and every row of a reindex is hashed."""
+    return None if data is None else xxhash.xxh3_128_digest(data)
+
+
+def caption_hash(caption: str | None) -> bytes:
+    """A short hash of the caption as stored (None and "" differ)."""
+    return b"\x00" if caption is None else xxhash.xxh3_64_digest(caption.encode("utf-8", "surrogatepass"))
+
+
+@dataclass(frozen=True)
+class TodayRow:
+    unit: int
+    row: int  # row index within its file
+    content: bytes | None
+    caption: bytes
+
+
+@dataclass(frozen=True)
+class PreviousRow:
+    shard: int  # index into the previous run's shard list
+    row: int  # row within that shard
+    content: bytes | None
+    caption: bytes
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """What a unit is told about one of its rows: `duplicate` (ref: first unit, first row),
+    `unchanged` (ref: previous shard, row there: copy its vectors) or `changed` (embed it).
+    Rows without a plan are new."""
+
+    row: int
+    kind: str
+    ref: tuple[int, int] | None = None
+
+
+def decide(today: list[TodayRow], previous: list[PreviousRow], *, reject_duplicates: bool, comparable: bool):
+    """The join's verdict for one id: yields (unit, RowPlan) for today's rows that need one, and
+    ("deleted", 1) when the previous run had the id and today has no row for it.
+
+    `comparable`: the previous run used the same model weights and fusion, so equal inputs give
+    equal vectors; otherwise every row of an id seen before is `changed`.
+    """
+    if not today:
+        if previous:
+            yield "deleted", 1
+        return
+    today = sorted(today, key=lambda t: (t.unit, t.row))
+    first = today[0]
+    for t in today[1:] if reject_duplicates else ():
+        yield t.unit, RowPlan(t.row, "duplicate", (first.unit, first.row))
+    for t in today[:1] if reject_duplicates else today:
+        if not previous:
+            continue
+        same = next((p for p in previous if comparable and (p.content, p.caption) == (t.content, t.caption)), None)
+        if same is not None and t.content is not None:
+            yield t.unit, RowPlan(t.row, "unchanged", (same.shard, same.row))
+        else:
+            yield t.unit, RowPlan(t.row, "changed")

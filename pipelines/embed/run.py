@@ -44,8 +44,36 @@ def metric_sums(result) -> dict[str, int] | None:
     return sums
 
 
-def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> dict:
-    """Run the whole embed job; return the manifest written to `settings.output/manifest.json`."""
+JOIN_FILE = ".join.json"  # the join's counts (deleted), written by the pipeline when there is a previous run
+
+
+def previous_run(path: str, model_fingerprint: str, fusion_params: dict) -> tuple[tuple[str, ...], dict]:
+    """The shards of a previous embed run and what the manifest records of it. `comparable`: it
+    used the same weights and fusion and stored content hashes, so its vectors may be copied."""
+    manifest_path = storage.join(path, MANIFEST)
+    if not storage.exists(manifest_path):
+        raise InputError(f"previous run {path} has no {MANIFEST}: it did not finish; it cannot be compared against")
+    m = storage.read_json(manifest_path)
+    shards = tuple(s.path for s in list_shards(path))
+    hashed = all("content_hash" in storage.read_schema(p).names for p in shards[:1])
+    same = m["model"]["fingerprint"] == model_fingerprint and m["fusion"] == fusion_params
+    if not hashed:
+        log.warning("the previous run's shards carry no content hashes: every row seen before counts as changed")
+    info = {
+        "path": path,
+        "finished_at": m.get("finished_at"),
+        "model_fingerprint": m["model"]["fingerprint"],
+        "fusion": m["fusion"],
+        "comparable": same and hashed,
+    }
+    return shards, info
+
+
+def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None, *, previous: str | None = None) -> dict:
+    """Run the whole embed job; return the manifest written to `settings.output/manifest.json`.
+
+    `previous`: the output directory of an earlier run to compare against (a nightly reindex):
+    rows unchanged since then copy its vectors instead of being embedded again."""
     started = datetime.now(UTC)
     t0 = time.monotonic()
     s = settings
@@ -66,15 +94,22 @@ def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> di
     plan = plan_inputs(list(s.inputs), s.columns, skip_bad_files=s.skip_bad_files)
     if not plan.units:
         raise InputError(f"the input files hold no rows: {', '.join(plan.files) or '(all unreadable)'}")
-    resume = prepare_output(s.output, run_key(s, plan, model_fp, fusion_params), s.restart)
+    previous_shards, previous_info = previous_run(previous, model_fp, fusion_params) if previous else ((), None)
+    key = run_key(s, plan, model_fp, fusion_params)
+    if previous_info is not None:
+        key["previous"] = previous_info
+    resume = prepare_output(s.output, key, s.restart)
+    join_path = storage.join(s.output, JOIN_FILE)
+    storage.remove(join_path)
     committed = len(list_shards(s.output, require_complete=False)) if resume else 0
     if committed:
         log.info("resuming an interrupted run: %d of %d shards are committed", committed, len(plan.units))
-    job = UnitJob(s, tuple(u.path for u in plan.units), info["dim"], resume, recipe)
+    job = UnitJob(s, tuple(u.path for u in plan.units), info["dim"], resume, recipe, previous_shards)
     model_tag = hashlib.sha256(f"{s.model}|{s.device}|{s.precision}|{model_fp}".encode()).hexdigest()[:16]
     t_pipeline = time.monotonic()
     p = beam.Pipeline(options=options)
-    build_pipeline(p, plan, job, model_tag)
+    comparable = bool(previous_info and previous_info["comparable"])
+    build_pipeline(p, plan, job, model_tag, comparable=comparable, join_counts=join_path)
     result = p.run()
     result.wait_until_finish()
     pipeline_s = time.monotonic() - t_pipeline
@@ -84,10 +119,13 @@ def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> di
     if (
         counts["read"] != plan.total_rows
         or counts["read"] != counts["embedded"] + counts["rejected"] + counts["skipped"]
+        or counts["embedded"] != counts["new"] + counts["changed"] + counts["unchanged"]
     ):
         raise RuntimeError(
             f"row accounting failed: planned {plan.total_rows} rows, shards report {counts}; no manifest written"
         )
+    if previous_info is not None:
+        counts["deleted"] = storage.read_json(join_path)["deleted"]
     if len(runtimes) > 1:
         log.warning("shards were made with %d different runtimes: %s", len(runtimes), runtimes)
     manifest = {
@@ -99,6 +137,7 @@ def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None) -> di
         "bad_files": plan.bad_files + bad_row_groups,
         "shards": len(plan.units),
         "reused_shards": None if metrics is None else metrics.get("shards_reused", 0),  # None: no metrics
+        "previous": previous_info,
         "dim": info["dim"],
         "model": {"spec": s.model, "family": info["family"], "model_type": info["model_type"], "fingerprint": model_fp},
         "fusion": fusion_params,

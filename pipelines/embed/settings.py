@@ -51,6 +51,7 @@ class EmbedSettings:
     allow_pickle: bool = False
     duplicate_ids: str = "reject"  # reject: keep the first row of an id by input order, reject later ones
     skip_bad_files: bool = False
+    exact_shapes: bool = False  # pad every model call to batch_size rows, captions to the full context
     device: str | None = field(default=None, metadata=RUNTIME)  # None: cuda when torch sees it, else cpu
     preprocess: str = field(default="auto", metadata=RUNTIME)
     precision: str = field(default="auto", metadata=RUNTIME)
@@ -70,6 +71,7 @@ class EmbedSettings:
         check_choice("--preprocess", self.preprocess, PREPROCESS_MODES)
         check_choice("--precision", self.precision, PRECISIONS)
         check_choice("--decode-ahead", self.decode_ahead, DECODE_AHEAD)
+
         if self.preprocess == "tensor" and self.large_model:
             raise SettingsError(
                 "--preprocess tensor cannot be combined with --large-model: worker processes decode with PIL and "

@@ -21,12 +21,12 @@ from index_builder.embeddings import (
     EMBEDDINGS,
     REJECTS,
     REJECTS_SCHEMA,
-    embeddings_schema,
+    arrow_to_vectors,
+    embeddings_table,
     list_shards,
-    vectors_to_arrow,
 )
 from pipelines.embed.outcomes import Embedded, Rejected
-from pipelines.embed.rows import RowResult
+from pipelines.embed.rows import CLASSES, RowResult
 from pipelines.embed.settings import Runtime
 from pipelines.inputs import WorkUnit
 
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 COUNTS_KEY = b"fusionindex.counts"
 RUNTIME_KEY = b"fusionindex.runtime"
-COUNT_NAMES = ("read", "embedded", "rejected", "skipped", "empty_caption")
+COUNT_NAMES = ("read", "embedded", "rejected", "skipped", "empty_caption", *CLASSES)
+VECTORS = ("image_embedding", "text_embedding", "fused_embedding")
 
 
 def shard_paths(output: str, name: str) -> tuple[str, str]:
@@ -66,6 +67,7 @@ def commit_unit(
         "rejected": len(bad),
         "skipped": skipped,
         "empty_caption": sum(1 for r in good if not r.outcome.has_text),
+        **{kind: sum(1 for r in good if r.kind == kind) for kind in CLASSES},
         "rejects_by_reason": dict(Counter(r.outcome.reason for r in bad)),
         "bad_file": None if bad_file is None else {"path": unit.path, "row_group": unit.row_group, "error": bad_file},
     }
@@ -77,7 +79,7 @@ def commit_unit(
     else:
         storage.remove(rejects_path)  # from an earlier run of this unit made another way
     metadata = {COUNTS_KEY: json.dumps(counts).encode(), RUNTIME_KEY: json.dumps(runtime.as_dict()).encode()}
-    _write(shard_path, embeddings_table(good, dim).replace_schema_metadata(metadata))
+    _write(shard_path, shard_table(good, dim).replace_schema_metadata(metadata))
     log.info("committed %s: %d embedded, %d rejected, %d skipped", name, len(good), len(bad), skipped)
     return counts
 
@@ -93,15 +95,23 @@ def committed_runtime(shard_path: str) -> Runtime | None:
         return None
 
 
-def embeddings_table(good: list[RowResult], dim: int) -> pa.Table:
+def shard_table(good: list[RowResult], dim: int) -> pa.Table:
     """The shard table of the embedded rows, in the given order."""
 
     def stack(attr: str) -> np.ndarray:
         return np.stack([getattr(r.outcome, attr) for r in good]) if good else np.zeros((0, dim), np.float32)
 
-    columns = [pa.array([r.id for r in good], pa.string()), pa.array([r.caption for r in good], pa.string())]
-    columns += [vectors_to_arrow(stack(a)) for a in ("image", "text", "fused")]
-    return pa.Table.from_arrays(columns, schema=embeddings_schema(dim))
+    ids, captions, content = [r.id for r in good], [r.caption for r in good], [r.content for r in good]
+    return embeddings_table(ids, captions, stack("image"), stack("text"), stack("fused"), content)
+
+
+def previous_rows(shard_path: str, rows: list[int]) -> list[tuple[Embedded, bytes | None]]:
+    """(vectors, content hash) of rows `rows` of a committed shard, in that order: what an unchanged
+    row copies from the previous run (the float32 values as stored, so the copy is exact)."""
+    table = storage.read_parquet(shard_path, [*VECTORS, "content_hash"]).take(pa.array(rows, pa.int64()))
+    image, text, fused = (arrow_to_vectors(table.column(c))[0] for c in VECTORS)
+    content = table.column("content_hash").to_pylist()
+    return [(Embedded(image[i], text[i], fused[i], bool(np.any(text[i] != 0))), content[i]) for i in range(len(rows))]
 
 
 def rejects_table(bad: list[RowResult], source: str) -> pa.Table:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from encoders.errors import InputError
@@ -20,9 +21,9 @@ from index_builder import storage
 from index_builder.embeddings import shard_name
 from pipelines.embed.handler import EmbeddingModelHandler
 from pipelines.embed.outcomes import ItemInput, Outcome, Rejected
-from pipelines.embed.rows import FirstCopies, RowResult, classify
+from pipelines.embed.rows import RowPlan, RowResult, classify, content_hash
 from pipelines.embed.settings import EmbedSettings
-from pipelines.embed.shards import commit_unit, committed_runtime, shard_paths
+from pipelines.embed.shards import commit_unit, committed_runtime, previous_rows, shard_paths
 from pipelines.inputs import Row, WorkUnit, iter_unit
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class UnitJob:
     dim: int
     resume: bool  # the directory's committed shards belong to this run (equal run key)
     tensor_recipe: bool | None = None  # the checkpoint's processor is resize + center crop (None: look it up)
+    previous_shards: tuple[str, ...] = ()  # the previous run's shards, which `unchanged` plans point into
 
 
 @dataclass
@@ -59,9 +61,10 @@ class UnitWorker:
         self.runtime = handler.runtime()
         self._model: Towers | None = None
 
-    def process(self, unit: WorkUnit, duplicates: list[tuple[int, int, int]]) -> UnitReport:
-        """Embed `unit` (later copies of duplicate ids given as (row, first unit, first row)) and
-        commit its shard, or reuse the shard an identical run committed."""
+    def process(self, unit: WorkUnit, plans: Iterable[RowPlan] = ()) -> UnitReport:
+        """Embed `unit` following the join's plans for its rows (duplicates to reject, unchanged
+        rows to copy from the previous run) and commit its shard, or reuse the shard an identical
+        run committed."""
         name = shard_name(unit.index, len(self.job.unit_paths))
         shard_path, _ = shard_paths(self.job.settings.output, name)
         report = UnitReport(unit.index)
@@ -72,20 +75,24 @@ class UnitWorker:
                 return report
             log.info("recomputing %s: it was made with %s, this worker runs %s", name, made, self.runtime)
         t = time.perf_counter()
-        first = {row: (self.job.unit_paths[u], r) for row, u, r in duplicates}
-        report.counts = self._embed_unit(unit, name, first, report)
+        report.counts = self._embed_unit(unit, name, {p.row: p for p in plans}, report)
         report.unit_ms = int((time.perf_counter() - t) * 1000) - (report.load_ms or 0)
         return report
 
-    def _embed_unit(self, unit: WorkUnit, name: str, first_copies: FirstCopies, report: UnitReport) -> dict:
+    def _embed_unit(self, unit: WorkUnit, name: str, plans: dict[int, RowPlan], report: UnitReport) -> dict:
         s = self.job.settings
         results: list[RowResult] = []
+        reuse: list[tuple[Row, tuple[int, int]]] = []
         counts = {"read": 0, "skipped": 0}
         commit = dict(dim=self.job.dim, runtime=self.runtime)
         try:
-            todo = self._classified(iter_unit(unit, s.batch_size), first_copies, results, counts)
-            for batch, outcomes in self._embed_batches(todo, report):
-                results.extend(RowResult(r.row_index, r.id, r.caption, o) for r, o in zip(batch, outcomes))
+            todo = self._classified(iter_unit(unit, s.batch_size), plans, results, reuse, counts)
+            for batch, outcomes in self._embed_batches(batches_of(todo, s.batch_size), report):
+                results.extend(
+                    RowResult(r.row_index, r.id, r.caption, o, content_hash(r.image), kind)
+                    for (r, kind), o in zip(batch, outcomes)
+                )
+            results.extend(self._copied(reuse))
         except InputError as exc:
             if not s.skip_bad_files:
                 raise
@@ -97,22 +104,38 @@ class UnitWorker:
             )
         return commit_unit(s.output, name, unit, results, read=counts["read"], skipped=counts["skipped"], **commit)
 
-    @staticmethod
     def _classified(
-        row_batches: Iterator[list[Row]], first_copies: FirstCopies, results: list[RowResult], counts: dict
-    ) -> Iterator[list[Row]]:
-        """Classify each batch as it streams in; yield the rows for the model."""
+        self,
+        row_batches: Iterator[list[Row]],
+        plans: dict[int, RowPlan],
+        results: list[RowResult],
+        reuse: list[tuple[Row, tuple[int, int]]],
+        counts: dict,
+    ) -> Iterator[tuple[Row, str]]:
+        """Classify rows as they stream in; yield (row, class) for the model, collect rows to copy."""
         for rows in row_batches:
-            c = classify(rows, first_copies)
+            c = classify(rows, plans, self.job.unit_paths)
             counts["read"] += len(rows)
             counts["skipped"] += c.skipped
             results.extend(c.decided)
-            if c.todo:
-                yield c.todo
+            reuse.extend(c.reuse)
+            yield from c.todo
+
+    def _copied(self, reuse: list[tuple[Row, tuple[int, int]]]) -> list[RowResult]:
+        """Unchanged rows with the vectors (and content hash) the previous run stored for them,
+        each previous shard read once."""
+        by_shard: dict[int, list[tuple[Row, int]]] = defaultdict(list)
+        for row, (shard, prev_row) in reuse:
+            by_shard[shard].append((row, prev_row))
+        out = []
+        for shard, pairs in sorted(by_shard.items()):
+            copied = previous_rows(self.job.previous_shards[shard], [prev_row for _, prev_row in pairs])
+            out += [RowResult(r.row_index, r.id, r.caption, v, c, "unchanged") for (r, _), (v, c) in zip(pairs, copied)]
+        return out
 
     def _embed_batches(
-        self, batches: Iterator[list[Row]], report: UnitReport
-    ) -> Iterator[tuple[list[Row], list[Outcome]]]:
+        self, batches: Iterator[list[tuple[Row, str]]], report: UnitReport
+    ) -> Iterator[tuple[list[tuple[Row, str]], list[Outcome]]]:
         """Yield (batch, outcomes). With decode-ahead (default on CUDA) batch k+1 is decoded in a
         thread while batch k runs forward; on a CPU they run in turn (the cores are busy either
         way, and torch work in a second thread slowed the forward passes, docs/performance.md)."""
@@ -123,7 +146,7 @@ class UnitWorker:
         try:
             for batch in batches:
                 model = self._get_model(report)
-                items = [ItemInput(r.id, r.caption, r.image) for r in batch]
+                items = [ItemInput(r.id, r.caption, r.image) for r, _ in batch]
                 if pool is None:
                     yield batch, self._timed(report, self.handler.run_inference, items, model)
                     continue
@@ -150,3 +173,16 @@ class UnitWorker:
             self._model = self._load()
             report.load_ms = int((time.perf_counter() - t) * 1000)
         return self._model
+
+
+def batches_of(items: Iterable, size: int) -> Iterator[list]:
+    """`items` in consecutive lists of `size` (the last may be shorter): model batches stay full
+    when most rows of a read batch are copied or rejected instead of embedded."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,50 @@
+"""Has the data drifted away from a trained index template? Pure functions over faiss codecs.
+
+Two measures on a sample of vectors, each compared with its value on held-out vectors when the
+template was trained:
+- `reconstruction`: mean squared error of the index's own codec (`sa_encode` then `sa_decode`:
+  the coarse list plus PQ/SQ codes; 0 for exact codes);
+- `coarse`: mean squared distance to the nearest coarse centroid (IVF indexes only).
+A reused template stays good while both stay near their training-time values; a template is
+retrained when either grows past `threshold` times its baseline.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+DEFAULT_THRESHOLD = 1.25  # retrain when an error grows by more than 25%
+TINY = 1e-12  # errors below this (exact codes) are not compared
+
+
+def _transformed(index: faiss.Index, x: np.ndarray) -> np.ndarray:
+    """`x` through the index's pre-transforms (OPQ, PCA), as its IVF sees it."""
+    top = faiss.downcast_index(index)
+    if isinstance(top, faiss.IndexPreTransform):
+        for i in range(top.chain.size()):
+            x = top.chain.at(i).apply(x)
+    return x
+
+
+def codec_errors(index: faiss.Index, x: np.ndarray) -> dict[str, float]:
+    """{"reconstruction", "coarse"} mean squared errors of a trained `index` on `x` [n, d]."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = {"reconstruction": float(((x - index.sa_decode(index.sa_encode(x))) ** 2).sum(1).mean())}
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        xt = _transformed(index, x)
+        _, assign = ivf.quantizer.search(xt, 1)
+        centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+        out["coarse"] = float(((xt - centroids[assign[:, 0]]) ** 2).sum(1).mean())
+    return out
+
+
+def drift(baseline: dict[str, float], now: dict[str, float], threshold: float = DEFAULT_THRESHOLD) -> tuple[bool, str]:
+    """(drifted, why): the measure that grew most relative to its baseline, against `threshold`."""
+    ratios = {k: now[k] / baseline[k] for k in baseline if k in now and baseline[k] > TINY}
+    if not ratios:
+        return False, "exact codes: nothing to drift"
+    name = max(ratios, key=ratios.get)
+    why = f"{name} error {now[name]:.4g} vs {baseline[name]:.4g} at training ({ratios[name]:.2f}x; retrain above {threshold}x)"
+    return ratios[name] > threshold, why
