@@ -46,5 +46,8 @@ def drift(baseline: dict[str, float], now: dict[str, float], threshold: float = 
     if not ratios:
         return False, "exact codes: nothing to drift"
     name = max(ratios, key=ratios.get)
-    why = f"{name} error {now[name]:.4g} vs {baseline[name]:.4g} at training ({ratios[name]:.2f}x; retrain above {threshold}x)"
+    why = (
+        f"{name} error {now[name]:.4g} vs {baseline[name]:.4g} at training "
+        f"({ratios[name]:.2f}x; retrain above {threshold}x)"
+    )
     return ratios[name] > threshold, why
