@@ -12,6 +12,9 @@ Prints a table and writes benchmarks/results/latest.json. Sections:
   index   `fusionindex build-index` vs a plain faiss script (same factory: sample, train,
           add per shard into template copies, merge, write); fastest of --repeat runs each
   pq      PQ training time with and without polysemous training
+  reindex a full nightly run, then a second night with 1% of rows changed, 1% new and 0.5%
+          deleted: embed stage cost ratio, index ids, unchanged vectors against a full rebuild
+          (with --exact-shapes and without)
 Figures are printed, never asserted: targets live in the README, not in tests.
 """
 
@@ -22,6 +25,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -422,6 +426,139 @@ def bench_index(work: Path, args) -> dict:
     }
 
 
+def night_two(files: list[str], out: Path, *, changed: float, new: float, deleted: float, seed: int = 1) -> dict:
+    """Night 1's shards with `changed` of the rows given a new caption (half) or image (half),
+    `deleted` of them removed and `new` rows appended; returns the expected class of each id."""
+    rng = np.random.default_rng(seed)
+    tables = [pq.read_table(f) for f in files]
+    keys = [k for t in tables for k in t.column("key").to_pylist()]
+    picked = rng.permutation(len(keys))
+    n_changed, n_deleted, n_new = round(changed * len(keys)), round(deleted * len(keys)), round(new * len(keys))
+    changed_ids = {keys[i] for i in picked[:n_changed]}
+    deleted_ids = {keys[i] for i in picked[n_changed : n_changed + n_deleted]}
+    out.mkdir(parents=True, exist_ok=True)
+    schema = tables[0].schema
+    for f, t in zip(files, tables):
+        rows = []
+        for r in t.to_pylist():
+            if r["key"] in deleted_ids:
+                continue
+            if r["key"] in changed_ids:
+                if int(r["key"]) % 2:
+                    r["caption"] += " (new season)"
+                else:
+                    buf = io.BytesIO()
+                    photo_like(rng, 256).save(buf, "JPEG", quality=90)
+                    r["jpg"] = buf.getvalue()
+            rows.append(r)
+        if f == files[-1]:
+            for i in range(n_new):
+                buf = io.BytesIO()
+                photo_like(rng, 256).save(buf, "JPEG", quality=90)
+                rows.append(
+                    {"key": f"new{i:06d}", "caption": f"a new item {i}", "status": "success", "jpg": buf.getvalue()}
+                )
+        pq.write_table(
+            pa.Table.from_pylist(rows, schema=schema),
+            out / Path(f).name,
+            row_group_size=pq.ParquetFile(f).metadata.row_group(0).num_rows,
+        )
+    return {
+        "changed": len(changed_ids),
+        "deleted": len(deleted_ids),
+        "new": n_new,
+        "unchanged": len(keys) - len(changed_ids) - len(deleted_ids),
+    }
+
+
+def _night(root: Path, inputs: Path, model: str, args, *extra: str) -> dict:
+    """One `fusionindex reindex` (a child process, as cron runs it); its run.json and wall time."""
+    wall, _ = run_measured(
+        fusionindex(
+            "reindex",
+            "--input",
+            str(inputs),
+            "--root",
+            str(root),
+            "--model",
+            model,
+            "--batch-size",
+            str(args.batch_size),
+            "--device",
+            args.device,
+            "--report-queries",
+            "0",
+            "--min-recall",
+            "0",
+            "--max-reject-rate",
+            "1",
+            *extra,
+        )  # fmt: skip
+    )
+    latest = json.loads((root / "LATEST").read_text())
+    return {**json.loads((root / latest["run"] / "run.json").read_text()), "wall_s": round(wall, 2)}
+
+
+def _run_vectors(root: Path) -> dict[str, bytes]:
+    from index_builder.embeddings import arrow_to_vectors
+
+    latest = json.loads((root / "LATEST").read_text())
+    out = {}
+    for f in sorted((root / latest["run"] / "embeddings").glob("part-*.parquet")):
+        t = pq.read_table(f, columns=["id", "image_embedding", "text_embedding", "fused_embedding"])
+        cols = [arrow_to_vectors(t.column(c))[0] for c in ("image_embedding", "text_embedding", "fused_embedding")]
+        for k, i in enumerate(t.column("id").to_pylist()):
+            out[i] = np.concatenate([c[k] for c in cols])
+    return out
+
+
+def bench_reindex(work: Path, args) -> dict:
+    """A full night, then a second night (1% changed, 1% new, 0.5% deleted) on the same machine;
+    once with --exact-shapes (the incremental night must equal a full rebuild byte for byte) and
+    once with the default shapes (how far a full rebuild drifts from the copied vectors)."""
+    from encoders.random_models import make_random_clip
+
+    model = str(make_random_clip(work / "reindex-model", **MODELS[args.model]))
+    files = make_jpeg_shards(work / "night1", args.reindex_rows, args.image_size, rows_per_group=args.rows_per_group)
+    expected = night_two(files, work / "night2", changed=0.01, new=0.01, deleted=0.005)
+    today = {
+        k
+        for f in sorted((work / "night2").glob("*.parquet"))
+        for k in pq.read_table(f, columns=["key"]).column(0).to_pylist()
+    }
+    out: dict = {"rows": args.reindex_rows, "model": args.model, "batch_size": args.batch_size, "expected": expected}
+    for shapes, flags in (("exact_shapes", ["--exact-shapes"]), ("default_shapes", [])):
+        a, b = work / f"root-{shapes}", work / f"rebuild-{shapes}"
+        for d in (a, b):
+            shutil.rmtree(d, ignore_errors=True)
+        one = _night(a, work / "night1", model, args, *flags)
+        two = _night(a, work / "night2", model, args, *flags)
+        full = _night(b, work / "night2", model, args, *flags)
+        inc, reb = _run_vectors(a), _run_vectors(b)
+        latest = json.loads((a / "LATEST").read_text())
+        ids = set(pq.read_table(a / latest["run"] / "index" / "ids.parquet", columns=["id"]).column(0).to_pylist())
+        unchanged = [i for i in inc if i in reb and not i.startswith("new")]
+        differ = [i for i in unchanged if inc[i].tobytes() != reb[i].tobytes()]
+        out[shapes] = {
+            "night1_embed_s": one["stages"]["embed"]["seconds"],
+            "night2_embed_s": two["stages"]["embed"]["seconds"],
+            "embed_cost_ratio": round(two["stages"]["embed"]["seconds"] / one["stages"]["embed"]["seconds"], 4),
+            "night1_wall_s": one["wall_s"],
+            "night2_wall_s": two["wall_s"],
+            "night2_index_s": two["stages"]["index"]["seconds"],
+            "night2_counts": two["counts"],
+            "counts_as_expected": all(two["counts"][k] == v for k, v in expected.items()),
+            "index_ids_exact": ids == today and two["index"]["ntotal"] == len(today),
+            "template": two["index"]["training"]["mode"],
+            "unchanged_rows_compared": len(unchanged),
+            "unchanged_rows_differing_from_full_rebuild": len(differ),
+            "max_abs_difference": float(max((np.abs(inc[i] - reb[i]).max() for i in differ), default=0.0)),
+            "full_rebuild_embed_s": full["stages"]["embed"]["seconds"],
+        }
+    out["exact_shapes_cost"] = round(out["exact_shapes"]["night1_embed_s"] / out["default_shapes"]["night1_embed_s"], 3)
+    return out
+
+
 def bench_pq(args) -> dict:
     import faiss
 
@@ -488,6 +625,20 @@ def table(results: dict) -> str:
             f"({i['build_index_recall_s']} s of it measuring recall) vs plain faiss {i['plain_faiss_wall_s']} s "
             f"-> ratio without recall {i['ratio_without_recall']} (target <= 1.1)"
         ]
+    if "reindex" in results:
+        r = results["reindex"]
+        lines.append(f"reindex ({r['rows']} rows, {r['model']}, second night {r['expected']}):")
+        for shapes in ("exact_shapes", "default_shapes"):
+            x = r[shapes]
+            ok = {k: "exact" if x[k] else "WRONG" for k in ("counts_as_expected", "index_ids_exact")}
+            lines.append(
+                f"  {shapes:<15} embed stage night 1 {x['night1_embed_s']} s, night 2 {x['night2_embed_s']} s -> "
+                f"{x['embed_cost_ratio']:.3f} (target <= 0.10); counts {ok['counts_as_expected']}, "
+                f"ids {ok['index_ids_exact']}, template {x['template']}; unchanged rows differing from a full "
+                f"rebuild {x['unchanged_rows_differing_from_full_rebuild']} of {x['unchanged_rows_compared']} "
+                f"(max {x['max_abs_difference']:.1e})"
+            )
+        lines.append(f"  --exact-shapes costs {r['exact_shapes_cost']}x the default on a full night")
     if "pq" in results:
         p = results["pq"]
         lines += [
@@ -499,7 +650,7 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="embed,peer,rss,index,pq")
+    ap.add_argument("--sections", default="embed,peer,rss,index,pq,reindex")
     ap.add_argument(
         "--peer-venv", default=str(ROOT / ".peer-venv"), help="venv holding clip-retrieval 2.45 (make bench-peer)"
     )
@@ -519,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--index-n", type=int, default=100_000)
     ap.add_argument("--index-dim", type=int, default=256)
     ap.add_argument("--pq-n", type=int, default=20_000)
+    ap.add_argument("--reindex-rows", type=int, default=4096, help="rows of the reindex section's full night")
     ap.add_argument(
         "--repeat",
         type=int,
@@ -543,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
             ("rss", lambda: bench_rss(work, args)),
             ("index", lambda: bench_index(work, args)),
             ("pq", lambda: bench_pq(args)),
+            ("reindex", lambda: bench_reindex(work, args)),
         ):
             if name in sections:
                 t = time.perf_counter()

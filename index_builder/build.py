@@ -1,8 +1,13 @@
 """`build-index`: train an index template on a sample, add shards into copies, merge, measure.
 
     shards --sample--> train template --copy per shard--> add_with_ids(global ids) --> merge_from
-                                                                                    --> nprobe, recall
-    IDX/index.faiss, IDX/ids.parquet (row i = faiss id i: id, caption), IDX/manifest.json (last)
+                       (or reuse an earlier IDX's)                                 --> nprobe, recall
+    IDX/index.faiss, IDX/ids.parquet (row i = faiss id i: id, caption), IDX/template.faiss (the
+    trained empty template), IDX/manifest.json (last)
+
+An earlier build's template (`template=`) is reused unless the dimension, vector or factory
+differ, or (retrain "auto") the vectors drifted away from it (index_builder.drift: codec and
+coarse errors on today's sample against the errors on held-out vectors when it was trained).
 
 Global ids are assigned in shard order, so a merged index equals one built by adding every
 vector to one copy of the template. Shards can be added in parallel processes (`workers`),
@@ -26,8 +31,10 @@ import pyarrow.parquet as pq
 
 from encoders.errors import InputError, SettingsError
 from index_builder import faiss_io, storage
+from index_builder.drift import codec_errors, drift
 from index_builder.embeddings import MANIFEST, Shard, arrow_to_vectors, list_shards, vector_column
 from index_builder.factory import choose_factory, choose_nprobe, choose_train_size
+from index_builder.params import nprobe_ladder
 from index_builder.recall import measure_recall
 from index_builder.settings import BuildSettings
 
@@ -35,6 +42,8 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
+TEMPLATE_FILE = "template.faiss"
+HELD_OUT = 10_000  # vectors kept out of training to measure the codec's errors (the drift baseline)
 METRIC = faiss.METRIC_INNER_PRODUCT
 
 
@@ -203,6 +212,38 @@ def add_and_merge(
     return merged, table
 
 
+def reusable_template(cfg: BuildSettings, d: int, sample: np.ndarray) -> tuple[faiss.Index | None, dict]:
+    """The earlier build's template when it may be reused for these vectors, else None; and
+    the decision record ({"mode", "reason", "from", "errors"...}) for the manifest."""
+    if cfg.template is None:
+        return None, {"mode": "trained", "reason": "no earlier index to reuse"}
+    if cfg.retrain == "always":
+        return None, {"mode": "trained", "reason": "--retrain always", "from": cfg.template}
+    path = storage.join(cfg.template, TEMPLATE_FILE)
+    if not storage.exists(path):
+        return None, {"mode": "trained", "reason": f"{cfg.template} holds no {TEMPLATE_FILE}", "from": cfg.template}
+    earlier = storage.read_json(storage.join(cfg.template, MANIFEST))
+    for what, theirs, ours in (
+        ("dimension", earlier["dim"], d),
+        ("vector", earlier["vector"], cfg.vector),
+        ("factory", earlier["factory"], cfg.factory or earlier["factory"]),
+    ):
+        if theirs != ours:
+            return None, {"mode": "trained", "reason": f"{what} changed ({theirs} -> {ours})", "from": cfg.template}
+    template = faiss_io.read_index(path)
+    decision = {"mode": "reused", "from": cfg.template, "factory": earlier["factory"]}
+    baseline = earlier.get("training", {}).get("baseline_errors")
+    if cfg.retrain == "never" or not baseline:
+        reason = "--retrain never" if cfg.retrain == "never" else "no baseline errors recorded: reused as is"
+        return template, {**decision, "reason": reason}
+    now = codec_errors(template, sample)
+    drifted, why = drift(baseline, now, cfg.drift_threshold)
+    record = {"errors": now, "baseline_errors": baseline, "reason": ("drifted: " if drifted else "no drift: ") + why}
+    if drifted:
+        return None, {**decision, **record, "mode": "trained"}
+    return template, {**decision, **record}
+
+
 def set_nprobe(index: faiss.Index, nprobe: int) -> None:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
@@ -227,22 +268,52 @@ def build_index(cfg: BuildSettings) -> dict:
     factory = cfg.factory or choose_factory(total, d)
     new_index(d, factory)  # a bad --factory fails here, before any vector is read
     train_size = cfg.train_size or choose_train_size(total, factory)
-    log.info("building %s over %d vectors (%s, dim %d), training on %d", factory, total, cfg.vector, d, train_size)
+    held_out = min(HELD_OUT, max(0, total - train_size))
 
     t = time.monotonic()
     cache = ShardCache(cfg.vector, cfg.cache_bytes)
-    xt, xt_ids, valid_counts = sample_training_set(shards, cfg.vector, train_size, cfg.seed, cache)
+    sample, sample_ids, valid_counts = sample_training_set(shards, cfg.vector, train_size + held_out, cfg.seed, cache)
     n_valid = sum(valid_counts)
     if n_valid == 0:
         raise InputError(f"no row has a {cfg.vector} vector (e.g. --vector text with no captions)")
+    split = np.random.default_rng(cfg.seed + 2).permutation(len(sample))
+    xt, xt_ids = sample[split[: len(sample) - held_out]], sample_ids[split[: len(sample) - held_out]]
+    xh = sample[split[len(sample) - held_out :]] if held_out else xt  # baseline on held-out vectors when there are some
     timings = {"sample_s": time.monotonic() - t}
     t = time.monotonic()
-    try:
-        template = train_template(factory, xt)
-    except RuntimeError as exc:
-        raise SettingsError(
-            f"cannot train {factory!r} on {len(xt)} vectors: {exc}; pass a smaller --factory or more data"
-        ) from exc
+    template, training = reusable_template(cfg, d, xh)
+    if template is None:
+        log.info(
+            "building %s over %d vectors (%s, dim %d), training on %d (%s)",
+            factory,
+            total,
+            cfg.vector,
+            d,
+            len(xt),
+            training["reason"],
+        )
+        try:
+            template = train_template(factory, xt)
+        except RuntimeError as exc:
+            raise SettingsError(
+                f"cannot train {factory!r} on {len(xt)} vectors: {exc}; pass a smaller --factory or more data"
+            ) from exc
+        training["baseline_errors"] = codec_errors(template, xh)
+        training["baseline_on"] = (
+            "held-out vectors" if held_out else "the training sample (too few vectors to hold some out)"
+        )
+    else:
+        factory = training["factory"]
+        log.info(
+            "building %s over %d vectors (%s, dim %d) on the template of %s (%s)",
+            factory,
+            total,
+            cfg.vector,
+            d,
+            cfg.template,
+            training["reason"],
+        )
+        training["baseline_errors"] = training.get("baseline_errors") or codec_errors(template, xh)
     timings["train_s"] = time.monotonic() - t
     t = time.monotonic()
     index, ids_table = add_and_merge(template, shards, cfg.vector, valid_counts, cfg.workers, cache)
@@ -255,7 +326,8 @@ def build_index(cfg: BuildSettings) -> dict:
     t = time.monotonic()
     rng = np.random.default_rng(cfg.seed + 1)
     pick = rng.choice(len(xt), size=min(cfg.recall_queries, len(xt)), replace=False)
-    recall = measure_recall(index, xt[pick], xt_ids[pick], (cache.vectors(s) for s in shards), k=10)
+    ladder = nprobe_ladder(ivf.nlist) if ivf is not None else []
+    recall = measure_recall(index, xt[pick], xt_ids[pick], (cache.vectors(s) for s in shards), k=10, nprobes=ladder)
     timings["recall_s"] = time.monotonic() - t
 
     manifest = {
@@ -270,6 +342,7 @@ def build_index(cfg: BuildSettings) -> dict:
         "nprobe": nprobe,
         "train_size": int(len(xt)),
         "seed": cfg.seed,
+        "training": training,
         "recall": recall,
         "gpu_training": faiss.get_num_gpus() > 0 and ivf is not None,
         "source": {"path": cfg.embeddings, "manifest": source},
@@ -281,6 +354,7 @@ def build_index(cfg: BuildSettings) -> dict:
     storage.remove_temporaries(cfg.output)
     t = time.monotonic()
     faiss_io.write_index(index, storage.join(cfg.output, INDEX_FILE))
+    faiss_io.write_index(template, storage.join(cfg.output, TEMPLATE_FILE))
     with storage.atomic_open(storage.join(cfg.output, IDS_FILE)) as fh:
         pq.write_table(ids_table, fh)
     timings["write_s"] = time.monotonic() - t

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from encoders.errors import InputError, SettingsError
+from encoders.errors import InputError
 from index_builder import faiss_io, storage
 from index_builder.build import IDS_FILE, INDEX_FILE
 from index_builder.embeddings import MANIFEST
+from index_builder.params import search_parameters
 
 
 @dataclass(frozen=True)
@@ -23,20 +24,6 @@ class Hit:
     id: str
     score: float
     caption: str | None
-
-
-def search_parameters(index: faiss.Index, nprobe: int) -> faiss.SearchParameters:
-    """Per-call parameters that probe `nprobe` inverted lists of `index`, through an OPQ/PCA
-    pre-transform. SettingsError when the index has no inverted lists."""
-    index = faiss.downcast_index(index)
-    if isinstance(index, faiss.IndexIVF):
-        return faiss.SearchParametersIVF(nprobe=nprobe)
-    if not isinstance(index, faiss.IndexPreTransform):
-        raise SettingsError(f"--nprobe applies to IVF indexes, not to this {type(index).__name__}: leave it out")
-    params, inner = faiss.SearchParametersPreTransform(), search_parameters(index.index, nprobe)
-    params.index_params = inner
-    params.referenced_objects = [inner]  # SWIG holds a raw pointer to `inner`: keep it alive
-    return params
 
 
 class LoadedIndex:

@@ -22,11 +22,13 @@ from dataclasses import fields, is_dataclass
 
 from encoders.errors import SettingsError, UsageError
 from encoders.settings import BACKBONES, FUSIONS, TrainConfig
+from index_builder import storage
 from index_builder.embeddings import VECTOR_COLUMNS
-from index_builder.settings import BuildSettings
+from index_builder.settings import RETRAIN, BuildSettings
 from pipelines.datasets.items import LABELLED
 from pipelines.embed.settings import DECODE_AHEAD, DUPLICATE_POLICIES, PRECISIONS, PREPROCESS_MODES, EmbedSettings
 from pipelines.inputs import Columns
+from pipelines.reindex.settings import ReindexSettings
 from pipelines.search.settings import SearchSettings
 from pipelines.training.settings import FinetuneSettings
 
@@ -81,7 +83,6 @@ def add_columns(p: argparse.ArgumentParser, defaults: Columns, names: tuple[str,
 
 
 def _add_embed(sub) -> None:
-    s = EmbedSettings
     p = sub.add_parser(
         "embed",
         help="embed Parquet shards into embedding shards (Beam)",
@@ -89,20 +90,26 @@ def _add_embed(sub) -> None:
         "Options Beam knows (--runner, ...) go to Beam.",
     )
     p.add_argument(
+        "--output", required=True, metavar="DIR", help="output directory (embeddings/, rejects/, manifest.json)"
+    )
+    _embed_options(p, required=True)
+
+
+def _embed_options(p: argparse.ArgumentParser, required: bool) -> None:
+    """Every embed option but --output (shared by `embed` and `reindex`)."""
+    s = EmbedSettings
+    p.add_argument(
         "--input",
         dest="inputs",
         nargs="+",
         action="extend",
-        required=True,
+        required=required,
         metavar="GLOB",
         help="Parquet files, globs or directories (local or fsspec URLs)",
     )
     p.add_argument(
-        "--output", required=True, metavar="DIR", help="output directory (embeddings/, rejects/, manifest.json)"
-    )
-    p.add_argument(
         "--model",
-        required=True,
+        required=required,
         metavar="SPEC",
         help="a CLIP checkpoint or a fine-tuned directory (local or URL), or a hub id",
     )
@@ -174,10 +181,21 @@ def _add_embed(sub) -> None:
 
 
 def _add_build(sub) -> None:
-    s = BuildSettings
     p = sub.add_parser("build-index", help="train, add and merge a FAISS index over embedding shards")
     p.add_argument("--embeddings", required=True, metavar="DIR", help="output directory of `embed`")
     p.add_argument("--output", required=True, metavar="IDX")
+    p.add_argument(
+        "--template",
+        default=BuildSettings.template,
+        metavar="IDX",
+        help="an earlier index whose trained template to reuse (see --retrain)",
+    )
+    _build_options(p)
+
+
+def _build_options(p: argparse.ArgumentParser) -> None:
+    """Every build-index option but the paths (shared by `build-index` and `reindex`)."""
+    s = BuildSettings
     p.add_argument("--vector", choices=tuple(VECTOR_COLUMNS), default=s.vector)
     p.add_argument(
         "--factory", default=s.factory, help="faiss index_factory string (default: chosen from row count and dim)"
@@ -190,6 +208,62 @@ def _add_build(sub) -> None:
     p.add_argument(
         "--workers", type=int, default=s.workers, help="processes adding shards in parallel (default %(default)s)"
     )
+    p.add_argument(
+        "--retrain",
+        choices=RETRAIN,
+        default=s.retrain,
+        help="with an earlier template: auto (reuse unless the vectors drifted), always, never",
+    )
+    p.add_argument(
+        "--drift-threshold",
+        type=float,
+        default=s.drift_threshold,
+        help="auto retrains when the codec or coarse error grows past this many times (default %(default)s)",
+    )
+
+
+def _add_reindex(sub) -> None:
+    r = ReindexSettings
+    p = sub.add_parser(
+        "reindex",
+        help="the nightly job: incremental embed, index, gates, report, atomic publish (exit 3: a gate failed)",
+        description="Embed today's catalogue against the published run (unchanged rows keep their vectors), build "
+        "the index on the published template unless the vectors drifted, check the gates and publish ROOT/LATEST "
+        "only if they pass. Exit 0 published (or nothing to do), 3 a gate failed (LATEST untouched), 2 usage error.",
+    )
+    p.add_argument("--root", metavar="ROOT", help="runs/ and LATEST live here (local or fsspec URL)")
+    p.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="any of these options as TOML (flags override it; a [beam] table holds Beam options)",
+    )
+    p.add_argument("--keep", type=int, default=r.keep, help="runs kept under ROOT/runs (default %(default)s)")
+    p.add_argument("--max-reject-rate", type=float, default=r.max_reject_rate, help="gate (default %(default)s)")
+    p.add_argument(
+        "--min-recall", type=float, default=r.min_recall, help="gate: recall@10 vs exact search (default %(default)s)"
+    )
+    p.add_argument(
+        "--canary-queries",
+        default=r.canary_queries,
+        metavar="FILE",
+        help="text file (a query per line) or Parquet with a query column",
+    )
+    p.add_argument(
+        "--min-canary-overlap",
+        type=float,
+        default=r.min_canary_overlap,
+        help="gate: mean top-10 overlap with the published index (default %(default)s)",
+    )
+    p.add_argument("--report-queries", type=int, default=r.report_queries, help="queries shown in report.html")
+    p.add_argument(
+        "--lock-stale-after",
+        type=float,
+        default=r.lock_stale_after,
+        metavar="SECONDS",
+        help="take over a lock whose heartbeat is this old (default %(default)s)",
+    )
+    _embed_options(p, required=False)
+    _build_options(p)
 
 
 def _add_search(sub) -> None:
@@ -331,7 +405,16 @@ def build_parser() -> Parser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (_add_embed, _add_build, _add_search, _add_finetune, _add_evaluate, _add_report, _add_helpers):
+    for add in (
+        _add_embed,
+        _add_build,
+        _add_reindex,
+        _add_search,
+        _add_finetune,
+        _add_evaluate,
+        _add_report,
+        _add_helpers,
+    ):
         add(sub)
     parser.commands = sub.choices  # name -> its parser
     return parser
@@ -352,7 +435,7 @@ def beam_args(parser: Parser, args: argparse.Namespace, rest: list[str]) -> list
     """The leftover arguments, when they are Beam options of `embed`; SettingsError otherwise."""
     if not rest:
         return []
-    if args.command != "embed":
+    if args.command not in ("embed", "reindex"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from pipelines.embed.beam import beam_flags, unknown_beam_args
 
@@ -362,10 +445,88 @@ def beam_args(parser: Parser, args: argparse.Namespace, rest: list[str]) -> list
     flag = next((a for a in unknown if a.startswith("-")), unknown[0])
     if not flag.startswith("-"):
         raise SettingsError(f"unexpected argument {flag!r}")
-    ours = [o for a in parser.commands["embed"]._actions for o in a.option_strings]
+    ours = [o for a in parser.commands[args.command]._actions for o in a.option_strings]
     close = difflib.get_close_matches(flag.split("=", 1)[0], ours + beam_flags(), n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
-    raise SettingsError(f"unknown option {flag}: neither an embed option nor a Beam pipeline option{hint}")
+    raise SettingsError(f"unknown option {flag}: neither an {args.command} option nor a Beam pipeline option{hint}")
+
+
+def load_config(p: argparse.ArgumentParser, path: str) -> tuple[dict, list[str]]:
+    """(defaults for `p`'s options, Beam arguments) from a TOML file: keys are option names
+    (batch-size or batch_size); a [beam] table holds Beam options ({runner = "..."} or a list)."""
+    import tomllib
+
+    fs, fp = storage.url_to_fs(path)
+    try:
+        with fs.open(fp, "rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"--config {path}: cannot read it as TOML ({exc})") from exc
+    beam = data.pop("beam", {})
+    actions = {o[2:]: a for a in p._actions for o in a.option_strings if o.startswith("--") and o != "--config"}
+    defaults = {}
+    for key, value in data.items():
+        action = actions.get(key.replace("_", "-"))
+        if action is None:
+            close = difflib.get_close_matches(key.replace("_", "-"), list(actions), n=1)
+            raise SettingsError(
+                f"--config {path}: unknown option {key!r}" + (f"; did you mean {close[0]}?" if close else "")
+            )
+        defaults[action.dest] = _config_value(action, key, value, path)
+    if isinstance(beam, dict):
+        beam = [f"--{k}" if v is True else f"--{k}={v}" for k, v in beam.items() if v is not False]
+    return defaults, [str(a) for a in beam]
+
+
+def _config_value(action: argparse.Action, key: str, value, path: str):
+    """A TOML value as the option's flag would have given it."""
+    if action.nargs in ("+", "*"):
+        value = [value] if isinstance(value, str) else value
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise SettingsError(f"--config {path}: {key} must be a string or a list of strings")
+        return value
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise SettingsError(f"--config {path}: {key} must be true or false")
+        return value
+    if action.type is not None:
+        try:
+            return action.type(value)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"--config {path}: {key} = {value!r}: {exc}") from exc
+    return value
+
+
+def with_config(parser: Parser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """Parse `argv`; for reindex --config, again with the file's values as defaults (flags win)."""
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "reindex" or not args.config:
+        return args, rest
+    p = parser.commands["reindex"]
+    defaults, beam = load_config(p, args.config)
+    extend = {a.dest for a in p._actions if a.nargs in ("+", "*")}
+    p.set_defaults(**{k: v for k, v in defaults.items() if k not in extend or getattr(args, k) is None})
+    args, rest = parser.parse_known_args(argv)
+    return args, beam + rest  # Beam options on the command line come later and win
+
+
+def cmd_reindex(args, rest: list[str]) -> int:
+    from pipelines.reindex.run import run_reindex
+
+    missing = [flag for flag, v in (("--root", args.root), ("--input", args.inputs), ("--model", args.model)) if not v]
+    if missing:
+        raise SettingsError(f"reindex needs {', '.join(missing)} (on the command line or in --config)")
+    args.output = args.embeddings = args.root  # each run's own paths are set by the driver
+    args.template = None
+    r = run_reindex(settings_from(ReindexSettings, args), rest)
+    c = r.record.get("counts", {})
+    how = {"published": "published", "rejected": "REJECTED (LATEST unchanged)", "unchanged": "nothing to do"}[r.status]
+    print(
+        f"run {r.run_id}: {how}; "
+        + ", ".join(f"{k} {v}" for k, v in c.items())
+        + (f"; failed gates: {', '.join(r.record['failed_gates'])}" if r.status == "rejected" else "")
+    )
+    return r.exit_code
 
 
 def cmd_embed(args, rest: list[str]) -> int:
@@ -495,17 +656,17 @@ def cmd_make_random_clip(args, rest) -> int:
 
 
 COMMANDS = {
-    "embed": cmd_embed, "build-index": cmd_build, "search": cmd_search, "finetune": cmd_finetune,
-    "evaluate": cmd_evaluate, "report": cmd_report, "make-catalogue": cmd_make_catalogue,
+    "embed": cmd_embed, "reindex": cmd_reindex, "build-index": cmd_build, "search": cmd_search,
+    "finetune": cmd_finetune, "evaluate": cmd_evaluate, "report": cmd_report, "make-catalogue": cmd_make_catalogue,
     "make-sample": cmd_make_sample, "make-random-clip": cmd_make_random_clip,
 }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns the exit status (0 done, 2 usage error; a bug raises)."""
+    """Run one command; returns the exit status (0 done, 2 usage error, 3 a reindex gate failed; a bug raises)."""
     parser = build_parser()
     try:
-        args, rest = parser.parse_known_args(argv)
+        args, rest = with_config(parser, argv)
         _setup_logging(args.verbose, args.quiet)
         return COMMANDS[args.command](args, beam_args(parser, args, rest))
     except SystemExit as exc:  # argparse: --help (0) or a one-line error (2)

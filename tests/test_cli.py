@@ -214,6 +214,33 @@ BAD_CLI = {
         ["build-index", "--embeddings", "{tmp}", "--output", "{tmp}/i"],
         "has no manifest.json: the embed run did not finish",
     ),
+    "`reindex` without --root": (["reindex", "--input", "{cat}", "--model", "{model}"], "reindex needs --root"),
+    "`reindex ... --max-reject-rate 2`": (
+        ["reindex", "--input", "{cat}", "--root", "{tmp}/root", "--model", "{model}", "--max-reject-rate", "2"],
+        "--max-reject-rate must be between 0 and 1 (got 2.0)",
+    ),
+    "`reindex ... --retrain sometimes`": (
+        ["reindex", "--input", "{cat}", "--root", "{tmp}/root", "--model", "{model}", "--retrain", "sometimes"],
+        "argument --retrain: invalid choice: 'sometimes'",
+    ),
+    "`reindex ... --canary-queries FILE` that does not exist": (
+        [
+            "reindex",
+            "--input",
+            "{cat}",
+            "--root",
+            "{tmp}/root",
+            "--model",
+            "{model}",
+            "--canary-queries",
+            "{tmp}/q.txt",
+        ],
+        "--canary-queries {tmp}/q.txt does not exist",
+    ),
+    "`reindex --config FILE` with a misspelt option": (
+        ["reindex", "--config", "{badconfig}"],
+        "unknown option 'bach-size'; did you mean batch-size?",
+    ),
     "`search ... --k 0`": (["search", "--index", "{idx}", "--text", "red", "--k", "0"], "--k must be >= 1 (got 0)"),
     "`search ... --k -3`": (["search", "--index", "{idx}", "--text", "red", "--k", "-3"], "--k must be >= 1 (got -3)"),
     "`search ... --nprobe 0`": (
@@ -267,6 +294,7 @@ def places(built, tiny_clip, tmp_path_factory):
     root, cat, emb, idx = built
     tmp = tmp_path_factory.mktemp("bad-cli")
     (tmp / "notimage.jpg").write_bytes(b"<html>403 Forbidden</html>")
+    (tmp / "nightly.toml").write_text("bach-size = 4\n")
     split_cat = tmp / "split"
     split_cat.mkdir()
     pq.write_table(
@@ -280,6 +308,7 @@ def places(built, tiny_clip, tmp_path_factory):
         "model": tiny_clip,
         "tmp": str(tmp),
         "notimage": str(tmp / "notimage.jpg"),
+        "badconfig": str(tmp / "nightly.toml"),
         "split_cat": str(split_cat),
     }
 

@@ -185,3 +185,38 @@ def test_streaming_build_equals_the_cached_build(emb_dir, tmp_path):
     x = np.concatenate([read_vectors(s, "fused")[0] for s in list_shards(emb_dir)])[::50]
     ia, ib = LoadedIndex.load(str(tmp_path / "cached")), LoadedIndex.load(str(tmp_path / "streamed"))
     assert [[h.id for h in r] for r in ia.search(x, 5)] == [[h.id for h in r] for r in ib.search(x, 5)]
+
+
+def test_an_earlier_template_is_reused_unless_the_vectors_drifted(emb_dir, tmp_path):
+    first = build_index(BuildSettings(emb_dir, str(tmp_path / "a"), factory="IVF32,PQ8x4np", seed=0))
+    assert first["training"]["mode"] == "trained" and os.path.exists(tmp_path / "a" / "template.faiss")
+    assert set(first["training"]["baseline_errors"]) == {"reconstruction", "coarse"}
+    assert [r["nprobe"] for r in first["recall"]["by_nprobe"]] == [1, 2, 4, 8, 16, 32]
+
+    again = build_index(BuildSettings(emb_dir, str(tmp_path / "b"), seed=0, template=str(tmp_path / "a")))
+    assert again["training"]["mode"] == "reused" and again["training"]["reason"].startswith("no drift")
+    assert again["factory"] == "IVF32,PQ8x4np"  # the template's, not the default for this size
+    same = [open(tmp_path / d / "index.faiss", "rb").read() for d in ("a", "b")]
+    assert same[0] == same[1]  # the same template and vectors give the same index, byte for byte
+
+    rng = np.random.default_rng(11)
+    moved = str(tmp_path / "moved")
+    write_embeddings(moved, [clustered(4500, 32, rng, centres=30)])
+    drifted = build_index(BuildSettings(moved, str(tmp_path / "c"), template=str(tmp_path / "a")))
+    assert drifted["training"]["mode"] == "trained" and drifted["training"]["reason"].startswith("drifted:")
+    kept = build_index(BuildSettings(moved, str(tmp_path / "d"), template=str(tmp_path / "a"), retrain="never"))
+    assert kept["training"]["mode"] == "reused" and kept["training"]["reason"] == "--retrain never"
+    forced = build_index(BuildSettings(emb_dir, str(tmp_path / "e"), template=str(tmp_path / "a"), retrain="always"))
+    assert forced["training"]["mode"] == "trained" and forced["training"]["reason"] == "--retrain always"
+    other = build_index(
+        BuildSettings(emb_dir, str(tmp_path / "f"), factory="IVF16,PQ8x4np", template=str(tmp_path / "a"))
+    )
+    assert other["training"]["reason"] == "factory changed (IVF32,PQ8x4np -> IVF16,PQ8x4np)"
+
+
+def test_recall_is_measured_at_each_nprobe_against_exact_search(emb_dir, tmp_path):
+    m = build_index(BuildSettings(emb_dir, str(tmp_path / "idx"), factory="IVF32,Flat", nprobe=2))
+    curve = {r["nprobe"]: r["recall_at_k"] for r in m["recall"]["by_nprobe"]}
+    assert list(curve) == [1, 2, 4, 8, 16, 32] and curve[2] == m["recall"]["recall_at_k"]
+    assert curve[32] == 1.0 > curve[1]  # exact codes: probing every list is exact search
+    assert all(a <= b for a, b in zip(list(curve.values()), list(curve.values())[1:]))

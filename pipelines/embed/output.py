@@ -40,14 +40,16 @@ def run_key(settings: EmbedSettings, plan: InputPlan, model_fingerprint: str, fu
     return json.loads(json.dumps(key))  # the form it takes in .run.json (tuples become lists)
 
 
-def prepare_output(output: str, key: dict, restart: bool) -> bool:
+def prepare_output(output: str, key: dict, restart: bool, companions: tuple[str, ...] = ()) -> bool:
     """Get `output` ready; return True when an interrupted identical run's shards can be reused.
 
     The manifest goes first, so no reader takes the directory as complete while we work.
-    A directory holding anything but a fusionindex run is refused.
+    A directory holding anything but a fusionindex run (and the `companions` a caller keeps
+    beside it, such as a nightly run's index/ and run.json) is refused.
     """
     names = storage.listdir(output)
-    foreign = [n for n in names if not n.startswith(".") and n not in (MANIFEST, EMBEDDINGS, REJECTS)]
+    ours = (MANIFEST, EMBEDDINGS, REJECTS, *companions)
+    foreign = [n for n in names if not n.startswith(".") and n not in ours]
     if foreign:
         raise InputError(
             f"--output {output} already holds files that are not a fusionindex run ({', '.join(foreign[:5])}); "
@@ -59,7 +61,7 @@ def prepare_output(output: str, key: dict, restart: bool) -> bool:
     for sub in ("", EMBEDDINGS, REJECTS):  # one run per output directory at a time
         storage.remove_temporaries(storage.join(output, sub) if sub else output)
     if not same:
-        if names:
+        if EMBEDDINGS in names or REJECTS in names:
             log.info("clearing the previous run in %s", output)
         for name in (EMBEDDINGS, REJECTS):
             storage.remove(storage.join(output, name), recursive=True)

@@ -69,11 +69,18 @@ def previous_run(path: str, model_fingerprint: str, fusion_params: dict) -> tupl
     return shards, info
 
 
-def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None, *, previous: str | None = None) -> dict:
+def run_embed(
+    settings: EmbedSettings,
+    beam_args: list[str] | None = None,
+    *,
+    previous: str | None = None,
+    companions: tuple[str, ...] = (),
+) -> dict:
     """Run the whole embed job; return the manifest written to `settings.output/manifest.json`.
 
     `previous`: the output directory of an earlier run to compare against (a nightly reindex):
-    rows unchanged since then copy its vectors instead of being embedded again."""
+    rows unchanged since then copy its vectors instead of being embedded again. `companions`:
+    names the caller keeps in the output directory (see prepare_output)."""
     started = datetime.now(UTC)
     t0 = time.monotonic()
     s = settings
@@ -98,7 +105,7 @@ def run_embed(settings: EmbedSettings, beam_args: list[str] | None = None, *, pr
     key = run_key(s, plan, model_fp, fusion_params)
     if previous_info is not None:
         key["previous"] = previous_info
-    resume = prepare_output(s.output, key, s.restart)
+    resume = prepare_output(s.output, key, s.restart, companions)
     join_path = storage.join(s.output, JOIN_FILE)
     storage.remove(join_path)
     committed = len(list_shards(s.output, require_complete=False)) if resume else 0

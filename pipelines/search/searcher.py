@@ -15,6 +15,7 @@ from encoders.models import load_towers
 from encoders.towers import Towers, embed_query
 from index_builder import storage
 from index_builder.search import Hit, LoadedIndex
+from pipelines.reindex.root import resolve_index
 from pipelines.search.settings import SearchSettings
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,9 @@ class Searcher:
 
     @classmethod
     def open(cls, index: str, model: str | None = None, device: str | None = None) -> Searcher:
-        """Load IDX and the model (default: the one recorded in the embeddings manifest)."""
-        idx = LoadedIndex.load(index)
+        """Load IDX (or, for a nightly ROOT, the index of the run LATEST names) and the model
+        (default: the one recorded in the embeddings manifest)."""
+        idx = LoadedIndex.load(resolve_index(index))
         source = idx.manifest["source"]["manifest"]
         towers = load_towers(model or source["model"]["spec"], device=device)
         if towers.dim != idx.dim:

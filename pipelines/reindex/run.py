@@ -1,0 +1,185 @@
+"""The nightly reindex driver: lock ROOT, pick (or resume) a run, embed it against the published
+run, build its index on the published template, check the gates, write the report, and only then
+publish (LATEST) and prune.
+
+Counts of a run (run.json, README "Nightly reindex"): `new`, `changed`, `unchanged` split the
+embedded rows by comparison with the published run (same id, image bytes and caption under the
+same model and fusion: unchanged); `deleted` counts ids of the published run with no success row
+today; `rejected` and `skipped` are as in `embed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from index_builder import storage
+from index_builder.build import build_index
+from pipelines.embed.run import run_embed
+from pipelines.reindex.canary import canary_overlap, load_queries
+from pipelines.reindex.gates import check_gates, failed
+from pipelines.reindex.lock import RunLock
+from pipelines.reindex.report import REPORT_HTML, REPORT_JSON, write_report
+from pipelines.reindex.root import INDEX, RUN_JSON, new_run_id, prune, publish, read_latest, read_run, run_ids, run_path
+from pipelines.reindex.settings import ReindexSettings
+
+log = logging.getLogger(__name__)
+
+EXIT_PUBLISHED = 0
+EXIT_GATE_FAILED = 3
+COMPANIONS = (INDEX, RUN_JSON, REPORT_HTML, REPORT_JSON)  # kept in a run directory beside the embed output
+COUNTS = ("read", "embedded", "new", "changed", "unchanged", "deleted", "rejected", "skipped")
+
+
+@dataclass
+class ReindexResult:
+    run_id: str
+    status: str  # published | rejected | unchanged (LATEST already holds this input and settings)
+    exit_code: int
+    record: dict  # the run's run.json
+
+
+def inputs_key(s: ReindexSettings) -> str:
+    """What a night computes from: the settings and every input file's size and change marker."""
+    files = storage.expand(list(s.embed.inputs))
+    doc = {"settings": s.as_dict(), "inputs": {f: storage.version(f) for f in files}}
+    return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_reindex(s: ReindexSettings, beam_args: list[str] | None = None) -> ReindexResult:
+    """One night: returns how it ended (exit code 0 published or unchanged, 3 a gate failed)."""
+    storage.makedirs(s.root)
+    queries = load_queries(s.canary_queries) if s.canary_queries else None  # a bad file fails before any work
+    with RunLock(s.root, run_id=None, stale_after=s.lock_stale_after) as lock:
+        return _night(s, beam_args or [], queries, lock)
+
+
+def _resumable(root: str, key: str, published: str | None) -> str | None:
+    """The newest unfinished run of the same input, settings and published run (a killed night)."""
+    for run_id in reversed(run_ids(root)):
+        rec = read_run(root, run_id)
+        if rec and rec.get("status") == "running" and rec.get("inputs_key") == key and rec.get("previous") == published:
+            return run_id
+    return None
+
+
+def _stage(stages: dict, name: str, started: float, **figures) -> None:
+    stages[name] = {"seconds": round(time.monotonic() - started, 3), **figures}
+
+
+def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, lock: RunLock) -> ReindexResult:
+    root = s.root
+    latest = read_latest(root)
+    published = latest["run"].rsplit("/", 1)[-1] if latest else None
+    key = inputs_key(s)
+    if published and (read_run(root, published) or {}).get("inputs_key") == key:
+        log.info("LATEST (run %s) already holds this input and these settings: nothing to do", published)
+        return ReindexResult(published, "unchanged", EXIT_PUBLISHED, read_run(root, published))
+    run_id = _resumable(root, key, published)
+    if run_id:
+        log.info("resuming the unfinished run %s", run_id)
+    run_id = run_id or new_run_id(datetime.now(UTC), set(run_ids(root)))
+    lock.record["run"] = run_id
+    run = run_path(root, run_id)
+    record = read_run(root, run_id) or {
+        "run": run_id,
+        "status": "running",
+        "inputs_key": key,
+        "previous": published,
+        "started_at": datetime.now(UTC).isoformat(),
+        "settings": s.as_dict(),
+    }
+    storage.write_json(storage.join(run, RUN_JSON), record)
+    stages: dict = {}
+    previous_dir = run_path(root, published) if published else None
+
+    t = time.monotonic()
+    em = run_embed(replace(s.embed, output=run), beam_args, previous=previous_dir, companions=COMPANIONS)
+    read = em["counts"]["read"]
+    _stage(
+        stages,
+        "embed",
+        t,
+        rows=read,
+        rows_per_s=round(read / max(time.monotonic() - t, 1e-9), 1),
+        embedded=em["counts"]["embedded"] - em["counts"].get("unchanged", 0),
+        timings=em["timings"],
+    )
+
+    t = time.monotonic()
+    comparable = bool(em["previous"] and em["previous"]["comparable"])
+    template = storage.join(previous_dir, INDEX) if comparable else None
+    im = build_index(replace(s.build, embeddings=run, output=storage.join(run, INDEX), template=template))
+    training = {k: v for k, v in im["training"].items() if k in ("mode", "reason", "from", "errors", "baseline_errors")}
+    if previous_dir and not comparable:
+        training["reason"] = "the model or fusion changed since the published run: trained anew"
+    _stage(stages, "index", t, vectors=im["ntotal"], timings=im["timings"])
+
+    t = time.monotonic()
+    canary = None
+    if queries is not None:
+        if not published:
+            canary = {"skipped": "no published run to compare with (first night)"}
+        elif not comparable:
+            canary = {"skipped": "the model or fusion changed since the published run: rankings change on purpose"}
+        else:
+            from pipelines.search.searcher import Searcher
+
+            searcher = Searcher.open(storage.join(run, INDEX), s.embed.model, s.embed.device)
+            canary = canary_overlap(searcher, storage.join(previous_dir, INDEX), queries)
+    gates = check_gates(
+        em["counts"],
+        im,
+        max_reject_rate=s.max_reject_rate,
+        min_recall=s.min_recall,
+        canary=canary,
+        min_canary_overlap=s.min_canary_overlap,
+    )
+    bad = failed(gates)
+    _stage(stages, "gates", t)
+    record.update(
+        status="rejected" if bad else "published",
+        counts={k: em["counts"].get(k, 0) for k in COUNTS},
+        rejects_by_reason=em["counts"]["rejects_by_reason"],
+        gates=[g.as_dict() for g in gates],
+        failed_gates=[g.name for g in bad],
+        index={
+            "factory": im["factory"],
+            "ntotal": im["ntotal"],
+            "nprobe": im["nprobe"],
+            "recall": im["recall"],
+            "training": training,
+        },
+        canary=canary,
+        model=em["model"],
+        runtime=em["runtime"],
+        finished_at=datetime.now(UTC).isoformat(),
+    )
+    record["stages"] = stages  # the report shows the stages before its own
+    t = time.monotonic()
+    write_report(run, record, em, im, s, queries)
+    _stage(stages, "report", t)
+    record["seconds"] = round(sum(v["seconds"] for v in stages.values()), 3)
+    storage.write_json(storage.join(run, RUN_JSON), record)
+    if bad:
+        for g in bad:
+            log.error("gate %s failed: %s (limit %s): %s", g.name, g.value, g.limit, g.detail)
+        prune(root, s.keep, protect={run_id} | ({published} if published else set()))
+        return ReindexResult(run_id, "rejected", EXIT_GATE_FAILED, record)
+    publish(
+        root,
+        run_id,
+        {
+            "published_at": datetime.now(UTC).isoformat(),
+            "counts": record["counts"],
+            "model": em["model"]["spec"],
+            "index": f"runs/{run_id}/{INDEX}",
+        },
+    )
+    prune(root, s.keep, protect={run_id})
+    log.info("published run %s: %s", run_id, ", ".join(f"{k} {v}" for k, v in record["counts"].items()))
+    return ReindexResult(run_id, "published", EXIT_PUBLISHED, record)

@@ -1,0 +1,96 @@
+"""The nightly job's pure parts: gates, lock staleness, run naming and pruning, canary files, the plot."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from encoders.errors import InputError
+from pipelines.reindex.canary import load_queries
+from pipelines.reindex.gates import check_gates, failed
+from pipelines.reindex.lock import is_stale
+from pipelines.reindex.report import recall_plot
+from pipelines.reindex.root import new_run_id, prune, publish, read_latest, resolve_index, run_ids, run_path
+
+COUNTS = {"read": 100, "embedded": 90, "rejected": 4, "skipped": 6, "new": 10, "changed": 5, "unchanged": 75,
+          "rejects_by_reason": {"corrupt_image": 4}}  # fmt: skip
+INDEX = {"ntotal": 90, "vector": "fused", "nprobe": 8, "recall": {"recall_at_k": 0.9, "k": 10}}
+
+
+def gates(counts=COUNTS, index=INDEX, canary=None, **limits):
+    limits = {"max_reject_rate": 0.05, "min_recall": 0.8, "min_canary_overlap": 0.5, **limits}
+    return {g.name: g for g in check_gates(counts, index, canary=canary, **limits)}
+
+
+def test_every_gate_passes_on_a_healthy_night():
+    g = gates()
+    assert [n for n, x in g.items() if x.passed is False] == []
+    assert g["reject_rate"].value == round(4 / 94, 6) and g["canary_overlap"].passed is None
+
+
+@pytest.mark.parametrize("change,gate", [
+    (dict(counts={**COUNTS, "rejected": 40, "read": 136}), "reject_rate"),
+    (dict(index={**INDEX, "ntotal": 89}), "index_holds_every_embedded_row"),
+    (dict(index={**INDEX, "recall": {"recall_at_k": 0.5, "k": 10}}), "recall"),
+    (dict(counts={**COUNTS, "unchanged": 74}), "count_invariant"),
+    (dict(canary={"mean_overlap": 0.2, "k": 10, "queries": 5}), "canary_overlap"),
+])  # fmt: skip
+def test_each_gate_fails_on_its_own(change, gate):
+    assert [g.name for g in failed(list(gates(**change).values()))] == [gate]
+
+
+def test_text_index_expects_rows_with_a_caption_only():
+    g = gates(index={**INDEX, "ntotal": 80, "skipped_null_vectors": 10, "vector": "text"})
+    assert g["index_holds_every_embedded_row"].passed and g["index_holds_every_embedded_row"].limit == "== 80"
+    assert gates(canary={"skipped": "first night"})["canary_overlap"].passed is None
+
+
+def test_a_lock_is_stale_when_its_heartbeat_is_old_or_its_process_is_gone():
+    here = socket.gethostname()
+    assert not is_stale({"host": here, "pid": os.getpid(), "heartbeat": 1000.0}, 1000.0 + 10, stale_after=60)
+    assert is_stale({"host": here, "pid": os.getpid(), "heartbeat": 1000.0}, 1000.0 + 61, stale_after=60)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert is_stale({"host": here, "pid": gone.pid, "heartbeat": 1000.0}, 1000.0, stale_after=60)
+    assert not is_stale({"host": "another-machine", "pid": gone.pid, "heartbeat": 1000.0}, 1000.0, stale_after=60)
+
+
+def test_runs_are_named_sortably_pruned_and_latest_is_followed(tmp_path):
+    root = str(tmp_path)
+    now = datetime(2026, 11, 27, 17, 5, 1, tzinfo=UTC)
+    assert new_run_id(now, set()) == "20261127T170501Z"
+    assert new_run_id(now, {"20261127T170501Z", "20261127T170501Z-2"}) == "20261127T170501Z-3"
+    for run_id in ("20261125T000000Z", "20261126T000000Z", "20261127T000000Z"):
+        os.makedirs(os.path.join(run_path(root, run_id), "index"))
+    assert resolve_index(root) == root and read_latest(root) is None
+    publish(root, "20261125T000000Z", {"note": "old"})
+    assert read_latest(root) == {"run": "runs/20261125T000000Z", "note": "old"}
+    assert resolve_index(root) == os.path.join(root, "runs", "20261125T000000Z", "index")
+    assert prune(root, keep=1, protect={"20261125T000000Z"}) == ["20261126T000000Z"]
+    assert run_ids(root) == ["20261125T000000Z", "20261127T000000Z"]
+
+
+def test_canary_files_text_or_parquet(tmp_path):
+    (tmp_path / "q.txt").write_text("# canaries\nred shoes\n\n  blue bag  \n")
+    assert load_queries(str(tmp_path / "q.txt")) == ["red shoes", "blue bag"]
+    pq.write_table(pa.table({"query": ["a", None, "b"]}), tmp_path / "q.parquet")
+    assert load_queries(str(tmp_path / "q.parquet")) == ["a", "b"]
+    pq.write_table(pa.table({"words": ["a"]}), tmp_path / "bad.parquet")
+    with pytest.raises(InputError, match="no query, text, caption column"):
+        load_queries(str(tmp_path / "bad.parquet"))
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(InputError, match="holds no queries"):
+        load_queries(str(tmp_path / "empty.txt"))
+
+
+def test_recall_plot_marks_the_chosen_nprobe():
+    svg = recall_plot([{"nprobe": n, "recall_at_k": r} for n, r in ((1, 0.5), (2, 0.7), (4, 0.9))], chosen=2)
+    assert svg.startswith('<svg id="recall-plot"') and svg.count("<circle") == 3 and 'fill="#c22"' in svg
+    assert "polyline" in svg and recall_plot([], None).startswith("<p>")
