@@ -55,7 +55,8 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 # The main job on a small real sample: emoji catalogue -> fine-tune a ResNet18 + MiniLM model
-# briefly (reused when $(DEMO)/model exists) -> evaluate -> embed (Beam) -> index -> search -> HTML.
+# briefly (reused when $(DEMO)/model exists) -> evaluate -> embed (Beam) -> index -> search -> HTML,
+# then two nights of `reindex` (incremental, gated, published through ROOT/LATEST).
 demo: install data-packages
 	$(FI) make-catalogue --source emoji --output $(DEMO)/catalogue
 	@if [ -f $(DEMO)/model/fusionindex.json ] && [ -f $(DEMO)/model/training.json ]; then \
@@ -71,8 +72,19 @@ demo: install data-packages
 	@$(FI) -q search --index $(DEMO)/index --text "red fruit" --k 3 --json
 	$(FI) -q report --index $(DEMO)/index --output $(DEMO)/report.html --queries "smiling cat" "red fruit" "rocket" \
 	  --queries-from $(DEMO)/catalogue --split test --n 12
+	@echo "== two nights of the nightly job (ROOT $(DEMO)/nightly)"
+	rm -rf $(DEMO)/nightly $(DEMO)/night1
+	$(FI) -q make-catalogue --source emoji --limit 1200 --output $(DEMO)/night1
+	$(FI) -q make-catalogue --source openclipart --limit 100 --output $(DEMO)/night1
+	@echo "== night 1: the first 1,200 emoji and 100 clip-art images"
+	$(FI) -q reindex --input $(DEMO)/night1 --root $(DEMO)/nightly --model $(DEMO)/model --fusion attention
+	@echo "== night 2: all 1,322 emoji and no clip art: 122 new rows, 100 deleted, 1,200 unchanged (copied, not embedded)"
+	$(FI) -q reindex --input $(DEMO)/catalogue --root $(DEMO)/nightly --model $(DEMO)/model --fusion attention
+	@echo "== search --index $(DEMO)/nightly (follows LATEST) --text 'smiling cat'"
+	@$(FI) -q search --index $(DEMO)/nightly --text "smiling cat" --k 3
 	@echo
-	@echo "Open $(DEMO)/report.html. Figures: $(DEMO)/eval.json (test split), $(DEMO)/model/training.json."
+	@echo "Open $(DEMO)/report.html and $(DEMO)/nightly/runs/*/report.html (one per night)."
+	@echo "Figures: $(DEMO)/eval.json (test split), $(DEMO)/model/training.json, $(DEMO)/nightly/runs/*/run.json."
 	@echo "The image tower starts from random weights (no pretrained CNN is reachable offline) and trains"
 	@echo "for a few CPU minutes, so expect rough rankings; see docs/finetune-report.md for a longer run."
 

@@ -44,6 +44,8 @@ INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 TEMPLATE_FILE = "template.faiss"
 HELD_OUT = 10_000  # vectors kept out of training to measure the codec's errors (the drift baseline)
+MIN_SPARE = 1_000  # fewer vectors beyond the training sample than this: hold out a tenth of the data instead
+FRESH_SAMPLE = 10_000  # vectors computed today (not copied) on which a reused template is tested
 METRIC = faiss.METRIC_INNER_PRODUCT
 
 
@@ -97,6 +99,22 @@ class ShardCache:
 
     def vectors(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
         return arrow_to_vectors(self.table(shard).column(2))
+
+
+def fresh_sample(shards: list[Shard], cache: ShardCache, size: int, seed: int) -> np.ndarray:
+    """Up to `size` vectors (seeded uniform sample) of rows whose vectors were computed, not
+    copied from a previous run: the vectors a reused template has never seen."""
+    parts = []
+    for shard in shards:
+        names = storage.read_schema(shard.path).names
+        copied = (storage.read_parquet(shard.path, ["copied"]).column(0).to_numpy(zero_copy_only=False)
+                  if "copied" in names else np.zeros(shard.num_rows, bool))  # fmt: skip
+        x, valid = cache.vectors(shard)
+        parts.append(x[valid & ~copied.astype(bool)])
+    fresh = np.concatenate(parts)
+    if len(fresh) > size:
+        fresh = fresh[np.sort(np.random.default_rng(seed).choice(len(fresh), size, replace=False))]
+    return fresh
 
 
 def sample_training_set(
@@ -212,9 +230,10 @@ def add_and_merge(
     return merged, table
 
 
-def reusable_template(cfg: BuildSettings, d: int, sample: np.ndarray) -> tuple[faiss.Index | None, dict]:
-    """The earlier build's template when it may be reused for these vectors, else None; and
-    the decision record ({"mode", "reason", "from", "errors"...}) for the manifest."""
+def reusable_template(cfg: BuildSettings, d: int, fresh: np.ndarray) -> tuple[faiss.Index | None, dict]:
+    """The earlier build's template when it may be reused, else None; and the decision record
+    ({"mode", "reason", "from", "errors"...}) for the manifest. `fresh`: vectors the template has
+    not seen (computed today, not copied), on which the drift test runs."""
     if cfg.template is None:
         return None, {"mode": "trained", "reason": "no earlier index to reuse"}
     if cfg.retrain == "always":
@@ -236,7 +255,9 @@ def reusable_template(cfg: BuildSettings, d: int, sample: np.ndarray) -> tuple[f
     if cfg.retrain == "never" or not baseline:
         reason = "--retrain never" if cfg.retrain == "never" else "no baseline errors recorded: reused as is"
         return template, {**decision, "reason": reason}
-    now = codec_errors(template, sample)
+    if not len(fresh):
+        return template, {**decision, "reason": "no drift test: every vector was copied from the earlier run"}
+    now = codec_errors(template, fresh)
     drifted, why = drift(baseline, now, cfg.drift_threshold)
     record = {"errors": now, "baseline_errors": baseline, "reason": ("drifted: " if drifted else "no drift: ") + why}
     if drifted:
@@ -268,7 +289,9 @@ def build_index(cfg: BuildSettings) -> dict:
     factory = cfg.factory or choose_factory(total, d)
     new_index(d, factory)  # a bad --factory fails here, before any vector is read
     train_size = cfg.train_size or choose_train_size(total, factory)
-    held_out = min(HELD_OUT, max(0, total - train_size))
+    spare = total - train_size  # held-out vectors measure the codec on data it did not train on
+    held_out = min(HELD_OUT, spare) if spare >= MIN_SPARE else min(HELD_OUT, total // 10)
+    train_size = min(train_size, total - held_out)
 
     t = time.monotonic()
     cache = ShardCache(cfg.vector, cfg.cache_bytes)
@@ -281,7 +304,8 @@ def build_index(cfg: BuildSettings) -> dict:
     xh = sample[split[len(sample) - held_out :]] if held_out else xt  # baseline on held-out vectors when there are some
     timings = {"sample_s": time.monotonic() - t}
     t = time.monotonic()
-    template, training = reusable_template(cfg, d, xh)
+    fresh = fresh_sample(shards, cache, FRESH_SAMPLE, cfg.seed + 3) if cfg.template else np.zeros((0, d), np.float32)
+    template, training = reusable_template(cfg, d, fresh)
     if template is None:
         log.info(
             "building %s over %d vectors (%s, dim %d), training on %d (%s)",
@@ -299,9 +323,7 @@ def build_index(cfg: BuildSettings) -> dict:
                 f"cannot train {factory!r} on {len(xt)} vectors: {exc}; pass a smaller --factory or more data"
             ) from exc
         training["baseline_errors"] = codec_errors(template, xh)
-        training["baseline_on"] = (
-            "held-out vectors" if held_out else "the training sample (too few vectors to hold some out)"
-        )
+        training["baseline_on"] = f"{len(xh)} held-out vectors" if held_out else "the training sample (too few vectors)"
     else:
         factory = training["factory"]
         log.info(

@@ -1,7 +1,8 @@
 """The embeddings directory contract shared by `embed` (writer) and `build-index` (reader).
 
     DIR/embeddings/part-SSSSS-of-NNNNN.parquet   id, caption, image_embedding,
-                                                 text_embedding, fused_embedding, content_hash
+                                                 text_embedding, fused_embedding, content_hash,
+                                                 copied
     DIR/rejects/part-SSSSS-of-NNNNN.parquet      id, source_file, row_index, reason, message
     DIR/manifest.json                            written last, only on success
 
@@ -9,8 +10,9 @@ Vectors are fixed-size lists of float32, L2-normalised, never null. `text_embedd
 all zeros for rows without a caption (their fused vector is then the image vector): a zero
 vector scores 0 against any query, and null fixed-size lists do not survive a Parquet round
 trip in pyarrow 25 ("Expected all lists to be of size=d"). `content_hash` (16 bytes, xxh3-128
-of the encoded image) lets a nightly reindex tell unchanged rows; readers select columns by
-name, so shards written before it existed still read.
+of the encoded image) lets a nightly reindex tell unchanged rows; `copied` is true where the
+vectors were copied from the previous run instead of computed (the drift test looks at the
+others). Readers select columns by name, so shards written before these existed still read.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def embeddings_schema(dim: int) -> pa.Schema:
             ("text_embedding", vec),
             ("fused_embedding", vec),
             ("content_hash", pa.binary(16)),
+            ("copied", pa.bool_()),
         ]
     )
 
@@ -57,12 +60,16 @@ def embeddings_table(
     text: np.ndarray,
     fused: np.ndarray,
     content: list[bytes | None] | None = None,
+    copied: list[bool] | None = None,
 ) -> pa.Table:
-    """A shard table: rows aligned across the lists and [n, d] vector arrays (content: null when not given)."""
+    """A shard table: rows aligned across the lists and [n, d] vector arrays (content: null,
+    copied: false when not given)."""
     d = image.shape[1]
     content = content if content is not None else [None] * len(ids)
+    copied = copied if copied is not None else [False] * len(ids)
     columns = [pa.array(ids, pa.string()), pa.array(captions, pa.string())]
-    columns += [vectors_to_arrow(v) for v in (image, text, fused)] + [pa.array(content, pa.binary(16))]
+    columns += [vectors_to_arrow(v) for v in (image, text, fused)]
+    columns += [pa.array(content, pa.binary(16)), pa.array(copied, pa.bool_())]
     return pa.Table.from_arrays(columns, schema=embeddings_schema(d))
 
 

@@ -110,7 +110,8 @@ def test_build_index_self_query_and_id_mapping(emb_dir, tmp_path):
     m = build_index(BuildSettings(emb_dir, out, seed=3))
     assert m["factory"] == choose_factory(4500, 32) and m["ntotal"] == 4500 and m["metric"] == "inner_product"
     assert json.load(open(os.path.join(out, "manifest.json"))) == m
-    assert m["source"]["manifest"]["dim"] == 32 and m["train_size"] == 4500
+    assert m["source"]["manifest"]["dim"] == 32 and m["train_size"] == 4050  # a tenth held out for the baseline
+    assert m["training"]["baseline_on"] == "450 held-out vectors"
     idx = LoadedIndex.load(out)
     assert idx.ids[:2] == ["s0-r0", "s0-r1"] and idx.ids[1500] == "s1-r0" and idx.ids[-1] == "s2-r1799"
     x = np.concatenate([read_vectors(s, "fused")[0] for s in list_shards(emb_dir)])

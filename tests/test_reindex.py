@@ -307,3 +307,18 @@ def test_the_report_renders_in_a_real_browser_with_every_image_and_the_plot(tmp_
                    capture_output=True, timeout=120, check=True)  # fmt: skip
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.shape == (1400, 1000) and (pixels < 128).mean() > 0.01  # not a blank page
+
+
+def test_a_pq_template_is_reused_when_few_rows_change_and_its_baseline_is_held_out(tmp_path, tiny_clip):
+    """The drift test compares the codec's error on today's computed vectors with its error on
+    vectors held out of training: a template that memorised a small catalogue is not 'drifted'."""
+    make_sample(str(tmp_path / "n1"), rows=400, shards=2, seed=8, row_group_size=50)
+    # the same generator with more rows: shard 0 keeps its rows and gains 20, shard 1's rows change
+    make_sample(str(tmp_path / "n2"), rows=440, shards=2, seed=8, row_group_size=50)
+    root = str(tmp_path / "root")
+    for night in ("n1", "n2"):
+        assert reindex(root, tiny_clip, str(tmp_path / night), "--factory", "IVF8,PQ4x4np", "--min-recall", "0") == 0
+    one, two = (run_json(root, r)["index"]["training"] for r in run_ids(root))
+    assert one["mode"] == "trained" and two["mode"] == "reused" and two["reason"].startswith("no drift:"), two
+    first = json.load(open(os.path.join(run_path(root, run_ids(root)[0]), "index", "manifest.json")))
+    assert first["training"]["baseline_on"] == "39 held-out vectors"  # a tenth of 396 rows

@@ -102,7 +102,8 @@ def shard_table(good: list[RowResult], dim: int) -> pa.Table:
         return np.stack([getattr(r.outcome, attr) for r in good]) if good else np.zeros((0, dim), np.float32)
 
     ids, captions, content = [r.id for r in good], [r.caption for r in good], [r.content for r in good]
-    return embeddings_table(ids, captions, stack("image"), stack("text"), stack("fused"), content)
+    copied = [r.kind == "unchanged" for r in good]
+    return embeddings_table(ids, captions, stack("image"), stack("text"), stack("fused"), content, copied)
 
 
 def previous_rows(shard_path: str, rows: list[int]) -> list[tuple[Embedded, bytes | None]]:
