@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from encoders.errors import InputError, SettingsError
 from index_builder import faiss_io, storage
-from index_builder.drift import codec_errors, drift
+from index_builder.drift import blend, codec_errors, drift
 from index_builder.embeddings import MANIFEST, Shard, arrow_to_vectors, list_shards, vector_column
 from index_builder.factory import choose_factory, choose_nprobe, choose_train_size
 from index_builder.params import nprobe_ladder
@@ -101,20 +101,24 @@ class ShardCache:
         return arrow_to_vectors(self.table(shard).column(2))
 
 
-def fresh_sample(shards: list[Shard], cache: ShardCache, size: int, seed: int) -> np.ndarray:
-    """Up to `size` vectors (seeded uniform sample) of rows whose vectors were computed, not
-    copied from a previous run: the vectors a reused template has never seen."""
-    parts = []
+def fresh_sample(shards: list[Shard], cache: ShardCache, size: int, seed: int) -> tuple[np.ndarray, int, int]:
+    """(up to `size` vectors, seeded uniform sample, of rows whose vectors were computed rather
+    than copied from a previous run: vectors a reused template has never seen; the number of
+    computed rows; the number of copied rows)."""
+    parts, copied_rows = [], 0
     for shard in shards:
         names = storage.read_schema(shard.path).names
         copied = (storage.read_parquet(shard.path, ["copied"]).column(0).to_numpy(zero_copy_only=False)
                   if "copied" in names else np.zeros(shard.num_rows, bool))  # fmt: skip
         x, valid = cache.vectors(shard)
-        parts.append(x[valid & ~copied.astype(bool)])
+        copied = copied.astype(bool)
+        parts.append(x[valid & ~copied])
+        copied_rows += int((valid & copied).sum())
     fresh = np.concatenate(parts)
+    fresh_rows = len(fresh)
     if len(fresh) > size:
         fresh = fresh[np.sort(np.random.default_rng(seed).choice(len(fresh), size, replace=False))]
-    return fresh
+    return fresh, fresh_rows, copied_rows
 
 
 def sample_training_set(
@@ -230,10 +234,12 @@ def add_and_merge(
     return merged, table
 
 
-def reusable_template(cfg: BuildSettings, d: int, fresh: np.ndarray) -> tuple[faiss.Index | None, dict]:
+def reusable_template(
+    cfg: BuildSettings, d: int, fresh: np.ndarray, fresh_rows: int, copied_rows: int
+) -> tuple[faiss.Index | None, dict]:
     """The earlier build's template when it may be reused, else None; and the decision record
-    ({"mode", "reason", "from", "errors"...}) for the manifest. `fresh`: vectors the template has
-    not seen (computed today, not copied), on which the drift test runs."""
+    ({"mode", "reason", "from", "errors"...}) for the manifest. `fresh`: a sample of the vectors the
+    template has not seen (computed today, not copied), on which the drift test measures."""
     if cfg.template is None:
         return None, {"mode": "trained", "reason": "no earlier index to reuse"}
     if cfg.retrain == "always":
@@ -255,11 +261,18 @@ def reusable_template(cfg: BuildSettings, d: int, fresh: np.ndarray) -> tuple[fa
     if cfg.retrain == "never" or not baseline:
         reason = "--retrain never" if cfg.retrain == "never" else "no baseline errors recorded: reused as is"
         return template, {**decision, "reason": reason}
+    previous = earlier["training"].get("estimated_errors") or baseline
     if not len(fresh):
-        return template, {**decision, "reason": "no drift test: every vector was copied from the earlier run"}
+        record = {"baseline_errors": baseline, "estimated_errors": previous}
+        return template, {**decision, **record, "reason": "no drift test: every vector was copied from the earlier run"}
     now = codec_errors(template, fresh)
-    drifted, why = drift(baseline, now, cfg.drift_threshold)
-    record = {"errors": now, "baseline_errors": baseline, "reason": ("drifted: " if drifted else "no drift: ") + why}
+    estimate = blend(previous, now, copied_rows, fresh_rows)
+    drifted, why = drift(baseline, estimate, cfg.drift_threshold)
+    why = f"index estimate {why}; the {fresh_rows} vectors computed today: " + ", ".join(
+        f"{k} {v:.4g}" for k, v in now.items()
+    )
+    record = {"errors": now, "estimated_errors": estimate, "baseline_errors": baseline, "fresh_rows": fresh_rows,
+              "copied_rows": copied_rows, "reason": ("drifted: " if drifted else "no drift: ") + why}  # fmt: skip
     if drifted:
         return None, {**decision, **record, "mode": "trained"}
     return template, {**decision, **record}
@@ -304,8 +317,10 @@ def build_index(cfg: BuildSettings) -> dict:
     xh = sample[split[len(sample) - held_out :]] if held_out else xt  # baseline on held-out vectors when there are some
     timings = {"sample_s": time.monotonic() - t}
     t = time.monotonic()
-    fresh = fresh_sample(shards, cache, FRESH_SAMPLE, cfg.seed + 3) if cfg.template else np.zeros((0, d), np.float32)
-    template, training = reusable_template(cfg, d, fresh)
+    fresh, fresh_rows, copied_rows = (
+        fresh_sample(shards, cache, FRESH_SAMPLE, cfg.seed + 3) if cfg.template else (np.zeros((0, d)), 0, 0)
+    )
+    template, training = reusable_template(cfg, d, fresh, fresh_rows, copied_rows)
     if template is None:
         log.info(
             "building %s over %d vectors (%s, dim %d), training on %d (%s)",
@@ -322,7 +337,7 @@ def build_index(cfg: BuildSettings) -> dict:
             raise SettingsError(
                 f"cannot train {factory!r} on {len(xt)} vectors: {exc}; pass a smaller --factory or more data"
             ) from exc
-        training["baseline_errors"] = codec_errors(template, xh)
+        training["baseline_errors"] = training["estimated_errors"] = codec_errors(template, xh)
         training["baseline_on"] = f"{len(xh)} held-out vectors" if held_out else "the training sample (too few vectors)"
     else:
         factory = training["factory"]

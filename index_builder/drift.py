@@ -5,8 +5,13 @@ template was trained:
 - `reconstruction`: mean squared error of the index's own codec (`sa_encode` then `sa_decode`:
   the coarse list plus PQ/SQ codes; 0 for exact codes);
 - `coarse`: mean squared distance to the nearest coarse centroid (IVF indexes only).
-A reused template stays good while both stay near their training-time values; a template is
-retrained when either grows past `threshold` times its baseline.
+A reused template stays good while the index's errors stay near their training-time values.
+Each night only the vectors computed that night can be measured fairly (copied ones may have
+been training points, which a codec nearly memorises), so the index's error is an estimate
+carried from night to night: copied rows keep the previous night's estimate, computed rows bring
+their measured error, weighted by row counts (`blend`). A handful of unusual new rows does not
+retrain a template; the same shift accumulated over many nights, or arriving at once in a large
+share of the catalogue, does, once the estimate grows past `threshold` times the baseline.
 """
 
 from __future__ import annotations
@@ -38,6 +43,12 @@ def codec_errors(index: faiss.Index, x: np.ndarray) -> dict[str, float]:
         centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
         out["coarse"] = float(((xt - centroids[assign[:, 0]]) ** 2).sum(1).mean())
     return out
+
+
+def blend(previous: dict[str, float], fresh: dict[str, float], copied_rows: int, fresh_rows: int) -> dict[str, float]:
+    """The index's estimated errors: copied rows keep `previous`, computed rows bring `fresh`."""
+    total = copied_rows + fresh_rows
+    return {k: (copied_rows * previous[k] + fresh_rows * fresh[k]) / total for k in fresh if k in previous}
 
 
 def drift(baseline: dict[str, float], now: dict[str, float], threshold: float = DEFAULT_THRESHOLD) -> tuple[bool, str]:

@@ -39,3 +39,15 @@ def test_embed_and_rss_sections(tmp_path):
     assert r["embed"]["bare_loop"]["rows"] == 16 and r["embed"]["embed"]["peak_rss_mib"] > 0
     assert len(r["embed"]["paired_ratios"]) == 2
     assert set(r["rss"]["peak_rss_mib"]) == {"8", "80"}
+
+
+@pytest.mark.slow
+def test_reindex_section(tmp_path):
+    out = tmp_path / "r.json"
+    argv = "--sections reindex --reindex-rows 200 --batch-size 8".split()
+    assert main([*argv, "--output", str(out), "--workdir", str(tmp_path / "w")]) == 0
+    r = json.loads(out.read_text())["reindex"]
+    assert r["expected"] == {"changed": 2, "deleted": 1, "new": 2, "unchanged": 197}
+    for shapes in ("exact_shapes", "default_shapes"):
+        assert r[shapes]["counts_as_expected"] and r[shapes]["index_ids_exact"], r[shapes]
+    assert r["exact_shapes"]["unchanged_rows_differing_from_full_rebuild"] == 0

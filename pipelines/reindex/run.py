@@ -114,7 +114,8 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
     comparable = bool(em["previous"] and em["previous"]["comparable"])
     template = storage.join(previous_dir, INDEX) if comparable else None
     im = build_index(replace(s.build, embeddings=run, output=storage.join(run, INDEX), template=template))
-    training = {k: v for k, v in im["training"].items() if k in ("mode", "reason", "from", "errors", "baseline_errors")}
+    keep = ("mode", "reason", "from", "errors", "estimated_errors", "baseline_errors", "fresh_rows", "copied_rows")
+    training = {k: v for k, v in im["training"].items() if k in keep}
     if previous_dir and not comparable:
         training["reason"] = "the model or fusion changed since the published run: trained anew"
     _stage(stages, "index", t, vectors=im["ntotal"], timings=im["timings"])

@@ -30,3 +30,17 @@ def test_same_distribution_does_not_drift_and_a_new_one_does(factory):
 def test_exact_codes_have_nothing_to_compare():
     assert drift({"reconstruction": 0.0}, {"reconstruction": 0.0}) == (False, "exact codes: nothing to drift")
     assert drift({"reconstruction": 0.0, "coarse": 1.0}, {"reconstruction": 0.0, "coarse": 1.3})[0]
+
+
+def test_the_index_estimate_weighs_computed_rows_by_their_share_and_accumulates():
+    from index_builder.drift import blend
+
+    baseline = {"reconstruction": 1.0, "coarse": 2.0}
+    night = blend(baseline, {"reconstruction": 3.0, "coarse": 2.0}, copied_rows=98, fresh_rows=2)
+    assert night == {"reconstruction": 1.04, "coarse": 2.0}
+    assert not drift(baseline, night)[0]  # 2% unusual rows do not retrain the template
+    estimate = baseline
+    for _ in range(12):  # the same 2% a night, night after night: the shift accumulates
+        estimate = blend(estimate, {"reconstruction": 3.0, "coarse": 2.0}, copied_rows=98, fresh_rows=2)
+    assert drift(baseline, estimate)[0] and round(estimate["reconstruction"], 3) == 1.431  # 3 - 2 * 0.98**12
+    assert drift(baseline, blend(baseline, {"reconstruction": 3.0, "coarse": 2.0}, 70, 30))[0]  # a large share at once
