@@ -118,6 +118,7 @@ def test_another_model_makes_every_row_seen_before_changed(nights, tmp_path):
     )
     c = m["counts"]
     assert m["previous"]["comparable"] is False
+    assert m["previous"]["reason"] == "the model's weights or preprocessing changed", m["previous"]
     assert (c["unchanged"], c["changed"], c["new"]) == (
         0,
         len(expect["changed"] | expect["unchanged"]),

@@ -56,15 +56,23 @@ def previous_run(path: str, model_fingerprint: str, fusion_params: dict) -> tupl
     m = storage.read_json(manifest_path)
     shards = tuple(s.path for s in list_shards(path))
     hashed = all("content_hash" in storage.read_schema(p).names for p in shards[:1])
-    same = m["model"]["fingerprint"] == model_fingerprint and m["fusion"] == fusion_params
+    reasons = []
+    if m["model"]["fingerprint"] != model_fingerprint:
+        reasons.append("the model's weights or preprocessing changed")
+    if m["fusion"] != fusion_params:
+        changed = sorted(k for k in {*m["fusion"], *fusion_params} if m["fusion"].get(k) != fusion_params.get(k))
+        reasons.append("the fusion settings changed (" + ", ".join(changed) + ")")
     if not hashed:
-        log.warning("the previous run's shards carry no content hashes: every row seen before counts as changed")
+        reasons.append("its shards carry no content hashes (written before incremental runs)")
+    if reasons:
+        log.warning("every row seen in %s counts as changed: %s", path, "; ".join(reasons))
     info = {
         "path": path,
         "finished_at": m.get("finished_at"),
         "model_fingerprint": m["model"]["fingerprint"],
         "fusion": m["fusion"],
-        "comparable": same and hashed,
+        "comparable": not reasons,
+        "reason": "; ".join(reasons) or None,
     }
     return shards, info
 

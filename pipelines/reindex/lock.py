@@ -7,6 +7,10 @@ taken over, when its heartbeat is older than `stale_after`, or when its owner is
 host that no longer exists (a run killed with kill -9 is taken over at once by the next run on
 the same machine). On a filesystem whose fsspec driver has no exclusive create, the lock falls
 back to write-then-read-back (a race of a few milliseconds remains; say so in its log).
+Heartbeats replace the file atomically, so a reader never sees half a record; a lock that still
+cannot be read (truncated by hand, say) is judged by its file's age. A run whose lock was taken
+over while it ran (its heartbeat stalled past `stale_after`) learns it at its next beat and
+`ensure_held` refuses to publish.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ LOCK = ".lock"
 
 class Busy(UsageError):
     """Another reindex holds the lock of this ROOT."""
+
+
+class LockLost(Busy):
+    """Another reindex took this run's lock over while it ran; it must not publish."""
 
 
 def _alive(pid: int) -> bool:
@@ -57,6 +65,7 @@ class RunLock:
         self.record = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "run": run_id}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.lost: dict | None = None  # the record that replaced ours, once a heartbeat finds it
 
     def _write(self, mode: str) -> None:
         fs, p = storage.url_to_fs(self.path)
@@ -77,9 +86,29 @@ class RunLock:
             time.sleep(0.2)
             return storage.read_json(self.path).get("token") == self.record["token"]
 
+    def _read_held(self) -> dict:
+        """The lock record on ROOT; an unreadable one is aged by its file's modification time."""
+        for attempt in range(3):
+            try:
+                held = storage.read_json(self.path)
+                if isinstance(held, dict):
+                    return held
+            except FileNotFoundError:
+                return {}
+            except ValueError:
+                pass
+            time.sleep(0.2 * (attempt + 1))
+        fs, p = storage.url_to_fs(self.path)
+        try:
+            mtime = fs.modified(p).timestamp()
+        except (OSError, NotImplementedError):
+            mtime = time.time()
+        log.warning("%s is not a lock record this tool wrote; judging it by its age", self.path)
+        return {"run": "(unreadable lock)", "host": "?", "pid": "?", "heartbeat": mtime}
+
     def __enter__(self) -> RunLock:
         if not self._create():
-            held = storage.read_json(self.path)
+            held = self._read_held()
             if not is_stale(held, time.time(), self.stale_after):
                 age = time.time() - held.get("heartbeat", 0)
                 raise Busy(
@@ -90,6 +119,8 @@ class RunLock:
             log.warning(
                 "taking over the stale lock of run %s (%s pid %s)", held.get("run"), held.get("host"), held.get("pid")
             )
+            if self._read_held().get("token") != held.get("token"):  # someone beat us to it, or it woke up
+                raise Busy(f"the lock {self.path} changed hands while this run looked at it; run again later")
             storage.remove(self.path)
             if not self._create():
                 raise Busy(f"another reindex took over the stale lock {self.path} first")
@@ -100,19 +131,32 @@ class RunLock:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_every):
             try:
-                if storage.read_json(self.path).get("token") != self.record["token"]:
-                    log.error("lost the lock %s to another run", self.path)
+                held = self._read_held()
+                if held.get("token") != self.record["token"]:
+                    self.lost = held
+                    log.error("lost the lock %s to run %s; this run will not publish", self.path, held.get("run"))
                     return
-                self._write("wb")
+                storage.write_json(self.path, {**self.record, "heartbeat": time.time()})
             except OSError as exc:  # a missed beat is retried; a lost lock is reported above
                 log.warning("lock heartbeat failed: %s", exc)
+
+    def ensure_held(self) -> None:
+        """Raise LockLost when another run has taken the lock over (checked afresh, not only by the
+        heartbeat)."""
+        held = self.lost or self._read_held()
+        if held.get("token") != self.record["token"]:
+            raise LockLost(
+                f"another reindex (run {held.get('run')}, {held.get('host')} pid {held.get('pid')}) took over "
+                f"{self.path} while this run worked, so nothing was published; raise --lock-stale-after above "
+                f"the longest stall of this job (now {self.stale_after:.0f} s)"
+            )
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
-            if storage.read_json(self.path).get("token") == self.record["token"]:
+            if self._read_held().get("token") == self.record["token"]:
                 storage.remove(self.path)
         except (OSError, ValueError) as err:
             log.warning("could not release %s: %s", self.path, err)

@@ -43,10 +43,17 @@ class ReindexResult:
     record: dict  # the run's run.json
 
 
+# Settings that change how a night is kept or shown, never what it computes: a night re-run with
+# another --keep or --report-queries is still "nothing to do" (or the same killed run to resume).
+OPERATIONAL = ("keep", "lock_stale_after", "report_queries")
+
+
 def inputs_key(s: ReindexSettings) -> str:
-    """What a night computes from: the settings and every input file's size and change marker."""
+    """What a night computes from: the settings (less OPERATIONAL) and every input file's size and
+    change marker."""
     files = storage.expand(list(s.embed.inputs))
-    doc = {"settings": s.as_dict(), "inputs": {f: storage.version(f) for f in files}}
+    settings = {k: v for k, v in s.as_dict().items() if k not in OPERATIONAL}
+    doc = {"settings": settings, "inputs": {f: storage.version(f) for f in files}}
     return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -106,18 +113,21 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
         t,
         rows=read,
         rows_per_s=round(read / max(time.monotonic() - t, 1e-9), 1),
-        embedded=em["counts"]["embedded"] - em["counts"].get("unchanged", 0),
+        computed=em["counts"]["embedded"] - em["counts"].get("unchanged", 0),  # rows that went through the model
         timings=em["timings"],
     )
 
     t = time.monotonic()
     comparable = bool(em["previous"] and em["previous"]["comparable"])
+    why_not = (
+        f"not comparable with the published run: {em['previous']['reason']}" if previous_dir and not comparable else ""
+    )
     template = storage.join(previous_dir, INDEX) if comparable else None
     im = build_index(replace(s.build, embeddings=run, output=storage.join(run, INDEX), template=template))
     keep = ("mode", "reason", "from", "errors", "estimated_errors", "baseline_errors", "fresh_rows", "copied_rows")
     training = {k: v for k, v in im["training"].items() if k in keep}
     if previous_dir and not comparable:
-        training["reason"] = "the model or fusion changed since the published run: trained anew"
+        training["reason"] = f"{why_not}: trained anew"
     _stage(stages, "index", t, vectors=im["ntotal"], timings=im["timings"])
 
     t = time.monotonic()
@@ -126,7 +136,7 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
         if not published:
             canary = {"skipped": "no published run to compare with (first night)"}
         elif not comparable:
-            canary = {"skipped": "the model or fusion changed since the published run: rankings change on purpose"}
+            canary = {"skipped": f"{why_not}: rankings may change on purpose"}
         else:
             from pipelines.search.searcher import Searcher
 
@@ -171,6 +181,7 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
             log.error("gate %s failed: %s (limit %s): %s", g.name, g.value, g.limit, g.detail)
         prune(root, s.keep, protect={run_id} | ({published} if published else set()))
         return ReindexResult(run_id, "rejected", EXIT_GATE_FAILED, record)
+    lock.ensure_held()
     publish(
         root,
         run_id,

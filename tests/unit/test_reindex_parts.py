@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -15,7 +17,7 @@ import pytest
 from encoders.errors import InputError
 from pipelines.reindex.canary import load_queries
 from pipelines.reindex.gates import check_gates, failed
-from pipelines.reindex.lock import is_stale
+from pipelines.reindex.lock import LOCK, Busy, LockLost, RunLock, is_stale
 from pipelines.reindex.report import recall_plot
 from pipelines.reindex.root import new_run_id, prune, publish, read_latest, resolve_index, run_ids, run_path
 
@@ -62,6 +64,31 @@ def test_a_lock_is_stale_when_its_heartbeat_is_old_or_its_process_is_gone():
     assert not is_stale({"host": "another-machine", "pid": gone.pid, "heartbeat": 1000.0}, 1000.0, stale_after=60)
 
 
+def test_the_lock_excludes_a_second_run_judges_unreadable_locks_by_age_and_knows_when_it_is_lost(tmp_path):
+    root, path = str(tmp_path), str(tmp_path / LOCK)
+    with RunLock(root, "a") as a:
+        with pytest.raises(Busy, match="another reindex \\(run a"):
+            RunLock(root, "b").__enter__()
+        a.ensure_held()
+    assert not os.path.exists(path)  # released
+    with open(path, "w") as fh:
+        fh.write('{"run": "half-writ')  # not a record: judged by the file's age
+    with pytest.raises(Busy, match="unreadable lock"):
+        RunLock(root, "b", stale_after=60).__enter__()
+    os.utime(path, (time.time() - 120, time.time() - 120))
+    with RunLock(root, "b", stale_after=60, heartbeat_every=0.05) as b:
+        b.ensure_held()
+        with open(path, "w") as fh:  # another run took it over (b's heartbeat had stalled, say)
+            fh.write('{"run": "c", "token": "theirs", "host": "elsewhere", "pid": 1, "heartbeat": 0}')
+        deadline = time.time() + 5
+        while b.lost is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert b.lost and b.lost["run"] == "c"
+        with pytest.raises(LockLost, match="took over .* nothing was published"):
+            b.ensure_held()
+    assert os.path.exists(path)  # the other run's lock is left alone
+
+
 def test_runs_are_named_sortably_pruned_and_latest_is_followed(tmp_path):
     root = str(tmp_path)
     now = datetime(2026, 11, 27, 17, 5, 1, tzinfo=UTC)
@@ -94,3 +121,20 @@ def test_recall_plot_marks_the_chosen_nprobe():
     svg = recall_plot([{"nprobe": n, "recall_at_k": r} for n, r in ((1, 0.5), (2, 0.7), (4, 0.9))], chosen=2)
     assert svg.startswith('<svg id="recall-plot"') and svg.count("<circle") == 3 and 'fill="#c22"' in svg
     assert "polyline" in svg and recall_plot([], None).startswith("<p>")
+
+
+def test_a_night_is_keyed_by_what_it_computes_from_not_by_how_it_is_kept(tmp_path):
+    from index_builder.settings import BuildSettings
+    from pipelines.embed.settings import EmbedSettings
+    from pipelines.reindex.run import inputs_key
+    from pipelines.reindex.settings import ReindexSettings
+
+    pq.write_table(pa.table({"id": ["a"]}), tmp_path / "in.parquet")
+    embed = EmbedSettings(inputs=(str(tmp_path / "in.parquet"),), output="", model="m")
+    night = ReindexSettings(root="r", embed=embed, build=BuildSettings(embeddings="", output=""))
+    key = inputs_key(night)
+    assert inputs_key(replace(night, keep=2, report_queries=0, lock_stale_after=60)) == key
+    assert inputs_key(replace(night, min_recall=0.9)) != key
+    assert inputs_key(replace(night, embed=replace(embed, batch_size=3))) != key
+    pq.write_table(pa.table({"id": ["a", "b"]}), tmp_path / "in.parquet")  # the input changed
+    assert inputs_key(night) != key
