@@ -69,11 +69,6 @@ def choose_train_size(n: int, factory: str) -> int:
     return min(n, max(20_000, min(50 * nlist, 2_000_000)))
 
 
-def choose_nprobe(nlist: int) -> int:
-    """A starting nprobe of about sqrt(nlist), at least 8 (or nlist when smaller)."""
-    return min(nlist, max(8, int(math.sqrt(nlist))))
-
-
 def check_factory(factory: str) -> None:
     """Refuse polysemous PQ training (`PQm` without `np` on a non-fast-scan PQ)."""
     for match in re.finditer(r"(?<![A-Za-z])PQ(\d+)(x\d+)?(fs|np)?", factory):  # not the PQ of OPQ

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import faiss
 
 from index_builder import storage
@@ -26,3 +29,18 @@ def to_bytes(index: faiss.Index):
 
 def from_bytes(data) -> faiss.Index:
     return faiss.deserialize_index(data)
+
+
+def read_built(index_path: str, ivfdata_path: str | None) -> faiss.Index:
+    """A built index; when its inverted lists live on disk (`ivfdata_path`, beside it), they are
+    memory-mapped from a local copy (a remote index is first downloaded to a temporary directory
+    that lives as long as the process)."""
+    if ivfdata_path is None:
+        return read_index(index_path)
+    if not storage.is_local(index_path):
+        local = tempfile.mkdtemp(prefix="fusionindex-ondisk-")
+        for src in (index_path, ivfdata_path):
+            storage.get(src, os.path.join(local, os.path.basename(src)))
+        index_path = os.path.join(local, os.path.basename(index_path))
+    _, path = storage.url_to_fs(index_path)
+    return faiss.read_index(path, faiss.IO_FLAG_ONDISK_SAME_DIR)

@@ -13,7 +13,7 @@ import numpy as np
 
 from encoders.errors import InputError
 from index_builder import faiss_io, storage
-from index_builder.build import IDS_FILE, INDEX_FILE
+from index_builder.build import IDS_FILE, INDEX_FILE, IVFDATA_FILE
 from index_builder.embeddings import MANIFEST
 from index_builder.params import search_parameters
 
@@ -41,7 +41,8 @@ class LoadedIndex:
             raise InputError(f"{path} has no {MANIFEST}: not a finished index; run `fusionindex build-index`")
         manifest = storage.read_json(manifest_path)
         table = storage.read_parquet(storage.join(path, IDS_FILE), ["id", "caption"])
-        index = faiss_io.read_index(storage.join(path, INDEX_FILE))
+        ivfdata = storage.join(path, IVFDATA_FILE) if manifest.get("merge") == "disk" else None
+        index = faiss_io.read_built(storage.join(path, INDEX_FILE), ivfdata)
         return cls(index, table.column("id").to_pylist(), table.column("caption").to_pylist(), manifest)
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import posixpath
+import shutil
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -57,6 +58,34 @@ def expand(patterns: list[str]) -> list[str]:
             raise InputError(f"no file matches {pattern!r}; check the path or glob (quote it in the shell)")
         found.update(_unstrip(pattern, fs, m) for m in matches)
     return sorted(found)
+
+
+def put(local: str, path: str) -> None:
+    """Copy the local file `local` to `path` (local or fsspec), appearing whole under its name."""
+    with open(local, "rb") as src, atomic_open(path) as dst:
+        shutil.copyfileobj(src, dst, 16 << 20)
+
+
+def get(path: str, local: str) -> None:
+    """Copy `path` (local or fsspec) to the local file `local`."""
+    fs, p = url_to_fs(path)
+    fs.get(p, local)
+
+
+def is_local(path: str) -> bool:
+    fs, _ = url_to_fs(path)
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def read_bytes(path: str) -> bytes:
+    fs, p = url_to_fs(path)
+    with fs.open(p, "rb") as fh:
+        return fh.read()
+
+
+def size(path: str) -> int:
+    fs, p = url_to_fs(path)
+    return int(fs.size(p))
 
 
 def exists(path: str) -> bool:

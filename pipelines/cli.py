@@ -23,6 +23,7 @@ from dataclasses import fields, is_dataclass
 from encoders.errors import SettingsError, UsageError
 from encoders.settings import BACKBONES, FUSIONS, TrainConfig
 from index_builder import storage
+from index_builder.choose import MERGE
 from index_builder.embeddings import VECTOR_COLUMNS
 from index_builder.settings import RETRAIN, BuildSettings
 from pipelines.datasets.items import LABELLED
@@ -200,13 +201,52 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--factory", default=s.factory, help="faiss index_factory string (default: chosen from row count and dim)"
     )
-    p.add_argument("--nprobe", type=int, default=s.nprobe, help="default: about sqrt(nlist)")
+    p.add_argument(
+        "--max-bytes-per-vector",
+        type=float,
+        default=s.max_bytes_per_vector,
+        metavar="B",
+        help="budget: code bytes per vector (SQ8 is dim bytes, PQ64x8 64); the builder picks the index",
+    )
+    p.add_argument(
+        "--max-memory",
+        default=s.max_memory,
+        metavar="SIZE",
+        help="budget: the whole index in RAM, e.g. 4GB or 512MiB; the builder picks the index",
+    )
+    p.add_argument(
+        "--target-recall",
+        type=float,
+        default=s.target_recall,
+        metavar="R",
+        help="recall@k against exact search that nprobe (and, with a budget, the index) must reach "
+        "(default %(default)s)",
+    )
+    p.add_argument("--recall-k", type=int, default=s.recall_k, help="k of --target-recall (default %(default)s)")
+    p.add_argument(
+        "--recall-queries",
+        type=int,
+        default=s.recall_queries,
+        help="held-out vectors of the data used as queries to measure recall (default %(default)s)",
+    )
+    p.add_argument("--nprobe", type=int, default=s.nprobe, help="default: the smallest reaching --target-recall")
     p.add_argument(
         "--train-size", type=int, default=s.train_size, help="training sample size (default: ~50 per list, >= 20k)"
     )
     p.add_argument("--seed", type=int, default=s.seed)
     p.add_argument(
-        "--workers", type=int, default=s.workers, help="processes adding shards in parallel (default %(default)s)"
+        "--workers",
+        type=int,
+        default=s.workers,
+        help="local processes adding shards in parallel, as a Beam stage (default %(default)s); Beam options "
+        "such as --runner run that stage elsewhere",
+    )
+    p.add_argument(
+        "--merge",
+        choices=MERGE,
+        default=s.merge,
+        help="where the inverted lists are merged: ram, disk (index.ivfdata beside index.faiss, memory-mapped "
+        "when loaded) or auto: disk when the index would take more than half the free memory (default %(default)s)",
     )
     p.add_argument(
         "--retrain",
@@ -356,6 +396,18 @@ def _add_evaluate(sub) -> None:
     add_columns(p, LABELLED, tuple(f.name for f in fields(Columns) if "flag" in f.metadata))
 
 
+def _add_evaluate_index(sub) -> None:
+    p = sub.add_parser(
+        "evaluate-index", help="re-measure an index: recall@1/10/100 against exact search, recall by nprobe, latency"
+    )
+    p.add_argument("--index", required=True, metavar="IDX", help="an index directory, or a reindex ROOT (its LATEST)")
+    p.add_argument("--embeddings", default=None, metavar="DIR", help="default: the directory its manifest records")
+    p.add_argument("--queries", type=positive_int, default=1000, help="vectors of the data used as queries")
+    p.add_argument("--seed", type=int, default=12345, help="query sample seed (not the build's)")
+    p.add_argument("--nprobe", type=positive_int, default=None, help="default: the index's own")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+
+
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="an HTML page of queries and their top results as images")
     p.add_argument("--index", required=True, metavar="IDX")
@@ -412,6 +464,7 @@ def build_parser() -> Parser:
         _add_search,
         _add_finetune,
         _add_evaluate,
+        _add_evaluate_index,
         _add_report,
         _add_helpers,
     ):
@@ -432,10 +485,11 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
 
 
 def beam_args(parser: Parser, args: argparse.Namespace, rest: list[str]) -> list[str]:
-    """The leftover arguments, when they are Beam options of `embed`; SettingsError otherwise."""
+    """The leftover arguments, when they are Beam options (of `embed`, `reindex`, `build-index`);
+    SettingsError otherwise."""
     if not rest:
         return []
-    if args.command not in ("embed", "reindex"):
+    if args.command not in ("embed", "reindex", "build-index"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from pipelines.embed.beam import beam_flags, unknown_beam_args
 
@@ -544,13 +598,17 @@ def cmd_embed(args, rest: list[str]) -> int:
 
 def cmd_build(args, rest) -> int:
     from index_builder.build import build_index
+    from pipelines.index_add import adder_for
 
-    m = build_index(settings_from(BuildSettings, args))
+    settings = settings_from(BuildSettings, args)
+    m = build_index(settings, adder_for(settings.workers, rest))
     r = m["recall"]
     print(
-        f"built {m['factory']} over {m['ntotal']} {m['vector']} vectors in {args.output} (nprobe {m['nprobe']}, "
-        f"recall@{r['k']} {r['recall_at_k']:.3f} vs exact, self@1 {r['self_at_1']:.3f}) "
-        f"in {m['timings']['total_s']:.1f} s"
+        f"built {m['factory']} over {m['ntotal']} {m['vector']} vectors in {args.output} "
+        f"({m['bytes_per_vector']:g} B/vector, {m['memory_bytes'] / 2**20:.1f} MiB; nprobe {m['nprobe']}, "
+        f"recall@{r['k']} {r['recall_at_k']:.3f} vs exact on {r['queries']} held-out queries"
+        + ("" if r["reached"] else f", BELOW the target {r['target']}")
+        + f") in {m['timings']['total_s']:.1f} s"
     )
     return 0
 
@@ -600,6 +658,25 @@ def cmd_evaluate(args, rest) -> int:
         with storage.atomic_open(args.markdown) as fh:
             fh.write(md.encode())
     print(md, end="")
+    return 0
+
+
+def cmd_evaluate_index(args, rest) -> int:
+    from index_builder import storage
+    from index_builder.evaluate_index import evaluate_index
+    from pipelines.reindex.root import resolve_index
+
+    r = evaluate_index(resolve_index(args.index), args.embeddings, args.queries, args.seed, args.nprobe)
+    if args.json:
+        storage.write_json(args.json, r)
+    claimed = r["claimed_recall_at"] or {}
+    print(f"{r['factory']} ({r['ntotal']} vectors) at nprobe {r['nprobe']}, {r['queries']} queries:")
+    for k, v in r["recall_at"].items():
+        said = f" (manifest: {claimed[k]:.3f}, difference {r['difference'][k]:+.3f})" if k in r["difference"] else ""
+        print(f"  recall@{k} {v:.3f}{said}")
+    lat = r["latency"]
+    alone, batched = lat["batch_1_ms"], lat["batch_1024_us_per_query"]
+    print(f"  latency: {alone:.3f} ms a query alone, {batched:.1f} us a query in a batch of 1024")
     return 0
 
 
@@ -657,7 +734,8 @@ def cmd_make_random_clip(args, rest) -> int:
 
 COMMANDS = {
     "embed": cmd_embed, "reindex": cmd_reindex, "build-index": cmd_build, "search": cmd_search,
-    "finetune": cmd_finetune, "evaluate": cmd_evaluate, "report": cmd_report, "make-catalogue": cmd_make_catalogue,
+    "finetune": cmd_finetune, "evaluate": cmd_evaluate, "evaluate-index": cmd_evaluate_index, "report": cmd_report,
+    "make-catalogue": cmd_make_catalogue,
     "make-sample": cmd_make_sample, "make-random-clip": cmd_make_random_clip,
 }  # fmt: skip
 

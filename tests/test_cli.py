@@ -210,6 +210,26 @@ BAD_CLI = {
         ["build-index", "--embeddings", "{emb}", "--output", "{tmp}/i", "--factory", "IVF64,PQ8np,RFlat"],
         "builds a IndexRefineFlat, which the shard-merging build cannot fill",
     ),
+    "`build-index ... --max-memory 4parsecs`": (
+        ["build-index", "--embeddings", "{emb}", "--output", "{tmp}/i", "--max-memory", "4parsecs"],
+        "--max-memory '4parsecs': write a size such as 4GB, 512MiB or 16000000",
+    ),
+    "`build-index ... --max-memory 1kB` (nothing fits)": (
+        ["build-index", "--embeddings", "{emb}", "--output", "{tmp}/i", "--max-memory", "1kB"],
+        "--max-memory 1kB: the smallest here",
+    ),
+    "`build-index ... --factory F --max-memory 4GB`": (
+        ["build-index", "--embeddings", "{emb}", "--output", "{tmp}/i", "--factory", "Flat", "--max-memory", "4GB"],
+        "--factory names the index, --max-bytes-per-vector/--max-memory let the builder choose one: give either",
+    ),
+    "`build-index ... --target-recall 1.5`": (
+        ["build-index", "--embeddings", "{emb}", "--output", "{tmp}/i", "--target-recall", "1.5"],
+        "--target-recall must be in (0, 1] (got 1.5)",
+    ),
+    "`evaluate-index --index DIR` that holds no index": (
+        ["evaluate-index", "--index", "{tmp}"],
+        "has no manifest.json: not a finished index",
+    ),
     "`build-index --embeddings DIR` of an unfinished embed run": (
         ["build-index", "--embeddings", "{tmp}", "--output", "{tmp}/i"],
         "has no manifest.json: the embed run did not finish",

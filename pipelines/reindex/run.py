@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from index_builder import storage
 from index_builder.build import build_index
 from pipelines.embed.run import run_embed
+from pipelines.index_add import adder_for
 from pipelines.reindex.canary import canary_overlap, load_queries
 from pipelines.reindex.gates import check_gates, failed
 from pipelines.reindex.lock import RunLock
@@ -123,7 +124,10 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
         f"not comparable with the published run: {em['previous']['reason']}" if previous_dir and not comparable else ""
     )
     template = storage.join(previous_dir, INDEX) if comparable else None
-    im = build_index(replace(s.build, embeddings=run, output=storage.join(run, INDEX), template=template))
+    im = build_index(
+        replace(s.build, embeddings=run, output=storage.join(run, INDEX), template=template),
+        adder_for(s.build.workers, beam_args),
+    )
     keep = ("mode", "reason", "from", "errors", "estimated_errors", "baseline_errors", "fresh_rows", "copied_rows")
     training = {k: v for k, v in im["training"].items() if k in keep}
     if previous_dir and not comparable:

@@ -1,0 +1,64 @@
+"""`evaluate-index`: re-measure a built index against exact search on queries of its own choosing,
+independently of the build (another seed, any vectors of the data), and set the figures beside
+the ones its manifest claims."""
+
+from __future__ import annotations
+
+import logging
+
+from encoders.errors import InputError
+from index_builder import faiss_io, storage
+from index_builder.build import INDEX_FILE, IVFDATA_FILE, read_vectors, sample_training_set
+from index_builder.embeddings import MANIFEST, list_shards
+from index_builder.recall import KS, exact_neighbours, latency
+from index_builder.tune import tune
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_index(
+    index_dir: str, embeddings: str | None = None, queries: int = 1000, seed: int = 12345, nprobe: int | None = None
+) -> dict:
+    """Recall@1/10/100 of IDX at `nprobe` (default: the manifest's) on `queries` vectors drawn
+    (seeded) from the embeddings it was built from (default: the path its manifest records), each
+    excluded from its own ground truth; the recall-vs-nprobe table; latency; and the differences
+    from the manifest's claims (measured - claimed)."""
+    manifest_path = storage.join(index_dir, MANIFEST)
+    if not storage.exists(manifest_path):
+        raise InputError(f"{index_dir} has no {MANIFEST}: not a finished index; run `fusionindex build-index`")
+    m = storage.read_json(manifest_path)
+    embeddings = embeddings or m["source"]["path"]
+    shards = list_shards(embeddings)
+    ivfdata = storage.join(index_dir, IVFDATA_FILE) if m.get("merge") == "disk" else None
+    index = faiss_io.read_built(storage.join(index_dir, INDEX_FILE), ivfdata)
+    x, ids, valid_counts = sample_training_set(shards, m["vector"], queries, seed)
+    if sum(valid_counts) != index.ntotal:
+        raise InputError(
+            f"{embeddings} holds {sum(valid_counts)} {m['vector']} vectors but {index_dir} indexes {index.ntotal}: "
+            "not the embeddings this index was built from; pass --embeddings"
+        )
+    claimed = m["recall"]
+    k = claimed["k"]
+    width = min(max(*KS, k), max(1, index.ntotal - 1))
+    gt = exact_neighbours(x, ids, (read_vectors(s, m["vector"]) for s in shards), width)
+    chosen = nprobe if nprobe is not None else m.get("nprobe")
+    measured = tune(index, x, ids, gt, k, claimed.get("target", 0.0), chosen)
+    difference = {
+        n: round(measured["recall_at"][n] - claimed["recall_at"][n], 4)
+        for n in measured["recall_at"]
+        if n in claimed.get("recall_at", {}) and chosen == m.get("nprobe")
+    }
+    return {
+        "index": index_dir,
+        "embeddings": embeddings,
+        "factory": m["factory"],
+        "ntotal": int(index.ntotal),
+        "queries": int(len(x)),
+        "seed": seed,
+        "nprobe": measured["nprobe"],
+        "recall_at": measured["recall_at"],
+        "claimed_recall_at": claimed.get("recall_at"),
+        "difference": difference,
+        "by_nprobe": measured["by_nprobe"],
+        "latency": latency(index, x, k, measured["nprobe"]),
+    }

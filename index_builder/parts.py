@@ -1,0 +1,117 @@
+"""Inverted-list parts: what adding one shard produces, and their merges, in RAM or on disk.
+
+A part holds only the inverted lists (ids and codes) of one shard's vectors, serialised with
+faiss's `write_InvertedLists`: never the coarse quantizer, which for IVF65536..1048576 at d=512
+is 128 MiB to 2 GiB. A worker loads the trained template once and, per shard, adds the vectors
+with their global ids, writes the lists and resets the index (`reset` keeps the training).
+
+Merging moves each part's lists into the template's (`InvertedLists.merge_from`, what
+`IndexIVF.merge_from` does without the quantizer check), in shard order, so the result equals
+adding every vector to one copy of the template (byte for byte for PQ, SQ and flat codes; the
+same search results for fast-scan, whose blocks pack differently). On disk, the lists go to an
+`OnDiskInvertedLists` file (`.ivfdata`, memory-mapped by a server) in two passes, sizes first,
+then one part at a time, so peak memory is one part plus the quantizer (`faiss.contrib.ondisk`
+loads every part at once). Fast-scan lists cannot live on disk in faiss; the chooser knows it.
+
+Non-IVF indexes (Flat) have no inverted lists: their part is the serialised part index itself
+(it holds only the shard's vectors) and merging is `merge_from`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+
+import faiss
+import numpy as np
+
+from index_builder import faiss_io, storage
+
+log = logging.getLogger(__name__)
+
+
+def part_name(shard_index: int) -> str:
+    return f"part-{shard_index:05d}.ivl"
+
+
+def add_part(worker_index: faiss.Index, x: np.ndarray, first_id: int) -> np.ndarray:
+    """Add `x` with ids first_id.. into `worker_index` (a trained, empty template owned by the
+    caller), return the part (uint8 array) and leave the index empty again."""
+    ivf = faiss.try_extract_index_ivf(worker_index)
+    if ivf is None:
+        worker_index.add(x)  # flat codes: ids are positions, numbered in merge order
+        data = faiss_io.to_bytes(worker_index)
+    else:
+        worker_index.add_with_ids(x, np.arange(first_id, first_id + len(x), dtype=np.int64))
+        writer = faiss.VectorIOWriter()
+        faiss.write_InvertedLists(ivf.invlists, writer)
+        data = faiss.vector_to_array(writer.data)
+    worker_index.reset()
+    return data
+
+
+def read_part(data: np.ndarray) -> faiss.InvertedLists:
+    reader = faiss.VectorIOReader()
+    faiss.copy_array_to_vector(np.ascontiguousarray(data, dtype=np.uint8), reader.data)
+    return faiss.read_InvertedLists(reader)
+
+
+def _sync_ntotal(index: faiss.Index, ivf: faiss.IndexIVF) -> None:
+    ivf.ntotal = int(sum(ivf.invlists.list_size(i) for i in range(ivf.nlist)))
+    index.ntotal = ivf.ntotal  # an OPQ/PCA pre-transform keeps its own count
+
+
+def _copy(template: faiss.Index) -> faiss.Index:
+    return faiss_io.from_bytes(faiss_io.to_bytes(template))  # clone_index may change the class (IndexFlatIP)
+
+
+def merge_in_ram(template: faiss.Index, parts: Iterable[np.ndarray]) -> faiss.Index:
+    """A copy of `template` holding every part, merged in the order given."""
+    index = _copy(template)
+    ivf = faiss.try_extract_index_ivf(index)
+    for data in parts:
+        if ivf is None:
+            index.merge_from(faiss_io.from_bytes(data), 0)
+        else:
+            ivf.invlists.merge_from(read_part(data), 0)
+    if ivf is not None:
+        _sync_ntotal(index, ivf)
+    return index
+
+
+def _load(path: str) -> faiss.InvertedLists:
+    return read_part(np.frombuffer(storage.read_bytes(path), np.uint8))
+
+
+def merge_on_disk(template: faiss.Index, parts: list[str], ivfdata: str) -> faiss.Index:
+    """A copy of `template` whose inverted lists live in the local file `ivfdata`, holding the
+    parts stored at `parts` (local or fsspec paths), in that order. Peak memory: one part."""
+    index = _copy(template)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None or isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan):
+        raise ValueError(f"{type(faiss.downcast_index(ivf or index)).__name__} lists cannot be merged on disk")
+    sizes = np.zeros(ivf.nlist, dtype=np.int64)
+    for path in parts:  # pass 1: how long each list will be
+        il = _load(path)
+        sizes += [il.list_size(i) for i in range(il.nlist)]
+        del il
+    if os.path.exists(ivfdata):
+        os.remove(ivfdata)
+    ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, ivfdata)
+    for i in np.flatnonzero(sizes):
+        ondisk.resize(int(i), int(sizes[i]))  # allocate every list once, in list order
+    filled = np.zeros(ivf.nlist, dtype=np.int64)
+    for k, path in enumerate(parts):  # pass 2: each part's entries at their offsets
+        il = _load(path)
+        for i in range(il.nlist):
+            n = il.list_size(i)
+            if n:
+                ondisk.update_entries(i, int(filled[i]), n, il.get_ids(i), il.get_codes(i))
+                filled[i] += n
+        del il
+        log.info("merged part %d/%d on disk", k + 1, len(parts))
+    ivf.replace_invlists(ondisk, True)
+    ondisk.this.disown()  # the index owns it now
+    _sync_ntotal(index, ivf)
+    return index

@@ -1,0 +1,78 @@
+"""The parallel add of `build-index` as a Beam stage, on the same runner options as `embed`.
+
+    (shard index, shard path, first global id) --Reshuffle--> AddShards --> PARTS/part-SSSSS.ivl
+
+Each worker loads the trained template once (`DoFn.setup`), adds each shard it is given with
+its global ids and writes only that shard's inverted lists (index_builder.parts): never a copy
+of the coarse quantizer. The driver then merges the parts in shard order (in RAM or on disk).
+Parts are written atomically under deterministic names, so a retried bundle rewrites the same
+file. Not RunInference: there is no model and no batching to do, one shard is one unit of work.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import apache_beam as beam
+import faiss
+
+from index_builder import faiss_io, storage
+from index_builder.build import AddParts, read_vectors
+from index_builder.embeddings import Shard
+from index_builder.parts import add_part, part_name
+
+log = logging.getLogger(__name__)
+
+
+class AddShards(beam.DoFn):
+    """(shard index, shard path, rows, first id) -> the part's path, written under `parts_dir`."""
+
+    def __init__(self, template_path: str, vector: str, parts_dir: str):
+        self.template_path, self.vector, self.parts_dir = template_path, vector, parts_dir
+        self.index: faiss.Index | None = None
+
+    def setup(self) -> None:
+        self.index = faiss_io.read_index(self.template_path)
+
+    def process(self, item):
+        number, path, rows, first_id = item
+        x, valid = read_vectors(Shard(path, rows, {}), self.vector)
+        data = add_part(self.index, x[valid], first_id)
+        out = storage.join(self.parts_dir, part_name(number))
+        with storage.atomic_open(out) as fh:
+            fh.write(data.tobytes())
+        yield out
+
+
+def beam_adder(beam_args: list[str], workers: int = 1) -> AddParts:
+    """An `AddParts` running the AddShards stage with these Beam options; `workers` > 1 with no
+    runner options means that many local worker processes."""
+    args = list(beam_args)
+    if workers > 1 and not any(a.startswith(("--runner", "--direct_num_workers")) for a in args):
+        args += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
+
+    def add(template_path: str, shards: list[Shard], offsets: list[int], vector: str, parts_dir: str) -> list[str]:
+        from pipelines.embed.beam import pipeline_options
+
+        storage.remove(parts_dir, recursive=True)
+        items = [(i, s.path, s.num_rows, first) for i, (s, first) in enumerate(zip(shards, offsets))]
+        with beam.Pipeline(options=pipeline_options(args)) as p:
+            _ = (
+                p
+                | "Shards" >> beam.Create(items)
+                | "Spread" >> beam.Reshuffle()
+                | "AddShards" >> beam.ParDo(AddShards(template_path, vector, parts_dir))
+            )
+        paths = [storage.join(parts_dir, part_name(i)) for i in range(len(shards))]
+        missing = [p for p in paths if not storage.exists(p)]
+        if missing:
+            raise RuntimeError(f"the add stage finished without writing {len(missing)} parts, e.g. {missing[0]}")
+        log.info("added %d shards in a Beam stage (%s)", len(shards), " ".join(args) or "default runner")
+        return paths
+
+    return add
+
+
+def adder_for(workers: int, beam_args: list[str]) -> AddParts | None:
+    """The Beam stage when Beam options or several workers are asked for; None: add in this process."""
+    return beam_adder(beam_args, workers) if beam_args or workers > 1 else None

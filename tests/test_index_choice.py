@@ -1,0 +1,73 @@
+"""Choosing the index for a budget and tuning it for recall, end to end on clustered vectors:
+the choice, the nprobe, the not-reached path, and an independent re-measurement (evaluate-index)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from encoders.errors import SettingsError
+from index_builder.build import build_index
+from index_builder.evaluate_index import evaluate_index
+from index_builder.settings import BuildSettings
+from pipelines.cli import main
+from tests.test_index import clustered, write_embeddings
+
+
+@pytest.fixture(scope="module")
+def emb(tmp_path_factory):
+    rng = np.random.default_rng(7)
+    root = str(tmp_path_factory.mktemp("choice"))
+    write_embeddings(root, [clustered(n, 32, rng, centres=40) for n in (3000, 3000)])
+    return root
+
+
+def test_a_budget_that_allows_sq8_gets_it_with_the_smallest_nprobe_reaching_the_target(emb, tmp_path):
+    out = str(tmp_path / "idx")
+    m = build_index(BuildSettings(emb, out, max_bytes_per_vector=32, target_recall=0.9))
+    assert m["factory"] == "IVF128,SQ8" and m["bytes_per_vector"] == 32  # d bytes: the largest code within 32
+    r = m["recall"]
+    assert r["reached"] and r["recall_at_k"] >= 0.9 and m["choice"]["tried"][0]["factory"] == "IVF128,SQ8"
+    below = [p["recall_at_k"] for p in r["by_nprobe"] if p["nprobe"] < m["nprobe"]]
+    assert below and max(below) < 0.9  # one probe fewer misses the target
+    assert m["memory_bytes"] <= 6000 * (32 + 8) + 128 * 32 * 4 + 4096  # about the estimate: codes, ids, centroids
+    again = evaluate_index(out, queries=1000, seed=99)  # other queries, drawn anew from all the data
+    assert again["nprobe"] == m["nprobe"] and again["queries"] == 1000
+    for k, diff in again["difference"].items():
+        assert abs(diff) <= 0.02, (k, again["recall_at"], m["recall"]["recall_at"])
+
+
+def test_a_budget_too_small_for_the_target_keeps_the_best_and_says_so(emb, tmp_path, caplog):
+    m = build_index(BuildSettings(emb, str(tmp_path / "idx"), max_bytes_per_vector=2, target_recall=0.99))
+    tried = m["choice"]["tried"]
+    assert [t["factory"] for t in tried] == ["IVF128,PQ4x4fs", "IVF128,PQ2x8np"]  # the 2-byte codes, in order
+    assert not any(t["reached"] for t in tried)
+    assert m["factory"] == max(tried, key=lambda t: t["recall_at_k"])["factory"] and not m["recall"]["reached"]
+    assert m["choice"]["reason"].startswith("no candidate") and "not reached" in caplog.text
+    best = max(p["recall_at_k"] for p in m["recall"]["by_nprobe"])
+    assert m["recall"]["recall_at_k"] >= best - 0.005  # probes beyond the plateau buy nothing
+
+
+def test_budgets_that_cannot_work_are_refused_with_the_figure_that_would(emb, tmp_path):
+    with pytest.raises(SettingsError, match="needs 1 B per vector and [0-9,]+ bytes in all"):
+        build_index(BuildSettings(emb, str(tmp_path / "i"), max_memory="10kB"))
+    with pytest.raises(SettingsError, match="give either"):
+        BuildSettings(emb, str(tmp_path / "i"), factory="IVF8,Flat", max_memory="1GB")
+    with pytest.raises(SettingsError, match="--max-memory '4 parsecs'"):
+        BuildSettings(emb, str(tmp_path / "i"), max_memory="4 parsecs")
+
+
+def test_evaluate_index_on_the_command_line(emb, tmp_path, capsys):
+    out = str(tmp_path / "idx")
+    assert main(["-q", "build-index", "--embeddings", emb, "--output", out, "--max-memory", "1MB"]) == 0
+    built = capsys.readouterr().out
+    assert "B/vector" in built and "held-out queries" in built
+    report = str(tmp_path / "eval.json")
+    assert main(["-q", "evaluate-index", "--index", out, "--queries", "300", "--json", report]) == 0
+    printed = capsys.readouterr().out
+    assert "recall@10" in printed and "manifest:" in printed and "latency" in printed
+    r = json.load(open(report))
+    assert r["queries"] == 300 and set(r["recall_at"]) == {"1", "10", "100"} and os.path.isdir(out)

@@ -1,0 +1,85 @@
+"""Building at scale: the add as a Beam stage (several worker processes, each loading the
+template once and writing only inverted lists) and the on-disk merge, against the in-process,
+in-RAM build of the same data."""
+
+from __future__ import annotations
+
+import os
+
+import faiss
+import numpy as np
+import pytest
+
+from encoders.errors import SettingsError
+from index_builder.build import build_index
+from index_builder.embeddings import list_shards
+from index_builder.evaluate_index import evaluate_index
+from index_builder.search import LoadedIndex
+from index_builder.settings import BuildSettings
+from pipelines.cli import main
+from pipelines.index_add import beam_adder
+from tests.test_index import clustered, write_embeddings
+
+
+@pytest.fixture(scope="module")
+def emb(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    root = str(tmp_path_factory.mktemp("scale"))
+    write_embeddings(root, [clustered(n, 32, rng) for n in (900, 1100, 1000, 1000)])
+    return root
+
+
+def results(idx: LoadedIndex, x: np.ndarray) -> list[list[str]]:
+    return [[h.id for h in hits] for hits in idx.search(x, k=10)]
+
+
+def test_the_beam_add_and_the_disk_merge_give_the_in_process_index(emb, tmp_path):
+    cfg = BuildSettings(emb, str(tmp_path / "ram"), factory="IVF32,PQ8x8np", seed=1)
+    ram = build_index(cfg)
+    beam = build_index(BuildSettings(emb, str(tmp_path / "beam"), factory="IVF32,PQ8x8np", seed=1, workers=2),
+                       beam_adder([], workers=2))  # fmt: skip
+    assert beam["recall"] == ram["recall"] and beam["ntotal"] == 4000
+    read = [open(tmp_path / d / name, "rb").read() for d in ("ram", "beam") for name in ("index.faiss", "ids.parquet")]
+    assert read[0] == read[2] and read[1] == read[3]  # the same ids and codes, byte for byte
+    assert not os.path.exists(tmp_path / "beam" / ".parts")  # parts are removed once merged
+    disk = build_index(BuildSettings(emb, str(tmp_path / "disk"), factory="IVF32,PQ8x8np", seed=1, merge="disk"))
+    assert disk["merge"] == "disk" and ram["merge"] == "ram" and os.path.exists(tmp_path / "disk" / "index.ivfdata")
+    sizes = [os.path.getsize(tmp_path / d / "index.faiss") for d in ("ram", "disk")]
+    assert sizes[0] - sizes[1] >= 0.95 * 4000 * (8 + 8)  # the codes and ids moved to index.ivfdata (less list offsets)
+    assert disk["recall"] == ram["recall"] and disk["nprobe"] == ram["nprobe"]
+    x = clustered(200, 32, np.random.default_rng(9))
+    on_disk = LoadedIndex.load(str(tmp_path / "disk"))
+    assert results(on_disk, x) == results(LoadedIndex.load(str(tmp_path / "ram")), x)
+    moved = tmp_path / "moved"  # a server loads the pair from wherever it is copied to
+    os.rename(tmp_path / "disk", moved)
+    assert results(LoadedIndex.load(str(moved)), x) == results(on_disk, x)
+    assert evaluate_index(str(moved), queries=200)["ntotal"] == 4000
+
+
+def test_fast_scan_indexes_merge_in_ram_and_are_refused_on_disk(emb, tmp_path):
+    fs = build_index(BuildSettings(emb, str(tmp_path / "fs"), factory="IVF32,PQ16x4fs", workers=2),
+                     beam_adder([], workers=2))  # fmt: skip
+    one = build_index(BuildSettings(emb, str(tmp_path / "one"), factory="IVF32,PQ16x4fs"))
+    x = clustered(100, 32, np.random.default_rng(3))
+    assert fs["ntotal"] == one["ntotal"] == 4000
+    assert results(LoadedIndex.load(str(tmp_path / "fs")), x) == results(LoadedIndex.load(str(tmp_path / "one")), x)
+    with pytest.raises(SettingsError, match="cannot keep fast-scan blocks on disk"):
+        build_index(BuildSettings(emb, str(tmp_path / "no"), factory="IVF32,PQ16x4fs", merge="disk"))
+
+
+def test_build_index_takes_beam_options_on_the_command_line(emb, tmp_path, capsys):
+    out = str(tmp_path / "idx")
+    argv = [
+        "-q",
+        "build-index",
+        "--embeddings",
+        emb,
+        "--output",
+        out,
+        "--factory",
+        "IVF16,SQ8",
+        "--runner",
+        "FnApiRunner",
+    ]
+    assert main(argv) == 0 and "IVF16,SQ8" in capsys.readouterr().out
+    assert faiss.read_index(os.path.join(out, "index.faiss")).ntotal == sum(s.num_rows for s in list_shards(emb))
