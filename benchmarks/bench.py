@@ -470,6 +470,36 @@ def bench_budget(work: Path, args) -> dict:
     return out
 
 
+def bench_ondisk(work: Path, args) -> dict:
+    """build-index --merge disk over args.ondisk_n vectors too many for the shard cache: peak RSS of
+    the whole build (a child process) against the final index's size plus one shard's vectors."""
+    src = work / "ondisk-vectors"
+    shards = 64
+    if not (src / "manifest.json").exists():
+        write_embeddings(src, args.ondisk_n, args.index_dim, shards=shards, seed=4)
+    idx = work / "ondisk-idx"
+    wall, rss_mib = run_measured(fusionindex("build-index", "--embeddings", str(src), "--output", str(idx),
+                                             "--factory", args.ondisk_factory, "--merge", "disk"))  # fmt: skip
+    m = json.loads((idx / "manifest.json").read_text())
+    shard_mib = args.ondisk_n // shards * args.index_dim * 4 / 2**20
+    index_mib = m["memory_bytes"] / 2**20
+    return {
+        "n": args.ondisk_n,
+        "dim": args.index_dim,
+        "factory": m["factory"],
+        "merge": m["merge"],
+        "wall_s": round(wall, 1),
+        "timings": m["timings"],
+        "peak_rss_mib": rss_mib,
+        "index_mib": round(index_mib, 1),
+        "one_shard_vectors_mib": round(shard_mib, 1),
+        "rss_over_index_plus_shard": round(rss_mib / (index_mib + shard_mib), 3),
+        "nprobe": m["nprobe"],
+        "recall_at": m["recall"]["recall_at"],
+        "reached": m["recall"]["reached"],
+    }
+
+
 def night_two(files: list[str], out: Path, *, changed: float, new: float, deleted: float, seed: int = 1) -> dict:
     """Night 1's shards with `changed` of the rows given a new caption (half) or image (half),
     `deleted` of them removed and `new` rows appended; returns the expected class of each id.
@@ -705,6 +735,13 @@ def table(results: dict) -> str:
             f"  autofaiss at 16 MB (recorded): {a['factory']}, {a['build_s']} s, {a['size_mb']} MB, recall "
             f"{a['recall_10_at_10']}, {a['ms_per_query']} ms a query"
         )
+    if "ondisk" in results:
+        o = results["ondisk"]
+        lines.append(
+            f"build-index --merge disk {o['factory']} on {o['n']} x {o['dim']}: {o['wall_s']} s, peak RSS "
+            f"{o['peak_rss_mib']} MiB vs index {o['index_mib']} MiB + one shard {o['one_shard_vectors_mib']} MiB -> "
+            f"{o['rss_over_index_plus_shard']} (target <= 1.3); recall {o['recall_at']} at nprobe {o['nprobe']}"
+        )
     if "pq" in results:
         p = results["pq"]
         lines += [
@@ -716,7 +753,11 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="embed,peer,rss,index,pq,reindex,budget")
+    ap.add_argument(
+        "--sections",
+        default="embed,peer,rss,index,pq",
+        help="comma-separated; also: reindex (~25 min at --reindex-rows 16384), budget (~5 min), ondisk (~10 min)",
+    )
     ap.add_argument(
         "--peer-venv", default=str(ROOT / ".peer-venv"), help="venv holding clip-retrieval 2.45 (make bench-peer)"
     )
@@ -738,6 +779,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pq-n", type=int, default=20_000)
     ap.add_argument("--budget-n", type=int, default=200_000, help="vectors of the budget section")
     ap.add_argument("--budget-target", type=float, default=0.9, help="--target-recall of the budget section")
+    ap.add_argument("--ondisk-n", type=int, default=2_000_000, help="vectors of the on-disk section")
+    ap.add_argument("--ondisk-factory", default="IVF4096,SQ8", help="factory of the on-disk section")
     ap.add_argument("--reindex-rows", type=int, default=4096, help="rows of the reindex section's full night")
     ap.add_argument(
         "--repeat",
@@ -765,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
             ("pq", lambda: bench_pq(args)),
             ("reindex", lambda: bench_reindex(work, args)),
             ("budget", lambda: bench_budget(work, args)),
+            ("ondisk", lambda: bench_ondisk(work, args)),
         ):
             if name in sections:
                 t = time.perf_counter()

@@ -46,6 +46,7 @@ from index_builder.factory import choose_factory, choose_train_size
 from index_builder.parts import add_part, merge_in_ram, merge_on_disk, part_name
 from index_builder.recall import KS, exact_neighbours, latency
 from index_builder.settings import BuildSettings
+from index_builder.split import combine, members, owners, shard_dirs, with_ids
 from index_builder.tune import tune
 
 log = logging.getLogger(__name__)
@@ -89,16 +90,23 @@ def read_vectors(shard: Shard, vector: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ShardCache:
-    """Shard tables (id, caption, vector) read once and kept while they fit in `budget_bytes`.
+    """Shard tables (id, caption, vector) read once and kept, when all of them fit in `budget_bytes`.
 
     Sampling, adding and measuring recall each walk every shard; below the budget the build
-    reads each shard once (like a plain in-memory faiss script), above it streams.
+    reads each shard once (like a plain in-memory faiss script), above it streams every pass and
+    keeps nothing, so that a build larger than the budget holds one shard at a time (a cache
+    filled up to the budget would add the whole budget to the peak memory of the largest builds).
     """
 
-    def __init__(self, vector: str, budget_bytes: int):
+    def __init__(self, vector: str, budget_bytes: int, shards: list[Shard] | None = None, dim: int | None = None):
         self.vector = vector
         self.columns = ["id", "caption", vector_column(vector)]
-        self.budget, self.used = budget_bytes, 0
+        need = sum(s.num_rows for s in shards) * (dim * 4 + 64) if shards is not None and dim else 0
+        self.budget = budget_bytes if need <= budget_bytes else 0
+        self.used = 0
+        if self.budget == 0 and budget_bytes:
+            log.info("%d MiB of vectors exceed the %d MiB cache: streaming the shards on every pass",
+                     need >> 20, budget_bytes >> 20)  # fmt: skip
         self.kept: dict[str, pa.Table] = {}
 
     def table(self, shard: Shard) -> pa.Table:
@@ -192,9 +200,9 @@ def train_template(factory: str, xt: np.ndarray) -> faiss.Index:
     return index
 
 
-# (template path, shards, first global id of each, vector, parts directory) -> the part paths, in
-# shard order: a parallel adder (pipelines.index_add runs it as a Beam stage)
-AddParts = Callable[[str, list[Shard], list[int], str, str], list[str]]
+# (template path, shards, first global id of each, vector, parts directory, index shard (k, K) or
+# None) -> the part paths, in shard order: a parallel adder (pipelines.index_add, a Beam stage)
+AddParts = Callable[[str, list[Shard], list[int], str, str, "tuple[int, int] | None"], list[str]]
 
 
 def ids_table(shards: list[Shard], cache: ShardCache) -> pa.Table:
@@ -208,13 +216,24 @@ def ids_table(shards: list[Shard], cache: ShardCache) -> pa.Table:
     return pa.table({"id": pa.chunked_array(ids, pa.string()), "caption": pa.chunked_array(captions, pa.string())})
 
 
-def parts_in_process(template: faiss.Index, shards: list[Shard], offsets: list[int], cache: ShardCache):
+def shard_rows(ids: pa.ChunkedArray, vectors: pa.ChunkedArray, first_id: int, only: tuple[int, int] | None):
+    """(vectors [m, d], global ids [m]) of one embeddings shard's rows with a vector, numbered from
+    `first_id`; with `only` = (k, K), just the rows of index shard k of K (index_builder.split)."""
+    x, valid = arrow_to_vectors(vectors)
+    x, gids = x[valid], first_id + np.arange(int(valid.sum()), dtype=np.int64)
+    if only is not None:
+        mine = owners(ids.filter(pa.array(valid)).to_pylist(), only[1]) == only[0]
+        x, gids = x[mine], gids[mine]
+    return x, gids
+
+
+def parts_in_process(template, shards: list[Shard], offsets: list[int], cache: ShardCache, only=None):
     """The part of each shard, in order, added by one worker copy of the template in this process."""
     worker = faiss_io.from_bytes(faiss_io.to_bytes(template))
     for i, (shard, first_id) in enumerate(zip(shards, offsets)):
-        x, valid = cache.vectors(shard)
-        yield add_part(worker, x[valid], first_id)
-        log.info("added shard %d/%d", i + 1, len(shards))
+        table = cache.table(shard)
+        yield add_part(worker, *shard_rows(table.column("id"), table.column(2), first_id, only))
+        log.info("added shard %d/%d%s", i + 1, len(shards), f" (index shard {only[0] + 1}/{only[1]})" if only else "")
 
 
 def add_and_merge(
@@ -227,18 +246,19 @@ def add_and_merge(
     template_path: str | None = None,
     parts_dir: str | None = None,
     ivfdata: str | None = None,
+    only: tuple[int, int] | None = None,
 ) -> faiss.Index:
     """Every shard's vectors with global ids (valid rows numbered in shard order) in a copy of
-    `template`. Parts come from `add_parts` (written under `parts_dir`; the workers read the
-    template from `template_path`) or from this process; they merge in RAM, or on disk into the
-    local file `ivfdata` when it is given."""
+    `template` (with `only` = (k, K): the rows of index shard k of K). Parts come from `add_parts`
+    (written under `parts_dir`; the workers read the template from `template_path`) or from this
+    process; they merge in RAM, or on disk into the local file `ivfdata` when it is given."""
     offsets = np.concatenate([[0], np.cumsum(valid_counts)[:-1]]).astype(int).tolist()
     if add_parts is not None:
-        paths = add_parts(template_path, shards, offsets, cache.vector, parts_dir)
+        paths = add_parts(template_path, shards, offsets, cache.vector, parts_dir, only)
         if ivfdata:
             return merge_on_disk(template, paths, ivfdata)
         return merge_in_ram(template, (np.frombuffer(storage.read_bytes(p), np.uint8) for p in paths))
-    parts = parts_in_process(template, shards, offsets, cache)
+    parts = parts_in_process(template, shards, offsets, cache, only)
     if not ivfdata:
         return merge_in_ram(template, parts)
     with tempfile.TemporaryDirectory(prefix="fusionindex-parts-") as tmp:
@@ -300,9 +320,10 @@ def reusable_template(
 
 
 def set_nprobe(index: faiss.Index, nprobe: int) -> None:
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf.nprobe = nprobe
+    for member in members(index):
+        ivf = faiss.try_extract_index_ivf(member)
+        if ivf is not None:
+            ivf.nprobe = nprobe
 
 
 def lists_of(index: faiss.Index) -> str:
@@ -321,6 +342,9 @@ def estimated_memory(template: faiss.Index, n: int) -> int:
 
 def code_bytes(index: faiss.Index) -> float:
     """Bytes of code per stored vector (ids and lists excluded)."""
+    index = members(index)[0]
+    if isinstance(index, faiss.IndexIDMap2):
+        index = faiss.downcast_index(index.index)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf = faiss.downcast_index(ivf)
@@ -360,17 +384,58 @@ def _train(factory: str, xt: np.ndarray, total: int, cfg: BuildSettings, trainin
         ) from exc
 
 
-def _add(cfg, template, shards, valid_counts, cache, add_parts, ivfdata) -> faiss.Index:
-    """add_and_merge into IDX's parts directory; a parallel adder reads the template from IDX."""
-    if ivfdata:
-        os.makedirs(os.path.dirname(ivfdata))
+def _add(cfg, template, shards, valid_counts, cache, add_parts, ondisk_dir: str | None) -> faiss.Index:
+    """add_and_merge into IDX's parts directory (a parallel adder reads the template from IDX), once
+    per index shard; their lists on disk under `ondisk_dir` when given."""
+    k_shards = cfg.num_index_shards
+    if k_shards > 1:
+        template = with_ids(template)
     template_path = None
     if add_parts is not None:
         template_path = storage.join(cfg.output, TEMPLATE_FILE)
         faiss_io.write_index(template, template_path)
-    parts_dir = storage.join(cfg.output, PARTS_DIR)
-    return add_and_merge(template, shards, valid_counts, cache, add_parts=add_parts, template_path=template_path,
-                         parts_dir=parts_dir, ivfdata=ivfdata)  # fmt: skip
+    parts = []
+    for k, name in enumerate(shard_dirs(k_shards) if k_shards > 1 else [""]):
+        ivfdata = os.path.join(ondisk_dir, name, IVFDATA_FILE) if ondisk_dir else None
+        if ivfdata:
+            os.makedirs(os.path.dirname(ivfdata), exist_ok=True)
+        parts.append(
+            add_and_merge(
+                template,
+                shards,
+                valid_counts,
+                cache,
+                add_parts=add_parts,
+                template_path=template_path,
+                parts_dir=storage.join(cfg.output, PARTS_DIR),
+                ivfdata=ivfdata,
+                only=(k, k_shards) if k_shards > 1 else None,
+            )  # fmt: skip
+        )
+    return combine(parts)
+
+
+def write_members(index: faiss.Index, output: str, ondisk: str | None, k_shards: int) -> list[dict]:
+    """Write the index (or each index shard, in its own directory) under IDX, with its on-disk lists
+    when they were merged on disk (built under `ondisk`); remove what an earlier build of another
+    shape left. Returns [{"path", "ntotal", "bytes"}] (path "" is IDX itself)."""
+    names = shard_dirs(k_shards) if k_shards > 1 else [""]
+    for stale in [n for n in storage.listdir(output) if n.startswith("shard-") and n not in names]:
+        storage.remove(storage.join(output, stale), recursive=True)
+    if k_shards > 1:
+        storage.remove(storage.join(output, INDEX_FILE))
+    out = []
+    for name, member in zip(names, members(index)):
+        where = storage.join(output, name) if name else output
+        lists = storage.join(where, IVFDATA_FILE)
+        if ondisk:
+            storage.put(os.path.join(ondisk, name, IVFDATA_FILE), lists)
+        else:
+            storage.remove(lists)
+        faiss_io.write_index(member, storage.join(where, INDEX_FILE))
+        size = storage.size(storage.join(where, INDEX_FILE)) + (storage.size(lists) if ondisk else 0)
+        out.append({"path": name, "ntotal": int(member.ntotal), "bytes": size})
+    return out
 
 
 def _trial(factory, index, recall, train_s, add_s, recall_s, merge) -> dict:
@@ -408,7 +473,7 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
     train_size = min(train_size, total - held_out)
 
     t = time.monotonic()
-    cache = ShardCache(cfg.vector, cfg.cache_bytes)
+    cache = ShardCache(cfg.vector, cfg.cache_bytes, shards, d)
     sample, sample_ids, valid_counts = sample_training_set(shards, cfg.vector, train_size + held_out, cfg.seed, cache)
     n_valid = sum(valid_counts)
     if n_valid == 0:
@@ -446,17 +511,17 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
             template, train_s = (reused, 0.0) if reused is not None else _train(factory, xt, total, cfg, training)
             t = time.monotonic()
             merge = merge_mode(cfg.merge, estimated_memory(template, n_valid), available_memory(), lists_of(template))
-            ivfdata = os.path.join(scratch, str(number), IVFDATA_FILE) if merge == "disk" else None
-            index = _add(cfg, template, shards, valid_counts, cache, add_parts, ivfdata)
+            ondisk = os.path.join(scratch, str(number)) if merge == "disk" else None
+            index = _add(cfg, template, shards, valid_counts, cache, add_parts, ondisk)
             add_s = time.monotonic() - t
             t = time.monotonic()
             recall = tune(index, queries, query_ids, gt, cfg.recall_k, cfg.target_recall, cfg.nprobe)
             tried.append(_trial(factory, index, recall, train_s, add_s, time.monotonic() - t, merge))
             if best is None or recall["recall_at_k"] > best[3]["recall_at_k"]:
-                best = (factory, template, index, recall, ivfdata, train_s, add_s)
+                best = (factory, template, index, recall, ondisk, train_s, add_s)
             if recall["reached"]:
                 break
-        factory, template, index, recall, ivfdata, train_s, add_s = best
+        factory, template, index, recall, ondisk, train_s, add_s = best
         best = None  # one index in memory from here on
         storage.remove(storage.join(cfg.output, PARTS_DIR), recursive=True)
         kept = next(t for t in tried if t["factory"] == factory)
@@ -505,14 +570,14 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
             "skipped_null_vectors": total - n_valid,
             "nprobe": nprobe,
             "bytes_per_vector": code_bytes(index),
-            "merge": "disk" if ivfdata else "ram",  # disk: index.faiss + index.ivfdata (faiss.IO_FLAG_ONDISK_SAME_DIR)
+            "merge": "disk" if ondisk else "ram",  # disk: index.faiss + index.ivfdata (faiss.IO_FLAG_ONDISK_SAME_DIR)
             "train_size": int(len(xt)),
             "seed": cfg.seed,
             "training": training,
             "choice": choice,
             "recall": recall,
             "latency": speed,
-            "gpu_training": faiss.get_num_gpus() > 0 and faiss.try_extract_index_ivf(index) is not None,
+            "gpu_training": faiss.get_num_gpus() > 0 and faiss.try_extract_index_ivf(template) is not None,
             "source": {"path": cfg.embeddings, "manifest": source},
             "started_at": started.isoformat(),
             "finished_at": None,
@@ -521,19 +586,13 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
         storage.remove(storage.join(cfg.output, MANIFEST))
         storage.remove_temporaries(cfg.output)
         t = time.monotonic()
-        if ivfdata:
-            storage.put(ivfdata, storage.join(cfg.output, IVFDATA_FILE))
-        else:
-            storage.remove(storage.join(cfg.output, IVFDATA_FILE))
-        faiss_io.write_index(index, storage.join(cfg.output, INDEX_FILE))
+        manifest["shards"] = write_members(index, cfg.output, ondisk, cfg.num_index_shards)
         faiss_io.write_index(template, storage.join(cfg.output, TEMPLATE_FILE))
         with storage.atomic_open(storage.join(cfg.output, IDS_FILE)) as fh:
             pq.write_table(table, fh)
         timings["write_s"] = time.monotonic() - t
         timings["total_s"] = time.monotonic() - t0
-        manifest["memory_bytes"] = storage.size(storage.join(cfg.output, INDEX_FILE)) + (
-            storage.size(storage.join(cfg.output, IVFDATA_FILE)) if ivfdata else 0
-        )
+        manifest["memory_bytes"] = sum(part["bytes"] for part in manifest["shards"])
         manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
         manifest["finished_at"] = datetime.now(UTC).isoformat()
         storage.write_json(storage.join(cfg.output, MANIFEST), manifest)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 
 from encoders.errors import InputError
-from index_builder import faiss_io, storage
-from index_builder.build import INDEX_FILE, IVFDATA_FILE, read_vectors, sample_training_set
+from index_builder import storage
+from index_builder.build import read_vectors, sample_training_set
 from index_builder.embeddings import MANIFEST, list_shards
 from index_builder.recall import KS, exact_neighbours, latency
+from index_builder.search import open_index
 from index_builder.tune import tune
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,7 @@ def evaluate_index(
     m = storage.read_json(manifest_path)
     embeddings = embeddings or m["source"]["path"]
     shards = list_shards(embeddings)
-    ivfdata = storage.join(index_dir, IVFDATA_FILE) if m.get("merge") == "disk" else None
-    index = faiss_io.read_built(storage.join(index_dir, INDEX_FILE), ivfdata)
+    index = open_index(index_dir, m)
     x, ids, valid_counts = sample_training_set(shards, m["vector"], queries, seed)
     if sum(valid_counts) != index.ntotal:
         raise InputError(

@@ -11,6 +11,8 @@ def search_parameters(index: faiss.Index, nprobe: int) -> faiss.SearchParameters
     """Per-call parameters that probe `nprobe` inverted lists of `index`, through an OPQ/PCA
     pre-transform. SettingsError when the index has no inverted lists."""
     index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexShards):  # passed on to every shard: they share one template
+        return search_parameters(index.at(0), nprobe)
     if isinstance(index, faiss.IndexIVF):
         return faiss.SearchParametersIVF(nprobe=nprobe)
     if not isinstance(index, faiss.IndexPreTransform):

@@ -31,19 +31,22 @@ from index_builder import faiss_io, storage
 log = logging.getLogger(__name__)
 
 
-def part_name(shard_index: int) -> str:
-    return f"part-{shard_index:05d}.ivl"
+def part_name(shard_index: int, index_shard: int = 0) -> str:
+    return f"part-{shard_index:05d}-{index_shard:05d}.ivl"
 
 
-def add_part(worker_index: faiss.Index, x: np.ndarray, first_id: int) -> np.ndarray:
-    """Add `x` with ids first_id.. into `worker_index` (a trained, empty template owned by the
+def add_part(worker_index: faiss.Index, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Add `x` with their global `ids` into `worker_index` (a trained, empty template owned by the
     caller), return the part (uint8 array) and leave the index empty again."""
     ivf = faiss.try_extract_index_ivf(worker_index)
     if ivf is None:
-        worker_index.add(x)  # flat codes: ids are positions, numbered in merge order
+        if isinstance(faiss.downcast_index(worker_index), faiss.IndexIDMap2):
+            worker_index.add_with_ids(x, ids.astype(np.int64))
+        else:
+            worker_index.add(x)  # flat codes: ids are positions, numbered in merge order
         data = faiss_io.to_bytes(worker_index)
     else:
-        worker_index.add_with_ids(x, np.arange(first_id, first_id + len(x), dtype=np.int64))
+        worker_index.add_with_ids(x, ids.astype(np.int64))
         writer = faiss.VectorIOWriter()
         faiss.write_InvertedLists(ivf.invlists, writer)
         data = faiss.vector_to_array(writer.data)

@@ -16,6 +16,7 @@ from index_builder import faiss_io, storage
 from index_builder.build import IDS_FILE, INDEX_FILE, IVFDATA_FILE
 from index_builder.embeddings import MANIFEST
 from index_builder.params import search_parameters
+from index_builder.split import combine
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,17 @@ class Hit:
     id: str
     score: float
     caption: str | None
+
+
+def open_index(path: str, manifest: dict) -> faiss.Index:
+    """The searchable index of IDX: index.faiss, or `faiss.IndexShards` over its index shards (each
+    shard-KKKKK-of-NNNNN/index.faiss), with lists memory-mapped from index.ivfdata when merged on disk."""
+    parts = []
+    for part in manifest.get("shards") or [{"path": ""}]:
+        where = storage.join(path, part["path"]) if part["path"] else path
+        ivfdata = storage.join(where, IVFDATA_FILE) if manifest.get("merge") == "disk" else None
+        parts.append(faiss_io.read_built(storage.join(where, INDEX_FILE), ivfdata))
+    return combine(parts)
 
 
 class LoadedIndex:
@@ -41,8 +53,7 @@ class LoadedIndex:
             raise InputError(f"{path} has no {MANIFEST}: not a finished index; run `fusionindex build-index`")
         manifest = storage.read_json(manifest_path)
         table = storage.read_parquet(storage.join(path, IDS_FILE), ["id", "caption"])
-        ivfdata = storage.join(path, IVFDATA_FILE) if manifest.get("merge") == "disk" else None
-        index = faiss_io.read_built(storage.join(path, INDEX_FILE), ivfdata)
+        index = open_index(path, manifest)
         return cls(index, table.column("id").to_pylist(), table.column("caption").to_pylist(), manifest)
 
     @property

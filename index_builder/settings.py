@@ -29,9 +29,10 @@ class BuildSettings:
     train_size: int | None = None  # None: ~50 vectors per list, >= 20k
     seed: int = 0
     workers: int = 1  # processes adding shards in parallel (a Beam stage when > 1)
+    num_index_shards: int = 1  # K independently searchable indexes, split by id hash (index_builder.split)
     merge: str = "auto"  # ram | disk (index.ivfdata beside index.faiss) | auto: disk when RAM would not hold it
     recall_queries: int = 1000  # held-out vectors of the data, each excluded from its own ground truth
-    cache_bytes: int = 2 << 30  # shards up to this size are read once and kept in memory
+    cache_bytes: int = 1 << 30  # when all shards' vectors fit, they are read once and kept in memory
     template: str | None = None  # an earlier IDX whose trained template may be reused instead of training
     retrain: str = "auto"  # with a template: auto (reuse unless the vectors drifted) | always | never
     drift_threshold: float = DEFAULT_THRESHOLD  # auto retrains when an error grows past this many times
@@ -43,6 +44,7 @@ class BuildSettings:
         check_at_least("--nprobe", self.nprobe, 1)
         check_at_least("--train-size", self.train_size, 1)
         check_at_least("--workers", self.workers, 1)
+        check_at_least("--num-index-shards", self.num_index_shards, 1)
         check_at_least("--recall-queries", self.recall_queries, 1)
         check_at_least("--recall-k", self.recall_k, 1)
         check_at_least("--max-bytes-per-vector", self.max_bytes_per_vector, 0.5)

@@ -12,6 +12,7 @@ import numpy as np
 from index_builder.choose import between, smallest_nprobe
 from index_builder.params import nprobe_ladder
 from index_builder.recall import KS, recall_at
+from index_builder.split import members
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def tune(
     index. `gt`: exact neighbours of `queries` without themselves (recall.exact_neighbours)."""
     ks = ks_for(k, index.ntotal)
     k = min(k, ks[-1])
-    ivf = faiss.try_extract_index_ivf(index)
+    ivf = faiss.try_extract_index_ivf(members(index)[0])  # index shards share one template
     points: dict[int, dict[str, float]] = {}
 
     def at(p: int) -> float:

@@ -242,6 +242,13 @@ def _build_options(p: argparse.ArgumentParser) -> None:
         "such as --runner run that stage elsewhere",
     )
     p.add_argument(
+        "--num-index-shards",
+        type=int,
+        default=s.num_index_shards,
+        metavar="K",
+        help="K independently searchable indexes split by id hash, for serving on K machines (default %(default)s)",
+    )
+    p.add_argument(
         "--merge",
         choices=MERGE,
         default=s.merge,

@@ -1,6 +1,6 @@
 """The parallel add of `build-index` as a Beam stage, on the same runner options as `embed`.
 
-    (shard index, shard path, first global id) --Reshuffle--> AddShards --> PARTS/part-SSSSS.ivl
+    (shard index, shard path, first global id) --Reshuffle--> AddShards --> PARTS/part-SSSSS-KKKKK.ivl
 
 Each worker loads the trained template once (`DoFn.setup`), adds each shard it is given with
 its global ids and writes only that shard's inverted lists (index_builder.parts): never a copy
@@ -17,28 +17,29 @@ import apache_beam as beam
 import faiss
 
 from index_builder import faiss_io, storage
-from index_builder.build import AddParts, read_vectors
-from index_builder.embeddings import Shard
+from index_builder.build import AddParts, shard_rows
+from index_builder.embeddings import Shard, vector_column
 from index_builder.parts import add_part, part_name
 
 log = logging.getLogger(__name__)
 
 
 class AddShards(beam.DoFn):
-    """(shard index, shard path, rows, first id) -> the part's path, written under `parts_dir`."""
+    """(shard index, shard path, first id) -> the part's path, written under `parts_dir`; with
+    `only` = (k, K), the part holds just the rows of index shard k."""
 
-    def __init__(self, template_path: str, vector: str, parts_dir: str):
-        self.template_path, self.vector, self.parts_dir = template_path, vector, parts_dir
+    def __init__(self, template_path: str, vector: str, parts_dir: str, only: tuple[int, int] | None):
+        self.template_path, self.vector, self.parts_dir, self.only = template_path, vector, parts_dir, only
         self.index: faiss.Index | None = None
 
     def setup(self) -> None:
         self.index = faiss_io.read_index(self.template_path)
 
     def process(self, item):
-        number, path, rows, first_id = item
-        x, valid = read_vectors(Shard(path, rows, {}), self.vector)
-        data = add_part(self.index, x[valid], first_id)
-        out = storage.join(self.parts_dir, part_name(number))
+        number, path, first_id = item
+        table = storage.read_parquet(path, ["id", vector_column(self.vector)])
+        data = add_part(self.index, *shard_rows(table.column(0), table.column(1), first_id, self.only))
+        out = storage.join(self.parts_dir, part_name(number, self.only[0] if self.only else 0))
         with storage.atomic_open(out) as fh:
             fh.write(data.tobytes())
         yield out
@@ -51,19 +52,19 @@ def beam_adder(beam_args: list[str], workers: int = 1) -> AddParts:
     if workers > 1 and not any(a.startswith(("--runner", "--direct_num_workers")) for a in args):
         args += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
 
-    def add(template_path: str, shards: list[Shard], offsets: list[int], vector: str, parts_dir: str) -> list[str]:
+    def add(template_path: str, shards: list[Shard], offsets: list[int], vector: str, parts_dir: str, only=None):
         from pipelines.embed.beam import pipeline_options
 
         storage.remove(parts_dir, recursive=True)
-        items = [(i, s.path, s.num_rows, first) for i, (s, first) in enumerate(zip(shards, offsets))]
+        items = [(i, s.path, first) for i, (s, first) in enumerate(zip(shards, offsets))]
         with beam.Pipeline(options=pipeline_options(args)) as p:
             _ = (
                 p
                 | "Shards" >> beam.Create(items)
                 | "Spread" >> beam.Reshuffle()
-                | "AddShards" >> beam.ParDo(AddShards(template_path, vector, parts_dir))
+                | "AddShards" >> beam.ParDo(AddShards(template_path, vector, parts_dir, only))
             )
-        paths = [storage.join(parts_dir, part_name(i)) for i in range(len(shards))]
+        paths = [storage.join(parts_dir, part_name(i, only[0] if only else 0)) for i in range(len(shards))]
         missing = [p for p in paths if not storage.exists(p)]
         if missing:
             raise RuntimeError(f"the add stage finished without writing {len(missing)} parts, e.g. {missing[0]}")

@@ -23,6 +23,15 @@ def test_index_and_pq_sections_report_their_figures(tmp_path, capsys):
     assert "build-index" in capsys.readouterr().out
 
 
+def test_budget_and_ondisk_sections_report_their_figures(tmp_path):
+    out = tmp_path / "r.json"
+    argv = "--sections budget,ondisk --budget-n 3000 --ondisk-n 6400 --ondisk-factory IVF16,SQ8 --index-dim 32".split()
+    assert main([*argv, "--output", str(out), "--workdir", str(tmp_path / "w")]) == 0
+    r = json.loads(out.read_text())
+    assert {"16MB", "256B"} <= set(r["budget"]) and r["budget"]["256B"]["tried"]
+    assert r["ondisk"]["merge"] == "disk" and r["ondisk"]["peak_rss_mib"] > 0 and r["ondisk"]["index_mib"] > 0
+
+
 def test_generated_benchmark_shards_are_real_jpegs(tmp_path):
     paths = make_jpeg_shards(tmp_path, 10, size=64, rows_per_group=4)
     t = pq.read_table(paths[0])

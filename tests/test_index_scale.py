@@ -68,18 +68,40 @@ def test_fast_scan_indexes_merge_in_ram_and_are_refused_on_disk(emb, tmp_path):
 
 
 def test_build_index_takes_beam_options_on_the_command_line(emb, tmp_path, capsys):
-    out = str(tmp_path / "idx")
-    argv = [
-        "-q",
-        "build-index",
-        "--embeddings",
-        emb,
-        "--output",
-        out,
-        "--factory",
-        "IVF16,SQ8",
-        "--runner",
-        "FnApiRunner",
-    ]
-    assert main(argv) == 0 and "IVF16,SQ8" in capsys.readouterr().out
-    assert faiss.read_index(os.path.join(out, "index.faiss")).ntotal == sum(s.num_rows for s in list_shards(emb))
+    out, ref = str(tmp_path / "idx"), str(tmp_path / "ref")
+    argv = ["-q", "build-index", "--embeddings", emb, "--factory", "IVF16,SQ8", "--num-index-shards", "2"]
+    assert main([*argv, "--output", out, "--runner", "FnApiRunner"]) == 0 and "IVF16,SQ8" in capsys.readouterr().out
+    assert main([*argv, "--output", ref]) == 0  # the same shards added in this process
+    for k in range(2):
+        shard = f"shard-{k:05d}-of-00002/index.faiss"
+        assert open(os.path.join(out, shard), "rb").read() == open(os.path.join(ref, shard), "rb").read()
+    total = sum(faiss.read_index(os.path.join(out, f"shard-{k:05d}-of-00002/index.faiss")).ntotal for k in range(2))
+    assert total == sum(s.num_rows for s in list_shards(emb))
+
+
+@pytest.mark.parametrize("factory,merge", [("Flat", "ram"), ("IVF32,Flat", "ram"), ("IVF32,PQ8x8np", "disk")])
+def test_index_shards_cover_every_id_once_and_search_like_one_index(emb, tmp_path, factory, merge):
+    one = build_index(BuildSettings(emb, str(tmp_path / "one"), factory=factory, seed=2, merge=merge))
+    three = build_index(
+        BuildSettings(emb, str(tmp_path / "three"), factory=factory, seed=2, merge=merge, num_index_shards=3)
+    )
+    assert [s["path"] for s in three["shards"]] == [f"shard-{k:05d}-of-00003" for k in range(3)]
+    assert not os.path.exists(tmp_path / "three" / "index.faiss") and three["ntotal"] == one["ntotal"] == 4000
+    held = []
+    for s in three["shards"]:  # each shard is a plain faiss index a server loads alone, with global ids
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR if merge == "disk" else 0
+        index = faiss.read_index(str(tmp_path / "three" / s["path"] / "index.faiss"), flags)
+        assert index.ntotal == s["ntotal"] > 0
+        if faiss.try_extract_index_ivf(index) is not None:
+            faiss.extract_index_ivf(index).nprobe = 32  # every list: all of the shard's ids come back
+        _, found = index.search(clustered(400, 32, np.random.default_rng(1)), index.ntotal)
+        held.append(set(found[found >= 0].tolist()))
+    assert sorted(len(h) for h in held) == sorted(s["ntotal"] for s in three["shards"])
+    assert set().union(*held) == set(range(4000)) and sum(map(len, held)) == 4000  # every id once
+    x = clustered(200, 32, np.random.default_rng(9))
+    a, b = LoadedIndex.load(str(tmp_path / "one")), LoadedIndex.load(str(tmp_path / "three"))
+    assert results(b, x) == results(a, x) and three["recall"] == one["recall"]
+    if factory == "Flat":
+        assert [[round(h.score, 5) for h in r] for r in b.search(x, 10)] == [
+            [round(h.score, 5) for h in r] for r in a.search(x, 10)
+        ]
