@@ -112,6 +112,8 @@ class ShardCache:
     def table(self, shard: Shard) -> pa.Table:
         if shard.path in self.kept:
             return self.kept[shard.path]
+        if not self.budget:  # streaming: hand back what decoding the previous shard left in Arrow's pool
+            pa.default_memory_pool().release_unused()
         table = storage.read_parquet(shard.path, self.columns)
         if self.used + table.nbytes <= self.budget:
             self.kept[shard.path] = table

@@ -8,10 +8,11 @@ with their global ids, writes the lists and resets the index (`reset` keeps the 
 Merging moves each part's lists into the template's (`InvertedLists.merge_from`, what
 `IndexIVF.merge_from` does without the quantizer check), in shard order, so the result equals
 adding every vector to one copy of the template (byte for byte for PQ, SQ and flat codes; the
-same search results for fast-scan, whose blocks pack differently). On disk, the lists go to an
-`OnDiskInvertedLists` file (`.ivfdata`, memory-mapped by a server) in two passes, sizes first,
-then one part at a time, so peak memory is one part plus the quantizer (`faiss.contrib.ondisk`
-loads every part at once). Fast-scan lists cannot live on disk in faiss; the chooser knows it.
+same search results for fast-scan, whose blocks pack differently). On disk, the part files are
+memory-mapped and merged into an `OnDiskInvertedLists` file (`.ivfdata`, memory-mapped by a
+server) with `merge_from_multiple`, as `faiss.contrib.ondisk.merge_ondisk` does with whole index
+files (each carrying the quantizer); the process holds no part in its own memory. Fast-scan
+lists cannot live on disk in faiss; the chooser knows it.
 
 Non-IVF indexes (Flat) have no inverted lists: their part is the serialised part index itself
 (it holds only the shard's vectors) and merging is `merge_from`.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterable
 
 import faiss
@@ -83,38 +85,34 @@ def merge_in_ram(template: faiss.Index, parts: Iterable[np.ndarray]) -> faiss.In
     return index
 
 
-def _load(path: str) -> faiss.InvertedLists:
-    return read_part(np.frombuffer(storage.read_bytes(path), np.uint8))
-
-
 def merge_on_disk(template: faiss.Index, parts: list[str], ivfdata: str) -> faiss.Index:
     """A copy of `template` whose inverted lists live in the local file `ivfdata`, holding the
-    parts stored at `parts` (local or fsspec paths), in that order. Peak memory: one part."""
+    parts stored at `parts` (local or fsspec paths; remote ones are copied to local files first),
+    in that order. The parts are memory-mapped, not loaded (faiss IO_FLAG_MMAP), and
+    `OnDiskInvertedLists.merge_from_multiple` lays every list out once at its exact size."""
     index = _copy(template)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None or isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan):
         raise ValueError(f"{type(faiss.downcast_index(ivf or index)).__name__} lists cannot be merged on disk")
-    sizes = np.zeros(ivf.nlist, dtype=np.int64)
-    for path in parts:  # pass 1: how long each list will be
-        il = _load(path)
-        sizes += [il.list_size(i) for i in range(il.nlist)]
-        del il
     if os.path.exists(ivfdata):
         os.remove(ivfdata)
-    ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, ivfdata)
-    for i in np.flatnonzero(sizes):
-        ondisk.resize(int(i), int(sizes[i]))  # allocate every list once, in list order
-    filled = np.zeros(ivf.nlist, dtype=np.int64)
-    for k, path in enumerate(parts):  # pass 2: each part's entries at their offsets
-        il = _load(path)
-        for i in range(il.nlist):
-            n = il.list_size(i)
-            if n:
-                ondisk.update_entries(i, int(filled[i]), n, il.get_ids(i), il.get_codes(i))
-                filled[i] += n
-        del il
-        log.info("merged part %d/%d on disk", k + 1, len(parts))
+    with tempfile.TemporaryDirectory(prefix="fusionindex-parts-") as tmp:
+        local = []
+        for i, path in enumerate(parts):
+            if storage.is_local(path):
+                local.append(storage.url_to_fs(path)[1])
+            else:
+                local.append(os.path.join(tmp, f"{i:05d}.ivl"))
+                storage.get(path, local[-1])
+        mapped = [faiss.read_InvertedLists(faiss.FileIOReader(p), faiss.IO_FLAG_MMAP) for p in local]
+        pointers = faiss.InvertedListsPtrVector()
+        for il in mapped:
+            pointers.push_back(il)
+        ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, ivfdata)
+        ondisk.merge_from_multiple(pointers.data(), pointers.size(), False, False)
+        del pointers, mapped
     ivf.replace_invlists(ondisk, True)
     ondisk.this.disown()  # the index owns it now
     _sync_ntotal(index, ivf)
+    log.info("merged %d parts on disk into %s", len(parts), ivfdata)
     return index
