@@ -16,6 +16,9 @@ from index_builder.split import members
 
 log = logging.getLogger(__name__)
 
+EXTRA_STEPS = 2  # ladder steps measured past the first nprobe reaching the target
+PLATEAU = 0.001  # recall@k gained over two doublings of nprobe below which the ladder stops
+
 
 def ks_for(k: int, ntotal: int) -> list[int]:
     """The recall@ cut-offs measured: KS and k, those below ntotal (a query never counts itself)."""
@@ -31,10 +34,12 @@ def tune(
     target: float,
     nprobe: int | None = None,
 ) -> dict:
-    """The recall record of `index`: recall@k at every power-of-two nprobe up to nlist, the chosen
-    nprobe (`nprobe` when given, else the smallest reaching `target`, refined by bisection between
-    ladder steps), whether the target was reached, and recall@1/10/100 there. Sets nothing on the
-    index. `gt`: exact neighbours of `queries` without themselves (recall.exact_neighbours)."""
+    """The recall record of `index`: recall@k at power-of-two nprobes (up to two steps past the
+    first reaching `target`, or until two doublings gain under PLATEAU; all up to nlist when
+    `nprobe` is given), the chosen nprobe (`nprobe` when given, else the smallest reaching
+    `target`, refined by bisection between ladder steps), whether the target was reached, and
+    recall@1/10/100 there. Sets nothing on the index. `gt`: exact neighbours of `queries`
+    without themselves (recall.exact_neighbours)."""
     ks = ks_for(k, index.ntotal)
     k = min(k, ks[-1])
     ivf = faiss.try_extract_index_ivf(members(index)[0])  # index shards share one template
@@ -49,8 +54,18 @@ def tune(
         chosen, at_chosen = None, recall_at(index, queries, query_ids, gt, None, ks)
         reached = at_chosen[str(k)] >= target
     else:
-        for p in nprobe_ladder(ivf.nlist):
-            at(p)
+        ladder = nprobe_ladder(ivf.nlist)
+        first_hit = None
+        for i, p in enumerate(ladder):
+            r = at(p)
+            if nprobe is not None:
+                continue  # a fixed nprobe: the whole table, for comparison
+            if r >= target and first_hit is None:
+                first_hit = i
+            if first_hit is not None and i >= first_hit + EXTRA_STEPS:
+                break  # the table goes a little past the target, not to exhaustive search
+            if i >= 2 and r - points[ladder[i - 2]][str(k)] < PLATEAU:
+                break  # two doublings bought nothing: more probes will not reach it either
         if nprobe is not None:
             chosen = min(nprobe, ivf.nlist)
             reached = at(chosen) >= target

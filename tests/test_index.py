@@ -204,7 +204,8 @@ def test_an_earlier_template_is_reused_unless_the_vectors_drifted(emb_dir, tmp_p
     first = build_index(BuildSettings(emb_dir, str(tmp_path / "a"), factory="IVF32,PQ8x4np", seed=0))
     assert first["training"]["mode"] == "trained" and os.path.exists(tmp_path / "a" / "template.faiss")
     assert set(first["training"]["baseline_errors"]) == {"reconstruction", "coarse"}
-    assert [r["nprobe"] for r in first["recall"]["by_nprobe"]] == [1, 2, 4, 8, 16, 32]
+    ladder = [r["nprobe"] for r in first["recall"]["by_nprobe"]]
+    assert ladder[:3] == [1, 2, 4] and set(ladder) <= {1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32}
 
     again = build_index(BuildSettings(emb_dir, str(tmp_path / "b"), seed=0, template=str(tmp_path / "a")))
     assert again["training"]["mode"] == "reused" and again["training"]["reason"].startswith("no drift")

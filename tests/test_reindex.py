@@ -301,7 +301,7 @@ def test_the_report_renders_in_a_real_browser_with_every_image_and_the_plot(tmp_
     check = json.loads(html.unescape(dom.split('data-check="', 1)[1].split('"', 1)[0]))
     assert check["images"] == 15 and check["loaded"] == 15  # 3 queries x 5 results, every thumbnail decoded
     measured = json.load(open(os.path.join(resolve_index(root), os.pardir, "report.json")))["recall_by_nprobe"]
-    assert len(measured) >= 4  # nprobe 1, 2, 4, 8 and any the bisection added
+    assert len(measured) >= 3  # nprobe 1, 2, 4 at least (two steps past the target), any bisection adds
     assert check["plot"][0] > 300 and check["plot"][1] > 150 and check["points"] == len(measured)
     assert check["text"] > 500
     shot = tmp_path / "report.png"
