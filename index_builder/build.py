@@ -44,7 +44,7 @@ from index_builder.drift import blend, codec_errors, drift
 from index_builder.embeddings import MANIFEST, Shard, arrow_to_vectors, list_shards, vector_column
 from index_builder.factory import choose_factory, choose_train_size
 from index_builder.parts import add_part, merge_in_ram, merge_on_disk, part_name
-from index_builder.recall import KS, exact_neighbours, latency
+from index_builder.recall import exact_neighbours, latency, truth_width
 from index_builder.settings import BuildSettings
 from index_builder.split import combine, members, owners, shard_dirs, with_ids
 from index_builder.tune import tune
@@ -108,6 +108,7 @@ class ShardCache:
             log.info("%d MiB of vectors exceed the %d MiB cache: streaming the shards on every pass",
                      need >> 20, budget_bytes >> 20)  # fmt: skip
         self.kept: dict[str, pa.Table] = {}
+        self.labels: dict[str, tuple[pa.ChunkedArray, pa.ChunkedArray]] = {}  # id, caption of rows with a vector
 
     def table(self, shard: Shard) -> pa.Table:
         if shard.path in self.kept:
@@ -121,7 +122,12 @@ class ShardCache:
         return table
 
     def vectors(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
-        return arrow_to_vectors(self.table(shard).column(2))
+        table = self.table(shard)
+        x, valid = arrow_to_vectors(table.column(2))
+        if shard.path not in self.labels:  # ids.parquet's rows, kept from the first pass (no pass of their own)
+            mask = pa.array(valid)
+            self.labels[shard.path] = (table.column("id").filter(mask), table.column("caption").filter(mask))
+        return x, valid
 
 
 def fresh_sample(shards: list[Shard], cache: ShardCache, size: int, seed: int) -> tuple[np.ndarray, int, int]:
@@ -211,10 +217,10 @@ def ids_table(shards: list[Shard], cache: ShardCache) -> pa.Table:
     """id and caption of every row with a vector, in global-id order (row i = faiss id i)."""
     ids, captions = [], []
     for shard in shards:
-        table = cache.table(shard)
-        mask = pa.array(arrow_to_vectors(table.column(2))[1])
-        ids.extend(table.column("id").filter(mask).chunks)
-        captions.extend(table.column("caption").filter(mask).chunks)
+        if shard.path not in cache.labels:
+            cache.vectors(shard)
+        ids.extend(cache.labels[shard.path][0].chunks)
+        captions.extend(cache.labels[shard.path][1].chunks)
     return pa.table({"id": pa.chunked_array(ids, pa.string()), "caption": pa.chunked_array(captions, pa.string())})
 
 
@@ -231,7 +237,7 @@ def shard_rows(ids: pa.ChunkedArray, vectors: pa.ChunkedArray, first_id: int, on
 
 def parts_in_process(template, shards: list[Shard], offsets: list[int], cache: ShardCache, only=None):
     """The part of each shard, in order, added by one worker copy of the template in this process."""
-    worker = faiss_io.from_bytes(faiss_io.to_bytes(template))
+    worker = faiss_io.copy(template)
     for i, (shard, first_id) in enumerate(zip(shards, offsets)):
         table = cache.table(shard)
         yield add_part(worker, *shard_rows(table.column("id"), table.column(2), first_id, only))
@@ -491,8 +497,7 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
     timings = {"sample_s": time.monotonic() - t}
 
     t = time.monotonic()
-    width = min(max(*KS, cfg.recall_k), max(1, n_valid - 1))
-    gt = exact_neighbours(queries, query_ids, (cache.vectors(s) for s in shards), width)
+    gt = exact_neighbours(queries, query_ids, (cache.vectors(s) for s in shards), truth_width(cfg.recall_k, n_valid))
     timings["ground_truth_s"] = time.monotonic() - t
 
     t = time.monotonic()

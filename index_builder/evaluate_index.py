@@ -4,17 +4,13 @@ the ones its manifest claims."""
 
 from __future__ import annotations
 
-import logging
-
 from encoders.errors import InputError
 from index_builder import storage
 from index_builder.build import read_vectors, sample_training_set
 from index_builder.embeddings import MANIFEST, list_shards
-from index_builder.recall import KS, exact_neighbours, latency
+from index_builder.recall import exact_neighbours, latency, truth_width
 from index_builder.search import open_index
 from index_builder.tune import tune
-
-log = logging.getLogger(__name__)
 
 
 def evaluate_index(
@@ -39,8 +35,7 @@ def evaluate_index(
         )
     claimed = m["recall"]
     k = claimed["k"]
-    width = min(max(*KS, k), max(1, index.ntotal - 1))
-    gt = exact_neighbours(x, ids, (read_vectors(s, m["vector"]) for s in shards), width)
+    gt = exact_neighbours(x, ids, (read_vectors(s, m["vector"]) for s in shards), truth_width(k, index.ntotal))
     chosen = nprobe if nprobe is not None else m.get("nprobe")
     measured = tune(index, x, ids, gt, k, claimed.get("target", 0.0), chosen)
     difference = {

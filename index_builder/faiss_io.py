@@ -31,6 +31,12 @@ def from_bytes(data) -> faiss.Index:
     return faiss.deserialize_index(data)
 
 
+def copy(index: faiss.Index) -> faiss.Index:
+    """An independent copy of the same class (clone_index may return another, e.g. IndexFlat for
+    IndexFlatIP, which merge_from then refuses)."""
+    return from_bytes(to_bytes(index))
+
+
 def read_built(index_path: str, ivfdata_path: str | None) -> faiss.Index:
     """A built index; when its inverted lists live on disk (`ivfdata_path`, beside it), they are
     memory-mapped from a local copy (a remote index is first downloaded to a temporary directory

@@ -67,13 +67,9 @@ def _sync_ntotal(index: faiss.Index, ivf: faiss.IndexIVF) -> None:
     index.ntotal = ivf.ntotal  # an OPQ/PCA pre-transform keeps its own count
 
 
-def _copy(template: faiss.Index) -> faiss.Index:
-    return faiss_io.from_bytes(faiss_io.to_bytes(template))  # clone_index may change the class (IndexFlatIP)
-
-
 def merge_in_ram(template: faiss.Index, parts: Iterable[np.ndarray]) -> faiss.Index:
     """A copy of `template` holding every part, merged in the order given."""
-    index = _copy(template)
+    index = faiss_io.copy(template)
     ivf = faiss.try_extract_index_ivf(index)
     for data in parts:
         if ivf is None:
@@ -90,7 +86,7 @@ def merge_on_disk(template: faiss.Index, parts: list[str], ivfdata: str) -> fais
     parts stored at `parts` (local or fsspec paths; remote ones are copied to local files first),
     in that order. The parts are memory-mapped, not loaded (faiss IO_FLAG_MMAP), and
     `OnDiskInvertedLists.merge_from_multiple` lays every list out once at its exact size."""
-    index = _copy(template)
+    index = faiss_io.copy(template)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None or isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan):
         raise ValueError(f"{type(faiss.downcast_index(ivf or index)).__name__} lists cannot be merged on disk")

@@ -25,6 +25,12 @@ def _valid_blocks(blocks: Iterable[tuple[np.ndarray, np.ndarray]]):
         yield x[valid]
 
 
+def truth_width(k: int, ntotal: int) -> int:
+    """How many exact neighbours each query needs: enough for recall@k and every k of KS, and
+    never more than the other vectors there are."""
+    return min(max(*KS, k), max(1, ntotal - 1))
+
+
 def drop_self(found: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
     """[q, k+1] result ids -> [q, k]: each row without its query's own id (or without its last
     entry when the query is not among them)."""

@@ -24,6 +24,11 @@ from index_builder.parts import add_part, part_name
 log = logging.getLogger(__name__)
 
 
+def part_path(parts_dir: str, number: int, only: tuple[int, int] | None) -> str:
+    """Where the stage writes the part of embeddings shard `number` (for index shard only[0])."""
+    return storage.join(parts_dir, part_name(number, only[0] if only else 0))
+
+
 class AddShards(beam.DoFn):
     """(shard index, shard path, first id) -> the part's path, written under `parts_dir`; with
     `only` = (k, K), the part holds just the rows of index shard k."""
@@ -39,7 +44,7 @@ class AddShards(beam.DoFn):
         number, path, first_id = item
         table = storage.read_parquet(path, ["id", vector_column(self.vector)])
         data = add_part(self.index, *shard_rows(table.column(0), table.column(1), first_id, self.only))
-        out = storage.join(self.parts_dir, part_name(number, self.only[0] if self.only else 0))
+        out = part_path(self.parts_dir, number, self.only)
         with storage.atomic_open(out) as fh:
             fh.write(data.tobytes())
         yield out
@@ -64,7 +69,7 @@ def beam_adder(beam_args: list[str], workers: int = 1) -> AddParts:
                 | "Spread" >> beam.Reshuffle()
                 | "AddShards" >> beam.ParDo(AddShards(template_path, vector, parts_dir, only))
             )
-        paths = [storage.join(parts_dir, part_name(i, only[0] if only else 0)) for i in range(len(shards))]
+        paths = [part_path(parts_dir, i, only) for i in range(len(shards))]
         missing = [p for p in paths if not storage.exists(p)]
         if missing:
             raise RuntimeError(f"the add stage finished without writing {len(missing)} parts, e.g. {missing[0]}")
