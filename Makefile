@@ -8,7 +8,7 @@ DEMO ?= demo
 DATA_PACKAGES := fonts-noto-color-emoji unicode-cldr-core openclipart-png openclipart-svg
 DATA_FILES := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf /usr/share/unicode/cldr/common/annotations/en.xml /usr/share/openclipart/png
 
-.PHONY: install data-packages test-packages test test-unit test-slow lint format demo demo-sample bench bench-peer clean
+.PHONY: install data-packages test-packages test test-unit test-slow lint format demo demo-sample bench bench-peer bench-autofaiss clean
 
 install: $(VENV)/.installed
 
@@ -106,6 +106,13 @@ bench: install
 bench-peer: install
 	test -x .peer-venv/bin/clip-retrieval || ($(PYTHON) -m venv .peer-venv && .peer-venv/bin/pip install -q "clip-retrieval==2.45.*" "setuptools<70")
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.bench $(BENCH_ARGS)
+
+# autofaiss 2.18 in its own venv (faiss-cpu 1.9: it breaks on faiss 1.15), then the budget section,
+# which runs it on the same vectors as build-index (~15 min).
+bench-autofaiss: install
+	test -x .autofaiss-venv/bin/python || ($(PYTHON) -m venv .autofaiss-venv && .autofaiss-venv/bin/pip install -q \
+	  "autofaiss==2.18.0" "faiss-cpu==1.9.0.post1" "pyarrow<16")
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.bench --sections budget $(BENCH_ARGS)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

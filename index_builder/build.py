@@ -33,16 +33,20 @@ from encoders.errors import InputError, SettingsError
 from index_builder import faiss_io, storage
 from index_builder.choose import (
     ID_BYTES,
+    OPQ_MIN_GAIN,
     Candidate,
     available_memory,
     candidates,
     merge_mode,
+    opq_m,
     to_try,
     within_budget,
+    worth_opq,
 )
 from index_builder.drift import blend, codec_errors, drift
 from index_builder.embeddings import MANIFEST, Shard, arrow_to_vectors, list_shards, vector_column
 from index_builder.factory import choose_factory, choose_train_size
+from index_builder.opq import opq_gain
 from index_builder.parts import add_part, merge_in_ram, merge_on_disk, part_name
 from index_builder.recall import exact_neighbours, latency, truth_width
 from index_builder.settings import BuildSettings
@@ -178,10 +182,14 @@ def sample_training_set(
     return np.concatenate(parts), np.concatenate(ids).astype(np.int64), valid_counts
 
 
-def train_template(factory: str, xt: np.ndarray) -> faiss.Index:
-    """An empty trained index; the coarse quantizer trains on GPU when faiss sees one."""
+def train_template(factory: str, xt: np.ndarray, centroids: np.ndarray | None = None) -> faiss.Index:
+    """An empty trained index; the coarse quantizer trains on GPU when faiss sees one. `centroids`
+    (nlist x d, an IVF factory without a pre-transform): coarse centroids already trained on `xt`
+    by another candidate; the quantizer starts full and faiss trains only the codes."""
     index = new_index(xt.shape[1], factory)
     ivf = faiss.try_extract_index_ivf(index)
+    if centroids is not None:
+        ivf.quantizer.add(centroids)  # IndexIVF.train skips k-means when the quantizer holds nlist centroids
     pq = getattr(faiss.downcast_index(ivf if ivf is not None else index), "pq", None)
     if pq is not None and len(xt) < 39 * pq.ksub:
         # faiss would print this once per sub-quantizer (64 lines for PQ64): say it once
@@ -379,13 +387,27 @@ def plan(cfg: BuildSettings, n: int, d: int) -> list[str]:
     return [c.factory for c in to_try(fit)]
 
 
-def _train(factory: str, xt: np.ndarray, total: int, cfg: BuildSettings, training: dict) -> tuple[faiss.Index, float]:
-    """(a template of `factory` trained on xt, seconds)."""
+def coarse_of(factory: str) -> str | None:
+    """The coarse quantizer part of an IVF factory that is trained on the raw vectors ('IVF1024' of
+    'IVF1024,PQ64x8np'), which candidates naming the same one can share; None with a pre-transform."""
+    return factory.split(",")[0] if factory.startswith("IVF") else None
+
+
+def _train(
+    factory: str, xt: np.ndarray, total: int, cfg: BuildSettings, training: dict, coarse: dict[str, np.ndarray]
+) -> tuple[faiss.Index, float]:
+    """(a template of `factory` trained on xt, seconds). `coarse`: centroids by coarse_of(), shared
+    between the candidates of one build (read and filled here)."""
     t = time.monotonic()
     log.info("building %s over %d vectors (%s, dim %d), training on %d (%s)", factory, total, cfg.vector,
              xt.shape[1], len(xt), training["reason"])  # fmt: skip
+    key = coarse_of(factory)
     try:
-        return train_template(factory, xt), time.monotonic() - t
+        template = train_template(factory, xt, coarse.get(key))
+        if key is not None and key not in coarse:
+            ivf = faiss.try_extract_index_ivf(template)
+            coarse[key] = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+        return template, time.monotonic() - t
     except RuntimeError as exc:
         raise SettingsError(
             f"cannot train {factory!r} on {len(xt)} vectors: {exc}; pass a smaller --factory or more data"
@@ -513,9 +535,22 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
 
     table = ids_table(shards, cache)
     with tempfile.TemporaryDirectory(prefix="fusionindex-build-") as scratch:  # on-disk lists are built here
-        best, tried = None, []
+        best, tried, coarse, skipped = None, [], {}, []
         for number, factory in enumerate(factories):
-            template, train_s = (reused, 0.0) if reused is not None else _train(factory, xt, total, cfg, training)
+            if reused is None and tried and (m := opq_m(factory)) is not None:
+                t = time.monotonic()
+                gain = opq_gain(xt, m, seed=cfg.seed)
+                if not worth_opq(gain):
+                    why = f"a brief OPQ rotation removed {gain:.1%} of the PQ error on a sample (< {OPQ_MIN_GAIN:.0%})"
+                    log.info("skipping %s: %s", factory, why)
+                    screen_s = round(time.monotonic() - t, 3)
+                    skipped.append(
+                        {"factory": factory, "opq_gain": round(gain, 4), "screen_s": screen_s, "reason": why}
+                    )
+                    continue
+            template, train_s = (
+                (reused, 0.0) if reused is not None else _train(factory, xt, total, cfg, training, coarse)
+            )
             t = time.monotonic()
             merge = merge_mode(cfg.merge, estimated_memory(template, n_valid), available_memory(), lists_of(template))
             ondisk = os.path.join(scratch, str(number)) if merge == "disk" else None
@@ -554,6 +589,7 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
         choice = {
             "budget": {"max_bytes_per_vector": cfg.max_bytes_per_vector, "max_memory": cfg.max_memory},
             "tried": tried,
+            "skipped": skipped,
             "reason": _choice_reason(cfg, factory, tried, reused is not None, len(factories)),
         }
         if not recall["reached"]:
@@ -632,5 +668,5 @@ def _choice_reason(cfg: BuildSettings, factory: str, tried: list[dict], reused: 
         )
     return (
         f"no candidate of the largest code size within the budget reached recall@{cfg.recall_k} "
-        f"{cfg.target_recall} ({len(tried)} tried); kept the best"
+        f"{cfg.target_recall} ({len(tried)} tried, {fitting - len(tried)} skipped); kept the best"
     )

@@ -110,7 +110,10 @@ def to_try(fit: list[Candidate], limit: int = MAX_TRIALS) -> list[Candidate]:
     return [c for c in fit if c.code_bytes == fit[0].code_bytes][:limit] if fit else []
 
 
-def smallest_nprobe(curve: list[tuple[int, float]], target: float, tolerance: float = 0.005) -> tuple[int, bool]:
+TOLERANCE = 0.005  # recall@k differences below this are noise here (1000 queries) and buy nothing
+
+
+def smallest_nprobe(curve: list[tuple[int, float]], target: float, tolerance: float = TOLERANCE) -> tuple[int, bool]:
     """(nprobe, reached): the smallest nprobe of `curve` ((nprobe, recall) pairs, any order) whose
     recall reaches `target`; when none does, the smallest whose recall is within `tolerance` of the
     best (more probes buy nothing) and False."""
@@ -120,6 +123,21 @@ def smallest_nprobe(curve: list[tuple[int, float]], target: float, tolerance: fl
             return nprobe, True
     best = max(r for _, r in ordered)
     return next(p for p, r in ordered if r >= best - tolerance), False
+
+
+OPQ_MIN_GAIN = 0.05  # an OPQ candidate is trained only when a brief rotation removes this share of PQ error
+
+
+def worth_opq(gain: float) -> bool:
+    """Whether an OPQ candidate is worth its training (several times a plain PQ's), given the
+    share of PQ error a brief rotation removed on a sample (index_builder.opq.opq_gain)."""
+    return gain >= OPQ_MIN_GAIN
+
+
+def opq_m(factory: str) -> int | None:
+    """m of a factory's OPQ rotation ('OPQ64,IVF1024,PQ64x8np' -> 64), None without one."""
+    match = re.match(r"OPQ(\d+)", factory)
+    return int(match.group(1)) if match else None
 
 
 def between(low: int, high: int) -> int | None:

@@ -9,7 +9,7 @@ import logging
 import faiss
 import numpy as np
 
-from index_builder.choose import between, smallest_nprobe
+from index_builder.choose import TOLERANCE, between, smallest_nprobe
 from index_builder.params import nprobe_ladder
 from index_builder.recall import KS, recall_at
 from index_builder.split import members
@@ -17,7 +17,9 @@ from index_builder.split import members
 log = logging.getLogger(__name__)
 
 EXTRA_STEPS = 2  # ladder steps measured past the first nprobe reaching the target
-PLATEAU = 0.001  # recall@k gained over two doublings of nprobe below which the ladder stops
+# recall@k gained over two doublings of nprobe below which the ladder stops: smallest_nprobe would
+# not take the larger nprobe for so little either
+PLATEAU = TOLERANCE
 
 
 def ks_for(k: int, ntotal: int) -> list[int]:

@@ -11,7 +11,9 @@ import pytest
 
 from encoders.errors import SettingsError
 from index_builder.build import build_index
+from index_builder.choose import OPQ_MIN_GAIN
 from index_builder.evaluate_index import evaluate_index
+from index_builder.opq import opq_gain
 from index_builder.settings import BuildSettings
 from pipelines.cli import main
 from tests.test_index import clustered, write_embeddings
@@ -71,3 +73,28 @@ def test_evaluate_index_on_the_command_line(emb, tmp_path, capsys):
     assert "recall@10" in printed and "manifest:" in printed and "latency" in printed
     r = json.load(open(report))
     assert r["queries"] == 300 and set(r["recall_at"]) == {"1", "10", "100"} and os.path.isdir(out)
+
+
+def test_the_opq_screen_sees_a_rotation_worth_training_only_where_there_is_one():
+    rng = np.random.default_rng(5)
+    even = rng.standard_normal((8000, 32)).astype(np.float32)  # variance spread evenly: nothing to rotate
+    steep = even * np.where(np.arange(32) < 8, 10.0, 0.1).astype(np.float32)  # all of it in 2 of 8 sub-spaces
+    assert opq_gain(even, 8) < OPQ_MIN_GAIN <= 0.2 < opq_gain(steep, 8)
+    assert opq_gain(steep, 8, seed=1) == opq_gain(steep, 8, seed=1)  # seeded
+
+
+def test_opq_candidates_are_trained_only_when_the_screen_says_they_pay(tmp_path):
+    rng = np.random.default_rng(8)
+    flat, steep = str(tmp_path / "flat"), str(tmp_path / "steep")
+    x = clustered(6000, 32, rng, centres=40)
+    write_embeddings(flat, [x[:3000], x[3000:]])
+    y = x * np.where(np.arange(32) < 8, 1.0, 0.02).astype(np.float32)
+    write_embeddings(steep, [y[:3000], y[3000:]])
+    built = {}
+    for name, root in (("flat", flat), ("steep", steep)):
+        m = build_index(BuildSettings(root, str(tmp_path / f"idx-{name}"), max_bytes_per_vector=8, target_recall=1.0))
+        built[name] = m["choice"]
+    assert [t["factory"] for t in built["flat"]["tried"]] == ["IVF128,PQ16x4fs", "IVF128,PQ8x8np"]
+    (skip,) = built["flat"]["skipped"]
+    assert skip["factory"] == "OPQ8,IVF128,PQ8x8np" and skip["opq_gain"] < OPQ_MIN_GAIN and "rotation" in skip["reason"]
+    assert [t["factory"] for t in built["steep"]["tried"]][-1] == "OPQ8,IVF128,PQ8x8np" and not built["steep"]["skipped"]
