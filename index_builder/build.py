@@ -516,6 +516,7 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
         xh, xh_ids = xt, xt_ids
     pick = np.sort(np.random.default_rng(cfg.seed + 1).choice(len(xh), min(cfg.recall_queries, len(xh)), replace=False))
     queries, query_ids = xh[pick], xh_ids[pick]
+    del sample, sample_ids  # xt and xh are copies: the sample would double the training set's memory
     timings = {"sample_s": time.monotonic() - t}
 
     t = time.monotonic()

@@ -30,6 +30,8 @@ def test_budget_and_ondisk_sections_report_their_figures(tmp_path):
     r = json.loads(out.read_text())
     assert {"16MB", "256B"} <= set(r["budget"]) and r["budget"]["256B"]["tried"]
     assert r["ondisk"]["merge"] == "disk" and r["ondisk"]["peak_rss_mib"] > 0 and r["ondisk"]["index_mib"] > 0
+    assert 0 < r["ondisk"]["peak_anon_mib"] <= r["ondisk"]["peak_rss_mib"] and r["budget"]["16MB"]["cpu_s"] > 0
+    assert "autofaiss_16MB" in r["budget"]  # its figures, or why it was skipped (no venv with autofaiss)
 
 
 def test_generated_benchmark_shards_are_real_jpegs(tmp_path):
