@@ -97,4 +97,20 @@ def test_opq_candidates_are_trained_only_when_the_screen_says_they_pay(tmp_path)
     assert [t["factory"] for t in built["flat"]["tried"]] == ["IVF128,PQ16x4fs", "IVF128,PQ8x8np"]
     (skip,) = built["flat"]["skipped"]
     assert skip["factory"] == "OPQ8,IVF128,PQ8x8np" and skip["opq_gain"] < OPQ_MIN_GAIN and "rotation" in skip["reason"]
-    assert [t["factory"] for t in built["steep"]["tried"]][-1] == "OPQ8,IVF128,PQ8x8np" and not built["steep"]["skipped"]
+    assert [t["factory"] for t in built["steep"]["tried"]][-1] == "OPQ8,IVF128,PQ8x8np" and not built["steep"][
+        "skipped"
+    ]
+
+
+def test_candidates_sharing_a_coarse_quantizer_train_it_once_to_the_same_index():
+    import faiss
+
+    from index_builder.build import coarse_of, train_template
+
+    xt = clustered(4000, 32, np.random.default_rng(9), centres=30)
+    assert coarse_of("IVF64,PQ8x8np") == coarse_of("IVF64,SQ8") == "IVF64" and coarse_of("OPQ8,IVF64,PQ8x8np") is None
+    sq8 = train_template("IVF64,SQ8", xt)
+    centroids = faiss.extract_index_ivf(sq8).quantizer.reconstruct_n(0, 64)
+    alone, shared = train_template("IVF64,PQ8x8np", xt), train_template("IVF64,PQ8x8np", xt, centroids)
+    assert np.array_equal(faiss.extract_index_ivf(alone).quantizer.reconstruct_n(0, 64), centroids)
+    assert np.array_equal(alone.sa_encode(xt[:500]), shared.sa_encode(xt[:500]))  # same lists, same codes

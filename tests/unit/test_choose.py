@@ -6,7 +6,18 @@ import faiss
 import pytest
 
 from encoders.errors import SettingsError
-from index_builder.choose import between, candidates, merge_mode, parse_size, smallest_nprobe, to_try, within_budget
+from index_builder.choose import (
+    OPQ_MIN_GAIN,
+    between,
+    candidates,
+    merge_mode,
+    opq_m,
+    parse_size,
+    smallest_nprobe,
+    to_try,
+    within_budget,
+    worth_opq,
+)
 
 
 def test_sizes_parse_in_si_and_binary_units_and_refuse_the_rest():
@@ -61,3 +72,9 @@ def test_the_merge_goes_to_disk_when_ram_would_not_hold_the_index_and_faiss_can(
     for lists, why in (("fast-scan", "fast-scan blocks"), ("flat", "no inverted lists")):
         with pytest.raises(SettingsError, match=why):
             merge_mode("disk", 1, 100, lists)
+
+
+def test_opq_is_trained_only_for_a_gain_worth_it_and_its_m_is_read_from_the_factory():
+    assert not worth_opq(0.0) and not worth_opq(OPQ_MIN_GAIN / 2) and worth_opq(OPQ_MIN_GAIN) and worth_opq(0.3)
+    assert opq_m("OPQ64,IVF1024,PQ64x8np") == 64 and opq_m("OPQ16_64,IVF8,PQ16np") == 16
+    assert opq_m("IVF1024,PQ64x8np") is None and opq_m("PCA64,IVF8,Flat") is None
