@@ -414,6 +414,21 @@ def _train(
         ) from exc
 
 
+def _opq_screen(factory: str, xt: np.ndarray, seed: int) -> dict | None:
+    """None when `factory` has no OPQ rotation or one worth training (index_builder.opq), else
+    the record of why it is skipped."""
+    m = opq_m(factory)
+    if m is None:
+        return None
+    t = time.monotonic()
+    gain = opq_gain(xt, m, seed=seed)
+    if worth_opq(gain):
+        return None
+    why = f"a brief OPQ rotation removed {gain:.1%} of the PQ error on a sample (< {OPQ_MIN_GAIN:.0%})"
+    log.info("skipping %s: %s", factory, why)
+    return {"factory": factory, "opq_gain": round(gain, 4), "screen_s": round(time.monotonic() - t, 3), "reason": why}
+
+
 def _add(cfg, template, shards, valid_counts, cache, add_parts, ondisk_dir: str | None) -> faiss.Index:
     """add_and_merge into IDX's parts directory (a parallel adder reads the template from IDX), once
     per index shard; their lists on disk under `ondisk_dir` when given."""
@@ -538,17 +553,9 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="fusionindex-build-") as scratch:  # on-disk lists are built here
         best, tried, coarse, skipped = None, [], {}, []
         for number, factory in enumerate(factories):
-            if reused is None and tried and (m := opq_m(factory)) is not None:
-                t = time.monotonic()
-                gain = opq_gain(xt, m, seed=cfg.seed)
-                if not worth_opq(gain):
-                    why = f"a brief OPQ rotation removed {gain:.1%} of the PQ error on a sample (< {OPQ_MIN_GAIN:.0%})"
-                    log.info("skipping %s: %s", factory, why)
-                    screen_s = round(time.monotonic() - t, 3)
-                    skipped.append(
-                        {"factory": factory, "opq_gain": round(gain, 4), "screen_s": screen_s, "reason": why}
-                    )
-                    continue
+            if reused is None and tried and (skip := _opq_screen(factory, xt, cfg.seed)) is not None:
+                skipped.append(skip)
+                continue
             template, train_s = (
                 (reused, 0.0) if reused is not None else _train(factory, xt, total, cfg, training, coarse)
             )
