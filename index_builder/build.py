@@ -168,18 +168,21 @@ def sample_training_set(
     rng = np.random.default_rng(seed)
     total = sum(s.num_rows for s in shards)
     chosen = np.sort(rng.choice(total, size=min(size, total), replace=False))
-    parts, ids, valid_counts = [], [], []
-    row0 = id0 = 0
+    out, ids, valid_counts = None, np.empty(len(chosen), np.int64), []
+    row0 = id0 = filled = 0
     for shard in shards:
         x, valid = cache.vectors(shard) if cache else read_vectors(shard, vector)
+        if out is None:  # filled in place: concatenating parts would hold the sample twice at its peak
+            out = np.empty((len(chosen), x.shape[1]), np.float32)
         local = chosen[(chosen >= row0) & (chosen < row0 + shard.num_rows)] - row0
         local = local[valid[local]]
-        parts.append(x[local])
-        ids.append(id0 + np.cumsum(valid)[local] - 1)
+        out[filled : filled + len(local)] = x[local]
+        ids[filled : filled + len(local)] = id0 + np.cumsum(valid)[local] - 1
+        filled += len(local)
         valid_counts.append(int(valid.sum()))
         row0 += shard.num_rows
         id0 += valid_counts[-1]
-    return np.concatenate(parts), np.concatenate(ids).astype(np.int64), valid_counts
+    return out[:filled], ids[:filled], valid_counts
 
 
 def train_template(factory: str, xt: np.ndarray, centroids: np.ndarray | None = None) -> faiss.Index:
@@ -523,15 +526,17 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
     n_valid = sum(valid_counts)
     if n_valid == 0:
         raise InputError(f"no row has a {cfg.vector} vector (e.g. --vector text with no captions)")
-    split = np.random.default_rng(cfg.seed + 2).permutation(len(sample))
-    xt, xt_ids = sample[split[: len(sample) - held_out]], sample_ids[split[: len(sample) - held_out]]
+    # shuffled in place (the same permutation for both: it depends on the length and the seed only),
+    # then split into views: copies would hold the training set twice
+    np.random.default_rng(cfg.seed + 2).shuffle(sample)
+    np.random.default_rng(cfg.seed + 2).shuffle(sample_ids)
+    xt, xt_ids = sample[: len(sample) - held_out], sample_ids[: len(sample) - held_out]
     if held_out:  # the baseline and the recall queries on vectors the codec did not train on
-        xh, xh_ids = sample[split[len(sample) - held_out :]], sample_ids[split[len(sample) - held_out :]]
+        xh, xh_ids = sample[len(sample) - held_out :], sample_ids[len(sample) - held_out :]
     else:
         xh, xh_ids = xt, xt_ids
     pick = np.sort(np.random.default_rng(cfg.seed + 1).choice(len(xh), min(cfg.recall_queries, len(xh)), replace=False))
     queries, query_ids = xh[pick], xh_ids[pick]
-    del sample, sample_ids  # xt and xh are copies: the sample would double the training set's memory
     timings = {"sample_s": time.monotonic() - t}
 
     t = time.monotonic()
