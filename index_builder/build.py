@@ -417,17 +417,20 @@ def _train(
         ) from exc
 
 
-def _opq_screen(factory: str, xt: np.ndarray, seed: int) -> dict | None:
+def _opq_screen(factory: str, xt: np.ndarray, seed: int, coarse: dict[str, np.ndarray]) -> dict | None:
     """None when `factory` has no OPQ rotation or one worth training (index_builder.opq), else
-    the record of why it is skipped."""
+    the record of why it is skipped. `coarse`: centroids other candidates trained (by coarse_of):
+    with those of this factory's IVF the bound is taken on the residuals the PQ encodes."""
     m = opq_m(factory)
     if m is None:
         return None
     t = time.monotonic()
-    gain = opq_gain(xt, m, seed=seed)
+    centroids = coarse.get(factory.split(",")[1])
+    gain = opq_gain(xt, m, centroids, seed=seed)
     if worth_opq(gain):
         return None
-    why = f"a brief OPQ rotation removed {gain:.1%} of the PQ error on a sample (< {OPQ_MIN_GAIN:.0%})"
+    on = "IVF residuals" if centroids is not None else "vectors"
+    why = f"the best rotation removes {gain:.1%} of PQ{m}'s distortion bound on the sampled {on} (< {OPQ_MIN_GAIN:.0%})"
     log.info("skipping %s: %s", factory, why)
     return {"factory": factory, "opq_gain": round(gain, 4), "screen_s": round(time.monotonic() - t, 3), "reason": why}
 
@@ -558,7 +561,7 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="fusionindex-build-") as scratch:  # on-disk lists are built here
         best, tried, coarse, skipped = None, [], {}, []
         for number, factory in enumerate(factories):
-            if reused is None and tried and (skip := _opq_screen(factory, xt, cfg.seed)) is not None:
+            if reused is None and tried and (skip := _opq_screen(factory, xt, cfg.seed, coarse)) is not None:
                 skipped.append(skip)
                 continue
             template, train_s = (

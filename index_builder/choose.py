@@ -125,12 +125,12 @@ def smallest_nprobe(curve: list[tuple[int, float]], target: float, tolerance: fl
     return next(p for p, r in ordered if r >= best - tolerance), False
 
 
-OPQ_MIN_GAIN = 0.05  # an OPQ candidate is trained only when a brief rotation removes this share of PQ error
+OPQ_MIN_GAIN = 0.05  # an OPQ candidate is trained only when a rotation can remove this share of PQ distortion
 
 
 def worth_opq(gain: float) -> bool:
     """Whether an OPQ candidate is worth its training (several times a plain PQ's), given the
-    share of PQ error a brief rotation removed on a sample (index_builder.opq.opq_gain)."""
+    share of PQ's distortion bound the best rotation removes (index_builder.opq.opq_gain)."""
     return gain >= OPQ_MIN_GAIN
 
 

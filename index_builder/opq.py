@@ -1,10 +1,13 @@
-"""Is an OPQ rotation worth its training? A short screen on a sample, before the full training.
+"""Is an OPQ rotation worth its training? A bound computed in milliseconds, before the training.
 
 Training `OPQm,IVF...,PQm` costs several times a plain PQ of the same code size (faiss's
-OPQMatrix alternates 50 rotations and PQ trainings), and on data whose variance is already
-spread evenly over the PQ sub-spaces it buys nothing. The screen trains a brief rotation (a few
-iterations on at most `SAMPLE` vectors) and compares the PQ's squared error on held-out vectors
-with and without it: `gain` is the share of the error the rotation removes.
+OPQMatrix alternates 50 rotations and PQ trainings), and where the PQ's sub-spaces already share
+the variance evenly it buys nothing. For Gaussian data the PQ distortion is bounded, up to a
+constant, by the sum over the m sub-spaces of det(cov_i)^(1/dsub); the best rotation reaches
+m * det(cov)^(1/d) (Ge et al., "Optimized Product Quantization", 2013, the parametric solution).
+`opq_gain` is the share of the bound that a rotation removes. An IVF index encodes residuals
+(vector minus its coarse centroid), so with the coarse centroids the bound is taken on those
+(README, "Choosing an index for a budget", for what it predicted and what training found).
 """
 
 from __future__ import annotations
@@ -12,32 +15,30 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-SAMPLE = 12_288  # vectors: enough for 256-centroid sub-quantizers (faiss asks 39 each), seconds to train
-HELD_OUT = 2_048
-ROTATIONS = 4  # OPQ iterations of the screen (faiss trains 50)
-PQ_ITERATIONS = 10
+SAMPLE = 65_536  # vectors the covariance is estimated on
+FLOOR = 1e-9  # eigenvalues below this share of the largest count as this (rank-deficient data)
 
 
-def _pq_error(train: np.ndarray, test: np.ndarray, m: int, nbits: int) -> float:
-    pq = faiss.ProductQuantizer(train.shape[1], m, nbits)
-    pq.cp.niter = PQ_ITERATIONS
-    pq.cp.min_points_per_centroid = 1  # a short screen: faiss's warning for small samples is not news
-    pq.train(train)
-    return float(((test - pq.decode(pq.compute_codes(test))) ** 2).sum(1).mean())
+def _log_det(cov: np.ndarray) -> float:
+    w = np.linalg.eigvalsh(cov)
+    return float(np.log(np.maximum(w, FLOOR * max(float(w.max()), FLOOR))).sum())
 
 
-def opq_gain(x: np.ndarray, m: int, nbits: int = 8, seed: int = 0) -> float:
-    """The relative reduction (0 = none, 0.2 = a fifth) of PQ{m}x{nbits}'s mean squared error on
-    held-out rows of `x` [n, d] that a briefly trained OPQ rotation brings (seeded, deterministic)."""
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(x), min(len(x), SAMPLE + HELD_OUT), replace=False)
-    x = np.ascontiguousarray(x[pick], dtype=np.float32)
-    cut = len(x) - min(HELD_OUT, len(x) // 5)
-    train, test = x[:cut], x[cut:]
-    plain = _pq_error(train, test, m, nbits)
-    opq = faiss.OPQMatrix(x.shape[1], m)
-    opq.niter, opq.niter_pq, opq.niter_pq_0 = ROTATIONS, 4, PQ_ITERATIONS
-    opq.max_train_points = len(train)
-    opq.train(train)
-    rotated = _pq_error(opq.apply(train), opq.apply(test), m, nbits)
-    return 1.0 - rotated / plain if plain > 0 else 0.0
+def opq_gain(x: np.ndarray, m: int, centroids: np.ndarray | None = None, seed: int = 0) -> float:
+    """The share (0 = none, 1 = all) of the PQ{m} distortion bound of `x` [n, d] (of its residuals
+    to the nearest of `centroids` by inner product, the IVF's metric, when given) that the best
+    rotation removes. Seeded sample of at most SAMPLE rows."""
+    if len(x) > SAMPLE:
+        x = x[np.sort(np.random.default_rng(seed).choice(len(x), SAMPLE, replace=False))]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if centroids is not None:
+        quantizer = faiss.IndexFlatIP(x.shape[1])
+        quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        _, nearest = quantizer.search(x, 1)
+        x = x - centroids[nearest[:, 0]]
+    x = x.astype(np.float64) - x.mean(axis=0)
+    cov = x.T @ x / max(1, len(x) - 1)
+    d = cov.shape[0]
+    dsub = d // m
+    per_subspace = sum(np.exp(_log_det(cov[i : i + dsub, i : i + dsub]) / dsub) for i in range(0, dsub * m, dsub))
+    return float(1.0 - m * np.exp(_log_det(cov) / d) / per_subspace) if per_subspace > 0 else 0.0
