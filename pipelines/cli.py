@@ -179,6 +179,13 @@ def _embed_options(p: argparse.ArgumentParser, required: bool) -> None:
         action="store_true",
         help="recompute instead of reusing the shards an interrupted identical run committed",
     )
+    p.add_argument(
+        "--plan-threads",
+        type=int,
+        default=s.plan_threads,
+        metavar="N",
+        help="Parquet footers the driver reads at once while planning (default %(default)s)",
+    )
 
 
 def _add_build(sub) -> None:
