@@ -27,6 +27,7 @@ from index_builder.choose import MERGE
 from index_builder.embeddings import VECTOR_COLUMNS
 from index_builder.settings import RETRAIN, BuildSettings
 from pipelines.datasets.items import LABELLED
+from pipelines.dry_run import DryRun
 from pipelines.embed.settings import DECODE_AHEAD, DUPLICATE_POLICIES, PRECISIONS, PREPROCESS_MODES, EmbedSettings
 from pipelines.inputs import Columns
 from pipelines.reindex.settings import ReindexSettings
@@ -766,6 +767,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"fusionindex: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except DryRun as exc:  # --dry_run=True: the job was built, not submitted; no output, not an error
+        print(f"{exc}; no output was written")
+        return 0
 
 
 if __name__ == "__main__":
