@@ -768,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fusionindex: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except DryRun as exc:  # --dry_run=True: the job was built, not submitted; no output, not an error
-        print(f"{exc}; no output was written")
+        print(exc)
         return 0
 
 

@@ -9,6 +9,6 @@ class DryRun(Exception):
     the Beam runner object (DataflowRunner keeps the pipeline proto in `runner.proto_pipeline`
     and the job request in `runner.job`)."""
 
-    def __init__(self, stage: str, runner_name: str, runner: object):
+    def __init__(self, stage: str, runner_name: str, runner: object, written: str = "nothing was written"):
         self.stage, self.runner = stage, runner
-        super().__init__(f"dry run: the {stage} job graph was built for {runner_name}; nothing ran")
+        super().__init__(f"dry run: the {stage} job graph was built for {runner_name}; nothing ran; {written}")

@@ -75,7 +75,7 @@ def beam_adder(beam_args: list[str], workers: int = 1) -> AddParts:
         )
         p.run().wait_until_finish()
         if dry_run:  # no part was written: the build cannot go on
-            raise dry_run_done("build-index add", options, p.runner)
+            raise dry_run_done("build-index add", options, p.runner, "the driver wrote the trained template only")
         paths = [part_path(parts_dir, i, only) for i in range(len(shards))]
         missing = [p for p in paths if not storage.exists(p)]
         if missing:

@@ -95,7 +95,7 @@ def test_embed_builds_the_gpu_dataflow_job_and_writes_nothing(sample_dir, tiny_c
     capsys.readouterr()
     assert main(argv) == 0
     said = capsys.readouterr().out
-    assert "dry run: the embed job graph was built for DataflowRunner; nothing ran; no output was written" in said
+    assert "dry run: the embed job graph was built for DataflowRunner; nothing ran; nothing was written" in said
     assert json.loads((out / "manifest.json").read_text()) == {"kept": True} and os.listdir(out) == ["manifest.json"]
 
 
@@ -144,3 +144,12 @@ def test_worker_image_versions_match_pyproject():
         assert frozen[name] == p[name], name
     meta = json.load(open(os.path.join(DEPLOY, "metadata.json"), encoding="utf-8"))
     assert {q["name"] for q in meta["parameters"] if not q.get("isOptional")} == {"input", "output", "model"}
+
+
+def test_reindex_dry_run_leaves_no_run_to_resume(sample_dir, tiny_clip, tmp_path, capsys):
+    needs_dataflow()
+    root = tmp_path / "root"
+    capsys.readouterr()
+    assert main(["reindex", "--input", sample_dir, "--root", str(root), "--model", tiny_clip, *DATAFLOW]) == 0
+    assert "dry run: the embed job graph was built for DataflowRunner" in capsys.readouterr().out
+    assert os.listdir(root) == ["runs"] and os.listdir(root / "runs") == []  # no run.json, no lock, no LATEST

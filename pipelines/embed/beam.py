@@ -285,6 +285,6 @@ def is_dry_run(options: PipelineOptions) -> bool:
     return bool(options.view_as(TestOptions).dry_run)
 
 
-def dry_run_done(stage: str, options: PipelineOptions, runner) -> DryRun:
-    """The DryRun ending a command whose `stage` was only built."""
-    return DryRun(stage, runner_name(options), runner)
+def dry_run_done(stage: str, options: PipelineOptions, runner, written: str = "nothing was written") -> DryRun:
+    """The DryRun ending a command whose `stage` was only built; `written`: what the driver did write."""
+    return DryRun(stage, runner_name(options), runner, written)
