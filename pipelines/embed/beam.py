@@ -258,8 +258,11 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
         from apache_beam.runners.runner import create_runner
 
         create_runner(standard.runner)
+        if name == "DataflowRunner":  # Beam without [gcp] creates the runner and fails only when submitting
+            import apache_beam.runners.dataflow.internal.apiclient  # noqa: F401
     except (ValueError, ImportError) as exc:
-        raise SettingsError(f"--runner {standard.runner}: {exc}") from exc
+        hint = "; install the Dataflow extra: pip install 'fusionindex[dataflow]'" if name == "DataflowRunner" else ""
+        raise SettingsError(f"--runner {standard.runner}: {exc}{hint}") from exc
     direct = options.view_as(DirectOptions)
     if (direct.direct_num_workers or 1) > 1 and direct.direct_running_mode == "multi_processing":
         share = str(max(1, (os.cpu_count() or 1) // direct.direct_num_workers))
