@@ -15,6 +15,9 @@ Prints a table and writes benchmarks/results/latest.json. Sections:
   reindex a full nightly run, then a second night with 1% of rows changed, 1% new and 0.5%
           deleted: embed stage cost ratio, index ids, unchanged vectors against a full rebuild
           (with --exact-shapes and without)
+  plan    the driver's input planning (every Parquet footer read) over --plan-files small files,
+          serial and with a thread pool, on local disk and on an S3 endpoint on localhost (moto
+          server + s3fs, when installed); seconds per 1,000 files and 100k files extrapolated
 Figures are printed, never asserted: targets live in the README, not in tests.
 """
 
@@ -760,6 +763,105 @@ def machine() -> dict:
     }
 
 
+def write_small_parquet_files(out: Path, n: int) -> list[str]:
+    """`n` img2dataset-style Parquet files of 8 rows in 2 row groups each (tiny bytes as images):
+    planning reads footers only, so the files' size does not matter, their number does."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "key": [f"k{i}" for i in range(8)],
+            "caption": ["c"] * 8,
+            "jpg": [b"\xff\xd8"] * 8,
+            "status": ["success"] * 8,
+        }
+    )
+    paths = []
+    for i in range(n):
+        path = out / f"{i:06d}.parquet"
+        if not path.exists():
+            pq.write_table(table, path, row_group_size=4)
+        paths.append(str(path))
+    return paths
+
+
+def _time_plans(pattern: str, threads: list[int], repeat: int) -> dict:
+    """Fastest of `repeat` plan_inputs runs of `pattern` per thread count (the glob's listing included)."""
+    from pipelines.inputs import Columns, plan_inputs
+
+    out = {}
+    for t in threads:
+        best = None
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            plan = plan_inputs([pattern], Columns(), threads=t)
+            took = time.perf_counter() - t0
+            best = took if best is None else min(best, took)
+        out[str(t)] = {"seconds": round(best, 3), "files": len(plan.files), "units": len(plan.units)}
+    return out
+
+
+def _moto_s3(files: list[str]):
+    """(s3 url of the files' directory, stop) with the files on an S3 endpoint on localhost, or None
+    when moto's server is not installed. Points fsspec's s3 at it, as tests/test_reindex.py does."""
+    import socket
+
+    import fsspec
+
+    server_bin = Path(sys.executable).parent / "moto_server"
+    if not server_bin.exists():
+        return None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(server_bin), "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    fsspec.config.conf["s3"] = {"endpoint_url": endpoint}
+    fsspec.filesystem("s3").clear_instance_cache()
+    for _ in range(100):  # the server takes a moment to listen
+        try:
+            fsspec.filesystem("s3", skip_instance_cache=True).mkdir("plan")
+            break
+        except Exception:  # noqa: BLE001 - any connection error means "not up yet"
+            time.sleep(0.1)
+    fs = fsspec.filesystem("s3")
+    fs.put(str(Path(files[0]).parent), "plan/in", recursive=True)
+
+    def stop() -> None:
+        server.terminate()
+        server.wait()
+        fsspec.config.conf.pop("s3", None)
+        fsspec.filesystem("s3").clear_instance_cache()
+
+    return "s3://plan/in/*.parquet", stop
+
+
+def bench_plan(work: Path, args) -> dict:
+    """plan_inputs over args.plan_files files: serial (1 thread) against the default thread pool."""
+    from pipelines.inputs import PLAN_THREADS
+
+    threads = sorted({1, 8, PLAN_THREADS})
+    files = write_small_parquet_files(work / "plan-files", args.plan_files)
+    out: dict = {"files": len(files), "threads_default": PLAN_THREADS, "repeat": args.repeat}
+    out["local"] = _time_plans(str(work / "plan-files" / "*.parquet"), threads, args.repeat)
+    s3 = _moto_s3(files)
+    if s3 is None:
+        out["s3_moto"] = {"skipped": "moto_server is not installed (pip install 'moto[server]' s3fs)"}
+    else:
+        url, stop = s3
+        try:
+            out["s3_moto"] = _time_plans(url, threads, args.repeat)
+        finally:
+            stop()
+    for where in ("local", "s3_moto"):
+        for figures in out[where].values():
+            if isinstance(figures, dict):
+                per_1000 = figures["seconds"] / len(files) * 1000
+                figures["s_per_1000_files"] = round(per_1000, 3)
+                figures["extrapolated_100k_files_s"] = round(per_1000 * 100, 1)
+    return out
+
+
 def table(results: dict) -> str:
     lines = []
     if "embed" in results:
@@ -845,6 +947,18 @@ def table(results: dict) -> str:
             f"vs index {o['index_mib']} MiB + one shard {o['one_shard_vectors_mib']} MiB -> "
             f"{o['rss_over_index_plus_shard']} (target <= 1.3); recall {o['recall_at']} at nprobe {o['nprobe']}"
         )
+    if "plan" in results:
+        p = results["plan"]
+        lines.append(f"input planning, {p['files']} files (fastest of {p['repeat']}; 100k extrapolated linearly):")
+        for where in ("local", "s3_moto"):
+            if "skipped" in p[where]:
+                lines.append(f"  {where}: {p[where]['skipped']}")
+                continue
+            for t, x in p[where].items():
+                lines.append(
+                    f"  {where:<8} {t:>3} threads: {x['seconds']} s, {x['s_per_1000_files']} s per 1,000 files, "
+                    f"~{x['extrapolated_100k_files_s']} s for 100k"
+                )
     if "pq" in results:
         p = results["pq"]
         lines += [
@@ -859,7 +973,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sections",
         default="embed,peer,rss,index,pq",
-        help="comma-separated; also: reindex (~25 min at --reindex-rows 16384), budget (~5 min), ondisk (~10 min)",
+        help="comma-separated; also: reindex (~25 min at --reindex-rows 16384), budget (~5 min), ondisk (~10 min), "
+        "plan (~1 min)",
     )
     ap.add_argument(
         "--peer-venv", default=str(ROOT / ".peer-venv"), help="venv holding clip-retrieval 2.45 (make bench-peer)"
@@ -890,11 +1005,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ondisk-n", type=int, default=2_000_000, help="vectors of the on-disk section")
     ap.add_argument("--ondisk-factory", default="IVF4096,SQ8", help="factory of the on-disk section")
     ap.add_argument("--reindex-rows", type=int, default=4096, help="rows of the reindex section's full night")
+    ap.add_argument("--plan-files", type=int, default=2000, help="Parquet files of the plan section")
     ap.add_argument(
         "--repeat",
         type=int,
         default=3,
-        help="embed and index sections: alternating runs of each side, fastest compared",
+        help="embed, index and plan sections: runs of each side, fastest compared",
     )
     ap.add_argument("--output", default=str(RESULTS / "latest.json"))
     ap.add_argument("--workdir", default=None, help="keep generated data here (default: a temporary directory)")
@@ -917,6 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
             ("reindex", lambda: bench_reindex(work, args)),
             ("budget", lambda: bench_budget(work, args)),
             ("ondisk", lambda: bench_ondisk(work, args)),
+            ("plan", lambda: bench_plan(work, args)),
         ):
             if name in sections:
                 t = time.perf_counter()

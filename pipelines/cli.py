@@ -27,6 +27,7 @@ from index_builder.choose import MERGE
 from index_builder.embeddings import VECTOR_COLUMNS
 from index_builder.settings import RETRAIN, BuildSettings
 from pipelines.datasets.items import LABELLED
+from pipelines.dry_run import DryRun
 from pipelines.embed.settings import DECODE_AHEAD, DUPLICATE_POLICIES, PRECISIONS, PREPROCESS_MODES, EmbedSettings
 from pipelines.inputs import Columns
 from pipelines.reindex.settings import ReindexSettings
@@ -178,6 +179,13 @@ def _embed_options(p: argparse.ArgumentParser, required: bool) -> None:
         "--restart",
         action="store_true",
         help="recompute instead of reusing the shards an interrupted identical run committed",
+    )
+    p.add_argument(
+        "--plan-threads",
+        type=int,
+        default=s.plan_threads,
+        metavar="N",
+        help="Parquet footers the driver reads at once while planning (default %(default)s)",
     )
 
 
@@ -759,6 +767,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"fusionindex: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except DryRun as exc:  # --dry_run=True: the job was built, not submitted; no output, not an error
+        print(exc)
+        return 0
 
 
 if __name__ == "__main__":

@@ -52,23 +52,30 @@ class AddShards(beam.DoFn):
 
 def beam_adder(beam_args: list[str], workers: int = 1) -> AddParts:
     """An `AddParts` running the AddShards stage with these Beam options; `workers` > 1 with no
-    runner options means that many local worker processes."""
+    runner options means that many local worker processes. With `--dry_run=True` (DataflowRunner)
+    the stage's job is built, not submitted, and the adder raises DryRun (no index is written)."""
+    from pipelines.embed.beam import dry_run_done, is_dry_run, pipeline_options
+
     args = list(beam_args)
     if workers > 1 and not any(a.startswith(("--runner", "--direct_num_workers")) for a in args):
         args += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
+    dry_run = is_dry_run(pipeline_options(args))  # also refuses bad Beam options before any training
 
     def add(template_path: str, shards: list[Shard], offsets: list[int], vector: str, parts_dir: str, only=None):
-        from pipelines.embed.beam import pipeline_options
-
-        storage.remove(parts_dir, recursive=True)
+        if not dry_run:
+            storage.remove(parts_dir, recursive=True)
         items = [(i, s.path, first) for i, (s, first) in enumerate(zip(shards, offsets))]
-        with beam.Pipeline(options=pipeline_options(args)) as p:
-            _ = (
-                p
-                | "Shards" >> beam.Create(items)
-                | "Spread" >> beam.Reshuffle()
-                | "AddShards" >> beam.ParDo(AddShards(template_path, vector, parts_dir, only))
-            )
+        options = pipeline_options(args)
+        p = beam.Pipeline(options=options)
+        _ = (
+            p
+            | "Shards" >> beam.Create(items)
+            | "Spread" >> beam.Reshuffle()
+            | "AddShards" >> beam.ParDo(AddShards(template_path, vector, parts_dir, only))
+        )
+        p.run().wait_until_finish()
+        if dry_run:  # no part was written: the build cannot go on
+            raise dry_run_done("build-index add", options, p.runner, "the driver wrote the trained template only")
         paths = [part_path(parts_dir, i, only) for i in range(len(shards))]
         missing = [p for p in paths if not storage.exists(p)]
         if missing:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
@@ -38,6 +39,7 @@ IMAGE_COLUMNS = ("jpg", "png", "webp")  # img2dataset: a binary column named aft
 SUCCESS = "success"
 HF_METADATA = b"huggingface"  # schema metadata `datasets` writes: {"info": {"features": {...}}}
 READ_BUFFER = 1 << 20  # bytes per read: rows stream page by page, not row group by row group
+PLAN_THREADS = 32  # footers read at once while planning: object-store latency, not CPU, bounds planning
 
 
 def _column(name: str | None, flag: str, help: str) -> object:
@@ -181,11 +183,40 @@ def open_parquet(path: str) -> pq.ParquetFile:
         ) from exc
 
 
-def plan_inputs(patterns: list[str], wanted: Columns, *, skip_bad_files: bool = False) -> InputPlan:
+def read_footer(path: str, wanted: Columns) -> tuple[Columns, list[int]] | InputError:
+    """(resolved columns, rows per row group) of one file, from its footer alone. An unreadable
+    file is returned as its InputError (the caller decides: skip or raise); wrong columns raise."""
+    try:
+        pf = open_parquet(path)
+    except InputError as exc:
+        return exc
+    columns = resolve_columns(pf.schema_arrow, wanted, path)
+    return columns, [pf.metadata.row_group(rg).num_rows for rg in range(pf.metadata.num_row_groups)]
+
+
+def _footers(files: list[str], wanted: Columns, threads: int) -> Iterator[tuple[Columns, list[int]] | InputError]:
+    """read_footer of each file, in input order, at most `threads` at once (fsspec and pyarrow
+    release the GIL while they wait on I/O). The first error in input order is raised when its
+    turn comes, as a serial loop would; reads not yet started are then cancelled."""
+    if threads <= 1 or len(files) <= 1:
+        yield from (read_footer(path, wanted) for path in files)
+        return
+    pool = ThreadPoolExecutor(max_workers=min(threads, len(files)), thread_name_prefix="plan")
+    try:
+        yield from pool.map(read_footer, files, [wanted] * len(files))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def plan_inputs(
+    patterns: list[str], wanted: Columns, *, skip_bad_files: bool = False, threads: int = PLAN_THREADS
+) -> InputPlan:
     """Expand `patterns`, validate every file's schema, and list the work units in input order.
 
     An unreadable file raises InputError, or with `skip_bad_files` is listed in `bad_files`
     and left out. A readable file with wrong columns always raises: that is a usage error.
+    Footers are read by up to `threads` threads; the plan (units, their order, bad files, the
+    error raised) is the one a serial read gives.
     """
     if not patterns:
         raise InputError("no input given: pass --input with Parquet files, globs or directories")
@@ -193,24 +224,25 @@ def plan_inputs(patterns: list[str], wanted: Columns, *, skip_bad_files: bool = 
     units: list[WorkUnit] = []
     bad: list[dict] = []
     total = 0
-    for path in files:
-        try:
-            pf = open_parquet(path)
-        except InputError as exc:
-            if not skip_bad_files:
-                raise
-            log.warning("skipping %s", exc)
-            bad.append({"path": path, "row_group": None, "error": str(exc)})
-            continue
-        columns = resolve_columns(pf.schema_arrow, wanted, path)
-        first = 0
-        for rg in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(rg).num_rows
-            units.append(WorkUnit(len(units), path, rg, first, n, columns))
-            first += n
-        total += first
-        if first == 0:
-            log.warning("%s holds no rows", path)
+    footers = _footers(files, wanted, threads)
+    try:
+        for path, footer in zip(files, footers):
+            if isinstance(footer, InputError):
+                if not skip_bad_files:
+                    raise footer
+                log.warning("skipping %s", footer)
+                bad.append({"path": path, "row_group": None, "error": str(footer)})
+                continue
+            columns, row_counts = footer
+            first = 0
+            for rg, n in enumerate(row_counts):
+                units.append(WorkUnit(len(units), path, rg, first, n, columns))
+                first += n
+            total += first
+            if first == 0:
+                log.warning("%s holds no rows", path)
+    finally:
+        footers.close()  # on an error: cancel the reads not started, now rather than when collected
     log.info("input: %d files, %d row groups, %d rows", len(files), len(units), total)
     skipped = {b["path"] for b in bad}
     return InputPlan([f for f in files if f not in skipped], units, total, bad)

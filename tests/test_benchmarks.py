@@ -34,6 +34,16 @@ def test_budget_and_ondisk_sections_report_their_figures(tmp_path):
     assert "autofaiss_16MB" in r["budget"]  # its figures, or why it was skipped (no venv with autofaiss)
 
 
+def test_plan_section_reports_local_and_s3_figures(tmp_path):
+    out = tmp_path / "r.json"
+    argv = "--sections plan --plan-files 12 --repeat 1".split()
+    assert main([*argv, "--output", str(out), "--workdir", str(tmp_path / "w")]) == 0
+    p = json.loads(out.read_text())["plan"]
+    assert p["files"] == 12 and set(p["local"]) == {"1", "8", "32"}
+    for where in ("local", "s3_moto"):
+        assert all(x["files"] == 12 and x["units"] == 24 and x["seconds"] > 0 for x in p[where].values()), p[where]
+
+
 def test_generated_benchmark_shards_are_real_jpegs(tmp_path):
     paths = make_jpeg_shards(tmp_path, 10, size=64, rows_per_group=4)
     t = pq.read_table(paths[0])

@@ -182,6 +182,15 @@ BAD_CLI = {
         [*EMBED, "--runner", "NoSuchRunner"],
         "--runner NoSuchRunner: Unexpected pipeline runner",
     ),
+    "`embed ... --runner DaskRunner` (loses data silently)": (
+        [*EMBED, "--runner", "DaskRunner"],
+        "--runner DaskRunner is refused: Beam's DaskRunner loses data silently: only the last-applied branch of a "
+        "pipeline runs, elements emitted in finish_bundle are dropped, and it reports no metrics",
+    ),
+    "`embed ... --dry_run=True` on a runner other than DataflowRunner": (
+        [*EMBED, "--dry_run=True"],
+        "--dry_run: only DataflowRunner builds a job without running it; FnApiRunner would run the pipeline",
+    ),
     "`embed --input 'none-*.parquet' ...`": (
         ["embed", "--input", "{tmp}/none-*.parquet", "--output", "{tmp}/o", "--model", "{model}"],
         "no file matches",

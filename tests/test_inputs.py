@@ -62,3 +62,32 @@ def test_fsspec_url_inputs_and_integer_ids():
     assert len(plan.files) == 1 and plan.files[0].startswith("memory://") and plan.files[0].endswith("/in/x.parquet")
     rows = read_unit(plan.units[0])
     assert [r.id for r in rows] == ["7", "8"] and rows[1].caption is None and rows[0].status == "success"
+
+
+def test_parallel_plan_equals_the_serial_plan(tmp_path):
+    """The thread pool reads footers out of order; the plan, the bad files and the error raised
+    are still the serial loop's: same units in the same order, same skipped files."""
+    good = {"key": [str(i) for i in range(10)], "caption": ["c"] * 10, "jpg": [b"x"] * 10}
+    for i in range(40):
+        if i % 7 == 3:
+            (tmp_path / f"{i:03d}.parquet").write_bytes(b"PAR1 this file lost its footer")
+        elif i % 11 == 5:
+            write(tmp_path / f"{i:03d}.parquet", {k: v[:0] for k, v in good.items()})  # no rows
+        else:
+            write(tmp_path / f"{i:03d}.parquet", good, row_group_size=1 + i % 4)
+    pattern = [str(tmp_path / "*.parquet")]
+    serial = plan_inputs(pattern, Columns(), skip_bad_files=True, threads=1)
+    assert len(serial.bad_files) == 6 and len(serial.files) == 34 and serial.total_rows == 31 * 10
+    for threads in (2, 8, 32, 64):
+        assert plan_inputs(pattern, Columns(), skip_bad_files=True, threads=threads) == serial
+    with pytest.raises(InputError) as serial_error:
+        plan_inputs(pattern, Columns(), threads=1)
+    with pytest.raises(InputError) as parallel_error:
+        plan_inputs(pattern, Columns(), threads=8)
+    assert str(parallel_error.value) == str(serial_error.value) and "003.parquet" in str(serial_error.value)
+    # wrong columns always raise, with or without --skip-bad-files: the first such file in input order
+    write(tmp_path / "020.parquet", {"key": ["1"], "text": ["x"], "jpg": [b"x"]})
+    write(tmp_path / "030.parquet", {"key": ["1"], "label": ["x"], "jpg": [b"x"]})
+    for threads in (1, 8):
+        with pytest.raises(InputError, match="020.parquet: missing column 'caption'"):
+            plan_inputs(pattern, Columns(), skip_bad_files=True, threads=threads)

@@ -21,11 +21,12 @@ from dataclasses import astuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, TestOptions
 from apache_beam.utils import multi_process_shared, shared
 
 from encoders.errors import InputError, SettingsError
 from index_builder import storage
+from pipelines.dry_run import DryRun
 from pipelines.embed.handler import THREADS_ENV, EmbeddingModelHandler
 from pipelines.embed.rows import PreviousRow, RowPlan, TodayRow, caption_hash, content_hash, decide
 from pipelines.embed.worker import UnitJob, UnitWorker
@@ -35,6 +36,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RUNNER = "FnApiRunner"  # the local runner that needs no download (DirectRunner tries Prism first)
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+# Runners that would give a wrong result without saying so: refused, with the reason.
+REFUSED_RUNNERS = {
+    "DaskRunner": "Beam's DaskRunner loses data silently: only the last-applied branch of a pipeline runs, "
+    "elements emitted in finish_bundle are dropped, and it reports no metrics; use the default FnApiRunner "
+    "(--direct_num_workers N --direct_running_mode multi_processing) or DataflowRunner",
+}
 NAMESPACE = "fusionindex"
 
 
@@ -234,12 +241,28 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     standard = options.view_as(StandardOptions)
     if standard.runner is None:
         standard.runner = DEFAULT_RUNNER
+    name = runner_name(options)
+    if name in REFUSED_RUNNERS:
+        raise SettingsError(f"--runner {standard.runner} is refused: {REFUSED_RUNNERS[name]}")
+    dry_run = options.view_as(TestOptions).dry_run
+    if isinstance(dry_run, str) and dry_run.lower() in ("false", "0", "no", ""):
+        raise SettingsError(
+            f"--dry_run={dry_run}: Beam takes any value as true and would not submit the job; "
+            "leave --dry_run out to run it, or write --dry_run=True"
+        )
+    if dry_run and name != "DataflowRunner":
+        raise SettingsError(
+            f"--dry_run: only DataflowRunner builds a job without running it; {name} would run the pipeline"
+        )
     try:
         from apache_beam.runners.runner import create_runner
 
         create_runner(standard.runner)
+        if name == "DataflowRunner":  # Beam without [gcp] creates the runner and fails only when submitting
+            import apache_beam.runners.dataflow.internal.apiclient  # noqa: F401
     except (ValueError, ImportError) as exc:
-        raise SettingsError(f"--runner {standard.runner}: {exc}") from exc
+        hint = "; install the Dataflow extra: pip install 'fusionindex[dataflow]'" if name == "DataflowRunner" else ""
+        raise SettingsError(f"--runner {standard.runner}: {exc}{hint}") from exc
     direct = options.view_as(DirectOptions)
     if (direct.direct_num_workers or 1) > 1 and direct.direct_running_mode == "multi_processing":
         share = str(max(1, (os.cpu_count() or 1) // direct.direct_num_workers))
@@ -248,7 +271,23 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     return options
 
 
+def runner_name(options: PipelineOptions) -> str:
+    """The runner's class name, however it was given (a name, a dotted path or an instance)."""
+    runner = options.view_as(StandardOptions).runner
+    return runner.rsplit(".", 1)[-1] if isinstance(runner, str) else type(runner).__name__
+
+
 def is_local(options: PipelineOptions) -> bool:
     """Whether the workers run on this machine (so this machine's Runtime is theirs)."""
-    runner = options.view_as(StandardOptions).runner
-    return (runner if isinstance(runner, str) else type(runner).__name__) in LOCAL_RUNNERS
+    return runner_name(options) in LOCAL_RUNNERS
+
+
+def is_dry_run(options: PipelineOptions) -> bool:
+    """`--dry_run=True`: the runner builds the job (DataflowRunner: the job graph and its
+    request) and submits nothing. No output will be written, so no later stage may run."""
+    return bool(options.view_as(TestOptions).dry_run)
+
+
+def dry_run_done(stage: str, options: PipelineOptions, runner, written: str = "nothing was written") -> DryRun:
+    """The DryRun ending a command whose `stage` was only built; `written`: what the driver did write."""
+    return DryRun(stage, runner_name(options), runner, written)

@@ -15,7 +15,7 @@ from encoders.loading import ModelLoadError, fingerprint, resolve_model_dir
 from encoders.models import describe_checkpoint
 from index_builder import storage
 from index_builder.embeddings import MANIFEST, list_shards
-from pipelines.embed.beam import build_pipeline, is_local, pipeline_options
+from pipelines.embed.beam import build_pipeline, dry_run_done, is_dry_run, is_local, pipeline_options
 from pipelines.embed.handler import EmbeddingModelHandler
 from pipelines.embed.output import prepare_output, run_key
 from pipelines.embed.settings import EmbedSettings
@@ -88,7 +88,10 @@ def run_embed(
 
     `previous`: the output directory of an earlier run to compare against (a nightly reindex):
     rows unchanged since then copy its vectors instead of being embedded again. `companions`:
-    names the caller keeps in the output directory (see prepare_output)."""
+    names the caller keeps in the output directory (see prepare_output).
+
+    With `--dry_run=True` (DataflowRunner) the job is built, nothing is submitted and the output
+    directory is left untouched; raises DryRun instead of returning (there is no manifest)."""
     started = datetime.now(UTC)
     t0 = time.monotonic()
     s = settings
@@ -106,16 +109,19 @@ def run_embed(
     if is_local(options):  # the workers are this machine: a runtime that cannot work fails now
         log.info("runtime: %s", handler.runtime())
     model_fp = fingerprint(model_dir)
-    plan = plan_inputs(list(s.inputs), s.columns, skip_bad_files=s.skip_bad_files)
+    plan = plan_inputs(list(s.inputs), s.columns, skip_bad_files=s.skip_bad_files, threads=s.plan_threads)
     if not plan.units:
         raise InputError(f"the input files hold no rows: {', '.join(plan.files) or '(all unreadable)'}")
     previous_shards, previous_info = previous_run(previous, model_fp, fusion_params) if previous else ((), None)
     key = run_key(s, plan, model_fp, fusion_params)
     if previous_info is not None:
         key["previous"] = previous_info
-    resume = prepare_output(s.output, key, s.restart, companions)
+    dry_run = is_dry_run(options)
     join_path = storage.join(s.output, JOIN_FILE)
-    storage.remove(join_path)
+    resume = False  # a dry run writes nothing: the output directory is left as it is, unread
+    if not dry_run:
+        resume = prepare_output(s.output, key, s.restart, companions)
+        storage.remove(join_path)
     committed = len(list_shards(s.output, require_complete=False)) if resume else 0
     if committed:
         log.info("resuming an interrupted run: %d of %d shards are committed", committed, len(plan.units))
@@ -127,6 +133,8 @@ def run_embed(
     build_pipeline(p, plan, job, model_tag, comparable=comparable, join_counts=join_path)
     result = p.run()
     result.wait_until_finish()
+    if dry_run:
+        raise dry_run_done("embed", options, p.runner)
     pipeline_s = time.monotonic() - t_pipeline
     metrics = metric_sums(result)
     work = metrics or {}

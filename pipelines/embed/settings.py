@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from encoders.errors import SettingsError, check_at_least, check_choice
 from encoders.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from encoders.settings import FUSIONS, check_fusion_weights
-from pipelines.inputs import Columns
+from pipelines.inputs import PLAN_THREADS, Columns
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class EmbedSettings:
     large_model: bool = field(default=False, metadata=RUNTIME)
     decode_ahead: str = field(default="auto", metadata=NOT_KEYED)  # decode batch k+1 while k runs (auto: CUDA)
     restart: bool = field(default=False, metadata=NOT_KEYED)  # recompute instead of reusing committed shards
+    plan_threads: int = field(default=PLAN_THREADS, metadata=NOT_KEYED)  # Parquet footers read at once by the driver
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -71,6 +72,7 @@ class EmbedSettings:
         check_choice("--preprocess", self.preprocess, PREPROCESS_MODES)
         check_choice("--precision", self.precision, PRECISIONS)
         check_choice("--decode-ahead", self.decode_ahead, DECODE_AHEAD)
+        check_at_least("--plan-threads", self.plan_threads, 1)
 
         if self.preprocess == "tensor" and self.large_model:
             raise SettingsError(

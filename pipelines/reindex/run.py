@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from index_builder import storage
 from index_builder.build import build_index
+from pipelines.dry_run import DryRun
 from pipelines.embed.run import run_embed
 from pipelines.index_add import adder_for
 from pipelines.reindex.canary import canary_overlap, load_queries
@@ -88,6 +89,7 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
         log.info("LATEST (run %s) already holds this input and these settings: nothing to do", published)
         return ReindexResult(published, "unchanged", EXIT_PUBLISHED, read_run(root, published))
     run_id = _resumable(root, key, published)
+    resumed = run_id is not None
     if run_id:
         log.info("resuming the unfinished run %s", run_id)
     run_id = run_id or new_run_id(datetime.now(UTC), set(run_ids(root)))
@@ -106,7 +108,12 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
     previous_dir = run_path(root, published) if published else None
 
     t = time.monotonic()
-    em = run_embed(replace(s.embed, output=run), beam_args, previous=previous_dir, companions=COMPANIONS)
+    try:
+        em = run_embed(replace(s.embed, output=run), beam_args, previous=previous_dir, companions=COMPANIONS)
+    except DryRun:  # --dry_run=True: the embed job was only built; leave no run behind to resume
+        if not resumed:
+            storage.remove(run, recursive=True)
+        raise
     read = em["counts"]["read"]
     _stage(
         stages,
