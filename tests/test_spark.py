@@ -49,14 +49,17 @@ def inputs(sample_dir, tmp_path_factory) -> list[str]:
     return [f"{sample_dir}/*.parquet", str(dups)]
 
 
-def test_spark_local_cluster_commits_the_beam_shards_once_despite_a_killed_worker(inputs, tiny_clip, tmp_path, caplog):
+def test_spark_local_cluster_commits_the_beam_shards_once_despite_a_killed_worker(
+    inputs, tiny_clip, tmp_path, caplog, monkeypatch
+):
     caplog.set_level(logging.INFO, logger="pipelines.embed.spark")
+    monkeypatch.chdir(tmp_path)  # a relative --output: the executors run in directories of their own
     beam = run_embed(EmbedSettings(inputs=inputs, output=str(tmp_path / "beam"), model=tiny_clip, batch_size=8))
     marker = tmp_path / "killed"
     spark = run_embed(
         EmbedSettings(
             inputs=inputs,
-            output=str(tmp_path / "spark"),
+            output="spark",
             model=tiny_clip,
             batch_size=8,
             engine="spark",

@@ -80,6 +80,7 @@ def run_embed(
             )
         from pipelines.embed import spark
 
+        s, previous = spark.with_absolute_paths(s), previous and spark.absolute(previous)
         options, local = None, spark.is_local(s.spark_master)
     else:
         options = pipeline_options(beam_args or [])

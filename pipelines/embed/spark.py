@@ -17,6 +17,7 @@ pyspark is imported here only: nothing imports this module unless --engine spark
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -69,6 +70,17 @@ def spark_missing() -> str | None:
     except ImportError:
         return "--engine spark needs pyspark: pip install 'fusionindex[spark]'"
     return java_missing()
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (executors do not run in the driver's working directory); URLs as they are."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def with_absolute_paths(s: EmbedSettings) -> EmbedSettings:
+    """`s` with its local input, output and model paths absolute (a hub id stays a hub id)."""
+    model = absolute(s.model) if os.path.exists(s.model) else s.model
+    return dataclasses.replace(s, inputs=tuple(absolute(p) for p in s.inputs), output=absolute(s.output), model=model)
 
 
 def is_local(master: str | None) -> bool:
