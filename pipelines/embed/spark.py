@@ -104,20 +104,22 @@ def _context(s: EmbedSettings):
                 "a SparkContext is already running (master %s): --spark-master/--spark-conf ignored", active.master
             )
         return active, False
-    conf = SparkConf().setAppName("fusionindex embed")
-    if s.spark_master:
-        conf.setMaster(s.spark_master)
-    elif not conf.contains("spark.master"):  # spark-submit sets it
-        conf.setMaster(DEFAULT_MASTER)
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM, with its master and --conf
+    master = s.spark_master or (None if submitted else DEFAULT_MASTER)
+    if master is not None and master.startswith("local"):  # executors are this machine and environment
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # read by the JVM we are about to start
+    SparkContext._ensure_initialized()  # the JVM first, so SparkConf() holds spark-submit's properties
+    conf = SparkConf().setIfMissing("spark.app.name", "fusionindex embed")
+    if s.spark_master or not conf.contains("spark.master"):
+        conf.setMaster(master or DEFAULT_MASTER)
     for key, value in s.spark_properties().items():
         conf.set(key, value)
     conf.setIfMissing("spark.python.worker.reuse", "true")  # one model load per Python worker, not per task
     conf.setIfMissing("spark.python.daemon.module", DAEMON_MODULE)  # workers forked with torch imported
     conf.setIfMissing("spark.ui.showConsoleProgress", "false")  # progress bars garble the CLI's log lines
     master = conf.get("spark.master")
-    if master.startswith("local"):  # executors are this machine: this interpreter, this environment
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    if master.startswith("local"):
         for name in FORWARDED_ENV:
             if name in os.environ:
                 conf.setIfMissing(f"spark.executorEnv.{name}", os.environ[name])
