@@ -80,6 +80,9 @@ def run_embed(
             )
         from pipelines.embed import spark
 
+        problem = spark.spark_missing()  # before the output directory is touched
+        if problem:
+            raise SettingsError(problem)
         s, previous = spark.with_absolute_paths(s), previous and spark.absolute(previous)
         options, local = None, spark.is_local(s.spark_master)
     else:
