@@ -9,7 +9,7 @@ import pytest
 from encoders.errors import SettingsError
 from pipelines.embed.run import run_embed
 from pipelines.embed.settings import EmbedSettings
-from pipelines.embed.spark import absolute, is_local, java_missing, with_absolute_paths
+from pipelines.embed.spark import absolute, is_local, java_missing, python_error, with_absolute_paths
 
 
 def test_without_java_spark_is_refused_with_the_package_to_install(tmp_path, monkeypatch):
@@ -41,3 +41,16 @@ def test_local_masters(monkeypatch):
     assert not is_local("yarn") and not is_local("spark://h:7077") and not is_local("k8s://https://h:443")
     monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")  # under spark-submit its master decides
     assert not is_local(None)
+
+
+def test_a_failed_jobs_python_exception_is_picked_out_of_the_java_error():
+    java = """An error occurred while calling o77.collect.
+: org.apache.spark.SparkException: Job aborted due to stage failure: Task 2 in stage 2.0 failed 4 times
+Traceback (most recent call last):
+  File "/x/worker.py", line 1, in process
+huggingface_hub.errors.OfflineModeIsEnabled: Cannot reach https://huggingface.co
+encoders.loading.ModelLoadError: model 'clip' is not a local directory
+\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(PythonRunner.scala:1097)
+Caused by: org.apache.spark.api.python.PythonException: Traceback"""
+    assert python_error(java) == "encoders.loading.ModelLoadError: model 'clip' is not a local directory"
+    assert python_error("something else\nat x") == "something else"

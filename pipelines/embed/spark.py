@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -236,7 +237,12 @@ def run_spark(
                 keyed = keyed.union(shards.flatMap(partial(previous_keys, job.previous_shards)).map(partial(_tag, 1)))
             decided = keyed.groupByKey().flatMap(partial(_decide, s.duplicate_ids == "reject", comparable))
             tasks = tasks.union(decided.map(partial(_route, n)))  # deletions go to partition n
-        out = tasks.groupByKey(n + 1, _identity).map(partial(_task, job, model_tag, n)).collect()
+        try:
+            out = tasks.groupByKey(n + 1, _identity).map(partial(_task, job, model_tag, n)).collect()
+        except Exception as exc:
+            if type(exc).__name__ != "Py4JJavaError":
+                raise
+            raise RuntimeError(f"the Spark job failed: {python_error(str(exc))}") from exc
         master = sc.master
     finally:
         if owned:
@@ -245,6 +251,17 @@ def run_spark(
     if job.previous_shards:
         storage.write_json(join_counts, {"deleted": sum(r["deleted"] for r in out if "deleted" in r)})
     return EngineRun(_metrics(reports), master)
+
+
+def python_error(java_message: str) -> str:
+    """The Python exception inside a failed job's Java error (its last `module.Name: message` line)."""
+    lines = [line.strip() for line in java_message.splitlines() if line.strip()]
+    found = [
+        line
+        for line in lines
+        if re.match(r"[A-Za-z_][\w.]*(Error|Exception): ", line) and not line.startswith(("org.", "java.", "py4j."))
+    ]
+    return found[-1] if found else (lines[0] if lines else "(no message)")
 
 
 def _metrics(reports: list[dict]) -> dict[str, int]:
