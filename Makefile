@@ -8,15 +8,25 @@ DEMO ?= demo
 DATA_PACKAGES := fonts-noto-color-emoji unicode-cldr-core openclipart-png openclipart-svg
 DATA_FILES := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf /usr/share/unicode/cldr/common/annotations/en.xml /usr/share/openclipart/png
 
-.PHONY: install data-packages test-packages test test-unit test-slow lint format demo demo-sample bench bench-peer bench-autofaiss clean
+.PHONY: install java-runtime data-packages test-packages test test-unit test-slow lint format demo demo-sample bench bench-peer bench-autofaiss clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed java-runtime
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,dataflow]'
+	$(PY) -m pip install -q -e '.[dev,dataflow,spark]'
 	touch $@
+
+# Java for `embed --engine spark` (pyspark starts a JVM): Debian's JRE where apt and root are available;
+# says what to install otherwise (the Spark tests then skip; --engine spark exits 2 with the same advice).
+JAVA_PACKAGE := openjdk-17-jre-headless
+java-runtime:
+	@if command -v java >/dev/null 2>&1 || [ -x "$$JAVA_HOME/bin/java" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(JAVA_PACKAGE) >/dev/null) \
+	  || echo "WARNING: could not install $(JAVA_PACKAGE); --engine spark and its tests need Java 17+"; \
+	else echo "NOTE: --engine spark (and its tests) need Java 17+: sudo apt-get install -y $(JAVA_PACKAGE)"; fi
 
 # Installs the catalogue's Debian packages where apt and root are available; says what to
 # install otherwise (make-catalogue then fails with the same advice, its tests skip).

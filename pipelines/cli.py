@@ -28,7 +28,14 @@ from index_builder.embeddings import VECTOR_COLUMNS
 from index_builder.settings import RETRAIN, BuildSettings
 from pipelines.datasets.items import LABELLED
 from pipelines.dry_run import DryRun
-from pipelines.embed.settings import DECODE_AHEAD, DUPLICATE_POLICIES, PRECISIONS, PREPROCESS_MODES, EmbedSettings
+from pipelines.embed.settings import (
+    DECODE_AHEAD,
+    DUPLICATE_POLICIES,
+    ENGINES,
+    PRECISIONS,
+    PREPROCESS_MODES,
+    EmbedSettings,
+)
 from pipelines.inputs import Columns
 from pipelines.reindex.settings import ReindexSettings
 from pipelines.search.settings import SearchSettings
@@ -87,9 +94,9 @@ def add_columns(p: argparse.ArgumentParser, defaults: Columns, names: tuple[str,
 def _add_embed(sub) -> None:
     p = sub.add_parser(
         "embed",
-        help="embed Parquet shards into embedding shards (Beam)",
+        help="embed Parquet shards into embedding shards (Beam or Spark)",
         description="Embed image-caption Parquet shards, fuse, and write embedding shards + manifest.json. "
-        "Options Beam knows (--runner, ...) go to Beam.",
+        "Options Beam knows (--runner, ...) go to Beam; --engine spark runs the same units on Spark.",
     )
     p.add_argument(
         "--output", required=True, metavar="DIR", help="output directory (embeddings/, rejects/, manifest.json)"
@@ -186,6 +193,27 @@ def _embed_options(p: argparse.ArgumentParser, required: bool) -> None:
         default=s.plan_threads,
         metavar="N",
         help="Parquet footers the driver reads at once while planning (default %(default)s)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=s.engine,
+        help="beam (default; Beam options such as --runner pick the runner) or spark (native Spark executors)",
+    )
+    p.add_argument(
+        "--spark-master",
+        default=s.spark_master,
+        metavar="URL",
+        help="with --engine spark: local[N], local-cluster[N,CORES,MB], yarn, k8s://..., spark://... "
+        "(default: spark-submit's master, else local[*])",
+    )
+    p.add_argument(
+        "--spark-conf",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="KEY=VALUE",
+        help="with --engine spark: Spark properties, e.g. spark.executor.memory=4g",
     )
 
 

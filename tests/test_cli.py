@@ -191,6 +191,22 @@ BAD_CLI = {
         [*EMBED, "--dry_run=True"],
         "--dry_run: only DataflowRunner builds a job without running it; FnApiRunner would run the pipeline",
     ),
+    "`embed ... --spark-master local[2]` without --engine spark": (
+        [*EMBED, "--spark-master", "local[2]"],
+        "--spark-master applies to --engine spark only; add --engine spark or drop --spark-master",
+    ),
+    "`embed ... --engine spark --spark-conf spark.executor.memory` (no `=`)": (
+        [*EMBED, "--engine", "spark", "--spark-conf", "spark.executor.memory"],
+        "--spark-conf 'spark.executor.memory': expected KEY=VALUE",
+    ),
+    "`embed ... --engine spark --runner DirectRunner` (a Beam option)": (
+        [*EMBED, "--engine", "spark", "--runner", "DirectRunner"],
+        "Beam options (--runner DirectRunner) apply to --engine beam only",
+    ),
+    "`embed ... --engine spark --large-model`": (
+        [*EMBED, "--engine", "spark", "--large-model"],
+        "--large-model shares one model per machine through Beam's MultiProcessShared",
+    ),
     "`embed --input 'none-*.parquet' ...`": (
         ["embed", "--input", "{tmp}/none-*.parquet", "--output", "{tmp}/o", "--model", "{model}"],
         "no file matches",

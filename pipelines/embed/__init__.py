@@ -1,4 +1,4 @@
-"""`fusionindex embed`: Parquet shards -> Beam -> embedding shards + manifest.
+"""`fusionindex embed`: Parquet shards -> Beam or Spark -> embedding shards + manifest.
 
     settings.py  EmbedSettings (what is asked), Runtime (what it resolves to on a machine)
     handler.py   the RunInference ModelHandler: bytes + caption in, vectors out
@@ -6,8 +6,10 @@
     shards.py    committing a unit's shard and rejects; reading back counts and runtimes
     output.py    the run key in DIR/.run.json: what a re-run may reuse
     worker.py    one work unit (one row group): read, classify, embed, commit; no Beam
+    join.py      the id join's per-element steps (read keys, decide), shared by both engines
     beam.py      the Beam graph and options; DoFns are thin wrappers over the worker
-    run.py       the driver: plan, prepare output, run, sum counts, manifest last
+    spark.py     the Spark driver (--engine spark): the same join and units as RDDs
+    run.py       the driver both engines share: plan, prepare output, run, sum counts, manifest last
 
 One output shard per input row group, rows in input order. Why not the RunInference
 transform itself: its output loses the row group an item came from, so writing deterministic

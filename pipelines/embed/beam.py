@@ -17,20 +17,20 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import astuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, TestOptions
 from apache_beam.utils import multi_process_shared, shared
 
-from encoders.errors import InputError, SettingsError
+from encoders.errors import SettingsError
 from index_builder import storage
 from pipelines.dry_run import DryRun
 from pipelines.embed.handler import THREADS_ENV, EmbeddingModelHandler
-from pipelines.embed.rows import PreviousRow, RowPlan, TodayRow, caption_hash, content_hash, decide
-from pipelines.embed.worker import UnitJob, UnitWorker
-from pipelines.inputs import SUCCESS, InputPlan, WorkUnit, iter_unit, read_ids
+from pipelines.embed.join import DELETED, decide_grouped, previous_keys, today_keys
+from pipelines.embed.rows import RowPlan
+from pipelines.embed.worker import EngineRun, UnitJob, UnitWorker
+from pipelines.inputs import InputPlan, WorkUnit
 
 log = logging.getLogger(__name__)
 
@@ -46,41 +46,23 @@ NAMESPACE = "fusionindex"
 
 
 class ReadKeys(beam.DoFn):
-    """WorkUnit -> (id, TodayRow as a tuple) for every row that would be embedded (success status, an id).
-    With `hashes` the image bytes and caption are hashed, for the comparison with a previous run."""
+    """WorkUnit -> (id, TodayRow as a tuple): join.today_keys."""
 
     def __init__(self, skip_bad_files: bool, hashes: bool):
         self.skip_bad_files, self.hashes = skip_bad_files, hashes
 
     def process(self, unit: WorkUnit):
-        try:
-            if self.hashes:
-                keys = [
-                    (r.id, (unit.index, r.row_index, content_hash(r.image), caption_hash(r.caption)))
-                    for rows in iter_unit(unit)
-                    for r in rows
-                    if r.status == SUCCESS and r.id is not None
-                ]
-            else:
-                keys = [(row_id, (unit.index, row, None, b"")) for row, row_id in read_ids(unit)]
-        except InputError:
-            if not self.skip_bad_files:
-                raise
-            keys = []  # the unit worker rejects the whole unreadable row group
-        yield from keys
+        yield from today_keys(unit, skip_bad_files=self.skip_bad_files, hashes=self.hashes)
 
 
 class ReadPreviousKeys(beam.DoFn):
-    """Index of a previous run's shard -> (id, PreviousRow as a tuple) for each of its rows."""
+    """Index of a previous run's shard -> (id, PreviousRow as a tuple): join.previous_keys."""
 
     def __init__(self, shards: tuple[str, ...]):
         self.shards = shards
 
     def process(self, shard: int):
-        table = storage.read_parquet(self.shards[shard], ["id", "caption", "content_hash"])
-        ids, captions, content = (table.column(c).to_pylist() for c in ("id", "caption", "content_hash"))
-        for row, (row_id, caption, chash) in enumerate(zip(ids, captions, content)):
-            yield row_id, (shard, row, chash, caption_hash(caption))
+        yield from previous_keys(self.shards, shard)
 
 
 class Decide(beam.DoFn):
@@ -91,13 +73,10 @@ class Decide(beam.DoFn):
 
     def process(self, element):
         _, grouped = element
-        for key, value in decide(
-            [TodayRow(*t) for t in grouped["today"]],
-            [PreviousRow(*p) for p in grouped["previous"]],
-            reject_duplicates=self.reject_duplicates,
-            comparable=self.comparable,
+        for key, value in decide_grouped(
+            grouped["today"], grouped["previous"], reject_duplicates=self.reject_duplicates, comparable=self.comparable
         ):
-            yield beam.pvalue.TaggedOutput("deleted", value) if key == "deleted" else (key, astuple(value))
+            yield beam.pvalue.TaggedOutput(DELETED, value) if key == DELETED else (key, value)
 
 
 class WriteJoinCounts(beam.DoFn):
@@ -202,6 +181,38 @@ def build_pipeline(
         | "JoinByUnit" >> beam.CoGroupByKey()
         | "Embed" >> beam.ParDo(EmbedUnit(job, model_tag))
     )
+
+
+def metric_sums(result) -> dict[str, int] | None:
+    """Each fusionindex counter's value and distribution's sum, summed over workers (committed
+    where the runner has it, else attempted); None when the runner reports no metrics."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    except (NotImplementedError, KeyError, AttributeError) as exc:  # runners differ in metric support
+        log.debug("no metrics from the runner: %s", exc)
+        return None
+    sums: dict[str, int] = {}
+    for kind, total in (("counters", lambda v: v), ("distributions", lambda v: v.sum)):
+        for m in found[kind]:
+            value = m.committed if m.committed is not None else m.attempted
+            sums[m.key.metric.name] = sums.get(m.key.metric.name, 0) + (total(value) if value is not None else 0)
+    return sums
+
+
+def run_beam(
+    options: PipelineOptions, plan: InputPlan, job: UnitJob, model_tag: str, *, comparable: bool, join_counts: str
+) -> EngineRun:
+    """The Beam driver: build the graph, run it to the end, read its metrics. After `--dry_run=True`
+    (DataflowRunner: the job is built, nothing runs) raises DryRun instead."""
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, plan, job, model_tag, comparable=comparable, join_counts=join_counts)
+    result = p.run()
+    result.wait_until_finish()
+    if is_dry_run(options):
+        raise dry_run_done("embed", options, p.runner)
+    return EngineRun(metric_sums(result), str(options.view_as(StandardOptions).runner))
 
 
 def _beam_parser():

@@ -26,11 +26,10 @@ from encoders.models import describe_checkpoint, load_towers
 from encoders.tensor_images import TensorPreprocessor
 from encoders.towers import Towers, embed_pairs
 from pipelines.embed.outcomes import Embedded, ItemInput, Outcome, Rejected
-from pipelines.embed.settings import EmbedSettings, Runtime, resolve_runtime
+from pipelines.embed.settings import THREADS_ENV, EmbedSettings, Runtime, resolve_runtime
 
 log = logging.getLogger(__name__)
 
-THREADS_ENV = "FUSIONINDEX_TORCH_THREADS"  # set by the driver when local worker processes share the CPUs
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

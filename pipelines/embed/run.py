@@ -1,4 +1,5 @@
-"""The `embed` driver: plan the input, prepare the output, run the Beam job, write the manifest last."""
+"""The `embed` driver, whatever the engine: plan the input, prepare the output (run key, resume), hand the
+units to the engine's driver (beam.run_beam or spark.run_spark), check the accounting, write the manifest last."""
 
 from __future__ import annotations
 
@@ -7,41 +8,20 @@ import logging
 import time
 from datetime import UTC, datetime
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import StandardOptions
-
-from encoders.errors import InputError
+from encoders.errors import InputError, SettingsError
 from encoders.loading import ModelLoadError, fingerprint, resolve_model_dir
 from encoders.models import describe_checkpoint
 from index_builder import storage
 from index_builder.embeddings import MANIFEST, list_shards
-from pipelines.embed.beam import build_pipeline, dry_run_done, is_dry_run, is_local, pipeline_options
+from pipelines.embed.beam import is_dry_run, is_local, pipeline_options, run_beam
 from pipelines.embed.handler import EmbeddingModelHandler
 from pipelines.embed.output import prepare_output, run_key
 from pipelines.embed.settings import EmbedSettings
 from pipelines.embed.shards import sum_counts
-from pipelines.embed.worker import UnitJob
+from pipelines.embed.worker import EngineRun, UnitJob
 from pipelines.inputs import plan_inputs
 
 log = logging.getLogger(__name__)
-
-
-def metric_sums(result) -> dict[str, int] | None:
-    """Each fusionindex counter's value and distribution's sum, summed over workers (committed
-    where the runner has it, else attempted); None when the runner reports no metrics."""
-    from apache_beam.metrics.metric import MetricsFilter
-
-    try:
-        found = result.metrics().query(MetricsFilter().with_namespace("fusionindex"))
-    except (NotImplementedError, KeyError, AttributeError) as exc:  # runners differ in metric support
-        log.debug("no metrics from the runner: %s", exc)
-        return None
-    sums: dict[str, int] = {}
-    for kind, total in (("counters", lambda v: v), ("distributions", lambda v: v.sum)):
-        for m in found[kind]:
-            value = m.committed if m.committed is not None else m.attempted
-            sums[m.key.metric.name] = sums.get(m.key.metric.name, 0) + (total(value) if value is not None else 0)
-    return sums
 
 
 JOIN_FILE = ".join.json"  # the join's counts (deleted), written by the pipeline when there is a previous run
@@ -95,7 +75,22 @@ def run_embed(
     started = datetime.now(UTC)
     t0 = time.monotonic()
     s = settings
-    options = pipeline_options(beam_args or [])
+    if s.engine == "spark":
+        if beam_args:
+            raise SettingsError(
+                f"Beam options ({' '.join(beam_args)}) apply to --engine beam only; "
+                "with --engine spark use --spark-master and --spark-conf KEY=VALUE"
+            )
+        from pipelines.embed import spark
+
+        problem = spark.spark_missing()  # before the output directory is touched
+        if problem:
+            raise SettingsError(problem)
+        s, previous = spark.with_absolute_paths(s), previous and spark.absolute(previous)
+        options, local = None, spark.is_local(s.spark_master)
+    else:
+        options = pipeline_options(beam_args or [])
+        local = is_local(options)
     model_dir = resolve_model_dir(s.model, allow_pickle=s.allow_pickle)
     info = describe_checkpoint(model_dir)
     if s.fusion == "attention" and not info["fusion"]:
@@ -106,7 +101,7 @@ def run_embed(
     fusion_params = s.weighted_fusion().params() if s.fusion == "weighted" else info["fusion"]
     recipe = info["tensor_recipe"] is not None
     handler = EmbeddingModelHandler(s, tensor_recipe=recipe)
-    if is_local(options):  # the workers are this machine: a runtime that cannot work fails now
+    if local:  # the workers are this machine: a runtime that cannot work fails now
         log.info("runtime: %s", handler.runtime())
     model_fp = fingerprint(model_dir)
     plan = plan_inputs(list(s.inputs), s.columns, skip_bad_files=s.skip_bad_files, threads=s.plan_threads)
@@ -116,7 +111,7 @@ def run_embed(
     key = run_key(s, plan, model_fp, fusion_params)
     if previous_info is not None:
         key["previous"] = previous_info
-    dry_run = is_dry_run(options)
+    dry_run = options is not None and is_dry_run(options)
     join_path = storage.join(s.output, JOIN_FILE)
     resume = False  # a dry run writes nothing: the output directory is left as it is, unread
     if not dry_run:
@@ -128,15 +123,15 @@ def run_embed(
     job = UnitJob(s, tuple(u.path for u in plan.units), info["dim"], resume, recipe, previous_shards)
     model_tag = hashlib.sha256(f"{s.model}|{s.device}|{s.precision}|{model_fp}".encode()).hexdigest()[:16]
     t_pipeline = time.monotonic()
-    p = beam.Pipeline(options=options)
     comparable = bool(previous_info and previous_info["comparable"])
-    build_pipeline(p, plan, job, model_tag, comparable=comparable, join_counts=join_path)
-    result = p.run()
-    result.wait_until_finish()
-    if dry_run:
-        raise dry_run_done("embed", options, p.runner)
+    engine = dict(comparable=comparable, join_counts=join_path)
+    done: EngineRun = (
+        spark.run_spark(s, plan, job, model_tag, **engine)
+        if s.engine == "spark"
+        else run_beam(options, plan, job, model_tag, **engine)
+    )
     pipeline_s = time.monotonic() - t_pipeline
-    metrics = metric_sums(result)
+    metrics = done.metrics
     work = metrics or {}
     counts, bad_row_groups, runtimes = sum_counts(s.output)
     if (
@@ -166,7 +161,8 @@ def run_embed(
         "fusion": fusion_params,
         "settings": s.as_dict(),
         "runtime": runtimes[0] if len(runtimes) == 1 else runtimes,
-        "runner": str(options.view_as(StandardOptions).runner),
+        "engine": s.engine,
+        "runner": done.runner,  # the Beam runner, or the Spark master
         "started_at": started.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
         "timings": {

@@ -29,6 +29,8 @@ PREPROCESS_MODES = ("auto", "pil", "tensor")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECODE_AHEAD = ("auto", "on", "off")
 DUPLICATE_POLICIES = ("reject", "allow")
+THREADS_ENV = "FUSIONINDEX_TORCH_THREADS"  # torch threads per worker process, set where processes share the CPUs
+ENGINES = ("beam", "spark")  # beam: Beam options (--runner ...) pick the runner; spark: --spark-master
 
 # Field metadata: whether a setting enters the run key that decides if an output directory's
 # committed shards belong to this run. "runtime": covered per shard by the resolved Runtime.
@@ -59,6 +61,10 @@ class EmbedSettings:
     decode_ahead: str = field(default="auto", metadata=NOT_KEYED)  # decode batch k+1 while k runs (auto: CUDA)
     restart: bool = field(default=False, metadata=NOT_KEYED)  # recompute instead of reusing committed shards
     plan_threads: int = field(default=PLAN_THREADS, metadata=NOT_KEYED)  # Parquet footers read at once by the driver
+    # Which engine runs the units; not keyed: both commit the same shards, so either may resume the other's run.
+    engine: str = field(default="beam", metadata=NOT_KEYED)
+    spark_master: str | None = field(default=None, metadata=NOT_KEYED)  # None: spark-submit's, else local[*]
+    spark_conf: tuple[str, ...] = field(default=(), metadata=NOT_KEYED)  # "key=value" Spark properties
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -74,11 +80,37 @@ class EmbedSettings:
         check_choice("--decode-ahead", self.decode_ahead, DECODE_AHEAD)
         check_at_least("--plan-threads", self.plan_threads, 1)
 
+        check_choice("--engine", self.engine, ENGINES)
+        object.__setattr__(self, "spark_conf", tuple(self.spark_conf or ()))
+        self._check_spark()
+
         if self.preprocess == "tensor" and self.large_model:
             raise SettingsError(
                 "--preprocess tensor cannot be combined with --large-model: worker processes decode with PIL and "
                 "send images to the one shared model; drop one of the two"
             )
+
+    def _check_spark(self) -> None:
+        if self.engine != "spark":
+            for flag, value in (("--spark-master", self.spark_master), ("--spark-conf", self.spark_conf)):
+                if value:
+                    raise SettingsError(f"{flag} applies to --engine spark only; add --engine spark or drop {flag}")
+            return
+        if self.spark_master is not None and not self.spark_master.strip():
+            raise SettingsError("--spark-master is empty; give a master URL such as local[4] or yarn")
+        for kv in self.spark_conf:
+            key, eq, _ = kv.partition("=")
+            if not eq or not key.strip():
+                raise SettingsError(f"--spark-conf {kv!r}: expected KEY=VALUE, e.g. spark.executor.memory=4g")
+        if self.large_model:
+            raise SettingsError(
+                "--large-model shares one model per machine through Beam's MultiProcessShared; with --engine spark "
+                "each Python worker loads its own: drop --large-model, or give executors fewer cores"
+            )
+
+    def spark_properties(self) -> dict[str, str]:
+        """--spark-conf as a dict (a later KEY wins)."""
+        return dict(kv.split("=", 1) for kv in self.spark_conf)
 
     def weighted_fusion(self):
         """The weighted fusion asked for (encoders.fusion.WeightedFusion), or None for the model's
@@ -92,12 +124,22 @@ class EmbedSettings:
         d = asdict(self)
         d["inputs"] = list(self.inputs)
         d["columns"].pop("image_struct")
+        d["spark_conf"] = [redact_conf(kv) for kv in self.spark_conf]
         return d
 
     def keyed(self) -> dict:
         """The settings that decide the output's bytes (see the run key)."""
         d = self.as_dict()
         return {f.name: d[f.name] for f in fields(self) if f.metadata.get("run_key", True) and f.name != "inputs"}
+
+
+SECRET_WORDS = ("secret", "password", "token", "credential")
+
+
+def redact_conf(kv: str) -> str:
+    """A --spark-conf KEY=VALUE as recorded in manifests: values of keys naming secrets hidden."""
+    key, _, value = kv.partition("=")
+    return f"{key}=***" if any(w in key.lower() for w in SECRET_WORDS) else kv
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Embedding one work unit and committing its shard: engine-agnostic, no Beam here.
 
-The Beam DoFn (pipelines/embed/beam.py) is a thin driver over `UnitWorker`: it hands over the
-model loader (Beam's `shared.Shared` / `MultiProcessShared`) and turns `UnitReport`s into Beam
-metrics. Reuse after a crash is decided here, per shard: a committed shard is reused only when
-the Runtime it records equals the one this worker resolves.
+The Beam DoFn (pipelines/embed/beam.py) and the Spark task (pipelines/embed/spark.py) are thin
+drivers over `UnitWorker`: each hands over a model loader that loads once per worker process
+(Beam's `shared.Shared` / `MultiProcessShared`; a module-level cache in the Spark Python worker)
+and turns `UnitReport`s into its metrics. Reuse after a crash is decided here, per shard: a
+committed shard is reused only when the Runtime it records equals the one this worker resolves.
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ class UnitJob:
     resume: bool  # the directory's committed shards belong to this run (equal run key)
     tensor_recipe: bool | None = None  # the checkpoint's processor is resize + center crop (None: look it up)
     previous_shards: tuple[str, ...] = ()  # the previous run's shards, which `unchanged` plans point into
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    """What an engine's driver hands back to the shared embed driver (run.py) once every unit is done.
+
+    `metrics`: counters summed over the units' reports (rows_read, shards_reused, unit_ms,
+    load_model_ms, inference_batch_latency_ms, ...); None when the engine reports none.
+    `runner`: the Beam runner or the Spark master, as recorded in the manifest."""
+
+    metrics: dict[str, int] | None
+    runner: str
 
 
 @dataclass

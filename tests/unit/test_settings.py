@@ -94,6 +94,13 @@ BAD_EMBED = [
     (dict(duplicate_ids="keep"), "--duplicate-ids must be one of reject, allow"),
     (dict(max_image_pixels=0), "--max-image-pixels must be >= 1"),
     (dict(preprocess="tensor", large_model=True), "cannot be combined with --large-model"),
+    (dict(engine="flink"), "--engine must be one of beam, spark"),
+    (dict(spark_master="yarn"), "--spark-master applies to --engine spark only"),
+    (dict(spark_conf=("a=b",)), "--spark-conf applies to --engine spark only"),
+    (dict(engine="spark", spark_conf=("spark.executor.memory",)), "expected KEY=VALUE"),
+    (dict(engine="spark", spark_conf=("=4g",)), "expected KEY=VALUE"),
+    (dict(engine="spark", spark_master=" "), "--spark-master is empty"),
+    (dict(engine="spark", large_model=True), "with --engine spark each Python worker loads its own"),
 ]
 
 
@@ -132,11 +139,27 @@ def test_settings_are_frozen():
 def test_run_key_holds_what_changes_the_bytes_and_not_how_they_are_computed():
     base = EmbedSettings(**EMBED).keyed()
     assert base == EmbedSettings(**EMBED, decode_ahead="on", restart=True).keyed()
+    spark = dict(engine="spark", spark_master="local[2]", spark_conf=("spark.executor.memory=2g",))
+    assert EmbedSettings(**EMBED, **spark).keyed() == base  # both engines commit the same shards
     for runtime in (dict(device="cuda"), dict(preprocess="tensor"), dict(precision="bf16"), dict(large_model=True)):
         assert EmbedSettings(**EMBED, **runtime).keyed() == base, runtime  # decided per shard by the Runtime
     for change in (dict(batch_size=8), dict(alpha=0.7), dict(skip_bad_files=True), dict(columns=Columns(id="sku"))):
         assert EmbedSettings(**EMBED, **change).keyed() != base, change
     assert "output" not in base and "inputs" not in base  # the plan's files and their versions are keyed instead
+
+
+def test_spark_flags_and_secrets_kept_out_of_manifests():
+    s = settings_from(
+        EmbedSettings,
+        parse(
+            "embed", "--input", "a", "--output", "o", "--model", "m", "--engine", "spark", "--spark-master",
+            "local-cluster[2,1,1024]", "--spark-conf", "spark.a=1", "spark.hadoop.fs.s3a.secret.key=xyz",
+            "--spark-conf", "spark.a=2",
+        ),
+    )  # fmt: skip
+    assert (s.engine, s.spark_master) == ("spark", "local-cluster[2,1,1024]")
+    assert s.spark_properties() == {"spark.a": "2", "spark.hadoop.fs.s3a.secret.key": "xyz"}
+    assert s.as_dict()["spark_conf"] == ["spark.a=1", "spark.hadoop.fs.s3a.secret.key=***", "spark.a=2"]
 
 
 def rt(**kw) -> Runtime:

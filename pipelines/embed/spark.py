@@ -1,0 +1,286 @@
+"""The Spark side of `embed` (--engine spark): the same work units as Beam, as Spark tasks over UnitWorker.
+
+    units (one partition each) | flatMap today_keys --+
+                                                      groupByKey(id) | decide_grouped --> (unit, plan), (n, deleted)
+    previous shards | flatMap previous_keys ----------+
+    units + plans + deleted | groupByKey(unit index: one partition per unit, partition n sums deletions)
+                            | map embed task --> reports (collected: small, one per unit)
+
+The per-element steps are pipelines/embed/join.py's, shared with the Beam graph; each task runs
+UnitWorker, which commits its unit's shard atomically, so a task Spark retries (a lost executor,
+a killed Python worker) rewrites the same shard once. Each Python worker keeps one loaded model
+(a module-level cache; Spark reuses Python workers across tasks). Counts come from the committed
+shards, as for Beam; the collected reports only feed timings and reuse counts.
+
+pyspark is imported here only: nothing imports this module unless --engine spark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+from collections.abc import Iterable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from encoders.errors import SettingsError
+from index_builder import storage
+from pipelines.embed.join import DELETED, decide_grouped, previous_keys, today_keys
+from pipelines.embed.settings import THREADS_ENV, EmbedSettings
+from pipelines.inputs import InputPlan, WorkUnit
+
+if TYPE_CHECKING:  # torch and Beam: imported by the embed tasks only, not by the join's (executors import this module)
+    from encoders.towers import Towers
+    from pipelines.embed.handler import EmbeddingModelHandler
+    from pipelines.embed.worker import EngineRun, UnitJob
+
+log = logging.getLogger(__name__)
+
+JAVA_PACKAGE = "openjdk-17-jre-headless"
+DEFAULT_MASTER = "local[*]"
+# Test-only: "UNIT:MARKER": the first task to commit unit UNIT creates the file MARKER and then kills its
+# own Python worker (SIGKILL), so Spark retries the task after the shard was committed.
+KILL_ONCE_ENV = "FUSIONINDEX_TEST_KILL_ONCE"
+FORWARDED_ENV = ("HF_HUB_OFFLINE", THREADS_ENV, "OMP_NUM_THREADS", KILL_ONCE_ENV)  # to local executors
+DAEMON_MODULE = "pipelines.embed.spark_daemon"
+UNIT, PLAN, DELETED_TAG = 0, 1, 2  # tags of the elements grouped per unit
+
+_MODEL: dict[str, tuple[EmbeddingModelHandler, Towers]] = {}  # this Python worker's model: at most one
+
+
+def java_missing() -> str | None:
+    """Why Spark cannot start a JVM here (with the fix), or None when Java is found."""
+    home = os.environ.get("JAVA_HOME")
+    if (home and os.access(os.path.join(home, "bin", "java"), os.X_OK)) or shutil.which("java"):
+        return None
+    return (
+        f"--engine spark needs Java 17 or later: `sudo apt-get install -y {JAVA_PACKAGE}` (Debian/Ubuntu; "
+        "`make install` does it where apt and root are available), or set JAVA_HOME"
+    )
+
+
+def spark_missing() -> str | None:
+    """Why --engine spark cannot run here (pyspark or Java absent), with the fix; None when it can."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        return "--engine spark needs pyspark: pip install 'fusionindex[spark]'"
+    return java_missing()
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (executors do not run in the driver's working directory); URLs as they are."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def with_absolute_paths(s: EmbedSettings) -> EmbedSettings:
+    """`s` with its local input, output and model paths absolute (a hub id stays a hub id)."""
+    model = absolute(s.model) if os.path.exists(s.model) else s.model
+    return dataclasses.replace(s, inputs=tuple(absolute(p) for p in s.inputs), output=absolute(s.output), model=model)
+
+
+def is_local(master: str | None) -> bool:
+    """Whether the executors run on this machine (local[...] and local-cluster[...] masters)."""
+    if master is None:  # spark-submit (which starts the JVM first) sets the master; else local[*]
+        return "PYSPARK_GATEWAY_PORT" not in os.environ
+    return master.startswith("local")
+
+
+def _context(s: EmbedSettings):
+    """(SparkContext, whether we started it): an active context (spark-submit, a notebook) is used as it is."""
+    problem = spark_missing()
+    if problem:
+        raise SettingsError(problem)
+    from pyspark import SparkConf, SparkContext
+
+    active = SparkContext._active_spark_context
+    if active is not None:
+        if s.spark_master or s.spark_conf:
+            log.warning(
+                "a SparkContext is already running (master %s): --spark-master/--spark-conf ignored", active.master
+            )
+        return active, False
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM, with its master and --conf
+    master = s.spark_master or (None if submitted else DEFAULT_MASTER)
+    if master is not None and master.startswith("local"):  # executors are this machine and environment
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # read by the JVM we are about to start
+    SparkContext._ensure_initialized()  # the JVM first, so SparkConf() holds spark-submit's properties
+    conf = SparkConf().setIfMissing("spark.app.name", "fusionindex embed")
+    if s.spark_master or not conf.contains("spark.master"):
+        conf.setMaster(master or DEFAULT_MASTER)
+    for key, value in s.spark_properties().items():
+        conf.set(key, value)
+    conf.setIfMissing("spark.python.worker.reuse", "true")  # one model load per Python worker, not per task
+    conf.setIfMissing("spark.python.daemon.module", DAEMON_MODULE)  # workers forked with torch imported
+    conf.setIfMissing("spark.ui.showConsoleProgress", "false")  # progress bars garble the CLI's log lines
+    master = conf.get("spark.master")
+    if master.startswith("local"):
+        for name in FORWARDED_ENV:
+            if name in os.environ:
+                conf.setIfMissing(f"spark.executorEnv.{name}", os.environ[name])
+    log.info("starting Spark (master %s)", master)
+    sc = SparkContext(conf=conf)
+    sc.setLogLevel("WARN")
+    return sc, True
+
+
+def _cached_model(handler: EmbeddingModelHandler, key: str, loads: list[int]) -> Towers:
+    """The model for `key`, loaded once per Python worker (a different key replaces it)."""
+    if key not in _MODEL:
+        _MODEL.clear()
+        _MODEL[key] = (handler, handler.load_model())
+        loads.append(1)
+    return _MODEL[key][1]
+
+
+def _kill_once(unit: int) -> None:
+    """The test-only failure (KILL_ONCE_ENV): a real crash of this Python worker after its commit."""
+    spec = os.environ.get(KILL_ONCE_ENV)
+    if not spec:
+        return
+    target, _, marker = spec.partition(":")
+    if int(target) == unit and not os.path.exists(marker):
+        open(marker, "w").close()
+        log.warning(
+            "%s: killing this Python worker (pid %d) after committing unit %d", KILL_ONCE_ENV, os.getpid(), unit
+        )
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def embed_task(job: UnitJob, model_tag: str, element: tuple[int, Iterable[tuple[int, object]]]) -> dict:
+    """One unit on an executor: UnitWorker with this Python worker's model; returns its report as a dict."""
+    from pyspark import TaskContext
+
+    from pipelines.embed.handler import EmbeddingModelHandler
+    from pipelines.embed.rows import RowPlan
+    from pipelines.embed.worker import UnitWorker
+
+    index, tagged = element
+    tagged = list(tagged)
+    (unit,) = [v for tag, v in tagged if tag == UNIT]
+    plans = [RowPlan(*v) for tag, v in tagged if tag == PLAN]
+    key = f"{model_tag}|{job.settings!r}"  # towers carry settings (exact shapes), not only weights
+    handler = _MODEL[key][0] if key in _MODEL else EmbeddingModelHandler(job.settings, tensor_recipe=job.tensor_recipe)
+    loads: list[int] = []
+    report = UnitWorker(job, handler, lambda: _cached_model(handler, key, loads)).process(unit, plans)
+    _kill_once(unit.index)
+    ctx = TaskContext.get()
+    return {
+        "unit": index,
+        "counts": report.counts,
+        "unit_ms": report.unit_ms,
+        "load_ms": report.load_ms if loads else 0,
+        "batch_ms": sum(report.batch_ms),
+        "loads": len(loads),
+        "pid": os.getpid(),
+        "attempt": ctx.attemptNumber() if ctx is not None else 0,
+    }
+
+
+def _tag(tag: int, kv: tuple) -> tuple:
+    return kv[0], (tag, kv[1])
+
+
+def _unit_key(unit: WorkUnit) -> tuple:
+    return unit.index, (UNIT, unit)
+
+
+def _identity(index: int) -> int:
+    return index
+
+
+def _route(deleted_key: int, kv: tuple) -> tuple:
+    """A verdict of the join -> (unit index, plan), or (deleted_key, 1) for the one partition that sums deletions."""
+    key, value = kv
+    return (deleted_key, (DELETED_TAG, value)) if key == DELETED else (key, (PLAN, value))
+
+
+def _task(job: UnitJob, model_tag: str, deleted_key: int, element: tuple) -> dict:
+    if element[0] == deleted_key:
+        return {"deleted": sum(v for _, v in element[1])}
+    return embed_task(job, model_tag, element)
+
+
+def _decide(reject_duplicates: bool, comparable: bool, element: tuple):
+    _, grouped = element
+    grouped = list(grouped)
+    today = [v for tag, v in grouped if tag == 0]
+    previous = [v for tag, v in grouped if tag == 1]
+    return decide_grouped(today, previous, reject_duplicates=reject_duplicates, comparable=comparable)
+
+
+def run_spark(
+    s: EmbedSettings, plan: InputPlan, job: UnitJob, model_tag: str, *, comparable: bool, join_counts: str
+) -> EngineRun:
+    """The Spark driver: the id join (when duplicates are rejected or there is a previous run), then one
+    task per unit; writes the deleted count to `join_counts` when there is a previous run."""
+    from pipelines.embed.worker import EngineRun
+
+    sc, owned = _context(s)
+    try:
+        n = len(plan.units)
+        units = sc.parallelize(plan.units, n)  # one unit per partition: the join reads each in its own task
+        tasks = units.map(_unit_key)
+        if s.duplicate_ids == "reject" or job.previous_shards:
+            today = units.flatMap(
+                partial(today_keys, skip_bad_files=s.skip_bad_files, hashes=bool(job.previous_shards))
+            )
+            keyed = today.map(partial(_tag, 0))
+            if job.previous_shards:
+                shards = sc.parallelize(range(len(job.previous_shards)), len(job.previous_shards))
+                keyed = keyed.union(shards.flatMap(partial(previous_keys, job.previous_shards)).map(partial(_tag, 1)))
+            decided = keyed.groupByKey().flatMap(partial(_decide, s.duplicate_ids == "reject", comparable))
+            tasks = tasks.union(decided.map(partial(_route, n)))  # deletions go to partition n
+        try:
+            out = tasks.groupByKey(n + 1, _identity).map(partial(_task, job, model_tag, n)).collect()
+        except Exception as exc:
+            if type(exc).__name__ != "Py4JJavaError":
+                raise
+            raise RuntimeError(f"the Spark job failed: {python_error(str(exc))}") from exc
+        master = sc.master
+    finally:
+        if owned:
+            sc.stop()
+    reports = [r for r in out if "deleted" not in r]
+    if job.previous_shards:
+        storage.write_json(join_counts, {"deleted": sum(r["deleted"] for r in out if "deleted" in r)})
+    return EngineRun(_metrics(reports), master)
+
+
+def python_error(java_message: str) -> str:
+    """The Python exception inside a failed job's Java error (its last `module.Name: message` line)."""
+    lines = [line.strip() for line in java_message.splitlines() if line.strip()]
+    found = [
+        line
+        for line in lines
+        if re.match(r"[A-Za-z_][\w.]*(Error|Exception): ", line) and not line.startswith(("org.", "java.", "py4j."))
+    ]
+    return found[-1] if found else (lines[0] if lines else "(no message)")
+
+
+def _metrics(reports: list[dict]) -> dict[str, int]:
+    """The reports summed under the Beam metric names (run.py reads one set of names)."""
+    done = [r for r in reports if r["counts"] is not None]
+    m = {f"rows_{k}": sum(r["counts"][k] for r in done) for k in ("read", "skipped", "embedded", "rejected")}
+    m.update(
+        shards_reused=len(reports) - len(done),
+        unit_ms=sum(r["unit_ms"] for r in done),
+        load_model_ms=sum(r["load_ms"] for r in reports),
+        inference_batch_latency_ms=sum(r["batch_ms"] for r in reports),
+        model_loads=sum(r["loads"] for r in reports),
+        retried_tasks=sum(1 for r in reports if r["attempt"] > 0),
+    )
+    log.info(
+        "spark: %d units in %d Python workers, %d model loads, %d tasks retried",
+        len(reports),
+        len({r["pid"] for r in reports}),
+        m["model_loads"],
+        m["retried_tasks"],
+    )
+    return m

@@ -1,0 +1,97 @@
+"""--engine spark on real Spark (a local-cluster of two executor JVMs): the Beam run's shards, byte for byte.
+
+Skipped, with what to install, where pyspark or Java is absent (`make install` installs both)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from index_builder.embeddings import list_shards
+from pipelines.embed.run import run_embed
+from pipelines.embed.settings import EmbedSettings
+from pipelines.embed.spark import KILL_ONCE_ENV, spark_missing
+
+MISSING = spark_missing()
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+
+CLUSTER = "local-cluster[2,1,1024]"  # two executor JVMs, one core each
+
+
+def files(out: str, sub: str) -> list[str]:
+    path = os.path.join(out, sub)
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def assert_same_output(a: str, b: str) -> None:
+    """Equal shard names; per shard equal ids in the same order and byte-identical vectors; equal rejects."""
+    assert files(a, "embeddings") == files(b, "embeddings")  # no temporaries, no extra copies
+    assert files(a, "rejects") == files(b, "rejects")
+    for name in files(a, "embeddings"):
+        ta, tb = (pq.read_table(os.path.join(d, "embeddings", name)) for d in (a, b))
+        assert ta.column_names == tb.column_names
+        for col in ta.column_names:
+            assert ta.column(col).combine_chunks() == tb.column(col).combine_chunks(), (name, col)
+        assert ta.schema.metadata == tb.schema.metadata, name  # counts and runtime
+    for name in files(a, "rejects"):
+        assert pq.read_table(os.path.join(a, "rejects", name)) == pq.read_table(os.path.join(b, "rejects", name))
+
+
+@pytest.fixture(scope="module")
+def inputs(sample_dir, tmp_path_factory) -> list[str]:
+    """The sample (6 row groups, failed rows) and a file repeating 5 of its ids (duplicates to reject)."""
+    first = sorted(f for f in os.listdir(sample_dir) if f.endswith(".parquet"))[0]
+    dups = tmp_path_factory.mktemp("dups") / "z-dups.parquet"
+    pq.write_table(pq.read_table(os.path.join(sample_dir, first)).slice(0, 5), dups)
+    return [f"{sample_dir}/*.parquet", str(dups)]
+
+
+def test_spark_local_cluster_commits_the_beam_shards_once_despite_a_killed_worker(
+    inputs, tiny_clip, tmp_path, caplog, monkeypatch
+):
+    caplog.set_level(logging.INFO, logger="pipelines.embed.spark")
+    monkeypatch.chdir(tmp_path)  # a relative --output: the executors run in directories of their own
+    beam = run_embed(EmbedSettings(inputs=inputs, output=str(tmp_path / "beam"), model=tiny_clip, batch_size=8))
+    marker = tmp_path / "killed"
+    spark = run_embed(
+        EmbedSettings(
+            inputs=inputs,
+            output="spark",
+            model=tiny_clip,
+            batch_size=8,
+            engine="spark",
+            spark_master=CLUSTER,
+            spark_conf=(f"spark.executorEnv.{KILL_ONCE_ENV}=2:{marker}",),
+        )
+    )
+    assert marker.exists()  # unit 2's first task committed its shard and then lost its Python worker
+    assert_same_output(str(tmp_path / "beam"), str(tmp_path / "spark"))
+    assert spark["counts"] == beam["counts"] and spark["counts"]["rejects_by_reason"] == {"duplicate_id": 5}
+    assert spark["shards"] == beam["shards"] == len(list_shards(str(tmp_path / "spark"))) == 7
+    assert (beam["engine"], beam["runner"]) == ("beam", "FnApiRunner")
+    assert (spark["engine"], spark["runner"]) == ("spark", CLUSTER)
+    (summary,) = [r for r in caplog.records if r.getMessage().startswith("spark: ")]
+    units, workers, loads, retried = summary.args
+    assert units == 7 and retried == 1
+    assert loads == workers < units  # one model load per Python worker, not per task
+
+
+def test_spark_previous_run_comparison_equals_beam(inputs, tiny_clip, tmp_path):
+    """The join against a previous run (what reindex does) on Spark: the same copied, re-embedded
+    and deleted rows as Beam's join."""
+    first = run_embed(EmbedSettings(inputs=inputs, output=str(tmp_path / "first"), model=tiny_clip, batch_size=8))
+    sample = os.path.dirname(inputs[0])
+    today = [os.path.join(sample, sorted(f for f in os.listdir(sample) if f.endswith(".parquet"))[0])]  # one of two
+    out = {}
+    for engine in ("beam", "spark"):
+        extra = {"engine": "spark", "spark_master": "local[2]"} if engine == "spark" else {}
+        s = EmbedSettings(inputs=today, output=str(tmp_path / engine), model=tiny_clip, batch_size=8, **extra)
+        out[engine] = run_embed(s, previous=str(tmp_path / "first"))
+    assert_same_output(str(tmp_path / "beam"), str(tmp_path / "spark"))
+    c = out["spark"]["counts"]
+    assert c == out["beam"]["counts"]
+    assert c["unchanged"] == c["embedded"] > 0 and c["new"] == c["changed"] == 0
+    assert c["deleted"] == first["counts"]["embedded"] - c["embedded"] > 0

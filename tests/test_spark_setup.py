@@ -1,0 +1,56 @@
+"""--engine spark's checks before any JVM starts: what is missing and how to get it, paths the executors can open."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from encoders.errors import SettingsError
+from pipelines.embed.run import run_embed
+from pipelines.embed.settings import EmbedSettings
+from pipelines.embed.spark import absolute, is_local, java_missing, python_error, with_absolute_paths
+
+
+def test_without_java_spark_is_refused_with_the_package_to_install(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java on it
+    assert "apt-get install -y openjdk-17-jre-headless" in java_missing()
+    settings = EmbedSettings(inputs=("in.parquet",), output=str(tmp_path / "out"), model="m", engine="spark")
+    with pytest.raises(SettingsError, match="--engine spark needs Java 17 or later"):
+        run_embed(settings)
+    assert not (tmp_path / "out").exists()  # refused before the output directory is prepared
+
+
+def test_local_paths_become_absolute_urls_and_hub_ids_do_not(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    s = EmbedSettings(inputs=("in/*.parquet", "s3://b/x.parquet"), output="out", model="model", engine="spark")
+    got = with_absolute_paths(s)
+    assert got.inputs == (os.path.join(tmp_path, "in/*.parquet"), "s3://b/x.parquet")
+    assert (got.output, got.model) == (str(tmp_path / "out"), str(tmp_path / "model"))
+    assert with_absolute_paths(EmbedSettings(**{**vars(s), "model": "openai/clip-vit-base-patch32"})).model == (
+        "openai/clip-vit-base-patch32"
+    )
+    assert absolute("gs://b/out") == "gs://b/out"
+
+
+def test_local_masters(monkeypatch):
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    assert is_local(None) and is_local("local[2]") and is_local("local-cluster[2,1,1024]")
+    assert not is_local("yarn") and not is_local("spark://h:7077") and not is_local("k8s://https://h:443")
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")  # under spark-submit its master decides
+    assert not is_local(None)
+
+
+def test_a_failed_jobs_python_exception_is_picked_out_of_the_java_error():
+    java = """An error occurred while calling o77.collect.
+: org.apache.spark.SparkException: Job aborted due to stage failure: Task 2 in stage 2.0 failed 4 times
+Traceback (most recent call last):
+  File "/x/worker.py", line 1, in process
+huggingface_hub.errors.OfflineModeIsEnabled: Cannot reach https://huggingface.co
+encoders.loading.ModelLoadError: model 'clip' is not a local directory
+\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(PythonRunner.scala:1097)
+Caused by: org.apache.spark.api.python.PythonException: Traceback"""
+    assert python_error(java) == "encoders.loading.ModelLoadError: model 'clip' is not a local directory"
+    assert python_error("something else\nat x") == "something else"

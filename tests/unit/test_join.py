@@ -1,0 +1,28 @@
+"""The id join's per-element step both engines run (pipelines/embed/join.py): tuples in, plans out."""
+
+from __future__ import annotations
+
+import itertools
+
+from pipelines.embed.join import DELETED, decide_grouped
+
+TODAY = [(1, 40, b"c", b"t"), (0, 7, b"c", b"t"), (2, 3, b"x", b"t")]  # (unit, row, content, caption)
+PREVIOUS = [(4, 9, b"c", b"t"), (3, 2, b"c", b"t")]  # (shard, row, content, caption): two copies
+
+
+def test_verdicts_do_not_depend_on_the_shuffle_order():
+    """Beam's CoGroupByKey and Spark's groupByKey hand over an id's rows in any order."""
+    seen = set()
+    for today in itertools.permutations(TODAY):
+        for previous in itertools.permutations(PREVIOUS):
+            out = decide_grouped(today, previous, reject_duplicates=True, comparable=True)
+            seen.add(tuple(out))
+    assert seen == {((1, (40, "duplicate", (0, 7))), (2, (3, "duplicate", (0, 7))), (0, (7, "unchanged", (3, 2))))}
+
+
+def test_deleted_and_changed():
+    assert list(decide_grouped([], PREVIOUS, reject_duplicates=True, comparable=True)) == [(DELETED, 1)]
+    assert list(decide_grouped(TODAY[:1], PREVIOUS, reject_duplicates=True, comparable=False)) == [
+        (1, (40, "changed", None))
+    ]
+    assert list(decide_grouped(TODAY[:1], [], reject_duplicates=True, comparable=True)) == []
