@@ -38,6 +38,12 @@ def shard_name(index: int, total: int) -> str:
     return f"part-{index:05d}-of-{total:05d}.parquet"
 
 
+def shard_index(name: str) -> int | None:
+    """The unit index a shard file name carries ('part-00003-of-00010.parquet' -> 3), else None."""
+    match = _SHARD.match(name)
+    return int(match.group(1)) if match else None
+
+
 def embeddings_schema(dim: int) -> pa.Schema:
     vec = pa.list_(pa.float32(), dim)
     return pa.schema(

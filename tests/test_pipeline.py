@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 
 import numpy as np
@@ -96,12 +97,17 @@ def test_pipeline_vectors_equal_direct_clip_calls(embedded, sample_dir, tiny_cli
     assert table.column("caption").to_pylist() == captions
 
 
-def test_rerun_is_deterministic_and_direct_runner_agrees(embedded, tiny_clip, sample_dir, tmp_path):
+def test_rerun_is_deterministic_and_direct_runner_agrees(embedded, tiny_clip, sample_dir, tmp_path, caplog):
     out, _ = embedded
     again = str(tmp_path / "again")
-    run_embed(
-        EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=again, model=tiny_clip, batch_size=5),
-        ["--runner", "DirectRunner"],
+    with caplog.at_level(logging.INFO, logger="pipelines.embed.progress"):
+        m = run_embed(
+            EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=again, model=tiny_clip, batch_size=5),
+            ["--runner", "DirectRunner"],
+        )
+    units = m["shards"]  # the driver watched the shards commit: the last progress line says all of them
+    assert (
+        f"progress: {m['counts']['read']:,} / {m['counts']['read']:,} rows (100.0%), {units} / {units}" in caplog.text
     )
     a, b = read_dir(out), read_dir(again)
     assert a.column("id").equals(b.column("id"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from contextlib import nullcontext
 from datetime import UTC, datetime
 
 from encoders.errors import InputError, SettingsError
@@ -16,6 +17,7 @@ from index_builder.embeddings import MANIFEST, list_shards
 from pipelines.embed.beam import is_dry_run, is_local, pipeline_options, run_beam
 from pipelines.embed.handler import EmbeddingModelHandler
 from pipelines.embed.output import prepare_output, run_key
+from pipelines.embed.progress import Watcher
 from pipelines.embed.settings import EmbedSettings
 from pipelines.embed.shards import sum_counts
 from pipelines.embed.worker import EngineRun, UnitJob
@@ -125,11 +127,12 @@ def run_embed(
     t_pipeline = time.monotonic()
     comparable = bool(previous_info and previous_info["comparable"])
     engine = dict(comparable=comparable, join_counts=join_path)
-    done: EngineRun = (
-        spark.run_spark(s, plan, job, model_tag, **engine)
-        if s.engine == "spark"
-        else run_beam(options, plan, job, model_tag, **engine)
-    )
+    with nullcontext() if dry_run else Watcher(s.output, plan.units):  # rows done / total, rows/s, ETA
+        done: EngineRun = (
+            spark.run_spark(s, plan, job, model_tag, **engine)
+            if s.engine == "spark"
+            else run_beam(options, plan, job, model_tag, **engine)
+        )
     pipeline_s = time.monotonic() - t_pipeline
     metrics = done.metrics
     work = metrics or {}
