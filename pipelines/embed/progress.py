@@ -105,7 +105,10 @@ class Watcher:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join()
-        self.poll()
+        try:
+            self.poll()
+        except Exception as err:  # noqa: BLE001 - progress never fails a run that worked
+            log.debug("progress listing failed: %s", err)
         if self.bar is not None:
             self.bar.close()
         if exc[0] is None and self.last is not None:
@@ -125,7 +128,7 @@ class Watcher:
         while not self.stop.wait(POLL_EVERY):
             try:
                 progress = self.poll()
-            except OSError as exc:  # a listing that failed (network): the next one may work
+            except Exception as exc:  # noqa: BLE001 - a listing that failed (network): the next one may work
                 log.debug("progress listing failed: %s", exc)
                 continue
             if self.report is None and self.bar is None and time.monotonic() - logged >= LOG_EVERY:
