@@ -425,7 +425,7 @@ def _opq_screen(factory: str, xt: np.ndarray, seed: int, coarse: dict[str, np.nd
     if m is None:
         return None
     t = time.monotonic()
-    centroids = coarse.get(factory.split(",")[1])
+    centroids = coarse.get(coarse_of(factory.split(",", 1)[1]))  # the IVF behind the rotation
     gain = opq_gain(xt, m, centroids, seed=seed)
     if worth_opq(gain):
         return None

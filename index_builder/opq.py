@@ -41,4 +41,4 @@ def opq_gain(x: np.ndarray, m: int, centroids: np.ndarray | None = None, seed: i
     d = cov.shape[0]
     dsub = d // m
     per_subspace = sum(np.exp(_log_det(cov[i : i + dsub, i : i + dsub]) / dsub) for i in range(0, dsub * m, dsub))
-    return float(1.0 - m * np.exp(_log_det(cov) / d) / per_subspace) if per_subspace > 0 else 0.0
+    return float(1.0 - m * np.exp(_log_det(cov) / d) / per_subspace)

@@ -112,9 +112,13 @@ def makedirs(path: str) -> None:
     fs.makedirs(p, exist_ok=True)
 
 
-def listdir(path: str) -> list[str]:
-    """Names (not paths) directly under a directory; [] when it does not exist."""
+def listdir(path: str, *, fresh: bool = False) -> list[str]:
+    """Names (not paths) directly under a directory; [] when it does not exist. `fresh`: drop the
+    filesystem's cached listing first (object stores cache them; a directory watched while others
+    write into it needs a new one each time)."""
     fs, p = url_to_fs(path)
+    if fresh:
+        fs.invalidate_cache(p)
     if not fs.exists(p):
         return []
     return sorted(posixpath.basename(e.rstrip("/")) for e in fs.ls(p, detail=False))

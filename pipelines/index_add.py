@@ -59,13 +59,13 @@ def beam_adder(beam_args: list[str], workers: int = 1) -> AddParts:
     args = list(beam_args)
     if workers > 1 and not any(a.startswith(("--runner", "--direct_num_workers")) for a in args):
         args += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
-    dry_run = is_dry_run(pipeline_options(args))  # also refuses bad Beam options before any training
+    options = pipeline_options(args)  # bad Beam options are refused here, before any training
+    dry_run = is_dry_run(options)
 
     def add(template_path: str, shards: list[Shard], offsets: list[int], vector: str, parts_dir: str, only=None):
         if not dry_run:
             storage.remove(parts_dir, recursive=True)
         items = [(i, s.path, first) for i, (s, first) in enumerate(zip(shards, offsets))]
-        options = pipeline_options(args)
         p = beam.Pipeline(options=options)
         _ = (
             p

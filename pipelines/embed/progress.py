@@ -69,13 +69,7 @@ def measure(done: set[int], rows_of: dict[int, int], at_start: set[int], elapsed
 def committed_units(output: str) -> set[int]:
     """Indexes of the units whose shards are committed under OUTPUT/embeddings (a fresh listing:
     object stores' cached listings are dropped first)."""
-    fs, path = storage.url_to_fs(storage.join(output, EMBEDDINGS))
-    fs.invalidate_cache(path)
-    try:
-        names = fs.ls(path, detail=False)
-    except FileNotFoundError:
-        return set()
-    indexes = (shard_index(n.rstrip("/").rsplit("/", 1)[-1]) for n in names)
+    indexes = (shard_index(name) for name in storage.listdir(storage.join(output, EMBEDDINGS), fresh=True))
     return {i for i in indexes if i is not None}
 
 
