@@ -266,6 +266,52 @@ def bench_embed(work: Path, args) -> dict:
     }
 
 
+def bench_stages(work: Path, args) -> dict:
+    """Where `embed`'s time goes, per stage (the manifest's table), for the tensor and PIL paths at
+    the GPU batch size, and the host work per row: everything but decode and forward (read,
+    classify, header probe, tokenize, assembly, write), the work one process must do per row to
+    feed a GPU. A one-layer model keeps the section short; the host stages do not depend on it."""
+    from encoders.random_models import make_random_clip
+
+    model = work / "stages-model"
+    if not model.exists():
+        make_random_clip(model, hidden_size=64, num_layers=1, text_hidden_size=64, text_layers=1, projection_dim=64)
+    src = work / "stages-in"
+    if not src.exists():
+        make_jpeg_shards(src, args.stages_rows, args.image_size, rows_per_group=args.stages_batch)
+    out: dict = {"rows": args.stages_rows, "image_size": args.image_size, "batch_size": args.stages_batch}
+    for path in ("tensor", "pil"):
+        emb = work / f"stages-{path}"
+        usage = run_usage(
+            fusionindex(
+                "embed",
+                "--input",
+                str(src),
+                "--output",
+                str(emb),
+                "--model",
+                str(model),
+                "--batch-size",
+                str(args.stages_batch),
+                "--preprocess",
+                path,
+                "--restart",
+            )  # fmt: skip
+        )
+        m = json.loads((emb / "manifest.json").read_text())
+        t = m["timings"]
+        out[path] = {
+            "units_s": t["units_s"],
+            "stages_s": t["stages_s"],
+            "other_s": t["other_s"],
+            "host_us_per_row": t["host_us_per_row"],
+            "rows_read": m["counts"]["read"],
+            "wall_s": usage["wall_s"],
+            "cpu_s": usage["cpu_s"],
+        }
+    return out
+
+
 def write_webdataset(files: list[str], out: Path) -> list[str]:
     """The same rows as webdataset tars ({key}.jpg + {key}.txt), clip-retrieval's input format."""
     import tarfile
@@ -876,6 +922,22 @@ def table(results: dict) -> str:
             f"-> ratio {e['ratio_beyond_startup']} (target >= 0.9)",
             f"  per-pair ratios {e['paired_ratios']}",
         ]
+    if "stages" in results:
+        st = results["stages"]
+        lines += [
+            f"embed stages ({st['rows']} JPEGs of {st['image_size']} px, batch {st['batch_size']}, one-layer model; "
+            "seconds summed over units):",
+            f"  {'stage':<10}" + "".join(f"{p:>10}" for p in ("tensor", "pil")),
+        ]
+        names = list(dict.fromkeys(k for p in ("tensor", "pil") for k in st[p]["stages_s"]))
+        for k in [*names, "other"]:
+            cells = [st[p]["stages_s"].get(k, 0.0) if k != "other" else st[p]["other_s"] for p in ("tensor", "pil")]
+            lines.append(f"  {k:<10}" + "".join(f"{c:>10.3f}" for c in cells))
+        lines += [
+            f"  {'unit time':<10}" + "".join(f"{st[p]['units_s']:>10.3f}" for p in ("tensor", "pil")),
+            f"  host work per row (all but decode and forward): tensor {st['tensor']['host_us_per_row']} us, "
+            f"pil {st['pil']['host_us_per_row']} us (target <= 60 us)",
+        ]
     if "peer" in results:
         p = results["peer"]
         lines += [
@@ -972,7 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--sections",
-        default="embed,peer,rss,index,pq",
+        default="embed,stages,peer,rss,index,pq",
         help="comma-separated; also: reindex (~25 min at --reindex-rows 16384), budget (~5 min), ondisk (~10 min), "
         "plan (~1 min)",
     )
@@ -997,6 +1059,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--embed-args", default="", help="extra `fusionindex embed` options, e.g. '--preprocess tensor'")
     ap.add_argument("--rss-rows", type=int, default=200)
+    ap.add_argument("--stages-rows", type=int, default=8192, help="rows of the stages section")
+    ap.add_argument("--stages-batch", type=int, default=256, help="batch size (and row group) of the stages section")
     ap.add_argument("--index-n", type=int, default=100_000)
     ap.add_argument("--index-dim", type=int, default=256)
     ap.add_argument("--pq-n", type=int, default=20_000)
@@ -1027,6 +1091,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in (
             ("embed", lambda: bench_embed(work, args)),
             ("peer", lambda: bench_peer(work, args)),
+            ("stages", lambda: bench_stages(work, args)),
             ("rss", lambda: bench_rss(work, args)),
             ("index", lambda: bench_index(work, args)),
             ("pq", lambda: bench_pq(args)),

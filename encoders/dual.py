@@ -32,6 +32,7 @@ from encoders.loading import ModelLoadError, check_tokenizer_fits
 from encoders.settings import BACKBONES as BACKBONE_NAMES
 from encoders.tensor_images import Recipe
 from encoders.text import MAX_CAPTION_CHARS
+from encoders.tokens import BatchTokenizer
 from encoders.towers import Towers, default_device
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class DualTowers(Towers):
         self.device, self.model_dir = device, model_dir
         self.dim = int(config["projection_dim"])
         self.max_text_tokens = int(config.get("max_text_tokens", 128))
+        self._tokens: BatchTokenizer | None = None
         r = dual_recipe(config)
         self.center_crop = True
         self.transform = v2.Compose(
@@ -165,14 +167,10 @@ class DualTowers(Towers):
         return dual_recipe(self.config)
 
     def tokenize(self, texts):
-        tokens = self.tokenizer(
-            [t[:MAX_CAPTION_CHARS] for t in texts],
-            padding=self.padding(),
-            truncation=True,
-            max_length=self.max_text_tokens,
-            return_tensors="pt",
-        )
-        return {k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        if self._tokens is None:
+            keys = ("input_ids", "attention_mask", "token_type_ids")
+            self._tokens = BatchTokenizer(self.tokenizer, self.max_text_tokens, keys)
+        return self._tokens([t[:MAX_CAPTION_CHARS] for t in texts], self.padding())
 
     def image_features(self, pixels):
         return l2_normalise(self.net.image_head(self.net.image(pixels)))

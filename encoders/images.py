@@ -11,6 +11,7 @@ images the pipeline's pixels equal a direct `processor(images=Image.open(...))` 
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -59,13 +60,41 @@ def decode_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Image.Image:
     """Decode `data`; raise ImageRejected (reason code + message) when it is unusable."""
+    return load_image(open_image(data, max_pixels=max_pixels, max_bytes=max_bytes), data)
+
+
+def open_image(
+    data: bytes | None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Image.Image:
+    """The first half of `decode_image`: the header read and checked, no pixel decoded yet."""
     check_bytes(data, max_bytes)
-    try:
+    with _pil_errors(data):
         # Image.open reads only the header; PIL's own bomb check there raises above
         # 2 x Image.MAX_IMAGE_PIXELS (see EmbeddingModelHandler.load_model).
         image = Image.open(io.BytesIO(data))
         check_pixels(image.size, max_pixels)  # known from the header, before any pixel is decoded
+    return image
+
+
+def load_image(image: Image.Image, data: bytes) -> Image.Image:
+    """The second half of `decode_image`: `image` (from `open_image(data)`) decoded, oriented, 8-bit."""
+    with _pil_errors(data):
         image.load()
+    try:
+        ImageOps.exif_transpose(image, in_place=True)  # no copy for the usual image without EXIF
+    except Exception as exc:  # PIL raises many types on a malformed EXIF block
+        raise ImageRejected("corrupt_image", f"bad EXIF orientation data: {exc}") from exc
+    return to_8bit(image)
+
+
+@contextmanager
+def _pil_errors(data: bytes):
+    """PIL's exceptions as ImageRejected with a stable reason."""
+    try:
+        yield
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:
@@ -74,11 +103,6 @@ def decode_image(
         raise ImageRejected("not_an_image", f"not a recognised image format (starts with {data[:16]!r})") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's truncated/corrupt stream errors
         raise ImageRejected("corrupt_image", f"cannot decode image: {exc}") from exc
-    try:
-        ImageOps.exif_transpose(image, in_place=True)  # no copy for the usual image without EXIF
-    except Exception as exc:  # PIL raises many types on a malformed EXIF block
-        raise ImageRejected("corrupt_image", f"bad EXIF orientation data: {exc}") from exc
-    return to_8bit(image)
 
 
 def to_8bit(image: Image.Image) -> Image.Image:

@@ -31,6 +31,7 @@ from encoders.images import (
     decode_image,
     flatten_on_white,
 )
+from encoders.stages import NO_CLOCK, StageClock
 
 log = logging.getLogger(__name__)
 
@@ -218,19 +219,24 @@ class TensorPreprocessor:
             held += n
         return out
 
-    def __call__(self, datas: list[bytes | None]) -> tuple[torch.Tensor, list[ImageRejected | None]]:
-        """(pixel batch of the good items, in order; per item None or its rejection)."""
-        headers = self.headers(datas)
+    def __call__(
+        self, datas: list[bytes | None], clock: StageClock = NO_CLOCK
+    ) -> tuple[torch.Tensor, list[ImageRejected | None]]:
+        """(pixel batch of the good items, in order; per item None or its rejection). `clock` gets
+        the header probe and the decode (resize and normalise included) as stages."""
+        with clock("probe"):
+            headers = self.headers(datas)
         rejected: list[ImageRejected | None] = [None] * len(datas)
         parts = []
-        for chunk in self.chunks(headers):
-            decoded = self.decode([datas[i] for i in chunk], [headers[i] for i in chunk])
-            good = [t for t in decoded if isinstance(t, torch.Tensor)]
-            for i, t in zip(chunk, decoded):
-                if isinstance(t, ImageRejected):
-                    rejected[i] = t
-            if good:
-                parts.append(self.transform_all(good))
-            del decoded, good  # the originals go before the next chunk is decoded
-        pixels = torch.cat(parts) if parts else torch.empty(0, 3, *self.recipe.crop, device=self.device)
+        with clock("decode"):
+            for chunk in self.chunks(headers):
+                decoded = self.decode([datas[i] for i in chunk], [headers[i] for i in chunk])
+                good = [t for t in decoded if isinstance(t, torch.Tensor)]
+                for i, t in zip(chunk, decoded):
+                    if isinstance(t, ImageRejected):
+                        rejected[i] = t
+                if good:
+                    parts.append(self.transform_all(good))
+                del decoded, good  # the originals go before the next chunk is decoded
+            pixels = torch.cat(parts) if parts else torch.empty(0, 3, *self.recipe.crop, device=self.device)
         return pixels, rejected

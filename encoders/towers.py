@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,10 @@ from encoders.errors import UsageError
 from encoders.fusion import AttentionFusion, Fusion, l2_normalise
 from encoders.images import bound_aspect
 from encoders.loading import ModelLoadError, check_tokenizer_fits, fingerprint
+from encoders.stages import NO_CLOCK, StageClock
 from encoders.tensor_images import Recipe, recipe_of
 from encoders.text import MAX_CAPTION_CHARS, has_caption
+from encoders.tokens import BatchTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -102,33 +105,38 @@ class Towers:
         return torch.autocast("cuda", dtype=dtype or torch.bfloat16, enabled=enabled)
 
     @torch.inference_mode()
-    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_pixels(self, pixels: torch.Tensor, clock: StageClock = NO_CLOCK) -> torch.Tensor:
         """[n, dim] normalised image vectors for an already preprocessed pixel batch."""
         n = len(pixels)
-        pixels = pad_rows(pixels, self.fixed_rows)
-        with self.autocast():
-            return self.image_features(pixels.to(self.device, non_blocking=True)).float().cpu()[:n]
+        with clock("forward"):
+            pixels = pad_rows(pixels, self.fixed_rows)
+            with self.autocast():
+                return self.image_features(pixels.to(self.device, non_blocking=True)).float().cpu()[:n]
 
-    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def encode_images(self, images: Sequence[Image.Image], clock: StageClock = NO_CLOCK) -> torch.Tensor:
         """[n, dim] normalised image vectors for PIL images (any mode; preprocessing converts)."""
         if not len(images):
             return torch.empty(0, self.dim)
-        images = [bound_aspect(im, center_crop=self.center_crop) for im in images]
-        pixels = self.preprocess_images(images)
-        if str(self.device).startswith("cuda"):
-            pixels = pixels.pin_memory()
-        return self.encode_pixels(pixels)
+        with clock("decode"):  # the processor's resize / crop / normalise
+            images = [bound_aspect(im, center_crop=self.center_crop) for im in images]
+            pixels = self.preprocess_images(images)
+            if str(self.device).startswith("cuda"):
+                pixels = pixels.pin_memory()
+        return self.encode_pixels(pixels, clock)
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+    def encode_texts(self, texts: Sequence[str], clock: StageClock = NO_CLOCK) -> torch.Tensor:
         """[n, dim] normalised text vectors; texts are truncated to the model's context."""
         if not texts:
             return torch.empty(0, self.dim)
         n = len(texts)
         texts = list(texts) + [""] * ((self.fixed_rows or n) - n)
-        tokens = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
-        with self.autocast():
-            return self.text_features(tokens).float().cpu()[:n]
+        with clock("tokenize"):
+            tokens = self.tokenize(texts)
+        with clock("forward"):
+            tokens = {k: v.to(self.device) for k, v in tokens.items()}
+            with self.autocast():
+                return self.text_features(tokens).float().cpu()[:n]
 
 
 class ClipTowers(Towers):
@@ -145,6 +153,7 @@ class ClipTowers(Towers):
         text_cfg = getattr(model.config, "text_config", None)
         self.max_text_tokens = int(getattr(text_cfg, "max_position_embeddings", 77))
         self.dim = int(model.config.projection_dim)
+        self._tokens: BatchTokenizer | None = None
 
     @classmethod
     def load(cls, model_dir: Path, *, device: str | None = None, allow_pickle: bool = False) -> ClipTowers:
@@ -176,14 +185,11 @@ class ClipTowers(Towers):
         return recipe_of(self.processor.image_processor)
 
     def tokenize(self, texts):
-        tokens = self.processor.tokenizer(
-            [t[:MAX_CAPTION_CHARS] for t in texts],
-            padding=self.padding(),
-            truncation=True,
-            max_length=self.max_text_tokens,
-            return_tensors="pt",
-        )
-        return {k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        if self._tokens is None:
+            self._tokens = BatchTokenizer(
+                self.processor.tokenizer, self.max_text_tokens, ("input_ids", "attention_mask")
+            )
+        return self._tokens([t[:MAX_CAPTION_CHARS] for t in texts], self.padding())
 
     def image_features(self, pixels):
         return l2_normalise(_projected(self.model.get_image_features(pixel_values=pixels)))
@@ -230,25 +236,38 @@ def embed_pairs(
     images: Sequence[Image.Image] | torch.Tensor,
     captions: Sequence[str | None],
     fixed_rows: int | None = None,
+    clock: StageClock = NO_CLOCK,
 ) -> EmbeddedBatch:
     """Embed aligned images (PIL images, or a preprocessed pixel batch) and captions.
 
     A null/blank caption gets the image vector as its fused vector. With `fixed_rows` (the
     towers' own, passed in because a --large-model proxy answers method calls only) every call
-    (image tower, text tower, fusion) sees exactly that many rows.
+    (image tower, text tower, fusion) sees exactly that many rows. `clock` gets the stages
+    (decode, tokenize, forward, assemble); through a --large-model proxy, whose calls run in
+    another process, each tower call is counted as forward.
     """
     n = len(captions)
-    has_text = torch.tensor([has_caption(c) for c in captions], dtype=torch.bool)
-    img = towers.encode_pixels(images) if isinstance(images, torch.Tensor) else towers.encode_images(images)
-    txt = torch.zeros_like(img)
-    idx = torch.nonzero(has_text).flatten()
-    if fixed_rows:  # the text tower sees every row (blank where there is no caption)
-        txt = torch.where(has_text[:, None], towers.encode_texts([c if has_caption(c) else "" for c in captions]), txt)
-    elif len(idx):
-        txt[idx] = towers.encode_texts([captions[i] for i in idx.tolist()])
-    with torch.inference_mode():
+    with clock("assemble"):
+        has_text = torch.tensor([has_caption(c) for c in captions], dtype=torch.bool)
+        txt_rows = [c if has_caption(c) else "" for c in captions] if fixed_rows else None
+        idx = torch.nonzero(has_text).flatten()
+    local = isinstance(towers, Towers)
+    kw = {"clock": clock} if local else {}
+    with nullcontext() if local else clock("forward"):
+        img = (
+            towers.encode_pixels(images, **kw)
+            if isinstance(images, torch.Tensor)
+            else towers.encode_images(images, **kw)
+        )
+        txt = torch.zeros_like(img)
+        if fixed_rows:  # the text tower sees every row (blank where there is no caption)
+            txt = torch.where(has_text[:, None], towers.encode_texts(txt_rows, **kw), txt)
+        elif len(idx):
+            txt[idx] = towers.encode_texts([captions[i] for i in idx.tolist()], **kw)
+    with clock("forward"), torch.inference_mode():
         fused = fusion(pad_rows(img, fixed_rows), pad_rows(txt, fixed_rows), pad_rows(has_text, fixed_rows)).cpu()[:n]
-    return EmbeddedBatch(img.numpy(), txt.numpy(), fused.numpy(), has_text.numpy())
+    with clock("assemble"):
+        return EmbeddedBatch(img.numpy(), txt.numpy(), fused.numpy(), has_text.numpy())
 
 
 def pad_rows(x: torch.Tensor, rows: int | None) -> torch.Tensor:

@@ -69,6 +69,20 @@ def test_every_success_row_embedded_once_with_ids_and_counts(embedded, sample_di
         assert np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
 
 
+def test_manifest_stage_timings_add_up_to_the_unit_time(embedded):
+    _, manifest = embedded
+    t = manifest["timings"]
+    stages = t["stages_s"]
+    # the PIL path on a CPU: every stage of the issue's list ran (copy and wait did not: no
+    # previous run, no decode-ahead on a CPU)
+    assert set(stages) == {"read", "classify", "probe", "decode", "tokenize", "forward", "assemble", "write"}
+    assert all(v > 0 for v in stages.values())
+    assert abs(t["other_s"]) <= 0.1 * t["units_s"]  # the stages cover the units' time
+    assert sum(stages.values()) + t["other_s"] == pytest.approx(t["units_s"], abs=1e-3)
+    host = sum(v for k, v in stages.items() if k not in ("decode", "forward"))
+    assert t["host_us_per_row"] == pytest.approx(host / manifest["counts"]["read"] * 1e6, rel=0.01)
+
+
 def test_pipeline_vectors_equal_direct_clip_calls(embedded, sample_dir, tiny_clip):
     out, _ = embedded
     table = read_dir(out)

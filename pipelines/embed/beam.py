@@ -29,6 +29,7 @@ from pipelines.dry_run import DryRun
 from pipelines.embed.handler import THREADS_ENV, EmbeddingModelHandler
 from pipelines.embed.join import DELETED, decide_grouped, previous_keys, today_keys
 from pipelines.embed.rows import RowPlan
+from pipelines.embed.timings import stage_metrics
 from pipelines.embed.worker import EngineRun, UnitJob, UnitWorker
 from pipelines.inputs import InputPlan, WorkUnit
 
@@ -135,6 +136,8 @@ class EmbedUnit(beam.DoFn):
         self.unit_ms.update(report.unit_ms)
         if report.load_ms is not None:
             self.load_ms.update(report.load_ms)
+        for name, us in stage_metrics(report.stages, report.ahead).items():
+            Metrics.counter(NAMESPACE, name).inc(us)
         yield unit.index, c
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,10 @@ import torch
 from apache_beam.ml.inference.base import ModelHandler
 from PIL import Image
 
-from encoders.images import ImageRejected, decode_image
+from encoders.images import ImageRejected, load_image, open_image
 from encoders.loading import ModelLoadError, resolve_model_dir
 from encoders.models import describe_checkpoint, load_towers
+from encoders.stages import NO_CLOCK, StageClock
 from encoders.tensor_images import TensorPreprocessor
 from encoders.towers import Towers, embed_pairs
 from pipelines.embed.outcomes import Embedded, ItemInput, Outcome, Rejected
@@ -95,32 +97,45 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
             )
         return towers
 
-    def prepare(self, batch: Sequence[ItemInput], model: Towers) -> Prepared:
-        """Decode and preprocess (CPU threads or the GPU); safe to run ahead of `complete`."""
+    def prepare(self, batch: Sequence[ItemInput], model: Towers, clock: StageClock = NO_CLOCK) -> Prepared:
+        """Decode and preprocess (CPU threads or the GPU); safe to run ahead of `complete` (with a
+        clock of its own: a clock belongs to one thread)."""
         results: list[Outcome | None] = [None] * len(batch)
         preprocessor = self._tensor_preprocessor(model)
         if preprocessor is not None:
-            pixels, rejected = preprocessor([item.image for item in batch])
-            for i, exc in enumerate(rejected):
-                if exc is not None:
-                    results[i] = Rejected(exc.reason, str(exc))
-            return Prepared(results, [i for i, exc in enumerate(rejected) if exc is None], pixels)
+            pixels, rejected = preprocessor([item.image for item in batch], clock)
+            with clock("assemble"):
+                for i, exc in enumerate(rejected):
+                    if exc is not None:
+                        results[i] = Rejected(exc.reason, str(exc))
+                return Prepared(results, [i for i, exc in enumerate(rejected) if exc is None], pixels)
         s = self.settings
         images = []
-        for i, item in enumerate(batch):
-            try:
-                images.append(decode_image(item.image, max_pixels=s.max_image_pixels, max_bytes=s.max_image_bytes))
-            except ImageRejected as exc:
-                results[i] = Rejected(exc.reason, str(exc))
+        probe = 0.0
+        with clock("decode"):
+            for i, item in enumerate(batch):
+                t = time.perf_counter()
+                try:
+                    opened = open_image(item.image, max_pixels=s.max_image_pixels, max_bytes=s.max_image_bytes)
+                    probe += time.perf_counter() - t
+                    images.append(load_image(opened, item.image))
+                except ImageRejected as exc:
+                    results[i] = Rejected(exc.reason, str(exc))
+            clock.add("probe", probe)  # PIL's Image.open: the header read (a stage of its own)
         return Prepared(results, [i for i, r in enumerate(results) if r is None], images)
 
-    def complete(self, prepared: Prepared, batch: Sequence[ItemInput], model: Towers) -> list[Outcome]:
+    def complete(
+        self, prepared: Prepared, batch: Sequence[ItemInput], model: Towers, clock: StageClock = NO_CLOCK
+    ) -> list[Outcome]:
         """Forward passes and fusion for the prepared items; results aligned with `batch`."""
         ok = prepared.ok
-        outcomes = self._embed(model, prepared.images, [batch[i].caption for i in ok], [batch[i].id for i in ok])
-        results = list(prepared.results)
-        for i, res in zip(ok, outcomes):
-            results[i] = res
+        with clock("assemble"):
+            captions, ids = [batch[i].caption for i in ok], [batch[i].id for i in ok]
+        outcomes = self._embed(model, prepared.images, captions, ids, clock)
+        with clock("assemble"):
+            results = list(prepared.results)
+            for i, res in zip(ok, outcomes):
+                results[i] = res
         return results
 
     def run_inference(
@@ -148,10 +163,10 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
             self._tensor_cache = (key, pre)
         return self._tensor_cache[1]
 
-    def _embed(self, model: Towers, images, captions, ids) -> list[Outcome]:
+    def _embed(self, model: Towers, images, captions, ids, clock: StageClock = NO_CLOCK) -> list[Outcome]:
         fusion = self.settings.weighted_fusion() or self._describe(model)["learned_fusion"]
         try:
-            out = embed_pairs(model, fusion, images, captions, self.fixed_rows)
+            out = embed_pairs(model, fusion, images, captions, self.fixed_rows, clock)
         except Exception as exc:  # isolate the failing item(s): retry one by one
             if len(images) <= 1:
                 log.warning("item %s failed to embed: %s", ids[0] if ids else "?", exc)
@@ -160,9 +175,12 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
             return [
                 r
                 for j in range(len(images))
-                for r in self._embed(model, images[j : j + 1], captions[j : j + 1], ids[j : j + 1])
+                for r in self._embed(model, images[j : j + 1], captions[j : j + 1], ids[j : j + 1], clock)
             ]
-        return [Embedded(out.image[j], out.text[j], out.fused[j], bool(out.has_text[j])) for j in range(len(images))]
+        with clock("assemble"):
+            return [
+                Embedded(out.image[j], out.text[j], out.fused[j], bool(out.has_text[j])) for j in range(len(images))
+            ]
 
     def get_metrics_namespace(self) -> str:
         return "fusionindex"

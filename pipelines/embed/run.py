@@ -20,6 +20,7 @@ from pipelines.embed.output import prepare_output, run_key
 from pipelines.embed.progress import Watcher
 from pipelines.embed.settings import EmbedSettings
 from pipelines.embed.shards import sum_counts
+from pipelines.embed.timings import manifest_timings
 from pipelines.embed.worker import EngineRun, UnitJob
 from pipelines.inputs import plan_inputs
 
@@ -175,6 +176,8 @@ def run_embed(
             "units_s": work.get("unit_ms", 0) / 1000,
             "model_load_s": work.get("load_model_ms", 0) / 1000,
             "inference_s": work.get("inference_batch_latency_ms", 0) / 1000,
+            # where the units' time went (encoders/stages.py); absent when the engine reports no metrics
+            **manifest_timings(work, work.get("unit_ms", 0) / 1000, work.get("rows_read", 0)),
         },
     }
     storage.write_json(storage.join(s.output, MANIFEST), manifest)

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from encoders.stages import NO_CLOCK, StageClock
 from index_builder import storage
 from index_builder.embeddings import (
     EMBEDDINGS,
@@ -53,11 +54,18 @@ def commit_unit(
     skipped: int,
     runtime: Runtime,
     bad_file: str | None = None,
+    clock: StageClock = NO_CLOCK,
 ) -> dict:
     """Write the unit's rejects (or remove stale ones), then its shard; return its counts.
+    `clock` gets the stages: assemble (tables) and write.
 
     Raises RuntimeError when read != embedded + rejected + skipped (a bug, never data).
     """
+    with clock("assemble"):
+        return _commit(output, name, unit, results, dim, read, skipped, runtime, bad_file, clock)
+
+
+def _commit(output, name, unit, results, dim, read, skipped, runtime, bad_file, clock) -> dict:
     results = sorted(results, key=lambda r: r.row_index)
     good = [r for r in results if isinstance(r.outcome, Embedded)]
     bad = [r for r in results if isinstance(r.outcome, Rejected)]
@@ -75,11 +83,16 @@ def commit_unit(
         raise RuntimeError(f"unit {unit.index} ({unit.path}): rows do not add up: {counts}")
     shard_path, rejects_path = shard_paths(output, name)
     if bad:
-        _write(rejects_path, rejects_table(bad, unit.path))
+        table = rejects_table(bad, unit.path)
+        with clock("write"):
+            _write(rejects_path, table)
     else:
-        storage.remove(rejects_path)  # from an earlier run of this unit made another way
+        with clock("write"):
+            storage.remove(rejects_path)  # from an earlier run of this unit made another way
     metadata = {COUNTS_KEY: json.dumps(counts).encode(), RUNTIME_KEY: json.dumps(runtime.as_dict()).encode()}
-    _write(shard_path, shard_table(good, dim).replace_schema_metadata(metadata))
+    table = shard_table(good, dim).replace_schema_metadata(metadata)
+    with clock("write"):
+        _write(shard_path, table)
     log.info("committed %s: %d embedded, %d rejected, %d skipped", name, len(good), len(bad), skipped)
     return counts
 

@@ -32,6 +32,7 @@ from encoders.errors import SettingsError
 from index_builder import storage
 from pipelines.embed.join import DELETED, decide_grouped, previous_keys, today_keys
 from pipelines.embed.settings import THREADS_ENV, EmbedSettings
+from pipelines.embed.timings import stage_metrics
 from pipelines.inputs import InputPlan, WorkUnit
 
 if TYPE_CHECKING:  # torch and Beam: imported by the embed tasks only, not by the join's (executors import this module)
@@ -177,6 +178,7 @@ def embed_task(job: UnitJob, model_tag: str, element: tuple[int, Iterable[tuple[
         "unit_ms": report.unit_ms,
         "load_ms": report.load_ms if loads else 0,
         "batch_ms": sum(report.batch_ms),
+        "stages": stage_metrics(report.stages, report.ahead),
         "loads": len(loads),
         "pid": os.getpid(),
         "attempt": ctx.attemptNumber() if ctx is not None else 0,
@@ -276,6 +278,9 @@ def _metrics(reports: list[dict]) -> dict[str, int]:
         model_loads=sum(r["loads"] for r in reports),
         retried_tasks=sum(1 for r in reports if r["attempt"] > 0),
     )
+    for r in done:
+        for name, us in r["stages"].items():
+            m[name] = m.get(name, 0) + us
     log.info(
         "spark: %d units in %d Python workers, %d model loads, %d tasks retried",
         len(reports),

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from encoders.errors import InputError
+from encoders.stages import StageClock
 from encoders.towers import Towers
 from index_builder import storage
 from index_builder.embeddings import shard_name
@@ -63,6 +64,10 @@ class UnitReport:
     unit_ms: int = 0  # read + embed + commit, model load excluded
     load_ms: int | None = None  # when this unit loaded the model
     batch_ms: list[int] = field(default_factory=list)  # one entry per model call
+    # exclusive seconds per stage (encoders.stages): `stages` on the unit's thread, adding up to
+    # unit_ms; `ahead` on the decode-ahead thread (probe, decode), overlapping the first
+    stages: dict[str, float] = field(default_factory=dict)
+    ahead: dict[str, float] = field(default_factory=dict)
 
 
 class UnitWorker:
@@ -98,14 +103,20 @@ class UnitWorker:
         reuse: list[tuple[Row, tuple[int, int]]] = []
         counts = {"read": 0, "skipped": 0}
         commit = dict(dim=self.job.dim, runtime=self.runtime)
+        clock = StageClock()
+        report.stages = clock.seconds
         try:
-            todo = self._classified(iter_unit(unit, s.batch_size), plans, results, reuse, counts)
-            for batch, outcomes in self._embed_batches(batches_of(todo, s.batch_size), report):
-                results.extend(
-                    RowResult(r.row_index, r.id, r.caption, o, content_hash(r.image), kind)
-                    for (r, kind), o in zip(batch, outcomes)
-                )
-            results.extend(self._copied(reuse))
+            rows = clock.timed(iter_unit(unit, s.batch_size), "read")
+            todo = self._classified(rows, plans, results, reuse, counts, clock)
+            for batch, outcomes in self._embed_batches(batches_of(todo, s.batch_size), report, clock):
+                with clock("assemble"):
+                    results.extend(
+                        RowResult(r.row_index, r.id, r.caption, o, content_hash(r.image), kind)
+                        for (r, kind), o in zip(batch, outcomes)
+                    )
+            if reuse:
+                with clock("copy"):
+                    results.extend(self._copied(reuse))
         except InputError as exc:
             if not s.skip_bad_files:
                 raise
@@ -115,7 +126,9 @@ class UnitWorker:
             return commit_unit(
                 s.output, name, unit, results, read=unit.num_rows, skipped=0, bad_file=str(exc), **commit
             )
-        return commit_unit(s.output, name, unit, results, read=counts["read"], skipped=counts["skipped"], **commit)
+        return commit_unit(
+            s.output, name, unit, results, read=counts["read"], skipped=counts["skipped"], clock=clock, **commit
+        )
 
     def _classified(
         self,
@@ -124,14 +137,16 @@ class UnitWorker:
         results: list[RowResult],
         reuse: list[tuple[Row, tuple[int, int]]],
         counts: dict,
+        clock: StageClock,
     ) -> Iterator[tuple[Row, str]]:
         """Classify rows as they stream in; yield (row, class) for the model, collect rows to copy."""
         for rows in row_batches:
-            c = classify(rows, plans, self.job.unit_paths)
-            counts["read"] += len(rows)
-            counts["skipped"] += c.skipped
-            results.extend(c.decided)
-            reuse.extend(c.reuse)
+            with clock("classify"):
+                c = classify(rows, plans, self.job.unit_paths)
+                counts["read"] += len(rows)
+                counts["skipped"] += c.skipped
+                results.extend(c.decided)
+                reuse.extend(c.reuse)
             yield from c.todo
 
     def _copied(self, reuse: list[tuple[Row, tuple[int, int]]]) -> list[RowResult]:
@@ -147,7 +162,7 @@ class UnitWorker:
         return out
 
     def _embed_batches(
-        self, batches: Iterator[list[tuple[Row, str]]], report: UnitReport
+        self, batches: Iterator[list[tuple[Row, str]]], report: UnitReport, clock: StageClock
     ) -> Iterator[tuple[list[tuple[Row, str]], list[Outcome]]]:
         """Yield (batch, outcomes). With decode-ahead (default on CUDA) batch k+1 is decoded in a
         thread while batch k runs forward; on a CPU they run in turn (the cores are busy either
@@ -155,28 +170,36 @@ class UnitWorker:
         s = self.job.settings
         ahead_on = s.decode_ahead == "on" or (s.decode_ahead == "auto" and self.runtime.device.startswith("cuda"))
         pool = cf.ThreadPoolExecutor(1, thread_name_prefix="decode") if ahead_on else None
+        ahead_clock = StageClock()  # the decode thread's (a clock belongs to one thread)
+        report.ahead = ahead_clock.seconds
         ahead = None
         try:
             for batch in batches:
                 model = self._get_model(report)
-                items = [ItemInput(r.id, r.caption, r.image) for r, _ in batch]
+                with clock("assemble"):
+                    items = [ItemInput(r.id, r.caption, r.image) for r, _ in batch]
                 if pool is None:
-                    yield batch, self._timed(report, self.handler.run_inference, items, model)
+                    t = time.perf_counter()
+                    outcomes = self.handler.complete(self.handler.prepare(items, model, clock), items, model, clock)
+                    report.batch_ms.append(int((time.perf_counter() - t) * 1000))
+                    yield batch, outcomes
                     continue
-                nxt = (batch, items, pool.submit(self.handler.prepare, items, model))
+                nxt = (batch, items, pool.submit(self.handler.prepare, items, model, ahead_clock))
                 if ahead is not None:
-                    yield ahead[0], self._timed(report, self.handler.complete, ahead[2].result(), ahead[1], model)
+                    yield ahead[0], self._completed(report, clock, ahead, model)
                 ahead = nxt
             if ahead is not None:
-                yield ahead[0], self._timed(report, self.handler.complete, ahead[2].result(), ahead[1], self._model)
+                yield ahead[0], self._completed(report, clock, ahead, self._model)
         finally:
             if pool is not None:
                 pool.shutdown()
 
-    @staticmethod
-    def _timed(report: UnitReport, fn, *args):
+    def _completed(self, report: UnitReport, clock: StageClock, ahead: tuple, model: Towers) -> list[Outcome]:
+        """`complete` of a batch the decode thread prepared (the wait for it is a stage)."""
         t = time.perf_counter()
-        out = fn(*args)
+        with clock("wait"):
+            prepared = ahead[2].result()
+        out = self.handler.complete(prepared, ahead[1], model, clock)
         report.batch_ms.append(int((time.perf_counter() - t) * 1000))
         return out
 
