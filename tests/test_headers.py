@@ -473,3 +473,11 @@ def test_model_of_pil_matches_the_installed_pil():
     sizes = {t: size for t, (size, _) in TiffImagePlugin.ImageFileDirectory_v2._load_dispatch.items()}
     assert sizes == headers.TIFF_TYPE_SIZES
     assert not ImageFile.LOAD_TRUNCATED_IMAGES
+
+
+def test_header_probe_benchmark_runs(capsys):
+    from benchmarks import header_probe
+
+    assert header_probe.main(["--images", "12", "--size", "64", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "JPEG" in out and "PNG" in out
