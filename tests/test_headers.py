@@ -481,3 +481,53 @@ def test_header_probe_benchmark_runs(capsys):
     assert header_probe.main(["--images", "12", "--size", "64", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "JPEG" in out and "PNG" in out
+
+
+def ifd_jpeg(entries: list[tuple[int, int, int, bytes]], dpi: bool, tail: bytes = b"") -> bytes:
+    """A JPEG whose APP1 EXIF holds one little-endian IFD0 with these entries (value bytes inline
+    when they fit, else at an offset into `tail`)."""
+    body = struct.pack("<H", len(entries))
+    ifd_end = 8 + 2 + 12 * len(entries) + 4
+    for tag, typ, count, value in entries:
+        if len(value) > 4:
+            body += struct.pack("<HHII", tag, typ, count, ifd_end + len(tail))
+            tail += value
+        else:
+            body += struct.pack("<HHI", tag, typ, count) + value.ljust(4, b"\x00")
+    tiff = b"II*\x00" + struct.pack("<I", 8) + body + struct.pack("<I", 0) + tail
+    base = images.save(noise((16, 8)), "JPEG", **({"dpi": (96, 96)} if dpi else {}))
+    return insert_segment(base, 0xE1, b"Exif\x00\x00" + tiff)
+
+
+def test_every_tiff_type_and_count_for_the_tags_pil_reads():
+    """Orientation, ResolutionUnit and XResolution in every TIFF type (known and not) and a few
+    counts, with and without a JFIF density: the parser agrees with PIL or abstains, and answers
+    the ordinary SHORT/LONG orientation itself."""
+    rng = random.Random(3)
+    for typ in range(0, 19):
+        for count in (0, 1, 2, 3, 9):
+            value = bytes(rng.randrange(1, 9) for _ in range(count * headers.TIFF_TYPE_SIZES.get(typ, 1)))
+            for dpi in (False, True):
+                cases = [
+                    [(0x0112, typ, count, value)],
+                    [(0x0128, 3, 1, b"\x02\x00"), (0x011A, typ, count, value), (0x0112, 3, 1, b"\x06\x00")],
+                    [
+                        (0x0128, typ, count, value),
+                        (0x011A, 5, 1, struct.pack("<II", 72, 1)),
+                        (0x0112, 3, 1, b"\x03\x00"),
+                    ],
+                ]
+                for entries in cases:
+                    data = ifd_jpeg(entries, dpi)
+                    ours, pil = read_header(data), pil_header(data)
+                    assert ours is None or ours == pil, (typ, count, dpi, entries, ours, pil)
+                    if typ in (3, 4) and count == 1 and entries[0][0] == 0x0112:
+                        assert ours == pil is not None
+
+
+def test_last_xmp_packet_counts():
+    xmp = b"http://ns.adobe.com/xap/1.0/\x00"
+    data = images.save(noise(), "JPEG", exif=exif_bytes({0x010F: "Maker"}))
+    data = insert_segment(data, 0xE1, xmp + b'<x tiff:Orientation="3"/>')
+    data = insert_segment(data, 0xE1, xmp + b"<x tiff:Orientation>7</x>")  # inserted first: PIL keeps the later one
+    assert read_header(data) == pil_header(data) == (64, 40, 3)
