@@ -124,15 +124,23 @@ class Towers:
                 pixels = pixels.pin_memory()
         return self.encode_pixels(pixels, clock)
 
+    def text_tokens(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The tokens `encode_texts(texts)` runs: padded with blank rows to fixed_rows, if set."""
+        n = len(texts)
+        return self.tokenize(list(texts) + [""] * ((self.fixed_rows or n) - n))
+
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str], clock: StageClock = NO_CLOCK) -> torch.Tensor:
-        """[n, dim] normalised text vectors; texts are truncated to the model's context."""
+    def encode_texts(
+        self, texts: Sequence[str], clock: StageClock = NO_CLOCK, tokens: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """[n, dim] normalised text vectors; texts are truncated to the model's context. `tokens`:
+        `text_tokens(texts)` when the caller has them already (tokenized ahead, in another thread)."""
         if not texts:
             return torch.empty(0, self.dim)
         n = len(texts)
-        texts = list(texts) + [""] * ((self.fixed_rows or n) - n)
-        with clock("tokenize"):
-            tokens = self.tokenize(texts)
+        if tokens is None:
+            with clock("tokenize"):
+                tokens = self.text_tokens(texts)
         with clock("forward"):
             tokens = {k: v.to(self.device) for k, v in tokens.items()}
             with self.autocast():
@@ -230,6 +238,14 @@ class EmbeddedBatch:
     has_text: np.ndarray
 
 
+def text_rows(captions: Sequence[str | None], fixed_rows: int | None) -> list[str]:
+    """The texts `embed_pairs` gives the text tower for `captions`: the captioned ones, or with
+    `fixed_rows` every row (blank where there is no caption)."""
+    if fixed_rows:
+        return [c if has_caption(c) else "" for c in captions]
+    return [c for c in captions if has_caption(c)]
+
+
 def embed_pairs(
     towers: Towers,
     fusion: Fusion,
@@ -237,6 +253,7 @@ def embed_pairs(
     captions: Sequence[str | None],
     fixed_rows: int | None = None,
     clock: StageClock = NO_CLOCK,
+    tokens: dict[str, torch.Tensor] | None = None,
 ) -> EmbeddedBatch:
     """Embed aligned images (PIL images, or a preprocessed pixel batch) and captions.
 
@@ -244,26 +261,25 @@ def embed_pairs(
     towers' own, passed in because a --large-model proxy answers method calls only) every call
     (image tower, text tower, fusion) sees exactly that many rows. `clock` gets the stages
     (decode, tokenize, forward, assemble); through a --large-model proxy, whose calls run in
-    another process, each tower call is counted as forward.
+    another process, each tower call is counted as forward. `tokens`: the text tower's tokens,
+    `towers.text_tokens(text_rows(captions, fixed_rows))`, when tokenized ahead.
     """
     n = len(captions)
     with clock("assemble"):
         has_text = torch.tensor([has_caption(c) for c in captions], dtype=torch.bool)
-        txt_rows = [c if has_caption(c) else "" for c in captions] if fixed_rows else None
-        idx = torch.nonzero(has_text).flatten()
+        texts = text_rows(captions, fixed_rows)
     local = isinstance(towers, Towers)
     kw = {"clock": clock} if local else {}
     with nullcontext() if local else clock("forward"):
-        img = (
-            towers.encode_pixels(images, **kw)
-            if isinstance(images, torch.Tensor)
-            else towers.encode_images(images, **kw)
-        )
+        encode = towers.encode_pixels if isinstance(images, torch.Tensor) else towers.encode_images
+        img = encode(images, **kw)
+        if tokens is not None:
+            kw["tokens"] = tokens
         txt = torch.zeros_like(img)
         if fixed_rows:  # the text tower sees every row (blank where there is no caption)
-            txt = torch.where(has_text[:, None], towers.encode_texts(txt_rows, **kw), txt)
-        elif len(idx):
-            txt[idx] = towers.encode_texts([captions[i] for i in idx.tolist()], **kw)
+            txt = torch.where(has_text[:, None], towers.encode_texts(texts, **kw), txt)
+        elif texts:
+            txt[has_text] = towers.encode_texts(texts, **kw)
     with clock("forward"), torch.inference_mode():
         fused = fusion(pad_rows(img, fixed_rows), pad_rows(txt, fixed_rows), pad_rows(has_text, fixed_rows)).cpu()[:n]
     with clock("assemble"):

@@ -278,6 +278,12 @@ def test_decode_ahead_and_streamed_batches_give_the_same_shards(tmp_path, tiny_c
         )
     )
     assert m["counts"] == embedded[1]["counts"]
+    # the decode thread read headers, decoded and tokenized; the unit's thread waited for it (and ran
+    # the PIL path's processor, resize and normalise, counted as decode, with the forward passes)
+    t = m["timings"]
+    assert set(t["decode_ahead_s"]) >= {"probe", "decode", "tokenize"}
+    assert "wait" in t["stages_s"] and not {"probe", "tokenize"} & set(t["stages_s"])
+    assert abs(t["other_s"]) <= 0.1 * t["units_s"]
     a, b = read_dir(str(tmp_path / "ahead")), read_dir(embedded[0])
     assert a.column("id").equals(b.column("id"))
     assert np.allclose(

@@ -26,7 +26,7 @@ from encoders.loading import ModelLoadError, resolve_model_dir
 from encoders.models import describe_checkpoint, load_towers
 from encoders.stages import NO_CLOCK, StageClock
 from encoders.tensor_images import TensorPreprocessor
-from encoders.towers import Towers, embed_pairs
+from encoders.towers import Towers, embed_pairs, text_rows
 from pipelines.embed.outcomes import Embedded, ItemInput, Outcome, Rejected
 from pipelines.embed.settings import THREADS_ENV, EmbedSettings, Runtime, resolve_runtime
 
@@ -42,6 +42,7 @@ class Prepared:
     results: list
     ok: list[int]
     images: object
+    tokens: dict | None = None  # the text tower's tokens for the `ok` items' captions (None: tokenize later)
 
 
 class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
@@ -98,8 +99,20 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
         return towers
 
     def prepare(self, batch: Sequence[ItemInput], model: Towers, clock: StageClock = NO_CLOCK) -> Prepared:
-        """Decode and preprocess (CPU threads or the GPU); safe to run ahead of `complete` (with a
-        clock of its own: a clock belongs to one thread)."""
+        """Decode and preprocess (CPU threads or the GPU) and tokenize the captions; safe to run
+        ahead of `complete` (with a clock of its own: a clock belongs to one thread)."""
+        prepared = self._decoded(batch, model, clock)
+        if isinstance(model, Towers):  # not through a --large-model proxy: its tokenizer is in the server
+            texts = text_rows([batch[i].caption for i in prepared.ok], self.fixed_rows)
+            if texts:
+                with clock("tokenize"):
+                    try:
+                        prepared.tokens = model.text_tokens(texts)
+                    except Exception as exc:  # complete() tokenizes again and isolates the culprit row
+                        log.warning("tokenizing a batch ahead failed (%s); retrying in the model call", exc)
+        return prepared
+
+    def _decoded(self, batch: Sequence[ItemInput], model: Towers, clock: StageClock) -> Prepared:
         results: list[Outcome | None] = [None] * len(batch)
         preprocessor = self._tensor_preprocessor(model)
         if preprocessor is not None:
@@ -131,7 +144,7 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
         ok = prepared.ok
         with clock("assemble"):
             captions, ids = [batch[i].caption for i in ok], [batch[i].id for i in ok]
-        outcomes = self._embed(model, prepared.images, captions, ids, clock)
+        outcomes = self._embed(model, prepared.images, captions, ids, clock, prepared.tokens)
         with clock("assemble"):
             results = list(prepared.results)
             for i, res in zip(ok, outcomes):
@@ -163,10 +176,10 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
             self._tensor_cache = (key, pre)
         return self._tensor_cache[1]
 
-    def _embed(self, model: Towers, images, captions, ids, clock: StageClock = NO_CLOCK) -> list[Outcome]:
+    def _embed(self, model: Towers, images, captions, ids, clock: StageClock = NO_CLOCK, tokens=None) -> list[Outcome]:
         fusion = self.settings.weighted_fusion() or self._describe(model)["learned_fusion"]
         try:
-            out = embed_pairs(model, fusion, images, captions, self.fixed_rows, clock)
+            out = embed_pairs(model, fusion, images, captions, self.fixed_rows, clock, tokens)
         except Exception as exc:  # isolate the failing item(s): retry one by one
             if len(images) <= 1:
                 log.warning("item %s failed to embed: %s", ids[0] if ids else "?", exc)
