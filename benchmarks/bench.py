@@ -244,6 +244,9 @@ def bench_embed(work: Path, args) -> dict:
                 "rows_per_s_wall": round(args.rows / wall, 1),
                 "rows_per_s_beyond_startup": round(m["counts"]["embedded"] / t["units_s"], 1),
                 "peak_rss_mib": rss,
+                "stages_s": t.get("stages_s"),
+                "decode_ahead_s": t.get("decode_ahead_s"),
+                "host_us_per_row": t.get("host_us_per_row"),
             }
         )
     bare = max(bares, key=lambda b: b["rows_per_s"])
@@ -921,6 +924,8 @@ def table(results: dict) -> str:
             f"  fusionindex embed, beyond start-up {emb['rows_per_s_beyond_startup']:>8.1f} rows/s  "
             f"-> ratio {e['ratio_beyond_startup']} (target >= 0.9)",
             f"  per-pair ratios {e['paired_ratios']}",
+            f"  stages (s): {emb.get('stages_s')}; decode-ahead thread: {emb.get('decode_ahead_s')}; "
+            f"host work {emb.get('host_us_per_row')} us/row",
         ]
     if "stages" in results:
         st = results["stages"]

@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# The prepared GPU check for the performance issue: bare loop vs `fusionindex embed` for the
-# ViT-B/32 shape on 256 px JPEGs, images/s for both, in well under 8 minutes on one H100.
+# The prepared GPU check for the throughput issue (#13), ViT-B/32 shape on 256 px JPEGs, in one run
+# of about 6 minutes on one H100/H200:
+#   1. ceilings alone (benchmarks/ceilings.py): forward image / image+text at batch 256 and 1024,
+#      decode_jpeg on the GPU, the tensor preprocessor, PIL + processor, tokenizing;
+#   2. `fusionindex embed --preprocess tensor` and `--preprocess pil` (bare loop beside each), with
+#      the manifest's stage table (where the units' time went) and host work per row;
+#   3. `--preprocess pil` with W worker processes feeding the GPU (W = cores / 2 by default);
+#   4. a summary: embed rows/s beyond start-up against the forward-pair ceiling (target >= 0.6).
 #
 # On this machine first:   bash benchmarks/fetch_gpu_wheels.sh      (fills .whl/, git-ignored)
 # Then with the device tool, from the repo root, carry [".whl"]:
@@ -26,7 +32,40 @@ PY
 OUTDIR=${OUT:-benchmarks/results}
 ROWS=${ROWS:-8192}
 DEVICE=${DEVICE:-cuda}
-for pre in tensor pil; do
-  timeout 200 python3 -m benchmarks.bench --sections embed --model vit-b-32 --rows "$ROWS" --image-size 256 --batch-size 256 --rows-per-group 1024 --device "$DEVICE" --repeat 1 \
-    --embed-args "--preprocess $pre" --output "$OUTDIR/gpu-$pre.json" || echo "gpu check with --preprocess $pre failed or timed out"
-done
+WORKERS=${WORKERS:-$(( $(nproc) / 2 ))}
+BATCHES=${BATCHES:-256 1024}
+mkdir -p "$OUTDIR"
+timeout 150 python3 -m benchmarks.ceilings --device "$DEVICE" --model vit-b-32 --batch $BATCHES \
+  --output "$OUTDIR/gpu-ceilings.json" || echo "ceilings failed or timed out"
+run() {  # name, embed args
+  timeout 200 python3 -m benchmarks.bench --sections embed --model vit-b-32 --rows "$ROWS" --image-size 256 \
+    --batch-size 256 --rows-per-group 1024 --device "$DEVICE" --repeat 1 --workdir /tmp/gpu-check \
+    --embed-args "$2" --output "$OUTDIR/gpu-$1.json" || echo "gpu check $1 failed or timed out"
+}
+run tensor "--preprocess tensor"
+run pil "--preprocess pil"
+run "pil-w$WORKERS" "--preprocess pil --direct_num_workers $WORKERS --direct_running_mode multi_processing"
+python3 - "$OUTDIR" "$WORKERS" <<'PY'
+import json, sys
+from pathlib import Path
+out, workers = Path(sys.argv[1]), sys.argv[2]
+def load(name):
+    p = out / f"gpu-{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+ceil = load("ceilings")
+print("== summary ==")
+if ceil:
+    print("gpu", ceil.get("gpu"), "| forward-pair ceiling", ceil["forward_pair_ceiling"], "rows/s")
+for name in ("tensor", "pil", f"pil-w{workers}"):
+    r = load(name)
+    if not r or "embed" not in r:
+        print(name, "no result")
+        continue
+    e = r["embed"]["embed"]
+    rate = e["rows_per_s_beyond_startup"]
+    if "-w" in name:  # unit time is summed over the worker processes: the wall rate is the aggregate
+        rate = e["rows_per_s_wall"]
+    share = f"{rate / ceil['forward_pair_ceiling']:.2f} of the ceiling" if ceil else ""
+    print(f"{name:<10} {rate:>9,.1f} rows/s beyond start-up ({e['rows_per_s_wall']:,.1f} wall) {share}; "
+          f"host {e.get('host_us_per_row')} us/row; stages {e.get('stages_s')}; ahead {e.get('decode_ahead_s')}")
+PY
