@@ -63,9 +63,10 @@ for name in ("tensor", "pil", f"pil-w{workers}"):
         continue
     e = r["embed"]["embed"]
     rate = e["rows_per_s_beyond_startup"]
-    if "-w" in name:  # unit time is summed over the worker processes: the wall rate is the aggregate
-        rate = e["rows_per_s_wall"]
+    label = "beyond start-up"
+    if "-w" in name:  # unit time is summed over the worker processes: only the wall rate is the aggregate
+        rate, label = e["rows_per_s_wall"], "wall, start-up included"
     share = f"{rate / ceil['forward_pair_ceiling']:.2f} of the ceiling" if ceil else ""
-    print(f"{name:<10} {rate:>9,.1f} rows/s beyond start-up ({e['rows_per_s_wall']:,.1f} wall) {share}; "
+    print(f"{name:<10} {rate:>9,.1f} rows/s {label} ({e['rows_per_s_wall']:,.1f} wall) {share}; "
           f"host {e.get('host_us_per_row')} us/row; stages {e.get('stages_s')}; ahead {e.get('decode_ahead_s')}")
 PY
