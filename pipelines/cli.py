@@ -180,7 +180,7 @@ def _embed_options(p: argparse.ArgumentParser, required: bool) -> None:
         "--decode-ahead",
         choices=DECODE_AHEAD,
         default=s.decode_ahead,
-        help="decode the next batch in a thread during the forward pass (auto: on CUDA only)",
+        help="read, decode and tokenize the next batch in threads during the forward pass (auto: on CUDA only)",
     )
     p.add_argument(
         "--restart",

@@ -195,6 +195,10 @@ def test_bad_files_fail_by_name_or_are_skipped_and_recorded(tmp_path, tiny_clip)
     assert (c["read"], c["embedded"], c["rejected"]) == (6, 3, 3)
     assert c["rejects_by_reason"] == {"unreadable_row_group": 3}
     assert {b["row_group"] for b in m["bad_files"]} == {None, 1}
+    # the same when a read-ahead thread reads the row groups (with decode-ahead, the CUDA default)
+    m = run_embed(replace(cfg, decode_ahead="on", output=str(tmp_path / "out-ahead")))
+    assert m["counts"] == c and {b["row_group"] for b in m["bad_files"]} == {None, 1}
+    assert "read" in m["timings"]["decode_ahead_s"] and "wait" in m["timings"]["stages_s"]
 
 
 def test_duplicate_policy_allow_keeps_every_copy(tmp_path, tiny_clip):

@@ -23,7 +23,8 @@ def manifest_timings(metrics: dict[str, int], units_s: float, rows: int) -> dict
     """The manifest's stage figures from summed counters: `stages_s` (the units' own thread, in
     STAGES order; they add up to units_s but for `other_s`, the time between stages),
     `decode_ahead_s` (the decode-ahead thread's, overlapping them), and `host_us_per_row`: all
-    host work (everything but decode, forward and waiting for them, both threads) per row read."""
+    host work (everything but decode, forward and waiting for them, every thread) per row read, and
+    `unit_thread_host_us_per_row`, the part on the units' own thread."""
     stages = _seconds(metrics, UNIT_PREFIX)
     ahead = _seconds(metrics, AHEAD_PREFIX)
     if not stages:
@@ -34,6 +35,8 @@ def manifest_timings(metrics: dict[str, int], units_s: float, rows: int) -> dict
         "other_s": round(units_s - sum(stages.values()), 3),
         **({"decode_ahead_s": ahead} if ahead else {}),
         "host_us_per_row": round(host / rows * 1e6, 1) if rows else None,
+        # of it, on the units' own thread (with read/decode-ahead the rest runs beside the forward passes)
+        "unit_thread_host_us_per_row": round(host_seconds(stages) / rows * 1e6, 1) if rows else None,
     }
 
 

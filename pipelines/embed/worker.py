@@ -14,6 +14,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from encoders.errors import InputError
@@ -65,7 +66,8 @@ class UnitReport:
     load_ms: int | None = None  # when this unit loaded the model
     batch_ms: list[int] = field(default_factory=list)  # one entry per model call
     # exclusive seconds per stage (encoders.stages): `stages` on the unit's thread, adding up to
-    # unit_ms; `ahead` on the decode-ahead thread (probe, decode), overlapping the first
+    # unit_ms; `ahead` on the read-ahead and decode-ahead threads (read; probe, decode, tokenize),
+    # overlapping the first
     stages: dict[str, float] = field(default_factory=dict)
     ahead: dict[str, float] = field(default_factory=dict)
 
@@ -105,15 +107,22 @@ class UnitWorker:
         commit = dict(dim=self.job.dim, runtime=self.runtime)
         clock = StageClock()
         report.stages = clock.seconds
+        reader = StageClock()  # the read-ahead thread's
         try:
-            rows = clock.timed(iter_unit(unit, s.batch_size), "read")
-            todo = self._classified(rows, plans, results, reuse, counts, clock)
-            for batch, outcomes in self._embed_batches(batches_of(todo, s.batch_size), report, clock):
-                with clock("assemble"):
-                    results.extend(
-                        RowResult(r.row_index, r.id, r.caption, o, content_hash(r.image), kind)
-                        for (r, kind), o in zip(batch, outcomes)
-                    )
+            with cf.ThreadPoolExecutor(1, thread_name_prefix="read") if self._ahead() else nullcontext() as pool:
+                if pool is None:
+                    rows = clock.timed(iter_unit(unit, s.batch_size), "read")
+                else:  # the unit's thread waits for batches read in the read-ahead thread
+                    rows = clock.timed(read_ahead(iter_unit(unit, s.batch_size), pool, reader), "wait")
+                todo = self._classified(rows, plans, results, reuse, counts, clock)
+                for batch, outcomes in self._embed_batches(batches_of(todo, s.batch_size), report, clock):
+                    with clock("assemble"):
+                        results.extend(
+                            RowResult(r.row_index, r.id, r.caption, o, content_hash(r.image), kind)
+                            for (r, kind), o in zip(batch, outcomes)
+                        )
+            for k, v in reader.seconds.items():
+                report.ahead[k] = report.ahead.get(k, 0.0) + v
             if reuse:
                 with clock("copy"):
                     results.extend(self._copied(reuse))
@@ -167,9 +176,7 @@ class UnitWorker:
         """Yield (batch, outcomes). With decode-ahead (default on CUDA) batch k+1 is decoded in a
         thread while batch k runs forward; on a CPU they run in turn (the cores are busy either
         way, and torch work in a second thread slowed the forward passes, docs/performance.md)."""
-        s = self.job.settings
-        ahead_on = s.decode_ahead == "on" or (s.decode_ahead == "auto" and self.runtime.device.startswith("cuda"))
-        pool = cf.ThreadPoolExecutor(1, thread_name_prefix="decode") if ahead_on else None
+        pool = cf.ThreadPoolExecutor(1, thread_name_prefix="decode") if self._ahead() else None
         ahead_clock = StageClock()  # the decode thread's (a clock belongs to one thread)
         report.ahead = ahead_clock.seconds
         ahead = None
@@ -194,6 +201,11 @@ class UnitWorker:
             if pool is not None:
                 pool.shutdown()
 
+    def _ahead(self) -> bool:
+        """Whether batches are read and decoded ahead in threads (--decode-ahead; auto: on CUDA)."""
+        s = self.job.settings
+        return s.decode_ahead == "on" or (s.decode_ahead == "auto" and self.runtime.device.startswith("cuda"))
+
     def _completed(self, report: UnitReport, clock: StageClock, ahead: tuple, model: Towers) -> list[Outcome]:
         """`complete` of a batch the decode thread prepared (the wait for it is a stage)."""
         t = time.perf_counter()
@@ -209,6 +221,22 @@ class UnitWorker:
             self._model = self._load()
             report.load_ms = int((time.perf_counter() - t) * 1000)
         return self._model
+
+
+def read_ahead(batches: Iterator, pool: cf.Executor, clock: StageClock) -> Iterator:
+    """`batches`, the next one read in `pool`'s thread (timed as "read" on `clock`, that thread's)
+    while the caller works on the current one: pyarrow decodes pages without the GIL. A reading
+    error is raised to the caller where it asks for that batch."""
+    it = clock.timed(batches, "read")
+    end = object()
+
+    def step():
+        return next(it, end)
+
+    pending = pool.submit(step)
+    while (batch := pending.result()) is not end:
+        pending = pool.submit(step)
+        yield batch
 
 
 def batches_of(items: Iterable, size: int) -> Iterator[list]:

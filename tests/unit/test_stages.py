@@ -96,5 +96,6 @@ def test_manifest_table_from_summed_counters():
     assert t["decode_ahead_s"] == {"probe": 0.5, "decode": 1.0}
     # host work: read + tokenize + write (unit thread) + probe (decode-ahead thread), per row
     assert t["host_us_per_row"] == pytest.approx((1.0 + 0.25 + 0.25 + 0.5) / 1000 * 1e6)
+    assert t["unit_thread_host_us_per_row"] == pytest.approx((1.0 + 0.25 + 0.25) / 1000 * 1e6)
     assert host_seconds({"decode": 1, "forward": 1, "wait": 1}) == 0
     assert manifest_timings({"rows_read": 5}, units_s=1.0, rows=5) == {}  # no stages reported: no table
