@@ -1114,10 +1114,15 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = fn()
                 print(f"[{name}: {time.perf_counter() - t:.0f} s]", file=sys.stderr)
     print(table(results))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_results(args.output, results)
     return 0
+
+
+def write_results(path: str | Path, results: dict) -> None:
+    """The figures as JSON (benchmarks/results/ by default), parents created."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench import MODELS, machine, photo_like
+from benchmarks.bench import MODELS, machine, photo_like, write_results
 
 
 def best_rate(fn, rows: int, repeat: int, sync) -> float:
@@ -114,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(v, float):
             print(f"{k:<28} {v:>12,.1f} rows/s")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.output}")
+        write_results(args.output, out)
     return 0
 
 
