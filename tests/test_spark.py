@@ -73,6 +73,9 @@ def test_spark_local_cluster_commits_the_beam_shards_once_despite_a_killed_worke
     assert spark["shards"] == beam["shards"] == len(list_shards(str(tmp_path / "spark"))) == 7
     assert (beam["engine"], beam["runner"]) == ("beam", "FnApiRunner")
     assert (spark["engine"], spark["runner"]) == ("spark", CLUSTER)
+    # the executors' stage timings reach the driver's manifest as Beam's counters reach its own
+    assert set(spark["timings"]["stages_s"]) == set(beam["timings"]["stages_s"])
+    assert spark["timings"]["host_us_per_row"] > 0
     (summary,) = [r for r in caplog.records if r.getMessage().startswith("spark: ")]
     units, workers, loads, retried = summary.args
     assert units == 7 and retried == 1
