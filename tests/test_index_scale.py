@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from encoders.errors import SettingsError
+from index_builder import faiss_io
 from index_builder.build import build_index
 from index_builder.embeddings import list_shards
 from index_builder.evaluate_index import evaluate_index
+from index_builder.parts import add_part, merge_in_ram, merge_on_disk, part_name
 from index_builder.search import LoadedIndex
 from index_builder.settings import BuildSettings
 from pipelines.cli import main
@@ -54,6 +56,58 @@ def test_the_beam_add_and_the_disk_merge_give_the_in_process_index(emb, tmp_path
     os.rename(tmp_path / "disk", moved)
     assert results(LoadedIndex.load(str(moved)), x) == results(on_disk, x)
     assert evaluate_index(str(moved), queries=200)["ntotal"] == 4000
+
+
+def _faiss_merge(template: faiss.Index, parts: list[str], ivfdata: str) -> faiss.Index:
+    """faiss's own on-disk merge (faiss.contrib.ondisk.merge_ondisk's steps) of the same parts."""
+    index = faiss_io.copy(template)
+    ivf = faiss.extract_index_ivf(index)
+    mapped = [faiss.read_InvertedLists(faiss.FileIOReader(p), faiss.IO_FLAG_MMAP) for p in parts]
+    pointers = faiss.InvertedListsPtrVector()
+    for il in mapped:
+        pointers.push_back(il)
+    ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, ivfdata)
+    ondisk.merge_from_multiple(pointers.data(), pointers.size(), False, False)
+    ivf.replace_invlists(ondisk, True)
+    ondisk.this.disown()
+    index.ntotal = ivf.ntotal = ondisk.compute_ntotal()
+    return index
+
+
+@pytest.mark.parametrize("factory", ["IVF32,SQ8", "IVF32,PQ8x8np", "IVF128,Flat"])
+def test_the_disk_merge_writes_what_faiss_merge_writes(tmp_path, factory):
+    rng = np.random.default_rng(3)
+    x = clustered(3000, 32, rng)
+    template = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)
+    template.train(x[:2000])
+    worker, parts = faiss_io.copy(template), []
+    for i, (a, b) in enumerate([(0, 1000), (1000, 1010), (1010, 1010), (1010, 3000)]):  # a sparse part, an empty one
+        parts.append(str(tmp_path / part_name(i)))
+        add_part(worker, x[a:b], np.arange(a, b)).tofile(parts[-1])
+    os.makedirs(tmp_path / "mine")
+    os.makedirs(tmp_path / "them")
+    ours = merge_on_disk(template, parts, str(tmp_path / "mine" / "index.ivfdata"))
+    theirs = _faiss_merge(template, parts, str(tmp_path / "them" / "index.ivfdata"))
+    ram = merge_in_ram(template, (np.fromfile(p, np.uint8) for p in parts))
+    read = [open(tmp_path / d / "index.ivfdata", "rb").read() for d in ("mine", "them")]
+    assert read[0] == read[1] and len(read[0]) == 3000 * (faiss.extract_index_ivf(template).code_size + 8)
+    for d, index in (("mine", ours), ("them", theirs)):
+        faiss.write_index(index, str(tmp_path / d / "index.faiss"))
+    headers = [open(tmp_path / d / "index.faiss", "rb").read() for d in ("mine", "them")]
+    assert headers[0].replace(b"/mine/", b"/them/") == headers[1]  # the same lists, offsets, sizes and slots
+    lists = [faiss.extract_index_ivf(index).invlists for index in (ours, ram)]
+    for j in range(32 if "IVF32" in factory else 128):  # the same ids and codes per list as the in-RAM merge
+        n = lists[1].list_size(j)
+        assert lists[0].list_size(j) == n
+        assert np.array_equal(faiss.rev_swig_ptr(lists[0].get_ids(j), n), faiss.rev_swig_ptr(lists[1].get_ids(j), n))
+        size = n * lists[1].code_size
+        codes = [faiss.rev_swig_ptr(lists[k].get_codes(j), size) for k in (0, 1)]
+        assert np.array_equal(codes[0], codes[1])
+    served = faiss.read_index(str(tmp_path / "mine" / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    assert served.ntotal == ram.ntotal == 3000
+    for index in (served, ours):
+        faiss.extract_index_ivf(index).nprobe = faiss.extract_index_ivf(ram).nprobe = 8
+        assert np.array_equal(index.search(x[:100], 10)[1], ram.search(x[:100], 10)[1])
 
 
 def test_fast_scan_indexes_merge_in_ram_and_are_refused_on_disk(emb, tmp_path):
