@@ -46,6 +46,7 @@ from index_builder.choose import (
 from index_builder.drift import blend, codec_errors, drift
 from index_builder.embeddings import MANIFEST, Shard, arrow_to_vectors, list_shards, vector_column
 from index_builder.factory import choose_factory, choose_train_size
+from index_builder.memory import lean_allocators
 from index_builder.opq import opq_gain
 from index_builder.parts import add_part, merge_in_ram, merge_on_disk, part_name
 from index_builder.recall import exact_neighbours, latency, truth_width
@@ -505,6 +506,7 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
     the manifest says which. `add_parts`: a parallel adder (the Beam stage); else this process adds."""
     started = datetime.now(UTC)
     t0 = time.monotonic()
+    lean_allocators()  # freed shard buffers go back to the system (index_builder.memory)
     source_path = storage.join(cfg.embeddings, MANIFEST)
     if not storage.exists(source_path):
         raise InputError(

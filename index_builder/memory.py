@@ -1,0 +1,77 @@
+"""What the build does to keep its resident memory near what it holds (docs: the on-disk build's
+figures in README).
+
+Two allocator settings, for the process (build_index calls `lean_allocators`):
+
+- Arrow's default pool (mimalloc in the pyarrow wheels) keeps freed pages for reuse: reading 64
+  shards of 31 MiB vectors one after the other left ~170 MiB of them resident after the shards
+  were gone; Arrow's system pool (glibc malloc) hands large blocks back when they are freed.
+- glibc raises its mmap threshold to the size of the last large block freed (up to 32 MiB), after
+  which blocks of a shard's size come from its heaps (one per thread) and stay resident when the
+  heap is fragmented (2 x 31 MiB seen); a fixed threshold keeps every block over 1 MiB in its
+  own mapping, returned to the system on free.
+
+And one for memory-mapped inverted lists (`release_mapped_lists`): pages of an `.ivfdata` that a
+search touched stay mapped, and count in the process's RSS (RssFile), until they are unmapped;
+measuring recall over every nprobe of the ladder touches the whole file. Dropping the mapping of
+those pages (madvise MADV_DONTNEED) leaves them in the page cache, where the next search finds
+them (a minor fault, no disk read), and takes them out of the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import mmap
+import sys
+
+import faiss
+
+from index_builder.split import members
+
+log = logging.getLogger(__name__)
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+MMAP_THRESHOLD = 1 << 20
+RELEASE_BYTES = 64 << 20  # mapped list bytes a batch of queries may touch before they are released
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def lean_allocators() -> None:
+    """Arrow's system memory pool, and glibc's mmap threshold fixed at 1 MiB (see the module docstring)."""
+    import pyarrow as pa
+
+    if pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())
+    if _libc is not None and hasattr(_libc, "mallopt"):
+        _libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def mapped_lists(index: faiss.Index) -> list[faiss.OnDiskInvertedLists]:
+    """The memory-mapped on-disk inverted lists `index` (or its index shards) searches."""
+    out = []
+    for member in members(index):
+        ivf = faiss.try_extract_index_ivf(member)
+        lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
+        if isinstance(lists, faiss.OnDiskInvertedLists) and lists.totsize and lists.ptr is not None:
+            out.append(lists)
+    return out
+
+
+def release_mapped_lists(lists: list[faiss.OnDiskInvertedLists]) -> None:
+    """Unmap the pages of `lists` this process touched, keeping the mappings (see the module docstring)."""
+    for od in lists:
+        if _libc is None or _libc.madvise(ctypes.c_void_p(int(od.ptr)), ctypes.c_size_t(od.totsize),
+                                          mmap.MADV_DONTNEED) != 0:  # fmt: skip
+            log.debug("madvise failed on %s: %s", od.filename, ctypes.get_errno())
+
+
+def query_batch(lists: list[faiss.OnDiskInvertedLists], nprobe: int | None, floor: int = 1) -> int | None:
+    """Queries per search that touch at most about RELEASE_BYTES of `lists` at `nprobe` (probing
+    lists of average size), at least `floor`; None when nothing is mapped (search them all at once)."""
+    if not lists or not nprobe:
+        return None
+    per_query = sum(od.totsize / max(1, od.nlist) for od in lists) * nprobe
+    return max(floor, int(RELEASE_BYTES // max(per_query, 1.0)))
