@@ -641,7 +641,7 @@ def cmd_embed(args, rest: list[str]) -> int:
 
 def cmd_build(args, rest) -> int:
     from index_builder.build import build_index
-    from pipelines.index_add import adder_for
+    from pipelines.adder import adder_for
 
     settings = settings_from(BuildSettings, args)
     m = build_index(settings, adder_for(settings.workers, rest))
