@@ -27,6 +27,7 @@ import mmap
 import sys
 
 import faiss
+import numpy as np
 
 from index_builder.split import members
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 MMAP_THRESHOLD = 1 << 20
 RELEASE_BYTES = 64 << 20  # mapped list bytes a batch of queries may touch before they are released
+_NO_LISTS = np.zeros(1, np.int64)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform.startswith("linux") else None
 
@@ -61,8 +63,11 @@ def mapped_lists(index: faiss.Index) -> list[faiss.OnDiskInvertedLists]:
 
 
 def release_mapped_lists(lists: list[faiss.OnDiskInvertedLists]) -> None:
-    """Unmap the pages of `lists` this process touched, keeping the mappings (see the module docstring)."""
+    """Unmap the pages of `lists` this process touched, keeping the mappings (see the module docstring).
+    A search hands the lists it probes to prefetch threads, which may still be reading them when it
+    returns: they are waited for first (prefetching no list), or they would map pages again."""
     for od in lists:
+        od.prefetch_lists(faiss.swig_ptr(_NO_LISTS), 0)
         if _libc is None or _libc.madvise(ctypes.c_void_p(int(od.ptr)), ctypes.c_size_t(od.totsize),
                                           mmap.MADV_DONTNEED) != 0:  # fmt: skip
             log.debug("madvise failed on %s: %s", od.filename, ctypes.get_errno())

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from encoders.errors import SettingsError
-from index_builder import faiss_io
+from index_builder import faiss_io, memory
 from index_builder.build import build_index
 from index_builder.embeddings import list_shards
 from index_builder.evaluate_index import evaluate_index
 from index_builder.parts import add_part, merge_in_ram, merge_on_disk, part_name
+from index_builder.recall import exact_neighbours, latency, recall_at
 from index_builder.search import LoadedIndex
 from index_builder.settings import BuildSettings
 from pipelines.cli import main
@@ -108,6 +109,45 @@ def test_the_disk_merge_writes_what_faiss_merge_writes(tmp_path, factory):
     for index in (served, ours):
         faiss.extract_index_ivf(index).nprobe = faiss.extract_index_ivf(ram).nprobe = 8
         assert np.array_equal(index.search(x[:100], 10)[1], ram.search(x[:100], 10)[1])
+
+
+def _mapped_kib(path: str) -> int:
+    """KiB of `path` mapped into this process (its pages counted in RSS)."""
+    kib, inside = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                inside = fields[-1] == path
+            elif inside and fields[0] == "Rss:":
+                kib += int(fields[1])
+    return kib
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux /proc")
+def test_measuring_recall_on_disk_leaves_no_list_pages_mapped(tmp_path):
+    x = clustered(20_000, 32, np.random.default_rng(4))
+    template = faiss.index_factory(32, "IVF64,Flat", faiss.METRIC_INNER_PRODUCT)
+    template.train(x[:5000])
+    part = str(tmp_path / part_name(0))
+    add_part(faiss_io.copy(template), x, np.arange(len(x))).tofile(part)
+    index = merge_on_disk(template, [part], str(tmp_path / "index.ivfdata"))  # 2.7 MB of lists
+    ram = merge_in_ram(template, [np.fromfile(part, np.uint8)])
+    queries, ids = x[:300], np.arange(300)
+    gt = exact_neighbours(queries, ids, [(x, np.ones(len(x), bool))], 10)
+    path = str(tmp_path / "index.ivfdata")
+    assert _mapped_kib(path) == 0  # the merge wrote it without mapping it
+    index.search(queries, 10, params=faiss.SearchParametersIVF(nprobe=64))
+    assert _mapped_kib(path) > 2000  # a plain search leaves what it read mapped
+    memory.release_mapped_lists(memory.mapped_lists(index))
+    assert _mapped_kib(path) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(memory, "RELEASE_BYTES", 1_500_000)  # 16 lists of ~42 kB a query: 2 queries a batch
+        assert memory.query_batch(memory.mapped_lists(index), 16) == 2
+        assert recall_at(index, queries, ids, gt, 16) == recall_at(ram, queries, ids, gt, 16)
+        assert _mapped_kib(path) == 0
+        speed = latency(index, queries, 10, 16)
+    assert _mapped_kib(path) == 0 and speed["chunk"] >= 4 and speed["batch_1024_ms"] > 0
 
 
 def test_fast_scan_indexes_merge_in_ram_and_are_refused_on_disk(emb, tmp_path):
