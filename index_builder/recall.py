@@ -23,7 +23,7 @@ KS = (1, 10, 100)  # recall@k recorded for each of these k (those below ntotal)
 
 def _valid_blocks(blocks: Iterable[tuple[np.ndarray, np.ndarray]]):
     for x, valid in blocks:
-        yield x[valid]
+        yield x if valid.all() else x[valid]
 
 
 def truth_width(k: int, ntotal: int) -> int:
