@@ -44,8 +44,16 @@ from index_builder.choose import (
     worth_opq,
 )
 from index_builder.drift import blend, codec_errors, drift
-from index_builder.embeddings import MANIFEST, Shard, arrow_to_vectors, list_shards, vector_column
+from index_builder.embeddings import (
+    MANIFEST,
+    Shard,
+    arrow_to_vectors,
+    list_shards,
+    read_vectors_lean,
+    vector_column,
+)
 from index_builder.factory import choose_factory, choose_train_size
+from index_builder.memory import lean_allocators
 from index_builder.opq import opq_gain
 from index_builder.parts import add_part, merge_in_ram, merge_on_disk, part_name
 from index_builder.recall import exact_neighbours, latency, truth_width
@@ -126,10 +134,15 @@ class ShardCache:
         return table
 
     def vectors(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
-        table = self.table(shard)
-        x, valid = arrow_to_vectors(table.column(2))
+        if self.budget or shard.path in self.kept:
+            table = self.table(shard)
+            x, valid = arrow_to_vectors(table.column(2))
+        else:  # streaming: decoded in batches, no table (embeddings.read_vectors_lean)
+            pa.default_memory_pool().release_unused()
+            table, (x, valid) = None, read_vectors_lean(shard.path, self.columns[2])
         if shard.path not in self.labels:  # ids.parquet's rows, kept from the first pass (no pass of their own)
             mask = pa.array(valid)
+            table = storage.read_parquet(shard.path, self.columns[:2]) if table is None else table
             self.labels[shard.path] = (table.column("id").filter(mask), table.column("caption").filter(mask))
         return x, valid
 
@@ -185,10 +198,21 @@ def sample_training_set(
     return out[:filled], ids[:filled], valid_counts
 
 
-def train_template(factory: str, xt: np.ndarray, centroids: np.ndarray | None = None) -> faiss.Index:
+class TrainingSample:
+    """The training vectors of a build, held here only: the last template trained on them lets
+    them go once its coarse quantizer is trained (train_template), keeping a copy of the rows its
+    codes train on; the build adds the shards without them."""
+
+    def __init__(self, x: np.ndarray):
+        self.x: np.ndarray | None = x
+        self.last = False  # set before training the last template: nothing needs x after it
+
+
+def train_template(factory: str, xt: np.ndarray | TrainingSample, centroids: np.ndarray | None = None) -> faiss.Index:
     """An empty trained index; the coarse quantizer trains on GPU when faiss sees one. `centroids`
     (nlist x d, an IVF factory without a pre-transform): coarse centroids already trained on `xt`
     by another candidate; the quantizer starts full and faiss trains only the codes."""
+    sample, xt = (xt, xt.x) if isinstance(xt, TrainingSample) else (None, xt)
     index = new_index(xt.shape[1], factory)
     ivf = faiss.try_extract_index_ivf(index)
     if centroids is not None:
@@ -211,7 +235,18 @@ def train_template(factory: str, xt: np.ndarray, centroids: np.ndarray | None = 
         ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlat(ivf.d, METRIC))
         if pq is not None:
             pq.assign_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(pq.dsub))
-    index.train(xt)
+    cap = ivf.train_encoder_num_vectors() if ivf is not None and ivf.by_residual else 0
+    if isinstance(faiss.downcast_index(index), faiss.IndexIVF) and 0 < cap < len(xt):  # no pre-transform
+        # what IndexIVF.train does, but for a copy: it trains the coarse quantizer on every vector,
+        # then copies a random `cap` of them (100k for SQ, 64k for PQ) and computes their residuals
+        # to train the codes; xt is shuffled, so its first `cap` rows are a uniform sample (a view)
+        if ivf.quantizer.ntotal < ivf.nlist:
+            ivf.train_q1(len(xt), faiss.swig_ptr(xt), ivf.verbose, ivf.metric_type)
+        if sample is not None and sample.last:  # the rest of the sample is freed before the residuals
+            xt, sample.x = xt[:cap].copy(), None
+        index.train(xt[:cap])  # the quantizer is full: only the codes train
+    else:
+        index.train(xt)
     if ivf is not None:
         ivf.clustering_index = None
     if pq is not None:
@@ -239,9 +274,14 @@ def shard_rows(ids: pa.ChunkedArray, vectors: pa.ChunkedArray, first_id: int, on
     """(vectors [m, d], global ids [m]) of one embeddings shard's rows with a vector, numbered from
     `first_id`; with `only` = (k, K), just the rows of index shard k of K (index_builder.split)."""
     x, valid = arrow_to_vectors(vectors)
-    x, gids = x[valid], first_id + np.arange(int(valid.sum()), dtype=np.int64)
+    return valid_rows(x, valid, ids.filter(pa.array(valid)) if only is not None else None, first_id, only)
+
+
+def valid_rows(x: np.ndarray, valid: np.ndarray, valid_ids: pa.ChunkedArray | None, first_id: int, only):
+    """shard_rows of vectors already read: `valid_ids`, the ids of the rows with a vector (needed with `only`)."""
+    x, gids = (x if valid.all() else x[valid]), first_id + np.arange(int(valid.sum()), dtype=np.int64)
     if only is not None:
-        mine = owners(ids.filter(pa.array(valid)).to_pylist(), only[1]) == only[0]
+        mine = owners(valid_ids.to_pylist(), only[1]) == only[0]
         x, gids = x[mine], gids[mine]
     return x, gids
 
@@ -250,8 +290,8 @@ def parts_in_process(template, shards: list[Shard], offsets: list[int], cache: S
     """The part of each shard, in order, added by one worker copy of the template in this process."""
     worker = faiss_io.copy(template)
     for i, (shard, first_id) in enumerate(zip(shards, offsets)):
-        table = cache.table(shard)
-        yield add_part(worker, *shard_rows(table.column("id"), table.column(2), first_id, only))
+        x, valid = cache.vectors(shard)
+        yield add_part(worker, *valid_rows(x, valid, cache.labels[shard.path][0], first_id, only))
         log.info("added shard %d/%d%s", i + 1, len(shards), f" (index shard {only[0] + 1}/{only[1]})" if only else "")
 
 
@@ -397,13 +437,14 @@ def coarse_of(factory: str) -> str | None:
 
 
 def _train(
-    factory: str, xt: np.ndarray, total: int, cfg: BuildSettings, training: dict, coarse: dict[str, np.ndarray]
+    factory: str, xt: TrainingSample, total: int, cfg: BuildSettings, training: dict, coarse: dict[str, np.ndarray]
 ) -> tuple[faiss.Index, float]:
     """(a template of `factory` trained on xt, seconds). `coarse`: centroids by coarse_of(), shared
     between the candidates of one build (read and filled here)."""
     t = time.monotonic()
+    n, d = xt.x.shape
     log.info("building %s over %d vectors (%s, dim %d), training on %d (%s)", factory, total, cfg.vector,
-             xt.shape[1], len(xt), training["reason"])  # fmt: skip
+             d, n, training["reason"])  # fmt: skip
     key = coarse_of(factory)
     try:
         template = train_template(factory, xt, coarse.get(key))
@@ -413,7 +454,7 @@ def _train(
         return template, time.monotonic() - t
     except RuntimeError as exc:
         raise SettingsError(
-            f"cannot train {factory!r} on {len(xt)} vectors: {exc}; pass a smaller --factory or more data"
+            f"cannot train {factory!r} on {n} vectors: {exc}; pass a smaller --factory or more data"
         ) from exc
 
 
@@ -505,6 +546,7 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
     the manifest says which. `add_parts`: a parallel adder (the Beam stage); else this process adds."""
     started = datetime.now(UTC)
     t0 = time.monotonic()
+    lean_allocators()  # freed shard buffers go back to the system (index_builder.memory)
     source_path = storage.join(cfg.embeddings, MANIFEST)
     if not storage.exists(source_path):
         raise InputError(
@@ -535,16 +577,15 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
     np.random.default_rng(cfg.seed + 2).shuffle(sample_ids)
     xt, xt_ids = sample[: len(sample) - held_out], sample_ids[: len(sample) - held_out]
     if held_out:  # the baseline and the recall queries on vectors the codec did not train on
-        xh, xh_ids = sample[len(sample) - held_out :], sample_ids[len(sample) - held_out :]
+        # copies (held_out rows): the training sample is freed once the last template is trained
+        xh, xh_ids = sample[len(sample) - held_out :].copy(), sample_ids[len(sample) - held_out :].copy()
     else:
         xh, xh_ids = xt, xt_ids
     pick = np.sort(np.random.default_rng(cfg.seed + 1).choice(len(xh), min(cfg.recall_queries, len(xh)), replace=False))
     queries, query_ids = xh[pick], xh_ids[pick]
+    n_train, xt = len(xt), TrainingSample(xt)
+    sample = None  # xt holds the training vectors (and, without held-out vectors, xh's)
     timings = {"sample_s": time.monotonic() - t}
-
-    t = time.monotonic()
-    gt = exact_neighbours(queries, query_ids, (cache.vectors(s) for s in shards), truth_width(cfg.recall_k, n_valid))
-    timings["ground_truth_s"] = time.monotonic() - t
 
     t = time.monotonic()
     fresh, fresh_rows, copied_rows = (
@@ -559,14 +600,22 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
 
     table = ids_table(shards, cache)
     with tempfile.TemporaryDirectory(prefix="fusionindex-build-") as scratch:  # on-disk lists are built here
-        best, tried, coarse, skipped = None, [], {}, []
+        best, tried, coarse, skipped, gt = None, [], {}, [], None
         for number, factory in enumerate(factories):
-            if reused is None and tried and (skip := _opq_screen(factory, xt, cfg.seed, coarse)) is not None:
+            if reused is None and tried and (skip := _opq_screen(factory, xt.x, cfg.seed, coarse)) is not None:
                 skipped.append(skip)
                 continue
+            xt.last = number == len(factories) - 1 and bool(held_out)  # nothing reads xt after this training
             template, train_s = (
                 (reused, 0.0) if reused is not None else _train(factory, xt, total, cfg, training, coarse)
             )
+            if xt.last:
+                xt.x = None  # not held while adding (a reused template trained nothing)
+            if gt is None:  # after the last training when there is one candidate: not beside the training sample
+                t = time.monotonic()
+                gt = exact_neighbours(queries, query_ids, (cache.vectors(s) for s in shards),
+                                      truth_width(cfg.recall_k, n_valid))  # fmt: skip
+                timings["ground_truth_s"] = time.monotonic() - t
             t = time.monotonic()
             merge = merge_mode(cfg.merge, estimated_memory(template, n_valid), available_memory(), lists_of(template))
             ondisk = os.path.join(scratch, str(number)) if merge == "disk" else None
@@ -630,7 +679,7 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
             "nprobe": nprobe,
             "bytes_per_vector": code_bytes(index),
             "merge": "disk" if ondisk else "ram",  # disk: index.faiss + index.ivfdata (faiss.IO_FLAG_ONDISK_SAME_DIR)
-            "train_size": int(len(xt)),
+            "train_size": int(n_train),
             "seed": cfg.seed,
             "training": training,
             "choice": choice,

@@ -26,7 +26,7 @@ class BuildSettings:
     max_memory: str | None = None  # budget: the whole index in RAM, e.g. "4GB", "512MiB"
     target_recall: float = 0.9  # recall@recall_k against exact search that nprobe (and the choice) must reach
     recall_k: int = 10
-    train_size: int | None = None  # None: ~50 vectors per list, >= 20k
+    train_size: int | None = None  # None: 39 vectors per list, >= 20k (factory.choose_train_size)
     seed: int = 0
     workers: int = 1  # processes adding shards in parallel (a Beam stage when > 1)
     num_index_shards: int = 1  # K independently searchable indexes, split by id hash (index_builder.split)

@@ -267,7 +267,7 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--nprobe", type=int, default=s.nprobe, help="default: the smallest reaching --target-recall")
     p.add_argument(
-        "--train-size", type=int, default=s.train_size, help="training sample size (default: ~50 per list, >= 20k)"
+        "--train-size", type=int, default=s.train_size, help="training sample size (default: 39 per list, >= 20k)"
     )
     p.add_argument("--seed", type=int, default=s.seed)
     p.add_argument(
@@ -641,7 +641,7 @@ def cmd_embed(args, rest: list[str]) -> int:
 
 def cmd_build(args, rest) -> int:
     from index_builder.build import build_index
-    from pipelines.index_add import adder_for
+    from pipelines.adder import adder_for
 
     settings = settings_from(BuildSettings, args)
     m = build_index(settings, adder_for(settings.workers, rest))

@@ -84,8 +84,3 @@ def beam_adder(beam_args: list[str], workers: int = 1) -> AddParts:
         return paths
 
     return add
-
-
-def adder_for(workers: int, beam_args: list[str]) -> AddParts | None:
-    """The Beam stage when Beam options or several workers are asked for; None: add in this process."""
-    return beam_adder(beam_args, workers) if beam_args or workers > 1 else None

@@ -31,6 +31,7 @@ def test_budget_and_ondisk_sections_report_their_figures(tmp_path):
     assert {"16MB", "256B"} <= set(r["budget"]) and r["budget"]["256B"]["tried"]
     assert r["ondisk"]["merge"] == "disk" and r["ondisk"]["peak_rss_mib"] > 0 and r["ondisk"]["index_mib"] > 0
     assert 0 < r["ondisk"]["peak_anon_mib"] <= r["ondisk"]["peak_rss_mib"] and r["budget"]["16MB"]["cpu_s"] > 0
+    assert r["ondisk"]["ru_maxrss_mib"] >= r["ondisk"]["peak_rss_mib"]  # wait4's figure also counts the bench's pages
     assert "autofaiss_16MB" in r["budget"]  # its figures, or why it was skipped (no venv with autofaiss)
 
 

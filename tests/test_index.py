@@ -21,7 +21,7 @@ from index_builder.build import (
     sample_training_set,
     train_template,
 )
-from index_builder.embeddings import embeddings_table, list_shards, shard_name
+from index_builder.embeddings import Shard, embeddings_table, list_shards, read_vectors_lean, shard_name
 from index_builder.factory import (
     check_factory,
     choose_factory,
@@ -188,6 +188,19 @@ def test_embeddings_without_manifest_are_refused(tmp_path):
         build_index(BuildSettings(str(tmp_path), str(tmp_path / "idx")))
     with pytest.raises(InputError, match="not a finished index"):
         LoadedIndex.load(str(tmp_path / "idx"))
+
+
+def test_vectors_read_in_batches_equal_the_whole_column(tmp_path):
+    rng = np.random.default_rng(2)
+    x = clustered(10_000, 16, rng)
+    x[[3, 4097, 9999]] = 0  # rows without a vector, in three batches
+    pq.write_table(embeddings_table([f"r{i}" for i in range(len(x))], [""] * len(x), x, x, x),
+                   tmp_path / "s.parquet", row_group_size=3000)  # fmt: skip
+    lean, whole = (
+        read_vectors_lean(str(tmp_path / "s.parquet"), "fused_embedding"),
+        read_vectors(Shard(str(tmp_path / "s.parquet"), len(x), {}), "fused"),
+    )
+    assert np.array_equal(lean[0], whole[0]) and np.array_equal(lean[1], whole[1]) and lean[1].sum() == 9997
 
 
 def test_streaming_build_equals_the_cached_build(emb_dir, tmp_path):

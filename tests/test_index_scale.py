@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 
 from encoders.errors import SettingsError
+from index_builder import faiss_io, memory
 from index_builder.build import build_index
 from index_builder.embeddings import list_shards
 from index_builder.evaluate_index import evaluate_index
+from index_builder.parts import add_part, merge_in_ram, merge_on_disk, part_name
+from index_builder.recall import exact_neighbours, latency, recall_at
 from index_builder.search import LoadedIndex
 from index_builder.settings import BuildSettings
 from pipelines.cli import main
@@ -54,6 +57,97 @@ def test_the_beam_add_and_the_disk_merge_give_the_in_process_index(emb, tmp_path
     os.rename(tmp_path / "disk", moved)
     assert results(LoadedIndex.load(str(moved)), x) == results(on_disk, x)
     assert evaluate_index(str(moved), queries=200)["ntotal"] == 4000
+
+
+def _faiss_merge(template: faiss.Index, parts: list[str], ivfdata: str) -> faiss.Index:
+    """faiss's own on-disk merge (faiss.contrib.ondisk.merge_ondisk's steps) of the same parts."""
+    index = faiss_io.copy(template)
+    ivf = faiss.extract_index_ivf(index)
+    mapped = [faiss.read_InvertedLists(faiss.FileIOReader(p), faiss.IO_FLAG_MMAP) for p in parts]
+    pointers = faiss.InvertedListsPtrVector()
+    for il in mapped:
+        pointers.push_back(il)
+    ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, ivfdata)
+    ondisk.merge_from_multiple(pointers.data(), pointers.size(), False, False)
+    ivf.replace_invlists(ondisk, True)
+    ondisk.this.disown()
+    index.ntotal = ivf.ntotal = ondisk.compute_ntotal()
+    return index
+
+
+@pytest.mark.parametrize("factory", ["IVF32,SQ8", "IVF32,PQ8x8np", "IVF128,Flat"])
+def test_the_disk_merge_writes_what_faiss_merge_writes(tmp_path, factory):
+    rng = np.random.default_rng(3)
+    x = clustered(3000, 32, rng)
+    template = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)
+    template.train(x[:2000])
+    worker, parts = faiss_io.copy(template), []
+    for i, (a, b) in enumerate([(0, 1000), (1000, 1010), (1010, 1010), (1010, 3000)]):  # a sparse part, an empty one
+        parts.append(str(tmp_path / part_name(i)))
+        add_part(worker, x[a:b], np.arange(a, b)).tofile(parts[-1])
+    os.makedirs(tmp_path / "mine")
+    os.makedirs(tmp_path / "them")
+    ours = merge_on_disk(template, parts, str(tmp_path / "mine" / "index.ivfdata"))
+    theirs = _faiss_merge(template, parts, str(tmp_path / "them" / "index.ivfdata"))
+    ram = merge_in_ram(template, (np.fromfile(p, np.uint8) for p in parts))
+    read = [open(tmp_path / d / "index.ivfdata", "rb").read() for d in ("mine", "them")]
+    assert read[0] == read[1] and len(read[0]) == 3000 * (faiss.extract_index_ivf(template).code_size + 8)
+    for d, index in (("mine", ours), ("them", theirs)):
+        faiss.write_index(index, str(tmp_path / d / "index.faiss"))
+    headers = [open(tmp_path / d / "index.faiss", "rb").read() for d in ("mine", "them")]
+    assert headers[0].replace(b"/mine/", b"/them/") == headers[1]  # the same lists, offsets, sizes and slots
+    lists = [faiss.extract_index_ivf(index).invlists for index in (ours, ram)]
+    for j in range(32 if "IVF32" in factory else 128):  # the same ids and codes per list as the in-RAM merge
+        n = lists[1].list_size(j)
+        assert lists[0].list_size(j) == n
+        assert np.array_equal(faiss.rev_swig_ptr(lists[0].get_ids(j), n), faiss.rev_swig_ptr(lists[1].get_ids(j), n))
+        size = n * lists[1].code_size
+        codes = [faiss.rev_swig_ptr(lists[k].get_codes(j), size) for k in (0, 1)]
+        assert np.array_equal(codes[0], codes[1])
+    served = faiss.read_index(str(tmp_path / "mine" / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    assert served.ntotal == ram.ntotal == 3000
+    for index in (served, ours):
+        faiss.extract_index_ivf(index).nprobe = faiss.extract_index_ivf(ram).nprobe = 8
+        assert np.array_equal(index.search(x[:100], 10)[1], ram.search(x[:100], 10)[1])
+
+
+def _mapped_kib(path: str) -> int:
+    """KiB of `path` mapped into this process (its pages counted in RSS)."""
+    kib, inside = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                inside = fields[-1] == path
+            elif inside and fields[0] == "Rss:":
+                kib += int(fields[1])
+    return kib
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux /proc")
+def test_measuring_recall_on_disk_leaves_no_list_pages_mapped(tmp_path):
+    x = clustered(20_000, 32, np.random.default_rng(4))
+    template = faiss.index_factory(32, "IVF64,Flat", faiss.METRIC_INNER_PRODUCT)
+    template.train(x[:5000])
+    part = str(tmp_path / part_name(0))
+    add_part(faiss_io.copy(template), x, np.arange(len(x))).tofile(part)
+    index = merge_on_disk(template, [part], str(tmp_path / "index.ivfdata"))  # 2.7 MB of lists
+    ram = merge_in_ram(template, [np.fromfile(part, np.uint8)])
+    queries, ids = x[:300], np.arange(300)
+    gt = exact_neighbours(queries, ids, [(x, np.ones(len(x), bool))], 10)
+    path = str(tmp_path / "index.ivfdata")
+    assert _mapped_kib(path) == 0  # the merge wrote it without mapping it
+    index.search(queries, 10, params=faiss.SearchParametersIVF(nprobe=64))
+    assert _mapped_kib(path) > 2000  # a plain search leaves what it read mapped
+    memory.release_mapped_lists(memory.mapped_lists(index))
+    assert _mapped_kib(path) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(memory, "RELEASE_BYTES", 1_500_000)  # 16 lists of ~42 kB a query: 2 queries a batch
+        assert memory.query_batch(memory.mapped_lists(index), 16) == 2
+        assert recall_at(index, queries, ids, gt, 16) == recall_at(ram, queries, ids, gt, 16)
+        assert _mapped_kib(path) == 0
+        speed = latency(index, queries, 10, 16)
+    assert _mapped_kib(path) == 0 and speed["chunk"] >= 4 and speed["batch_1024_ms"] > 0
 
 
 def test_fast_scan_indexes_merge_in_ram_and_are_refused_on_disk(emb, tmp_path):
