@@ -25,6 +25,7 @@ import json
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -172,27 +173,36 @@ def resolve_columns(schema: pa.Schema, wanted: Columns, path: str) -> Columns:
     return replace(wanted, image=image, image_struct=is_image_struct(schema.field(image).type), **present)
 
 
-def open_parquet(path: str) -> pq.ParquetFile:
-    """Open a Parquet file's footer through fsspec; a broken file raises InputError naming it."""
+@contextmanager
+def open_parquet(path: str) -> Iterator[pq.ParquetFile]:
+    """A Parquet file's footer opened through fsspec, its handle closed on leaving the block; a
+    broken file raises InputError naming it."""
     fs, p = storage.url_to_fs(path)
     try:
-        return pq.ParquetFile(fs.open(p, "rb"))
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(
-            f"{path}: not a readable Parquet file ({exc}); a writer that died can leave a file without footer: "
-            "remove or re-create it"
-        ) from exc
+        fh = fs.open(p, "rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open ({exc})") from exc
+    with fh:
+        try:
+            pf = pq.ParquetFile(fh)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(
+                f"{path}: not a readable Parquet file ({exc}); a writer that died can leave a file without footer: "
+                "remove or re-create it"
+            ) from exc
+        yield pf
 
 
 def read_footer(path: str, wanted: Columns) -> tuple[Columns, list[int]] | InputError:
     """(resolved columns, rows per row group) of one file, from its footer alone. An unreadable
     file is returned as its InputError (the caller decides: skip or raise); wrong columns raise."""
     try:
-        pf = open_parquet(path)
+        with open_parquet(path) as pf:
+            schema, meta = pf.schema_arrow, pf.metadata
     except InputError as exc:
         return exc
-    columns = resolve_columns(pf.schema_arrow, wanted, path)
-    return columns, [pf.metadata.row_group(rg).num_rows for rg in range(pf.metadata.num_row_groups)]
+    columns = resolve_columns(schema, wanted, path)
+    return columns, [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)]
 
 
 def _footers(files: list[str], wanted: Columns, threads: int) -> Iterator[tuple[Columns, list[int]] | InputError]:
@@ -313,11 +323,11 @@ def read_unit(unit: WorkUnit) -> list[Row]:
 def read_ids(unit: WorkUnit) -> list[tuple[int, str]]:
     """(row index, id) of the unit's rows that would be embedded: success status, non-null id."""
     c = unit.columns
-    pf = open_parquet(unit.path)
-    try:
-        table = pf.read_row_group(unit.row_group, columns=[c.id] + ([c.status] if c.status else []))
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{unit.path}: cannot read row group {unit.row_group}: {exc}") from exc
+    with open_parquet(unit.path) as pf:
+        try:
+            table = pf.read_row_group(unit.row_group, columns=[c.id] + ([c.status] if c.status else []))
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{unit.path}: cannot read row group {unit.row_group}: {exc}") from exc
     ids = table.column(c.id).to_pylist()
     statuses = table.column(c.status).to_pylist() if c.status else [SUCCESS] * len(ids)
     return [
