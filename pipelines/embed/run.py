@@ -3,7 +3,6 @@ units to the engine's driver (beam.run_beam or spark.run_spark), check the accou
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from contextlib import nullcontext
@@ -18,7 +17,7 @@ from pipelines.embed.beam import is_dry_run, is_local, pipeline_options, run_bea
 from pipelines.embed.handler import EmbeddingModelHandler
 from pipelines.embed.output import prepare_output, run_key
 from pipelines.embed.progress import Watcher
-from pipelines.embed.settings import EmbedSettings
+from pipelines.embed.settings import EmbedSettings, shared_model_tag
 from pipelines.embed.shards import sum_counts
 from pipelines.embed.timings import manifest_timings
 from pipelines.embed.worker import EngineRun, UnitJob
@@ -124,7 +123,7 @@ def run_embed(
     if committed:
         log.info("resuming an interrupted run: %d of %d shards are committed", committed, len(plan.units))
     job = UnitJob(s, tuple(u.path for u in plan.units), info["dim"], resume, recipe, previous_shards)
-    model_tag = hashlib.sha256(f"{s.model}|{s.device}|{s.precision}|{model_fp}".encode()).hexdigest()[:16]
+    model_tag = shared_model_tag(s, model_fp)
     t_pipeline = time.monotonic()
     comparable = bool(previous_info and previous_info["comparable"])
     engine = dict(comparable=comparable, join_counts=join_path)

@@ -15,6 +15,7 @@ is the same.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import asdict, dataclass, field, fields
 
@@ -180,3 +181,10 @@ def resolve_runtime(s: EmbedSettings, *, cuda_available: bool, tensor_recipe: bo
     elif s.precision not in ("auto", "fp32"):
         log.warning("--precision %s applies on CUDA only; running fp32 on %s", s.precision, device)
     return Runtime(device, "tensor" if tensor else "pil", precision, "per_machine" if s.large_model else "per_process")
+
+
+def shared_model_tag(s: EmbedSettings, model_fp: str) -> str:
+    """The identity of a model loaded once per worker (Beam's Shared / MultiProcessShared tag):
+    weights, device, precision, and --exact-shapes, which the loaded towers carry (their fixed rows)."""
+    fixed = s.batch_size if s.exact_shapes else None
+    return hashlib.sha256(f"{s.model}|{s.device}|{s.precision}|{model_fp}|{fixed}".encode()).hexdigest()[:16]

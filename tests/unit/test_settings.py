@@ -10,7 +10,7 @@ from encoders.errors import SettingsError
 from encoders.settings import TrainConfig
 from index_builder.settings import BuildSettings
 from pipelines.cli import build_parser, settings_from
-from pipelines.embed.settings import EmbedSettings, Runtime, resolve_runtime
+from pipelines.embed.settings import EmbedSettings, Runtime, resolve_runtime, shared_model_tag
 from pipelines.inputs import Columns
 from pipelines.search.settings import SearchSettings
 from pipelines.training.settings import FinetuneSettings
@@ -184,3 +184,16 @@ def test_runtime_resolution():
         rt(preprocess="tensor", recipe=False)
     with pytest.raises(SettingsError, match="sees no CUDA device"):
         rt(device="cuda")
+
+
+def test_a_shared_model_is_shared_only_by_runs_that_load_it_the_same_way():
+    s = EmbedSettings(inputs=["a"], output="o", model="m")
+    tag = shared_model_tag(s, "sha256:1")
+    assert tag == shared_model_tag(dataclasses.replace(s, batch_size=32), "sha256:1")  # shapes follow the batch
+    assert tag != shared_model_tag(s, "sha256:2")
+    assert tag != shared_model_tag(dataclasses.replace(s, precision="fp32"), "sha256:1")
+    exact = dataclasses.replace(s, exact_shapes=True)
+    assert shared_model_tag(exact, "sha256:1") not in (
+        tag,
+        shared_model_tag(dataclasses.replace(exact, batch_size=32), "sha256:1"),
+    )
