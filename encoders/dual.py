@@ -31,8 +31,6 @@ from encoders.images import flatten_on_white
 from encoders.loading import ModelLoadError, check_tokenizer_fits
 from encoders.settings import BACKBONES as BACKBONE_NAMES
 from encoders.tensor_images import Recipe
-from encoders.text import MAX_CAPTION_CHARS
-from encoders.tokens import BatchTokenizer
 from encoders.towers import Towers, default_device
 
 log = logging.getLogger(__name__)
@@ -75,13 +73,13 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class DualTowers(Towers):
     family = "dual"
+    token_keys = ("input_ids", "attention_mask", "token_type_ids")
 
     def __init__(self, net: DualEncoder, tokenizer, config: dict, device: str, model_dir: Path | None):
         self.net, self.tokenizer, self.config = net.to(device).eval(), tokenizer, config
         self.device, self.model_dir = device, model_dir
         self.dim = int(config["projection_dim"])
         self.max_text_tokens = int(config.get("max_text_tokens", 128))
-        self._tokens: BatchTokenizer | None = None
         r = dual_recipe(config)
         self.center_crop = True
         self.transform = v2.Compose(
@@ -166,11 +164,8 @@ class DualTowers(Towers):
     def recipe(self) -> Recipe:
         return dual_recipe(self.config)
 
-    def tokenize(self, texts):
-        if self._tokens is None:
-            keys = ("input_ids", "attention_mask", "token_type_ids")
-            self._tokens = BatchTokenizer(self.tokenizer, self.max_text_tokens, keys)
-        return self._tokens([t[:MAX_CAPTION_CHARS] for t in texts], self.padding())
+    def text_tokenizer(self):
+        return self.tokenizer
 
     def image_features(self, pixels):
         return l2_normalise(self.net.image_head(self.net.image(pixels)))

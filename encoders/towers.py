@@ -52,6 +52,9 @@ class Towers:
     # text its full context, so a row's vectors do not depend on the rows batched with it (GEMM
     # kernels and their rounding follow the shapes). None: shapes follow the batch (faster).
     fixed_rows: int | None = None
+    max_text_tokens: int
+    token_keys: tuple[str, ...] = ("input_ids", "attention_mask")  # what the text encoder takes
+    _tokens: BatchTokenizer | None = None  # made on first use from text_tokenizer()
 
     def padding(self) -> bool | str:
         """The tokenizer's padding: to the longest caption, or to the full context (fixed_rows)."""
@@ -60,8 +63,16 @@ class Towers:
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         raise NotImplementedError
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def text_tokenizer(self):
+        """The checkpoint's (transformers) tokenizer."""
         raise NotImplementedError
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """`token_keys` tensors for `texts`: each cut to MAX_CAPTION_CHARS, truncated to
+        max_text_tokens, padded as `padding()` says (through the Rust backend, encoders/tokens.py)."""
+        if self._tokens is None:
+            self._tokens = BatchTokenizer(self.text_tokenizer(), self.max_text_tokens, self.token_keys)
+        return self._tokens([t[:MAX_CAPTION_CHARS] for t in texts], self.padding())
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised [n, dim] on self.device, differentiable."""
@@ -161,7 +172,6 @@ class ClipTowers(Towers):
         text_cfg = getattr(model.config, "text_config", None)
         self.max_text_tokens = int(getattr(text_cfg, "max_position_embeddings", 77))
         self.dim = int(model.config.projection_dim)
-        self._tokens: BatchTokenizer | None = None
 
     @classmethod
     def load(cls, model_dir: Path, *, device: str | None = None, allow_pickle: bool = False) -> ClipTowers:
@@ -192,12 +202,8 @@ class ClipTowers(Towers):
     def recipe(self) -> Recipe | None:
         return recipe_of(self.processor.image_processor)
 
-    def tokenize(self, texts):
-        if self._tokens is None:
-            self._tokens = BatchTokenizer(
-                self.processor.tokenizer, self.max_text_tokens, ("input_ids", "attention_mask")
-            )
-        return self._tokens([t[:MAX_CAPTION_CHARS] for t in texts], self.padding())
+    def text_tokenizer(self):
+        return self.processor.tokenizer
 
     def image_features(self, pixels):
         return l2_normalise(_projected(self.model.get_image_features(pixel_values=pixels)))
