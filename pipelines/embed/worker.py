@@ -105,9 +105,9 @@ class UnitWorker:
         reuse: list[tuple[Row, tuple[int, int]]] = []
         counts = {"read": 0, "skipped": 0}
         commit = dict(dim=self.job.dim, runtime=self.runtime)
-        clock = StageClock()
+        clock = StageClock()  # the unit's thread; the read-ahead and decode-ahead threads have their own
+        reader, decoder = StageClock(), StageClock()
         report.stages = clock.seconds
-        reader = StageClock()  # the read-ahead thread's
         try:
             with cf.ThreadPoolExecutor(1, thread_name_prefix="read") if self._ahead() else nullcontext() as pool:
                 if pool is None:
@@ -115,14 +115,14 @@ class UnitWorker:
                 else:  # the unit's thread waits for batches read in the read-ahead thread
                     rows = clock.timed(read_ahead(iter_unit(unit, s.batch_size), pool, reader), "wait")
                 todo = self._classified(rows, plans, results, reuse, counts, clock)
-                for batch, outcomes in self._embed_batches(batches_of(todo, s.batch_size), report, clock):
+                for batch, outcomes in self._embed_batches(batches_of(todo, s.batch_size), report, clock, decoder):
                     with clock("assemble"):
                         results.extend(
                             RowResult(r.row_index, r.id, r.caption, o, content_hash(r.image), kind)
                             for (r, kind), o in zip(batch, outcomes)
                         )
-            for k, v in reader.seconds.items():
-                report.ahead[k] = report.ahead.get(k, 0.0) + v
+            report.ahead = {k: reader.seconds.get(k, 0.0) + decoder.seconds.get(k, 0.0)
+                            for k in {**reader.seconds, **decoder.seconds}}  # fmt: skip
             if reuse:
                 with clock("copy"):
                     results.extend(self._copied(reuse))
@@ -171,14 +171,13 @@ class UnitWorker:
         return out
 
     def _embed_batches(
-        self, batches: Iterator[list[tuple[Row, str]]], report: UnitReport, clock: StageClock
+        self, batches: Iterator[list[tuple[Row, str]]], report: UnitReport, clock: StageClock, decoder: StageClock
     ) -> Iterator[tuple[list[tuple[Row, str]], list[Outcome]]]:
         """Yield (batch, outcomes). With decode-ahead (default on CUDA) batch k+1 is decoded in a
-        thread while batch k runs forward; on a CPU they run in turn (the cores are busy either
-        way, and torch work in a second thread slowed the forward passes, docs/performance.md)."""
+        thread (timed on `decoder`, that thread's clock) while batch k runs forward; on a CPU they
+        run in turn (the cores are busy either way, and torch work in a second thread slowed the
+        forward passes, docs/performance.md)."""
         pool = cf.ThreadPoolExecutor(1, thread_name_prefix="decode") if self._ahead() else None
-        ahead_clock = StageClock()  # the decode thread's (a clock belongs to one thread)
-        report.ahead = ahead_clock.seconds
         ahead = None
         try:
             for batch in batches:
@@ -191,7 +190,7 @@ class UnitWorker:
                     report.batch_ms.append(int((time.perf_counter() - t) * 1000))
                     yield batch, outcomes
                     continue
-                nxt = (batch, items, pool.submit(self.handler.prepare, items, model, ahead_clock))
+                nxt = (batch, items, pool.submit(self.handler.prepare, items, model, decoder))
                 if ahead is not None:
                     yield ahead[0], self._completed(report, clock, ahead, model)
                 ahead = nxt
