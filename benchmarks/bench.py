@@ -41,6 +41,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from encoders import openmp
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = {
@@ -813,6 +815,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # unset: libgomp spins before sleeping
         "faiss": faiss_version,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
@@ -1051,6 +1054,7 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    openmp.apply_defaults()  # the bare loop and peers in this process and its children wait as `fusionindex` does
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--sections",

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench import MODELS, machine, photo_like, write_results
+from encoders import openmp
 
 
 def best_rate(fn, rows: int, repeat: int, sync) -> float:
@@ -52,6 +53,7 @@ def forward_rates(towers, pixels, captions: list[str], repeat: int, sync) -> tup
 
 
 def main(argv: list[str] | None = None) -> int:
+    openmp.apply_defaults()  # as `fusionindex` runs (the CPU-side ceilings use torch's threads)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--model", choices=sorted(MODELS), default="vit-b-32")

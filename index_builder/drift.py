@@ -19,7 +19,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-DEFAULT_THRESHOLD = 1.25  # retrain when an error grows by more than 25%
+from index_builder.settings import DEFAULT_THRESHOLD
+
 TINY = 1e-12  # errors below this (exact codes) are not compared
 
 

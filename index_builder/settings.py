@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from encoders.errors import SettingsError, check_at_least, check_choice
 from index_builder.choose import MERGE, parse_size
-from index_builder.drift import DEFAULT_THRESHOLD
 from index_builder.embeddings import VECTOR_COLUMNS
 from index_builder.factory import check_factory
 
 RETRAIN = ("auto", "always", "never")
+DEFAULT_THRESHOLD = 1.25  # drift: retrain when an error grows by more than 25% (index_builder.drift)
 
 
 @dataclass(frozen=True)

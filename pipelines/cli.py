@@ -20,6 +20,7 @@ import sys
 import typing
 from dataclasses import fields, is_dataclass
 
+from encoders import openmp
 from encoders.errors import SettingsError, UsageError
 from encoders.settings import BACKBONES, FUSIONS, TrainConfig
 from index_builder import storage
@@ -785,6 +786,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 done, 2 usage error, 3 a reindex gate failed; a bug raises)."""
+    openmp.apply_defaults()  # before anything imports torch (libgomp reads it once)
     parser = build_parser()
     try:
         args, rest = with_config(parser, argv)

@@ -133,18 +133,23 @@ def test_clear_errors(built, tmp_path, tiny_clip, capsys):
 
 
 def test_console_script_runs(built):
+    """The installed script, as users run it; `search` loads torch and faiss, whose OpenMP runtimes
+    (each prints its settings with OMP_DISPLAY_ENV) must sleep while waiting (encoders/openmp.py)."""
     root, cat, emb, idx = built
     exe = os.path.join(os.path.dirname(sys.executable), "fusionindex")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     out = subprocess.run(
         [exe, "-q", "search", "--index", idx["fused"], "--text", "a blue square", "--k", "2"],
         capture_output=True,
         text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**env, "HF_HUB_OFFLINE": "1", "OMP_DISPLAY_ENV": "VERBOSE"},
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 2 and lines[0].split()[0] == "1"
+    spins = re.findall(r"GOMP_SPINCOUNT = '(\d+)'", out.stderr)
+    assert len(spins) == 2 and set(spins) == {"0"}, spins  # torch's libgomp and faiss's, neither spinning
 
 
 # Bad command lines -> the one line printed (exit 2, no traceback). The README's "Bad command

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING
 
+from encoders import openmp
 from encoders.errors import SettingsError
 from index_builder import storage
 from pipelines.embed.join import DELETED, decide_grouped, previous_keys, today_keys
@@ -47,7 +48,8 @@ DEFAULT_MASTER = "local[*]"
 # Test-only: "UNIT:MARKER": the first task to commit unit UNIT creates the file MARKER and then kills its
 # own Python worker (SIGKILL), so Spark retries the task after the shard was committed.
 KILL_ONCE_ENV = "FUSIONINDEX_TEST_KILL_ONCE"
-FORWARDED_ENV = ("HF_HUB_OFFLINE", THREADS_ENV, "OMP_NUM_THREADS", KILL_ONCE_ENV)  # to local executors
+# to local executors (the OpenMP defaults the CLI set: executors start without the CLI)
+FORWARDED_ENV = ("HF_HUB_OFFLINE", THREADS_ENV, "OMP_NUM_THREADS", *openmp.DEFAULTS, KILL_ONCE_ENV)
 DAEMON_MODULE = "pipelines.embed.spark_daemon"
 UNIT, PLAN, DELETED_TAG = 0, 1, 2  # tags of the elements grouped per unit
 
