@@ -301,22 +301,32 @@ def bench_stages(work: Path, args) -> dict:
     if not src.exists():
         make_jpeg_shards(src, args.stages_rows, args.image_size, rows_per_group=1024)
     out: dict = {"rows": args.stages_rows, "image_size": args.image_size, "batch_size": args.stages_batch}
-    for path, extra in RUNS_OF_STAGES.items():
-        emb = work / f"stages-{path}"
-        cmd = ["embed", "--input", str(src), "--output", str(emb), "--model", str(model), "--restart"]
-        usage = run_usage(fusionindex(*cmd, "--batch-size", str(args.stages_batch), *extra))
-        m = json.loads((emb / "manifest.json").read_text())
-        t = m["timings"]
+    runs: dict[str, list[dict]] = {path: [] for path in RUNS_OF_STAGES}
+    for _ in range(args.repeat):  # the paths alternate, so a noisy minute slows one run of each, not one path
+        for path, extra in RUNS_OF_STAGES.items():
+            emb = work / f"stages-{path}"
+            cmd = ["embed", "--input", str(src), "--output", str(emb), "--model", str(model), "--restart"]
+            usage = run_usage(fusionindex(*cmd, "--batch-size", str(args.stages_batch), *extra))
+            m = json.loads((emb / "manifest.json").read_text())
+            t = m["timings"]
+            runs[path].append(
+                {
+                    "units_s": t["units_s"],
+                    "stages_s": t["stages_s"],
+                    "other_s": t["other_s"],
+                    "host_us_per_row": t["host_us_per_row"],
+                    "unit_thread_host_us_per_row": t["unit_thread_host_us_per_row"],
+                    "decode_ahead_s": t.get("decode_ahead_s"),
+                    "rows_read": m["counts"]["read"],
+                    "wall_s": usage["wall_s"],
+                    "cpu_s": usage["cpu_s"],
+                }
+            )
+    for path, done in runs.items():  # the run with the least host work, as timeit keeps the fastest
         out[path] = {
-            "units_s": t["units_s"],
-            "stages_s": t["stages_s"],
-            "other_s": t["other_s"],
-            "host_us_per_row": t["host_us_per_row"],
-            "unit_thread_host_us_per_row": t["unit_thread_host_us_per_row"],
-            "decode_ahead_s": t.get("decode_ahead_s"),
-            "rows_read": m["counts"]["read"],
-            "wall_s": usage["wall_s"],
-            "cpu_s": usage["cpu_s"],
+            **min(done, key=lambda r: r["host_us_per_row"]),
+            "host_us_per_row_runs": [r["host_us_per_row"] for r in done],
+            "units_s_runs": [r["units_s"] for r in done],
         }
     return out
 
@@ -941,7 +951,8 @@ def table(results: dict) -> str:
         runs = [p for p in RUNS_OF_STAGES if p in st]
         lines += [
             f"embed stages ({st['rows']} JPEGs of {st['image_size']} px, batch {st['batch_size']}, one-layer model; "
-            "seconds summed over units, on the units' thread; tensor-ahead reads, decodes and tokenizes in threads):",
+            "seconds summed over units, on the units' thread, of the run with the least host work of "
+            f"{len(st[runs[0]]['host_us_per_row_runs'])}; tensor-ahead reads, decodes and tokenizes in threads):",
             f"  {'stage':<10}" + "".join(f"{p:>14}" for p in runs),
         ]
         names = list(dict.fromkeys(k for p in runs for k in st[p]["stages_s"]))
@@ -955,7 +966,8 @@ def table(results: dict) -> str:
         lines.append(
             "  host work per row (all but decode and forward; target <= 60 us): "
             + ", ".join(
-                f"{p} {st[p]['host_us_per_row']} us ({st[p]['unit_thread_host_us_per_row']} on the unit's thread)"
+                f"{p} {st[p]['host_us_per_row']} us ({st[p]['unit_thread_host_us_per_row']} on the unit's thread; "
+                f"runs {st[p]['host_us_per_row_runs']})"
                 for p in runs
             )
         )

@@ -64,6 +64,19 @@ def test_embed_and_rss_sections(tmp_path):
 
 
 @pytest.mark.slow
+def test_stages_section_keeps_the_run_with_least_host_work(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = "--sections stages --repeat 2 --stages-rows 48 --stages-batch 16 --image-size 64".split()
+    assert main([*argv, "--output", str(out), "--workdir", str(tmp_path / "w")]) == 0
+    st = json.loads(out.read_text())["stages"]
+    for path in ("tensor", "pil", "tensor-ahead"):
+        r = st[path]
+        assert len(r["host_us_per_row_runs"]) == 2 and r["host_us_per_row"] == min(r["host_us_per_row_runs"])
+        assert r["rows_read"] == 48 and r["units_s"] in r["units_s_runs"]
+    assert st["tensor-ahead"]["decode_ahead_s"]["decode"] > 0 and "runs [" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_reindex_section(tmp_path):
     out = tmp_path / "r.json"
     argv = "--sections reindex --reindex-rows 200 --batch-size 8".split()
