@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The prepared GPU check for the throughput issue (#13), ViT-B/32 shape on 256 px JPEGs, in one run
-# of about 6 minutes on one H100/H200:
+# of at most 9 minutes on one H100/H200:
 #   1. ceilings alone (benchmarks/ceilings.py): forward image / image+text at batch 256 and 1024,
 #      decode_jpeg on the GPU, the tensor preprocessor, PIL + processor, tokenizing;
-#   2. `fusionindex embed --preprocess tensor` and `--preprocess pil` (bare loop beside each), with
+#   2. `fusionindex embed --preprocess tensor` and (last) `--preprocess pil`, bare loop beside each, with
 #      the manifest's stage table (where the units' time went) and host work per row;
-#   3. `--preprocess pil` with W worker processes feeding the GPU (W = cores / 2 by default);
+#   3. `--preprocess pil` with W worker processes feeding the GPU (W = cores / 2 by default): as
+#      shipped (OMP_WAIT_POLICY=PASSIVE), with one shared model (--large-model), and with OpenMP's
+#      spinning waiters back (the suspected cause of 8 workers running slower than one);
 #   4. a summary: embed rows/s beyond start-up against the forward-pair ceiling (target >= 0.6).
+# Runs share a deadline (DEADLINE seconds, 540 by default: the device tool's 10-minute call): a run
+# gets what is left, and is skipped when under a minute is.
 #
 # On this machine first:   bash benchmarks/fetch_gpu_wheels.sh      (fills .whl/, git-ignored)
 # Then with the device tool, from the repo root, carry [".whl"]:
@@ -37,14 +41,21 @@ BATCHES=${BATCHES:-256 1024}
 mkdir -p "$OUTDIR"
 timeout 150 python3 -m benchmarks.ceilings --device "$DEVICE" --model vit-b-32 --batch $BATCHES \
   --output "$OUTDIR/gpu-ceilings.json" || echo "ceilings failed or timed out"
+DEADLINE=${DEADLINE:-540}
 run() {  # name, embed args
-  timeout 200 python3 -m benchmarks.bench --sections embed --model vit-b-32 --rows "$ROWS" --image-size 256 \
+  local left=$(( DEADLINE - SECONDS - 15 ))
+  if (( left < 60 )); then echo "gpu check $1 skipped: ${left}s left of the ${DEADLINE}s deadline"; return; fi
+  timeout $(( left < 200 ? left : 200 )) python3 -m benchmarks.bench --sections embed --model vit-b-32 --rows "$ROWS" --image-size 256 \
     --batch-size 256 --rows-per-group 1024 --device "$DEVICE" --repeat 1 --workdir /tmp/gpu-check \
     --embed-args "$2" --output "$OUTDIR/gpu-$1.json" || echo "gpu check $1 failed or timed out"
 }
+# most wanted first: the deadline skips the last ones
 run tensor "--preprocess tensor"
+MULTI="--preprocess pil --direct_num_workers $WORKERS --direct_running_mode multi_processing"
+run "pil-w$WORKERS" "$MULTI"
+run "pil-w$WORKERS-large" "$MULTI --large-model"
+OMP_WAIT_POLICY= run "pil-w$WORKERS-spin" "$MULTI"  # empty: the CLI leaves it, libgomp spins as by default
 run pil "--preprocess pil"
-run "pil-w$WORKERS" "--preprocess pil --direct_num_workers $WORKERS --direct_running_mode multi_processing"
 python3 - "$OUTDIR" "$WORKERS" <<'PY'
 import json, sys
 from pathlib import Path
@@ -56,7 +67,7 @@ ceil = load("ceilings")
 print("== summary ==")
 if ceil:
     print("gpu", ceil.get("gpu"), "| forward-pair ceiling", ceil["forward_pair_ceiling"], "rows/s")
-for name in ("tensor", "pil", f"pil-w{workers}"):
+for name in ("tensor", "pil", f"pil-w{workers}", f"pil-w{workers}-large", f"pil-w{workers}-spin"):
     r = load(name)
     if not r or "embed" not in r:
         print(name, "no result")
