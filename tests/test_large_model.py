@@ -1,11 +1,14 @@
-"""The weight-free preprocessing (`load_preprocessing`) gives the loaded towers' own tensors, for both families."""
+"""--large-model: worker processes preprocess and tokenize without the weights, and send tensors
+to the one shared model (a real Beam MultiProcessShared server here), for both model families."""
 
 from __future__ import annotations
 
 import shutil
+import uuid
 
 import pytest
 import torch
+from apache_beam.utils.multi_process_shared import MultiProcessShared
 from PIL import Image
 
 from encoders.dual import DualTowers
@@ -14,7 +17,11 @@ from encoders.models import load_preprocessing, load_towers, save_model
 from encoders.random_models import make_random_bert
 from encoders.text import MAX_CAPTION_CHARS
 from encoders.towers import Preprocessing, Towers
+from pipelines.datasets.img2dataset import encode
 from pipelines.datasets.sample import draw
+from pipelines.embed.handler import EmbeddingModelHandler, wire_dtype
+from pipelines.embed.outcomes import Embedded, ItemInput, Rejected
+from pipelines.embed.settings import EmbedSettings, Runtime
 
 CAPTIONS = ["a red circle", "", "word " * 400, "x" * (MAX_CAPTION_CHARS + 50) + " tail"]
 
@@ -75,3 +82,62 @@ def test_preprocessing_of_a_directory_without_a_processor_says_how_to_fix_it(tin
         (bare / f).unlink(missing_ok=True)
     with pytest.raises(ModelLoadError, match="save"):
         load_preprocessing(str(bare))
+
+
+def test_pixels_cross_in_the_forward_precision_on_cuda_else_float32():
+    rt = lambda device, precision: Runtime(device, "pil", precision, "per_machine")  # noqa: E731
+    assert wire_dtype(rt("cuda", "bf16")) == torch.bfloat16
+    assert wire_dtype(rt("cuda:1", "fp16")) == torch.float16
+    assert wire_dtype(rt("cuda", "fp32")) == torch.float32
+    assert wire_dtype(rt("cpu", "fp32")) == torch.float32
+
+
+@pytest.mark.parametrize("family", ["clip", "dual"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_pixel_batch_gives_the_same_vectors_under_autocast(family, dtype, request):
+    """wire_dtype's claim: the first op (a conv) casts its input to the autocast dtype anyway.
+    Checked with CPU autocast, whose cast policy for conv2d is CUDA's (no GPU here)."""
+    spec = request.getfixturevalue("tiny_clip" if family == "clip" else "tiny_dual")
+    towers = load_towers(spec, device="cpu")
+    pixels = towers.pixels(images())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype):
+        full, half = towers.image_features(pixels), towers.image_features(pixels.to(dtype))
+    assert not torch.equal(pixels, pixels.to(dtype).float())  # the cast did round
+    assert torch.equal(full, half)
+
+
+def items() -> list[ItemInput]:
+    return [
+        ItemInput("a", "red circle", encode(draw("circle", (200, 0, 0), (255, 255, 255), 40), "jpg")),
+        ItemInput("b", None, encode(draw("square", (0, 0, 200), (255, 255, 255), 40), "png")),
+        ItemInput("c", "junk", b"not an image"),
+        ItemInput("d", "a green triangle " * 50, encode(draw("triangle", (0, 150, 0), (255, 255, 255), 56), "jpg")),
+    ]
+
+
+@pytest.mark.parametrize("exact_shapes", [False, True])
+def test_through_the_shared_model_only_tensors_cross_and_vectors_are_the_local_ones(tiny_clip, exact_shapes):
+    settings = EmbedSettings(inputs=(), output="", model=tiny_clip, batch_size=4, exact_shapes=exact_shapes)
+    handler = EmbeddingModelHandler(settings, tensor_recipe=True)
+    shared = MultiProcessShared(handler.load_model, tag=f"test-{uuid.uuid4().hex}", always_proxy=True)
+    proxy = shared.acquire()
+    try:
+        assert not isinstance(proxy, Towers)
+        batch = items()
+        prepared = handler.prepare(batch, proxy)
+        # what will cross: a float32 pixel tensor (fp32 on a CPU) and the tokens, made here
+        assert isinstance(prepared.images, torch.Tensor) and prepared.images.dtype == torch.float32
+        assert prepared.ok == [0, 1, 3] and isinstance(prepared.results[2], Rejected)
+        assert set(prepared.tokens) == {"input_ids", "attention_mask"}
+        got = handler.complete(prepared, batch, proxy)
+        # torch's ForkingPickler reductions carry tensors through the proxy's connection as
+        # shared memory (a received tensor's storage is shared), not as pickled bytes
+        assert proxy.encode_pixels(prepared.images).is_shared()
+    finally:
+        shared.release(proxy)
+    local = handler.load_model()
+    want = handler.complete(handler.prepare(batch, local), batch, local)
+    for g, w in zip(got, want):
+        assert type(g) is type(w)
+        if isinstance(g, Embedded):
+            assert torch.equal(torch.from_numpy(g.fused), torch.from_numpy(w.fused)) and g.has_text == w.has_text

@@ -91,8 +91,10 @@ class WriteJoinCounts(beam.DoFn):
 
 
 def acquire_model(handler: EmbeddingModelHandler, handle: shared.Shared, tag: str):
-    """Load the model once per process (or per machine for large models), as RunInference does."""
+    """Load the model once per process (or per machine for large models), as RunInference does.
+    A large model's proxy comes with this process's own preprocessing loaded (counted as load time)."""
     if handler.share_model_across_processes():
+        handler.worker_preprocessing()
         return multi_process_shared.MultiProcessShared(handler.load_model, tag=tag, always_proxy=True).acquire()
     return handle.acquire(handler.load_model, tag=tag)
 
