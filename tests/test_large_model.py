@@ -3,11 +3,13 @@ to the one shared model (a real Beam MultiProcessShared server here), for both m
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
 
 import pytest
 import torch
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.multi_process_shared import MultiProcessShared
 from PIL import Image
 
@@ -19,6 +21,7 @@ from encoders.text import MAX_CAPTION_CHARS
 from encoders.towers import Preprocessing, Towers
 from pipelines.datasets.img2dataset import encode
 from pipelines.datasets.sample import draw
+from pipelines.embed.beam import model_copies_warning, warn_model_copies
 from pipelines.embed.handler import EmbeddingModelHandler, wire_dtype
 from pipelines.embed.outcomes import Embedded, ItemInput, Rejected
 from pipelines.embed.settings import EmbedSettings, Runtime
@@ -141,3 +144,19 @@ def test_through_the_shared_model_only_tensors_cross_and_vectors_are_the_local_o
         assert type(g) is type(w)
         if isinstance(g, Embedded):
             assert torch.equal(torch.from_numpy(g.fused), torch.from_numpy(w.fused)) and g.has_text == w.has_text
+
+
+def test_several_processes_on_one_gpu_without_large_model_are_warned_about(caplog):
+    warn = model_copies_warning
+    assert "add --large-model" in warn(8, "multi_processing", "cuda", large_model=False)
+    assert warn(8, "multi_processing", "cuda", large_model=True) is None
+    assert warn(8, "multi_processing", "cpu", large_model=False) is None  # cores, not one device
+    assert warn(8, "multi_threading", "cuda", large_model=False) is None  # one process, one model
+    assert warn(1, "multi_processing", "cuda:0", large_model=False) is None
+    assert warn(None, None, "cuda", large_model=False) is None
+    # PipelineOptions, not pipeline_options: that one sets worker thread counts in os.environ
+    options = PipelineOptions(["--direct_num_workers", "4", "--direct_running_mode", "multi_processing"])
+    with caplog.at_level(logging.WARNING):
+        warn_model_copies(options, "cuda", False)
+        warn_model_copies(options, "cpu", False)
+    assert [r.getMessage().count("4 worker processes") for r in caplog.records] == [1]
