@@ -7,6 +7,9 @@ import logging
 import shutil
 import uuid
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -160,3 +163,23 @@ def test_several_processes_on_one_gpu_without_large_model_are_warned_about(caplo
         warn_model_copies(options, "cuda", False)
         warn_model_copies(options, "cpu", False)
     assert [r.getMessage().count("4 worker processes") for r in caplog.records] == [1]
+
+
+def test_the_tensor_path_runs_on_the_workers_with_a_shared_model(tmp_path, tiny_clip, sample_dir):
+    """--preprocess tensor --large-model: the tensor preprocessing runs in the worker process (its
+    CPU) and sends pixels; the vectors are the in-process tensor path's on this CPU."""
+    from index_builder.embeddings import arrow_to_vectors, list_shards
+    from pipelines.embed.run import run_embed
+
+    def run(name: str, **kw) -> tuple[dict, pa.Table]:
+        s = EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path / name), model=tiny_clip, **kw)
+        m = run_embed(s)
+        return m, pa.concat_tables([pq.read_table(p.path) for p in list_shards(s.output)])
+
+    shared, a = run("shared", preprocess="tensor", large_model=True)
+    local, b = run("local", preprocess="tensor")
+    assert shared["runtime"]["preprocess"] == "tensor" and shared["runtime"]["model_sharing"] == "per_machine"
+    assert shared["counts"] == local["counts"] and a.column("id").equals(b.column("id"))
+    assert {"decode", "tokenize"} <= set(shared["timings"]["stages_s"])
+    for column in ("image_embedding", "fused_embedding"):
+        assert np.allclose(arrow_to_vectors(a.column(column))[0], arrow_to_vectors(b.column(column))[0], atol=1e-6)

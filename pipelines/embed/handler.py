@@ -126,10 +126,13 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
         prepared = self._decoded(batch, model, clock)
         local = isinstance(model, Towers)
         pre = model if local else self.worker_preprocessing()
-        if not local and prepared.ok and not isinstance(prepared.images, torch.Tensor):
+        if not local and prepared.ok:
             with clock("decode"):  # the processor's resize / crop / normalise, as encode_images does it
                 try:
-                    prepared.images = pre.pixels(prepared.images).to(wire_dtype(self.runtime()))
+                    pixels = prepared.images
+                    if not isinstance(pixels, torch.Tensor):  # PIL images (the tensor path made pixels)
+                        pixels = pre.pixels(pixels)
+                    prepared.images = pixels.to(wire_dtype(self.runtime()))
                 except Exception as exc:  # the model's process retries it, isolating the culprit row
                     log.warning("preprocessing a batch failed (%s); retrying in the model call", exc)
         texts = text_rows([batch[i].caption for i in prepared.ok], self.fixed_rows)
@@ -202,16 +205,17 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
         return self._described[1]
 
     def _tensor_preprocessor(self, model: Towers) -> TensorPreprocessor | None:
-        """The tensor path where the Runtime says so (never through a --large-model proxy)."""
+        """The tensor path where the Runtime says so: on the model's device, or, through a
+        --large-model proxy, on this worker process's CPU (the pixels then cross as tensors)."""
         if self.runtime().preprocess != "tensor":
             return None
-        recipe = model.recipe()
+        local = isinstance(model, Towers)
+        recipe = model.recipe() if local else self.worker_preprocessing().recipe()
         key = (id(model), recipe)
         if self._tensor_cache is None or self._tensor_cache[0] != key:
             s = self.settings
-            pre = TensorPreprocessor(
-                recipe, str(model.device), max_pixels=s.max_image_pixels, max_bytes=s.max_image_bytes
-            )
+            device = str(model.device) if local else "cpu"
+            pre = TensorPreprocessor(recipe, device, max_pixels=s.max_image_pixels, max_bytes=s.max_image_bytes)
             self._tensor_cache = (key, pre)
         return self._tensor_cache[1]
 
