@@ -31,7 +31,7 @@ from encoders.images import flatten_on_white
 from encoders.loading import ModelLoadError, check_tokenizer_fits
 from encoders.settings import BACKBONES as BACKBONE_NAMES
 from encoders.tensor_images import Recipe
-from encoders.towers import Towers, default_device
+from encoders.towers import Preprocessing, Towers, default_device
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,13 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-class DualTowers(Towers):
-    family = "dual"
+class DualPreprocessing(Preprocessing):
+    """The dual family's torchvision transform (at the config's image size) and text tokenizer."""
+
     token_keys = ("input_ids", "attention_mask", "token_type_ids")
 
-    def __init__(self, net: DualEncoder, tokenizer, config: dict, device: str, model_dir: Path | None):
-        self.net, self.tokenizer, self.config = net.to(device).eval(), tokenizer, config
-        self.device, self.model_dir = device, model_dir
-        self.dim = int(config["projection_dim"])
+    def __init__(self, tokenizer, config: dict):
+        self.tokenizer, self.config = tokenizer, config
         self.max_text_tokens = int(config.get("max_text_tokens", 128))
         r = dual_recipe(config)
         self.center_crop = True
@@ -91,6 +90,40 @@ class DualTowers(Towers):
                 v2.Normalize(r.mean, r.std),
             ]
         )
+
+    @classmethod
+    def load(cls, model_dir: Path) -> DualPreprocessing:
+        """config.json and the tokenizer in text/; no weights are read."""
+        from transformers import AutoConfig
+
+        config = json.loads((model_dir / "config.json").read_text())
+        text_dir = model_dir / "text"
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(text_dir, trust_remote_code=False)
+            text_config = AutoConfig.from_pretrained(text_dir, trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"{model_dir}: cannot load the tokenizer from text/: {exc}") from exc
+        check_tokenizer_fits(tokenizer, text_config, str(model_dir))
+        return cls(tokenizer, config)
+
+    def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.transform(flatten_on_white(im)) for im in images])
+
+    def recipe(self) -> Recipe:
+        return dual_recipe(self.config)
+
+    def text_tokenizer(self):
+        return self.tokenizer
+
+
+class DualTowers(DualPreprocessing, Towers):
+    family = "dual"
+
+    def __init__(self, net: DualEncoder, tokenizer, config: dict, device: str, model_dir: Path | None):
+        super().__init__(tokenizer, config)
+        self.net = net.to(device).eval()
+        self.device, self.model_dir = device, model_dir
+        self.dim = int(config["projection_dim"])
 
     @classmethod
     def create(
@@ -157,15 +190,6 @@ class DualTowers(Towers):
             {k: v.detach().cpu().contiguous() for k, v in self.net.image_state().items()}, out / "model.safetensors"
         )
         (out / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
-
-    def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.transform(flatten_on_white(im)) for im in images])
-
-    def recipe(self) -> Recipe:
-        return dual_recipe(self.config)
-
-    def text_tokenizer(self):
-        return self.tokenizer
 
     def image_features(self, pixels):
         return l2_normalise(self.net.image_head(self.net.image(pixels)))

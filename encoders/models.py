@@ -1,6 +1,8 @@
 """Pick and load a model family from a `--model` spec; save and load learned fusion.
 
     load_towers(spec)        -> ClipTowers | DualTowers, with .learned_fusion attached
+    load_preprocessing(spec) -> ClipPreprocessing | DualPreprocessing: the same preprocessing
+                                and tokenizer, no weights loaded
     describe_checkpoint(dir) -> family, model_type, dim, learned fusion params, tensor recipe
                                 (config files only, no weights loaded)
 
@@ -17,11 +19,11 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from encoders.dual import MODEL_TYPE as DUAL_TYPE
-from encoders.dual import DualTowers, dual_recipe
+from encoders.dual import DualPreprocessing, DualTowers, dual_recipe
 from encoders.fusion import AttentionFusion
 from encoders.loading import ModelLoadError, check_tokenizer_fits, resolve_model_dir
 from encoders.tensor_images import recipe_of
-from encoders.towers import ClipTowers, Towers
+from encoders.towers import ClipPreprocessing, ClipTowers, Preprocessing, Towers
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,16 @@ def load_towers(spec: str, *, device: str | None = None, allow_pickle: bool = Fa
     return towers
 
 
+def load_preprocessing(spec: str, *, allow_pickle: bool = False) -> Preprocessing:
+    """Either family's image preprocessing and tokenizer, as `load_towers(spec)` has them, from
+    config and processor files only: no weights are read (a --large-model worker process uses it
+    to send the shared model tensors). `allow_pickle` only changes which checkpoints resolve."""
+    local = resolve_model_dir(spec, allow_pickle=allow_pickle)
+    if _read_json(local / "config.json").get("model_type") == DUAL_TYPE:
+        return DualPreprocessing.load(local)
+    return ClipPreprocessing.load(local)
+
+
 def save_model(towers: Towers, out: Path, *, fusion: AttentionFusion | None = None, meta: dict | None = None) -> Path:
     """Write towers (+ learned fusion) as one directory that `--model` accepts."""
     out = Path(out)
@@ -137,4 +149,11 @@ def save_model(towers: Towers, out: Path, *, fusion: AttentionFusion | None = No
     return out
 
 
-__all__ = ["describe_checkpoint", "load_towers", "load_learned_fusion", "save_model", "check_tokenizer_fits"]
+__all__ = [
+    "describe_checkpoint",
+    "load_towers",
+    "load_preprocessing",
+    "load_learned_fusion",
+    "save_model",
+    "check_tokenizer_fits",
+]

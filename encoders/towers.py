@@ -8,6 +8,9 @@ fusion saved with a fine-tuned model, or None.
 
 Families: `ClipTowers` (a HF CLIP checkpoint, here) and `DualTowers` (torchvision CNN + HF
 text encoder + projection heads, `encoders.dual`). `encoders.models.load_towers` picks one.
+Each family's preprocessing (image processor, tokenizer) is a weight-free base class of its
+towers, `ClipPreprocessing` / `DualPreprocessing`, which `encoders.models.load_preprocessing`
+loads alone: what a --large-model worker process runs before sending tensors to the shared model.
 """
 
 from __future__ import annotations
@@ -39,14 +42,15 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class Towers:
-    """Common behaviour; subclasses implement the four differentiable pieces below."""
+class Preprocessing:
+    """The weight-free half of a `Towers`: the checkpoint's image preprocessing and tokenizer.
 
-    family = "abstract"
-    dim: int
-    device: str
-    model_dir: Path
-    learned_fusion: AttentionFusion | None = None
+    `ClipPreprocessing` / `DualPreprocessing` (encoders.dual) hold only processor and tokenizer
+    files, so a --large-model worker process can turn images and captions into the very tensors
+    the shared model's own `preprocess_images` / `text_tokens` would make, without loading
+    weights (`encoders.models.load_preprocessing`); `ClipTowers` / `DualTowers` extend them.
+    """
+
     center_crop: bool = True  # whether preprocessing keeps only the central square
     # Exact shapes: every model call gets exactly this many rows (padding with blank rows) and
     # text its full context, so a row's vectors do not depend on the rows batched with it (GEMM
@@ -63,6 +67,11 @@ class Towers:
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         raise NotImplementedError
 
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The float32 pixel batch `encode_images(images)` runs: aspect bounded, then the
+        checkpoint's resize / crop / normalise (`preprocess_images`)."""
+        return self.preprocess_images([bound_aspect(im, center_crop=self.center_crop) for im in images])
+
     def text_tokenizer(self):
         """The checkpoint's (transformers) tokenizer."""
         raise NotImplementedError
@@ -73,6 +82,75 @@ class Towers:
         if self._tokens is None:
             self._tokens = BatchTokenizer(self.text_tokenizer(), self.max_text_tokens, self.token_keys)
         return self._tokens([t[:MAX_CAPTION_CHARS] for t in texts], self.padding())
+
+    def text_tokens(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The tokens `encode_texts(texts)` runs: padded with blank rows to fixed_rows, if set."""
+        n = len(texts)
+        return self.tokenize(list(texts) + [""] * ((self.fixed_rows or n) - n))
+
+    def recipe(self) -> Recipe | None:
+        """The preprocessing as a tensor recipe (resize short side, crop, normalise), if it is one."""
+        return None
+
+
+class ClipPreprocessing(Preprocessing):
+    """A CLIP-like checkpoint's processor (image processor + tokenizer) and text context."""
+
+    def __init__(self, processor, max_text_tokens: int):
+        self.processor = processor
+        self.center_crop = bool(getattr(processor.image_processor, "do_center_crop", False))
+        self.max_text_tokens = max_text_tokens
+
+    @classmethod
+    def load(cls, model_dir: Path) -> ClipPreprocessing:
+        """The processor and config files of a local checkpoint; no weights are read."""
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+            processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(
+                f"cannot load a processor from {model_dir}: {exc}; save the model's processor next to "
+                "it with processor.save_pretrained(dir)"
+            ) from exc
+        check_processor(processor, model_dir)
+        check_tokenizer_fits(processor.tokenizer, config, str(model_dir))
+        return cls(processor, context_length(config))
+
+    def preprocess_images(self, images):
+        return self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    def recipe(self) -> Recipe | None:
+        return recipe_of(self.processor.image_processor)
+
+    def text_tokenizer(self):
+        return self.processor.tokenizer
+
+
+def context_length(config) -> int:
+    """A CLIP-like config's text context in tokens."""
+    return int(getattr(getattr(config, "text_config", None), "max_position_embeddings", 77))
+
+
+def check_processor(processor, model_dir: Path) -> None:
+    """Refuse a processor without both halves (image processor and tokenizer)."""
+    if not (hasattr(processor, "image_processor") and hasattr(processor, "tokenizer")):
+        raise ModelLoadError(
+            f"{model_dir} has no combined image+text processor; save one next to the model with "
+            "CLIPProcessor(...).save_pretrained(dir)"
+        )
+
+
+class Towers(Preprocessing):
+    """Common behaviour; subclasses implement the four differentiable pieces below (and, through
+    their `Preprocessing` base, `preprocess_images` and `text_tokenizer`)."""
+
+    family = "abstract"
+    dim: int
+    device: str
+    model_dir: Path
+    learned_fusion: AttentionFusion | None = None
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised [n, dim] on self.device, differentiable."""
@@ -95,10 +173,6 @@ class Towers:
 
     def fingerprint(self) -> str:
         return fingerprint(self.model_dir)
-
-    def recipe(self) -> Recipe | None:
-        """The preprocessing as a tensor recipe (resize short side, crop, normalise), if it is one."""
-        return None
 
     def describe(self) -> dict:
         """Attributes as one method call: works through Beam's MultiProcessShared proxies too."""
@@ -129,16 +203,10 @@ class Towers:
         if not len(images):
             return torch.empty(0, self.dim)
         with clock("decode"):  # the processor's resize / crop / normalise
-            images = [bound_aspect(im, center_crop=self.center_crop) for im in images]
-            pixels = self.preprocess_images(images)
+            pixels = self.pixels(images)
             if str(self.device).startswith("cuda"):
                 pixels = pixels.pin_memory()
         return self.encode_pixels(pixels, clock)
-
-    def text_tokens(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """The tokens `encode_texts(texts)` runs: padded with blank rows to fixed_rows, if set."""
-        n = len(texts)
-        return self.tokenize(list(texts) + [""] * ((self.fixed_rows or n) - n))
 
     @torch.inference_mode()
     def encode_texts(
@@ -158,19 +226,16 @@ class Towers:
                 return self.text_features(tokens).float().cpu()[:n]
 
 
-class ClipTowers(Towers):
+class ClipTowers(ClipPreprocessing, Towers):
     """A loaded CLIP-like model: `get_image_features` / `get_text_features` + its processor."""
 
     family = "clip"
 
     def __init__(self, model: torch.nn.Module, processor, device: str, model_dir: Path):
+        super().__init__(processor, context_length(model.config))
         self.model = model
-        self.processor = processor
         self.device = device
         self.model_dir = model_dir
-        self.center_crop = bool(getattr(processor.image_processor, "do_center_crop", False))
-        text_cfg = getattr(model.config, "text_config", None)
-        self.max_text_tokens = int(getattr(text_cfg, "max_position_embeddings", 77))
         self.dim = int(model.config.projection_dim)
 
     @classmethod
@@ -187,23 +252,10 @@ class ClipTowers(Towers):
                 f"{model_dir} is a {type(model).__name__} (model_type={getattr(model.config, 'model_type', '?')}), "
                 "not a CLIP-like checkpoint with image and text projection heads; pass a CLIP checkpoint"
             )
-        if not (hasattr(processor, "image_processor") and hasattr(processor, "tokenizer")):
-            raise ModelLoadError(
-                f"{model_dir} has no combined image+text processor; save one next to the model with "
-                "CLIPProcessor(...).save_pretrained(dir)"
-            )
+        check_processor(processor, model_dir)
         check_tokenizer_fits(processor.tokenizer, model.config, str(model_dir))
         model.to(device).eval()
         return cls(model, processor, device, model_dir)
-
-    def preprocess_images(self, images):
-        return self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-
-    def recipe(self) -> Recipe | None:
-        return recipe_of(self.processor.image_processor)
-
-    def text_tokenizer(self):
-        return self.processor.tokenizer
 
     def image_features(self, pixels):
         return l2_normalise(_projected(self.model.get_image_features(pixel_values=pixels)))

@@ -167,10 +167,6 @@ BAD_CLI = {
         "argument --batch-size: invalid int value: 'many'",
     ),
     "`embed ... --alpha -1`": ([*EMBED, "--alpha", "-1"], "fusion weights must be >= 0 and not both 0"),
-    "`embed ... --preprocess tensor --large-model`": (
-        [*EMBED, "--preprocess", "tensor", "--large-model"],
-        "--preprocess tensor cannot be combined with --large-model",
-    ),
     "`embed ... --device cuda` on a machine without CUDA": (
         [*EMBED, "--device", "cuda"],
         "--device cuda: torch sees no CUDA device on this machine",

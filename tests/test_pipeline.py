@@ -259,6 +259,12 @@ def test_large_model_mode_shares_one_model_and_gives_the_same_vectors(tmp_path, 
         )
     )
     assert m["counts"]["embedded"] == 56
+    assert m["runtime"]["model_sharing"] == "per_machine"
+    # the worker preprocessed and tokenized (before, the shared model's process did both, inside
+    # the proxy calls counted as forward, and the table had no tokenize); the stages add up
+    t = m["timings"]
+    assert {"decode", "tokenize", "forward"} <= set(t["stages_s"]) and t["stages_s"]["tokenize"] > 0
+    assert abs(t["other_s"]) <= 0.1 * t["units_s"]
     a, b = read_dir(str(tmp_path / "lm")), read_dir(embedded[0])
     assert a.column("id").equals(b.column("id"))
     assert np.allclose(

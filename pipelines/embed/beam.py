@@ -91,8 +91,10 @@ class WriteJoinCounts(beam.DoFn):
 
 
 def acquire_model(handler: EmbeddingModelHandler, handle: shared.Shared, tag: str):
-    """Load the model once per process (or per machine for large models), as RunInference does."""
+    """Load the model once per process (or per machine for large models), as RunInference does.
+    A large model's proxy comes with this process's own preprocessing loaded (counted as load time)."""
     if handler.share_model_across_processes():
+        handler.worker_preprocessing()
         return multi_process_shared.MultiProcessShared(handler.load_model, tag=tag, always_proxy=True).acquire()
     return handle.acquire(handler.load_model, tag=tag)
 
@@ -283,6 +285,31 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
         os.environ.setdefault(THREADS_ENV, share)
         os.environ.setdefault("OMP_NUM_THREADS", share)
     return options
+
+
+def model_copies_warning(
+    num_workers: int | None, running_mode: str | None, device: str, large_model: bool
+) -> str | None:
+    """What to tell the user when several local worker processes (DirectRunner / FnApiRunner
+    multi_processing) would each load a model copy and a CUDA context onto the one device,
+    which then time-slices them; None when that is not the case."""
+    n = num_workers or 1
+    if n <= 1 or running_mode != "multi_processing" or not device.startswith("cuda") or large_model:
+        return None
+    return (
+        f"--direct_num_workers {n} --direct_running_mode multi_processing on {device}: each of the {n} worker "
+        "processes loads its own model copy and CUDA context onto the one device, which runs them by turns "
+        "(slower than one worker); add --large-model to load one model that every worker sends its "
+        "preprocessed batches to"
+    )
+
+
+def warn_model_copies(options: PipelineOptions, device: str, large_model: bool) -> None:
+    """Log `model_copies_warning` for these options, if it says anything (the driver calls it once)."""
+    direct = options.view_as(DirectOptions)
+    message = model_copies_warning(direct.direct_num_workers, direct.direct_running_mode, device, large_model)
+    if message:
+        log.warning(message)
 
 
 def runner_name(options: PipelineOptions) -> str:

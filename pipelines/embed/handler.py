@@ -6,6 +6,11 @@ for why), and it works unchanged inside `RunInference(handler)` too. Decoding ha
 item, so an undecodable image rejects that item and not its batch (Beam's
 `with_exception_handling` would fail the whole batch). If the batched forward pass itself
 fails, items are retried one by one to isolate the culprit.
+
+With --large-model the model is a proxy to the one shared model (Beam's MultiProcessShared):
+each worker process still decodes, preprocesses (`encoders.models.load_preprocessing`: the
+checkpoint's processor and tokenizer, no weights) and tokenizes, and only pixel and token
+tensors cross to the model's process, which runs the forward passes.
 """
 
 from __future__ import annotations
@@ -23,16 +28,26 @@ from PIL import Image
 
 from encoders.images import ImageRejected, load_image, open_image
 from encoders.loading import ModelLoadError, resolve_model_dir
-from encoders.models import describe_checkpoint, load_towers
+from encoders.models import describe_checkpoint, load_preprocessing, load_towers
 from encoders.stages import NO_CLOCK, StageClock
 from encoders.tensor_images import TensorPreprocessor
-from encoders.towers import Towers, embed_pairs, text_rows
+from encoders.towers import Preprocessing, Towers, embed_pairs, text_rows
 from pipelines.embed.outcomes import Embedded, ItemInput, Outcome, Rejected
 from pipelines.embed.settings import THREADS_ENV, EmbedSettings, Runtime, resolve_runtime
 
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def wire_dtype(runtime: Runtime) -> torch.dtype:
+    """The dtype --large-model workers send pixel batches in: the forward's autocast dtype (bf16,
+    fp16) on CUDA, else float32. Half the bytes, the same vectors: both families' first op on
+    the pixels is a Conv2d (CLIP-like patch embedding, which first casts its input to the weights'
+    float32, exactly, for a bf16/fp16 input; ResNet's conv1), and autocast casts a conv's input
+    to its dtype, so rounding in the worker gives the tensor the conv would have rounded to."""
+    amp = AMP_DTYPES[runtime.precision]
+    return amp if amp is not None and runtime.device.startswith("cuda") else torch.float32
 
 
 @dataclass
@@ -60,6 +75,7 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
         self._runtime: Runtime | None = None
         self._tensor_cache = None
         self._described = None
+        self._preprocessing: Preprocessing | None = None
 
     def runtime(self) -> Runtime:
         """How this machine runs the settings (resolved once, without loading weights)."""
@@ -77,7 +93,8 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
         """Rows per model call under --exact-shapes (None: as many as the batch has)."""
         return self.settings.batch_size if self.settings.exact_shapes else None
 
-    def load_model(self) -> Towers:
+    def _set_up_process(self) -> None:
+        """What every worker process needs before it decodes or runs torch (idempotent)."""
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -87,6 +104,9 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
         # PIL refuses images above 2 x MAX_IMAGE_PIXELS inside Image.open; never let that be
         # stricter than --max-image-pixels (raised only, so other caps in the process hold).
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self.settings.max_image_pixels)
+
+    def load_model(self) -> Towers:
+        self._set_up_process()
         rt = self.runtime()
         towers = load_towers(self.settings.model, device=rt.device, allow_pickle=self.settings.allow_pickle)
         towers.amp_dtype = AMP_DTYPES[rt.precision]
@@ -100,17 +120,39 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
 
     def prepare(self, batch: Sequence[ItemInput], model: Towers, clock: StageClock = NO_CLOCK) -> Prepared:
         """Decode and preprocess (CPU threads or the GPU) and tokenize the captions; safe to run
-        ahead of `complete` (with a clock of its own: a clock belongs to one thread)."""
+        ahead of `complete` (with a clock of its own: a clock belongs to one thread). Through a
+        --large-model proxy the PIL images become a pixel tensor here too, in this process
+        (`worker_preprocessing`), so that only tensors cross to the model's process."""
         prepared = self._decoded(batch, model, clock)
-        if isinstance(model, Towers):  # not through a --large-model proxy: its tokenizer is in the server
-            texts = text_rows([batch[i].caption for i in prepared.ok], self.fixed_rows)
-            if texts:
-                with clock("tokenize"):
-                    try:
-                        prepared.tokens = model.text_tokens(texts)
-                    except Exception as exc:  # complete() tokenizes again and isolates the culprit row
-                        log.warning("tokenizing a batch ahead failed (%s); retrying in the model call", exc)
+        local = isinstance(model, Towers)
+        pre = model if local else self.worker_preprocessing()
+        if not local and prepared.ok:
+            with clock("decode"):  # the processor's resize / crop / normalise, as encode_images does it
+                try:
+                    pixels = prepared.images
+                    if not isinstance(pixels, torch.Tensor):  # PIL images (the tensor path made pixels)
+                        pixels = pre.pixels(pixels)
+                    prepared.images = pixels.to(wire_dtype(self.runtime()))
+                except Exception as exc:  # the model's process retries it, isolating the culprit row
+                    log.warning("preprocessing a batch failed (%s); retrying in the model call", exc)
+        texts = text_rows([batch[i].caption for i in prepared.ok], self.fixed_rows)
+        if texts:
+            with clock("tokenize"):
+                try:
+                    prepared.tokens = pre.text_tokens(texts)
+                except Exception as exc:  # complete() tokenizes again and isolates the culprit row
+                    log.warning("tokenizing a batch ahead failed (%s); retrying in the model call", exc)
         return prepared
+
+    def worker_preprocessing(self) -> Preprocessing:
+        """The checkpoint's preprocessing and tokenizer without its weights (loaded once), for
+        a worker process whose model is a --large-model proxy; same fixed_rows as the model."""
+        if self._preprocessing is None:
+            self._set_up_process()
+            pre = load_preprocessing(self.settings.model, allow_pickle=self.settings.allow_pickle)
+            pre.fixed_rows = self.fixed_rows
+            self._preprocessing = pre
+        return self._preprocessing
 
     def _decoded(self, batch: Sequence[ItemInput], model: Towers, clock: StageClock) -> Prepared:
         results: list[Outcome | None] = [None] * len(batch)
@@ -163,16 +205,17 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
         return self._described[1]
 
     def _tensor_preprocessor(self, model: Towers) -> TensorPreprocessor | None:
-        """The tensor path where the Runtime says so (never through a --large-model proxy)."""
+        """The tensor path where the Runtime says so: on the model's device, or, through a
+        --large-model proxy, on this worker process's CPU (the pixels then cross as tensors)."""
         if self.runtime().preprocess != "tensor":
             return None
-        recipe = model.recipe()
+        local = isinstance(model, Towers)
+        recipe = model.recipe() if local else self.worker_preprocessing().recipe()
         key = (id(model), recipe)
         if self._tensor_cache is None or self._tensor_cache[0] != key:
             s = self.settings
-            pre = TensorPreprocessor(
-                recipe, str(model.device), max_pixels=s.max_image_pixels, max_bytes=s.max_image_bytes
-            )
+            device = str(model.device) if local else "cpu"
+            pre = TensorPreprocessor(recipe, device, max_pixels=s.max_image_pixels, max_bytes=s.max_image_bytes)
             self._tensor_cache = (key, pre)
         return self._tensor_cache[1]
 

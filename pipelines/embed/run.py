@@ -13,7 +13,7 @@ from encoders.loading import ModelLoadError, fingerprint, resolve_model_dir
 from encoders.models import describe_checkpoint
 from index_builder import storage
 from index_builder.embeddings import MANIFEST, list_shards
-from pipelines.embed.beam import is_dry_run, is_local, pipeline_options, run_beam
+from pipelines.embed.beam import is_dry_run, is_local, pipeline_options, run_beam, warn_model_copies
 from pipelines.embed.handler import EmbeddingModelHandler
 from pipelines.embed.output import prepare_output, run_key
 from pipelines.embed.progress import Watcher
@@ -105,6 +105,8 @@ def run_embed(
     handler = EmbeddingModelHandler(s, tensor_recipe=recipe)
     if local:  # the workers are this machine: a runtime that cannot work fails now
         log.info("runtime: %s", handler.runtime())
+        if options is not None:
+            warn_model_copies(options, handler.runtime().device, s.large_model)
     model_fp = fingerprint(model_dir)
     plan = plan_inputs(list(s.inputs), s.columns, skip_bad_files=s.skip_bad_files, threads=s.plan_threads)
     if not plan.units:

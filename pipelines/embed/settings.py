@@ -85,12 +85,6 @@ class EmbedSettings:
         object.__setattr__(self, "spark_conf", tuple(self.spark_conf or ()))
         self._check_spark()
 
-        if self.preprocess == "tensor" and self.large_model:
-            raise SettingsError(
-                "--preprocess tensor cannot be combined with --large-model: worker processes decode with PIL and "
-                "send images to the one shared model; drop one of the two"
-            )
-
     def _check_spark(self) -> None:
         if self.engine != "spark":
             for flag, value in (("--spark-master", self.spark_master), ("--spark-conf", self.spark_conf)):
@@ -148,7 +142,9 @@ class Runtime:
     """How a worker actually runs: recorded in every shard and in the manifest."""
 
     device: str  # "cpu", "cuda", "cuda:1", ...
-    preprocess: str  # "pil" (the checkpoint's own processor) or "tensor" (batched decode + resize on the device)
+    # "pil" (the checkpoint's own processor) or "tensor" (batched decode + resize on the device; with
+    # --large-model on each worker process's CPU, which sends the pixels to the shared model)
+    preprocess: str
     precision: str  # "fp32", "bf16" or "fp16" (autocast; CUDA only)
     model_sharing: str  # "per_process" or "per_machine" (--large-model)
 

@@ -93,7 +93,6 @@ BAD_EMBED = [
     (dict(decode_ahead="yes"), "--decode-ahead must be one of"),
     (dict(duplicate_ids="keep"), "--duplicate-ids must be one of reject, allow"),
     (dict(max_image_pixels=0), "--max-image-pixels must be >= 1"),
-    (dict(preprocess="tensor", large_model=True), "cannot be combined with --large-model"),
     (dict(engine="flink"), "--engine must be one of beam, spark"),
     (dict(spark_master="yarn"), "--spark-master applies to --engine spark only"),
     (dict(spark_conf=("a=b",)), "--spark-conf applies to --engine spark only"),
@@ -175,6 +174,8 @@ def test_runtime_resolution():
     assert rt(cuda=True) == Runtime("cuda", "tensor", "bf16", "per_process")
     assert rt(cuda=True, device="cpu") == Runtime("cpu", "pil", "fp32", "per_process")
     assert rt(cuda=True, large_model=True) == Runtime("cuda", "pil", "bf16", "per_machine")
+    # asked for, the tensor path runs with --large-model too (on the workers' CPUs)
+    assert rt(cuda=True, large_model=True, preprocess="tensor") == Runtime("cuda", "tensor", "bf16", "per_machine")
     assert rt(cuda=True, recipe=False) == Runtime("cuda", "pil", "bf16", "per_process")  # e.g. SigLIP's squash
     assert rt(cuda=True, precision="fp16", preprocess="pil") == Runtime("cuda", "pil", "fp16", "per_process")
     assert rt(preprocess="tensor") == Runtime("cpu", "tensor", "fp32", "per_process")
