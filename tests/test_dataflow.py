@@ -134,6 +134,10 @@ def test_worker_image_versions_match_pyproject():
     assert re.search(r"^FROM nvidia/cuda:\S+ AS|^FROM nvidia/cuda:\S+$", text, re.M)
     assert "COPY --from=beam /opt/apache/beam /opt/apache/beam" in text
     assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in text
+    # workers start without the CLI, so the image sets the OpenMP defaults the CLI would (encoders/openmp.py)
+    from encoders.openmp import DEFAULTS
+
+    assert all(re.search(rf"^ENV {k}={v}$", text, re.M) for k, v in DEFAULTS.items())
     # the constraints the image installs with hold the same pins
     frozen = dict(
         line.split("==", 1)
