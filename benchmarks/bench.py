@@ -64,6 +64,16 @@ MODELS = {
         text_layers=12,
         projection_dim=512,
     ),
+    # ViT-B/32's input, one narrow layer per tower: preprocessing, not the forward passes, dominates
+    "one-layer": dict(
+        image_size=224,
+        patch_size=32,
+        hidden_size=64,
+        num_layers=1,
+        text_hidden_size=64,
+        text_layers=1,
+        projection_dim=64,
+    ),
 }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from benchmarks.bench import make_jpeg_shards
+from benchmarks.bench import MODELS, make_jpeg_shards
 from encoders.random_models import make_random_clip
 from encoders.stages import NO_CLOCK
 from pipelines.embed.handler import EmbeddingModelHandler, wire_dtype
@@ -29,16 +29,7 @@ from pipelines.embed.settings import EmbedSettings, Runtime
 
 def make_data(root: Path, rows: int = 4096) -> None:
     make_jpeg_shards(root / "data", rows, size=256, rows_per_group=128)
-    make_random_clip(
-        root / "clip",
-        image_size=224,
-        patch_size=32,
-        hidden_size=64,
-        num_layers=1,
-        text_hidden_size=64,
-        text_layers=1,
-        projection_dim=64,
-    )
+    make_random_clip(root / "clip", **MODELS["one-layer"])
 
 
 def bytes_per_row(root: Path, batch_size: int = 64) -> dict[str, float]:
