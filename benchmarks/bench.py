@@ -306,7 +306,8 @@ def bench_stages(work: Path, args) -> dict:
 
     model = work / "stages-model"
     if not model.exists():
-        make_random_clip(model, hidden_size=64, num_layers=1, text_hidden_size=64, text_layers=1, projection_dim=64)
+        # the one-layer model at make_random_clip's 32 px input: its forward passes stay small
+        make_random_clip(model, **{**MODELS["one-layer"], "image_size": 32, "patch_size": 8})
     src = work / "stages-in"
     if not src.exists():
         make_jpeg_shards(src, args.stages_rows, args.image_size, rows_per_group=1024)
