@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -38,6 +39,19 @@ log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
+
+# torch warns (once a process) that a tensor over immutable bytes could be written through;
+# `byte_view` hands such tensors only to decode_jpeg, which reads them.
+warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning, __name__)
+
+
+def byte_view(data: bytes) -> torch.Tensor:
+    """`data` as a 1-d uint8 tensor sharing its memory (it keeps `data` alive), for decode_jpeg,
+    which only reads its input. Contract: nothing may write to the result. Copying into a
+    bytearray first, the usual way to silence torch's warning, costs a memcpy of every JPEG
+    while holding the GIL, on the thread that feeds the GPU (docs/performance.md)."""
+    return torch.frombuffer(data, dtype=torch.uint8)
+
 
 
 @dataclass(frozen=True)
@@ -171,7 +185,7 @@ class TensorPreprocessor:
             and data.rstrip(b"\x00")[-2:] == JPEG_END
         ]
         if jpegs:
-            raw = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpegs]
+            raw = [byte_view(datas[i]) for i in jpegs]
             # Orientation is applied below on every device (the CUDA decoder ignores the flag).
             try:
                 decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=False)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from encoders.tensor_images import Recipe, TensorPreprocessor, orient
+from encoders.tensor_images import Recipe, TensorPreprocessor, byte_view, orient
 from tests import images
 
 RECIPE = Recipe(32, (32, 32), (0.48, 0.46, 0.41), (0.27, 0.26, 0.28))
@@ -36,6 +36,20 @@ def test_every_exif_orientation_is_applied_as_pil_does(orientation):
     )
     assert ours.shape == pil.shape
     assert (ours.int() - pil.int()).abs().max() <= 2  # same libjpeg family; allow rounding differences
+
+
+def test_jpegs_are_decoded_from_views_of_their_bytes_which_stay_unchanged():
+    """The decoder reads the row's bytes in place (no copy per image), and leaves them as they were."""
+    datas = [jpeg_with_orientation(o, size=(48 + o, 40)) for o in (1, 6)]
+    kept = [bytes(bytearray(d)) for d in datas]  # copies with other buffers
+    view = byte_view(datas[0])
+    assert view.numel() == len(datas[0]) and view.data_ptr() == byte_view(datas[0]).data_ptr()
+    assert torch.equal(view, torch.tensor(list(datas[0]), dtype=torch.uint8))
+    decoded = TensorPreprocessor(RECIPE, "cpu").decode(datas)
+    assert datas == kept
+    for d, out in zip(kept, decoded):
+        raw = torch.frombuffer(bytearray(d), dtype=torch.uint8)
+        assert torch.equal(out, decode_jpeg(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True))
 
 
 def test_orient_is_the_identity_for_orientation_one_and_unknown_values():
