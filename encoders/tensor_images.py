@@ -53,7 +53,6 @@ def byte_view(data: bytes) -> torch.Tensor:
     return torch.frombuffer(data, dtype=torch.uint8)
 
 
-
 @dataclass(frozen=True)
 class Recipe:
     shortest_edge: int
