@@ -5,6 +5,9 @@
 #      decode_jpeg on the GPU, the tensor preprocessor, PIL + processor, tokenizing;
 #   2. `fusionindex embed --preprocess tensor` and (last) `--preprocess pil`, bare loop beside each, with
 #      the manifest's stage table (where the units' time went) and host work per row;
+#   2b. the tensor path with `--decode-ahead stream` (decode on a CUDA stream of its own, so that it may
+#      overlap the forward passes), and a parity check of its vectors against `--decode-ahead on`
+#      (benchmarks/compare_embeddings.py: same ids, cosine >= 0.999 per row; written blind, run here first);
 #   3. `--preprocess pil` with W worker processes feeding the GPU (W = cores / 2 by default): as
 #      shipped (OMP_WAIT_POLICY=PASSIVE), with one shared model (--large-model), and with OpenMP's
 #      spinning waiters back (the suspected cause of 8 workers running slower than one);
@@ -16,7 +19,7 @@
 # Then with the device tool, from the repo root, carry [".whl"]:
 #   bash benchmarks/gpu_check.sh
 # It installs the carried wheels (Beam and what the GPU image lacks) into /tmp/site, prints the
-# versions it runs with, and writes $OUT/gpu-{tensor,pil}.json (benchmarks/results/ without $OUT).
+# versions it runs with, and writes $OUT/gpu-*.json and gpu-parity.txt (benchmarks/results/ without $OUT).
 # DEVICE=cpu ROWS=64 rehearses it on a machine without a GPU (same install and code path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,8 +52,27 @@ run() {  # name, embed args
     --batch-size 256 --rows-per-group 1024 --device "$DEVICE" --repeat 1 --workdir /tmp/gpu-check \
     --embed-args "$2" --output "$OUTDIR/gpu-$1.json" || echo "gpu check $1 failed or timed out"
 }
+parity() {  # the bench's input embedded with decode-ahead on the default stream, then on a stream of its own
+  local left=$(( DEADLINE - SECONDS - 15 )) mode
+  if (( left < 60 )); then echo "gpu check parity skipped: ${left}s left"; return; fi
+  for mode in on stream; do
+    timeout $(( left / 2 )) python3 -m pipelines.cli -q embed --input /tmp/gpu-check/in --model /tmp/gpu-check/model \
+      --output "/tmp/gpu-check/parity-$mode" --restart --batch-size 256 --preprocess tensor --decode-ahead "${mode/stream/$STREAM}" \
+      --device "$DEVICE" || echo "gpu check parity: embed --decode-ahead $mode failed or timed out"
+  done
+  python3 -m benchmarks.compare_embeddings /tmp/gpu-check/parity-on /tmp/gpu-check/parity-stream \
+    > "$OUTDIR/gpu-parity.txt" || true
+  tail -1 "$OUTDIR/gpu-parity.txt" || true
+}
 # most wanted first: the deadline skips the last ones
 run tensor "--preprocess tensor"
+if [ "$DEVICE" = cpu ]; then  # a CPU rehearsal: stream needs CUDA, so rehearse the runs with "on" in its place
+  STREAM=on
+else
+  STREAM=stream
+fi
+run tensor-stream "--preprocess tensor --decode-ahead $STREAM"
+parity
 MULTI="--preprocess pil --direct_num_workers $WORKERS --direct_running_mode multi_processing"
 run "pil-w$WORKERS" "$MULTI"
 run "pil-w$WORKERS-large" "$MULTI --large-model"
@@ -67,7 +89,7 @@ ceil = load("ceilings")
 print("== summary ==")
 if ceil:
     print("gpu", ceil.get("gpu"), "| forward-pair ceiling", ceil["forward_pair_ceiling"], "rows/s")
-for name in ("tensor", "pil", f"pil-w{workers}", f"pil-w{workers}-large", f"pil-w{workers}-spin"):
+for name in ("tensor", "tensor-stream", "pil", f"pil-w{workers}", f"pil-w{workers}-large", f"pil-w{workers}-spin"):
     r = load(name)
     if not r or "embed" not in r:
         print(name, "no result")

@@ -16,7 +16,7 @@ from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
 from encoders.errors import InputError
-from index_builder.embeddings import arrow_to_vectors, list_shards
+from index_builder.embeddings import arrow_to_vectors, list_shards, vectors_to_arrow
 from pipelines.datasets.img2dataset import encode
 from pipelines.datasets.sample import draw
 from pipelines.embed.run import run_embed
@@ -295,3 +295,26 @@ def test_decode_ahead_and_streamed_batches_give_the_same_shards(tmp_path, tiny_c
     assert np.allclose(
         arrow_to_vectors(a.column("fused_embedding"))[0], arrow_to_vectors(b.column("fused_embedding"))[0], atol=1e-5
     )
+
+
+def test_the_gpu_checks_parity_tool_passes_equal_runs_and_fails_a_changed_vector(tmp_path, embedded, capsys):
+    """benchmarks/compare_embeddings, which gpu_check.sh runs on `--decode-ahead on` vs `stream`."""
+    import shutil
+
+    from benchmarks.compare_embeddings import compare as figures
+    from benchmarks.compare_embeddings import main as compare
+
+    out, copy = embedded[0], tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert compare([out, str(copy)]) == 0
+    assert '"cosine_min": 1.0' in capsys.readouterr().out
+    shard = list_shards(str(copy))[0].path
+    table = pq.read_table(shard)
+    fused = arrow_to_vectors(table.column("fused_embedding"))[0].copy()
+    fused[1] = -fused[1]
+    i = table.schema.get_field_index("fused_embedding")
+    pq.write_table(table.set_column(i, table.schema.field(i), vectors_to_arrow(fused)), shard)
+    assert compare([out, str(copy)]) == 1
+    assert "parity FAILED: cosine below 0.999 in fused" in capsys.readouterr().out
+    f = figures(out, str(copy))
+    assert f["fused"]["cosine_min"] < -0.99 and f["image"]["cosine_min"] > 0.99999 and f["same_ids"]

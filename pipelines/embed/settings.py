@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 PREPROCESS_MODES = ("auto", "pil", "tensor")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DECODE_AHEAD = ("auto", "on", "off")
+DECODE_AHEAD = ("auto", "on", "off", "stream")
 DUPLICATE_POLICIES = ("reject", "allow")
 THREADS_ENV = "FUSIONINDEX_TORCH_THREADS"  # torch threads per worker process, set where processes share the CPUs
 ENGINES = ("beam", "spark")  # beam: Beam options (--runner ...) pick the runner; spark: --spark-master
@@ -59,7 +59,8 @@ class EmbedSettings:
     preprocess: str = field(default="auto", metadata=RUNTIME)
     precision: str = field(default="auto", metadata=RUNTIME)
     large_model: bool = field(default=False, metadata=RUNTIME)
-    decode_ahead: str = field(default="auto", metadata=NOT_KEYED)  # decode batch k+1 while k runs (auto: CUDA)
+    # decode batch k+1 while k runs (auto: on CUDA; stream: on a CUDA stream of its own, unmeasured)
+    decode_ahead: str = field(default="auto", metadata=NOT_KEYED)
     restart: bool = field(default=False, metadata=NOT_KEYED)  # recompute instead of reusing committed shards
     plan_threads: int = field(default=PLAN_THREADS, metadata=NOT_KEYED)  # Parquet footers read at once by the driver
     # Which engine runs the units; not keyed: both commit the same shards, so either may resume the other's run.
@@ -169,6 +170,12 @@ def resolve_runtime(s: EmbedSettings, *, cuda_available: bool, tensor_recipe: bo
         raise SettingsError(
             "--preprocess tensor: this model's image processor is not resize-short-side + center-crop; "
             "use --preprocess pil"
+        )
+    if s.decode_ahead == "stream" and (not on_cuda or s.large_model):
+        raise SettingsError(
+            "--decode-ahead stream decodes on a second CUDA stream of the model's device; "
+            + ("with --large-model the workers decode on their CPUs" if on_cuda else f"this run's device is {device}")
+            + ": use --decode-ahead on"
         )
     tensor = s.preprocess == "tensor" or (s.preprocess == "auto" and on_cuda and tensor_recipe and not s.large_model)
     precision = "fp32"

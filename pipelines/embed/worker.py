@@ -190,7 +190,7 @@ class UnitWorker:
                     report.batch_ms.append(int((time.perf_counter() - t) * 1000))
                     yield batch, outcomes
                     continue
-                nxt = (batch, items, pool.submit(self.handler.prepare, items, model, decoder))
+                nxt = (batch, items, pool.submit(self.handler.prepare_ahead, items, model, decoder))
                 if ahead is not None:
                     yield ahead[0], self._completed(report, clock, ahead, model)
                 ahead = nxt
@@ -203,7 +203,9 @@ class UnitWorker:
     def _ahead(self) -> bool:
         """Whether batches are read and decoded ahead in threads (--decode-ahead; auto: on CUDA)."""
         s = self.job.settings
-        return s.decode_ahead == "on" or (s.decode_ahead == "auto" and self.runtime.device.startswith("cuda"))
+        return s.decode_ahead in ("on", "stream") or (
+            s.decode_ahead == "auto" and self.runtime.device.startswith("cuda")
+        )
 
     def _completed(self, report: UnitReport, clock: StageClock, ahead: tuple, model: Towers) -> list[Outcome]:
         """`complete` of a batch the decode thread prepared (the wait for it is a stage)."""

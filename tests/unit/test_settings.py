@@ -187,6 +187,19 @@ def test_runtime_resolution():
         rt(device="cuda")
 
 
+def test_a_side_stream_for_decode_ahead_needs_the_model_on_cuda():
+    """--decode-ahead stream resolves as the tensor path on CUDA; where nothing is decoded on a CUDA
+    device (a CPU run, --large-model workers) it is an error that names the working setting."""
+    assert rt(cuda=True, decode_ahead="stream") == rt(cuda=True)
+    assert rt(cuda=True, decode_ahead="stream", preprocess="pil") == rt(cuda=True, preprocess="pil")
+    with pytest.raises(SettingsError, match="device is cpu: use --decode-ahead on"):
+        rt(decode_ahead="stream")
+    with pytest.raises(SettingsError, match="device is cpu: use --decode-ahead on"):
+        rt(cuda=True, device="cpu", decode_ahead="stream")
+    with pytest.raises(SettingsError, match="--large-model the workers decode on their CPUs: use --decode-ahead on"):
+        rt(cuda=True, large_model=True, decode_ahead="stream")
+
+
 def test_a_shared_model_is_shared_only_by_runs_that_load_it_the_same_way():
     s = EmbedSettings(inputs=["a"], output="o", model="m")
     tag = shared_model_tag(s, "sha256:1")
