@@ -3,16 +3,19 @@ shard by the Runtime it was made with (real tiny CLIP, real Parquet)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pyarrow.parquet as pq
+import pytest
 
+from encoders.errors import InputError
 from index_builder.embeddings import shard_name
 from pipelines.embed.handler import EmbeddingModelHandler
 from pipelines.embed.rows import RowPlan
 from pipelines.embed.settings import EmbedSettings
 from pipelines.embed.shards import committed_runtime
-from pipelines.embed.worker import UnitJob, UnitWorker
+from pipelines.embed.worker import UnitFeeder, UnitJob, UnitWorker
 from pipelines.inputs import plan_inputs
 
 
@@ -59,3 +62,71 @@ def test_units_commit_and_reuse_only_shards_made_the_same_way(tmp_path, tiny_cli
     assert committed_runtime(shard).preprocess == "tensor"
     assert redone.counts["rejects_by_reason"] == {"duplicate_id": 1}
     assert pq.read_table(shard).column("id").to_pylist() == ids[:2] + ids[3:]
+
+
+def shard_tables(out: str, plan) -> list:
+    return [pq.read_table(os.path.join(out, "embeddings", shard_name(u.index, len(plan.units)))) for u in plan.units]
+
+
+def test_units_stream_through_one_pipeline_with_decode_ahead(tmp_path, tiny_clip, sample_dir):
+    """With read/decode-ahead, a unit's end comes after the next unit's first batch (which is then
+    read and decoded while the unit's last batch runs forward), and the shards equal those of
+    units embedded one at a time without threads."""
+    one = EmbedSettings(inputs=(sample_dir,), output=str(tmp_path / "one"), model=tiny_clip, batch_size=5)
+    plan = plan_inputs([sample_dir], one.columns)
+    assert len(plan.units) >= 4
+    for unit in plan.units:
+        worker(one, plan, resume=False, loads=[]).process(unit)
+
+    many = dataclasses.replace(one, output=str(tmp_path / "many"), decode_ahead="on")
+    loads: list = []
+    w = worker(many, plan, resume=False, loads=loads)
+    order = [
+        (run.unit.index, batch is None)
+        for run, batch in w._batches(map(w._in_flight, plan.units, [()] * len(plan.units)), True)
+    ]
+    for k in range(1, len(plan.units)):
+        assert order.index((k, False)) < order.index((k - 1, True)) < order.index((k, True))
+    reports = list(w.process_many((u, ()) for u in plan.units))
+    assert [r.unit for r in reports] == [u.index for u in plan.units] and loads == [1]
+    assert all("wait" in r.stages and "read" in r.ahead and "decode" in r.ahead for r in reports)
+    for a, b in zip(shard_tables(one.output, plan), shard_tables(many.output, plan)):
+        assert a.column("id").equals(b.column("id")) and a.column("fused_embedding").equals(b.column("fused_embedding"))
+
+
+def test_an_unreadable_unit_in_a_stream_is_rejected_or_raised(tmp_path, tiny_clip, sample_dir):
+    """Units fed one at a time (as a Beam DoFn does) stream through UnitFeeder's thread: a row group
+    that cannot be read becomes rejects with --skip-bad-files, its neighbours commit as usual;
+    without it the error reaches the caller's thread."""
+    s = EmbedSettings(
+        inputs=(sample_dir,), output=str(tmp_path / "o"), model=tiny_clip, batch_size=5, decode_ahead="on",
+        skip_bad_files=True,
+    )  # fmt: skip
+    plan = plan_inputs([sample_dir], s.columns)
+    units = list(plan.units)
+    units[2] = dataclasses.replace(units[2], path=str(tmp_path / "gone.parquet"))
+    feeder = UnitFeeder(worker(s, plan, resume=False, loads=[]))
+    reports = [r for u in units for r in feeder.put(u)] + feeder.close()
+    by_unit = {r.unit: r.counts for r in reports}
+    assert sorted(by_unit) == [u.index for u in units]
+    assert by_unit[units[2].index]["rejects_by_reason"] == {"unreadable_row_group": units[2].num_rows}
+    assert all(c["embedded"] > 0 for i, c in by_unit.items() if i != units[2].index)
+
+    strict = dataclasses.replace(s, output=str(tmp_path / "strict"), skip_bad_files=False)
+    feeder = UnitFeeder(worker(strict, plan, resume=False, loads=[]))
+    with pytest.raises(InputError, match="gone.parquet: cannot read row group"):
+        for u in units:
+            feeder.put(u)
+        feeder.close()
+
+
+def test_an_abandoned_feeder_ends_its_thread(tmp_path, tiny_clip, sample_dir):
+    s = EmbedSettings(
+        inputs=(sample_dir,), output=str(tmp_path / "o"), model=tiny_clip, batch_size=5, decode_ahead="on"
+    )
+    plan = plan_inputs([sample_dir], s.columns)
+    feeder = UnitFeeder(worker(s, plan, resume=False, loads=[]))
+    feeder.put(plan.units[0])
+    feeder.abandon()
+    feeder._thread.join(timeout=60)
+    assert not feeder._thread.is_alive()

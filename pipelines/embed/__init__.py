@@ -5,7 +5,7 @@
     rows.py      row classification before the model (skip, null id, duplicates)
     shards.py    committing a unit's shard and rejects; reading back counts and runtimes
     output.py    the run key in DIR/.run.json: what a re-run may reuse
-    worker.py    one work unit (one row group): read, classify, embed, commit; no Beam
+    worker.py    work units (one row group each): read, classify, embed, commit; streamed with decode-ahead; no Beam
     join.py      the id join's per-element steps (read keys, decide), shared by both engines
     beam.py      the Beam graph and options; DoFns are thin wrappers over the worker
     spark.py     the Spark driver (--engine spark): the same join and units as RDDs

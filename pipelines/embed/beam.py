@@ -21,6 +21,7 @@ import os
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, TestOptions
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import multi_process_shared, shared
 
 from encoders.errors import SettingsError
@@ -30,7 +31,7 @@ from pipelines.embed.handler import THREADS_ENV, EmbeddingModelHandler
 from pipelines.embed.join import DELETED, decide_grouped, previous_keys, today_keys
 from pipelines.embed.rows import RowPlan
 from pipelines.embed.timings import stage_metrics
-from pipelines.embed.worker import EngineRun, UnitJob, UnitWorker
+from pipelines.embed.worker import EngineRun, UnitFeeder, UnitJob, UnitWorker
 from pipelines.inputs import InputPlan, WorkUnit
 
 log = logging.getLogger(__name__)
@@ -117,30 +118,64 @@ class EmbedUnit(beam.DoFn):
     def setup(self):
         handler = EmbeddingModelHandler(self.job.settings, tensor_recipe=self.job.tensor_recipe)
         self.worker = UnitWorker(self.job, handler, lambda: acquire_model(handler, self._shared, self.model_tag))
+        self._feeder: UnitFeeder | None = None
+
+    def start_bundle(self):
+        self._abandon()
 
     def process(self, element):
         _, grouped = element
         (unit,) = grouped["unit"]
-        report = self.worker.process(unit, [RowPlan(*p) for p in grouped["plans"]])
-        if report.counts is None:
-            self.reused.inc()
+        plans = [RowPlan(*p) for p in grouped["plans"]]
+        if not self.worker.streams_units():  # one unit at a time, in this thread
+            yield from self._outputs([self.worker.process(unit, plans)])
             return
-        c = report.counts
-        for metric, n in (
-            (self.read, c["read"]),
-            (self.skipped, c["skipped"]),
-            (self.embedded, c["embedded"]),
-            (self.rejected, c["rejected"]),
-        ):
-            metric.inc(n)
-        for ms in report.batch_ms:
-            self.batch_ms.update(ms)
-        self.unit_ms.update(report.unit_ms)
-        if report.load_ms is not None:
-            self.load_ms.update(report.load_ms)
-        for name, us in stage_metrics(report.stages, report.ahead).items():
-            Metrics.counter(NAMESPACE, name).inc(us)
-        yield unit.index, c
+        # with read/decode-ahead, the bundle's units stream through one pipeline in a thread
+        # (UnitFeeder): the next unit's first batch is prepared while this one's last runs forward
+        if self._feeder is None:
+            self._feeder = UnitFeeder(self.worker)
+        yield from self._outputs(self._feeder.put(unit, plans))
+
+    def finish_bundle(self):
+        if self._feeder is not None:
+            feeder, self._feeder = self._feeder, None
+            for out in self._outputs(feeder.close()):
+                yield GlobalWindows.windowed_value(out)
+
+    def teardown(self):
+        self._abandon()
+
+    def _abandon(self):
+        """A feeder left by a bundle that failed: let its thread end."""
+        if getattr(self, "_feeder", None) is not None:
+            self._feeder.abandon()
+            self._feeder = None
+
+    def _outputs(self, reports) -> list:
+        """Metrics of each report (in the bundle's thread: Beam's metrics are per thread), and the
+        (unit index, counts) of the units embedded."""
+        out = []
+        for report in reports:
+            if report.counts is None:
+                self.reused.inc()
+                continue
+            c = report.counts
+            for metric, n in (
+                (self.read, c["read"]),
+                (self.skipped, c["skipped"]),
+                (self.embedded, c["embedded"]),
+                (self.rejected, c["rejected"]),
+            ):
+                metric.inc(n)
+            for ms in report.batch_ms:
+                self.batch_ms.update(ms)
+            self.unit_ms.update(report.unit_ms)
+            if report.load_ms is not None:
+                self.load_ms.update(report.load_ms)
+            for name, us in stage_metrics(report.stages, report.ahead).items():
+                Metrics.counter(NAMESPACE, name).inc(us)
+            out.append((report.unit, c))
+        return out
 
 
 def build_pipeline(

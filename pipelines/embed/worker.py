@@ -1,4 +1,8 @@
-"""Embedding one work unit and committing its shard: engine-agnostic, no Beam here.
+"""Embedding work units and committing their shards: engine-agnostic, no Beam here.
+
+Units are embedded one at a time, or, with read/decode-ahead, as one stream (`process_many`)
+whose batches cross unit boundaries so that the pipeline never drains between units;
+`UnitFeeder` runs that stream in a thread for an engine that hands units over one call at a time.
 
 The Beam DoFn (pipelines/embed/beam.py) and the Spark task (pipelines/embed/spark.py) are thin
 drivers over `UnitWorker`: each hands over a model loader that loads once per worker process
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import queue
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -72,6 +78,24 @@ class UnitReport:
     ahead: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _InFlight:
+    """A unit being embedded: its results so far, and one stage clock per thread that works on it."""
+
+    unit: WorkUnit
+    name: str
+    plans: dict[int, RowPlan]
+    report: UnitReport
+    results: list[RowResult] = field(default_factory=list)
+    reuse: list[tuple[Row, tuple[int, int]]] = field(default_factory=list)
+    counts: dict = field(default_factory=lambda: {"read": 0, "skipped": 0})
+    clock: StageClock = field(default_factory=StageClock)  # the unit's thread
+    reader: StageClock = field(default_factory=StageClock)  # the read-ahead thread
+    decoder: StageClock = field(default_factory=StageClock)  # the decode-ahead thread
+    error: InputError | None = None  # reading its row group failed
+    reused: bool = False  # an identical run committed its shard: nothing to do
+
+
 class UnitWorker:
     """Embeds units and commits their shards. `load_model` returns the towers, loading them at
     most once per process (or per machine); it is called only when a unit needs the model."""
@@ -85,78 +109,183 @@ class UnitWorker:
         """Embed `unit` following the join's plans for its rows (duplicates to reject, unchanged
         rows to copy from the previous run) and commit its shard, or reuse the shard an identical
         run committed."""
-        name = shard_name(unit.index, len(self.job.unit_paths))
-        shard_path, _ = shard_paths(self.job.settings.output, name)
-        report = UnitReport(unit.index)
-        if self.job.resume and storage.exists(shard_path):
-            made = committed_runtime(shard_path)
-            if made == self.runtime:
-                log.info("reusing committed %s", name)
-                return report
-            log.info("recomputing %s: it was made with %s, this worker runs %s", name, made, self.runtime)
-        t = time.perf_counter()
-        report.counts = self._embed_unit(unit, name, {p.row: p for p in plans}, report)
-        report.unit_ms = int((time.perf_counter() - t) * 1000) - (report.load_ms or 0)
+        (report,) = self.process_many([(unit, plans)])
         return report
 
-    def _embed_unit(self, unit: WorkUnit, name: str, plans: dict[int, RowPlan], report: UnitReport) -> dict:
-        s = self.job.settings
-        results: list[RowResult] = []
-        reuse: list[tuple[Row, tuple[int, int]]] = []
-        counts = {"read": 0, "skipped": 0}
-        commit = dict(dim=self.job.dim, runtime=self.runtime)
-        clock = StageClock()  # the unit's thread; the read-ahead and decode-ahead threads have their own
-        reader, decoder = StageClock(), StageClock()
-        report.stages = clock.seconds
-        try:
-            with cf.ThreadPoolExecutor(1, thread_name_prefix="read") if self._ahead() else nullcontext() as pool:
-                if pool is None:
-                    rows = clock.timed(iter_unit(unit, s.batch_size), "read")
-                else:  # the unit's thread waits for batches read in the read-ahead thread
-                    rows = clock.timed(read_ahead(iter_unit(unit, s.batch_size), pool, reader), "wait")
-                todo = self._classified(rows, plans, results, reuse, counts, clock)
-                for batch, outcomes in self._embed_batches(batches_of(todo, s.batch_size), report, clock, decoder):
-                    with clock("assemble"):
-                        results.extend(
-                            RowResult(r.row_index, r.id, r.caption, o, content_hash(r.image), kind)
-                            for (r, kind), o in zip(batch, outcomes)
-                        )
-            report.ahead = {k: reader.seconds.get(k, 0.0) + decoder.seconds.get(k, 0.0)
-                            for k in {**reader.seconds, **decoder.seconds}}  # fmt: skip
-            if reuse:
-                with clock("copy"):
-                    results.extend(self._copied(reuse))
-        except InputError as exc:
-            if not s.skip_bad_files:
-                raise
-            log.warning("skipping unreadable row group: %s", exc)
-            bad = Rejected("unreadable_row_group", str(exc))
-            results = [RowResult(unit.first_row + i, None, None, bad) for i in range(unit.num_rows)]
-            return commit_unit(
-                s.output, name, unit, results, read=unit.num_rows, skipped=0, bad_file=str(exc), **commit
-            )
-        return commit_unit(
-            s.output, name, unit, results, read=counts["read"], skipped=counts["skipped"], clock=clock, **commit
+    def process_many(self, units: Iterable[tuple[WorkUnit, Iterable[RowPlan]]]) -> Iterator[UnitReport]:
+        """`process` of each (unit, plans), in order, yielding each unit's report once its shard is
+        committed (or found reusable). `units` is consumed lazily, a unit when its rows are
+        needed. With --decode-ahead the units stream through the same read-ahead and
+        decode-ahead threads: the next unit's first batch is read and decoded while the last
+        batch of the one before runs forward, so a unit boundary does not drain the pipeline
+        (with row groups of one batch nothing would overlap otherwise)."""
+        runs = (self._in_flight(unit, plans) for unit, plans in units)
+        yield from self._stream(runs)
+
+    def _in_flight(self, unit: WorkUnit, plans: Iterable[RowPlan]) -> _InFlight:
+        name = shard_name(unit.index, len(self.job.unit_paths))
+        return _InFlight(
+            unit, name, {p.row: p for p in plans}, UnitReport(unit.index), reused=self._reusable(unit, name)
         )
 
-    def _classified(
-        self,
-        row_batches: Iterator[list[Row]],
-        plans: dict[int, RowPlan],
-        results: list[RowResult],
-        reuse: list[tuple[Row, tuple[int, int]]],
-        counts: dict,
-        clock: StageClock,
-    ) -> Iterator[tuple[Row, str]]:
+    def _reusable(self, unit: WorkUnit, name: str) -> bool:
+        """Whether an identical run committed this unit's shard with the Runtime this worker runs."""
+        shard_path, _ = shard_paths(self.job.settings.output, name)
+        if not (self.job.resume and storage.exists(shard_path)):
+            return False
+        made = committed_runtime(shard_path)
+        if made == self.runtime:
+            log.info("reusing committed %s", name)
+            return True
+        log.info("recomputing %s: it was made with %s, this worker runs %s", name, made, self.runtime)
+        return False
+
+    def _stream(self, runs: Iterator[_InFlight]) -> Iterator[UnitReport]:
+        """Embed the units of `runs` as one stream of model batches; commit each unit once its
+        last batch is done. Each unit's time runs from the previous commit (or the start) to its
+        own, the model load excluded, so the units' times add up to the stream's."""
+        ahead = self._ahead()
+        with (
+            cf.ThreadPoolExecutor(1, thread_name_prefix="read") if ahead else nullcontext() as reader,
+            cf.ThreadPoolExecutor(1, thread_name_prefix="decode") if ahead else nullcontext() as decoder,
+        ):
+            batches = self._batches(runs, ahead)
+            if reader is not None:
+                batches = read_ahead(batches, reader)
+            ended: list[_InFlight] = []  # units read to the end, not yet committed
+            pending = None  # (unit, batch, items, future): the batch being prepared ahead
+            since = time.perf_counter()
+            while True:
+                t = time.perf_counter()
+                nxt = next(batches, None)
+                if nxt is None:
+                    break
+                run, batch = nxt
+                if reader is not None:  # waiting for the read-ahead thread (else read is timed inside)
+                    run.clock.add("wait", time.perf_counter() - t)
+                if batch is None:  # the unit's rows are all in batches: commit it once they are done
+                    ended.append(run)
+                    if pending is None:
+                        since = yield from self._commit_ended(ended, None, since)
+                    continue
+                model = self._get_model(run.report)
+                with run.clock("assemble"):
+                    items = [ItemInput(r.id, r.caption, r.image) for r, _ in batch]
+                if decoder is None:
+                    t = time.perf_counter()
+                    prepared = self.handler.prepare(items, model, run.clock)
+                    self._done(run, batch, self.handler.complete(prepared, items, model, run.clock), t)
+                else:
+                    future = decoder.submit(self.handler.prepare_ahead, items, model, run.decoder)
+                    if pending is not None:
+                        self._completed(pending, model)
+                    pending = (run, batch, items, future)
+                since = yield from self._commit_ended(ended, pending, since)
+            if pending is not None:
+                self._completed(pending, self._model)
+                pending = None
+            yield from self._commit_ended(ended, None, since)
+
+    def _batches(self, runs: Iterator[_InFlight], ahead: bool) -> Iterator[tuple[_InFlight, list | None]]:
+        """(unit, model batch) for each unit in turn, and (unit, None) for its end: rows read,
+        classified and grouped in batches of --batch-size (in the read-ahead thread with
+        read-ahead, timed on that thread's clocks). A row group that cannot be read ends its unit
+        with `error` set; a reused unit has only its end. With read-ahead a unit's end comes after
+        the next unit's first batch, so that this batch is read (and then decoded) while the
+        unit's last batch runs forward."""
+        s = self.job.settings
+        held = None  # with read-ahead: the previous unit's end, until this unit's first batch is out
+        for run in runs:
+            clock = run.reader if ahead else run.clock
+            try:
+                if not run.reused:
+                    rows = clock.timed(iter_unit(run.unit, s.batch_size), "read")
+                    for batch in batches_of(self._classified(rows, run, clock), s.batch_size):
+                        yield run, batch
+                        if held is not None:
+                            yield held
+                            held = None
+            except InputError as exc:
+                run.error = exc
+            if held is not None:
+                yield held
+            held = (run, None)
+            if not ahead:
+                yield held
+                held = None
+        if held is not None:
+            yield held
+
+    def _classified(self, row_batches: Iterator[list[Row]], run: _InFlight, clock: StageClock) -> Iterator:
         """Classify rows as they stream in; yield (row, class) for the model, collect rows to copy."""
         for rows in row_batches:
             with clock("classify"):
-                c = classify(rows, plans, self.job.unit_paths)
-                counts["read"] += len(rows)
-                counts["skipped"] += c.skipped
-                results.extend(c.decided)
-                reuse.extend(c.reuse)
+                c = classify(rows, run.plans, self.job.unit_paths)
+                run.counts["read"] += len(rows)
+                run.counts["skipped"] += c.skipped
+                run.results.extend(c.decided)
+                run.reuse.extend(c.reuse)
             yield from c.todo
+
+    def _completed(self, pending: tuple, model: Towers) -> None:
+        """`complete` of a batch the decode thread prepared (the wait for it is a stage)."""
+        run, batch, items, future = pending
+        t = time.perf_counter()
+        with run.clock("wait"):
+            prepared = future.result()
+        self._done(run, batch, self.handler.complete(prepared, items, model, run.clock), t)
+
+    def _done(self, run: _InFlight, batch: list, outcomes: list[Outcome], t: float) -> None:
+        run.report.batch_ms.append(int((time.perf_counter() - t) * 1000))
+        with run.clock("assemble"):
+            run.results.extend(
+                RowResult(r.row_index, r.id, r.caption, o, content_hash(r.image), kind)
+                for (r, kind), o in zip(batch, outcomes)
+            )
+
+    def _commit_ended(self, ended: list[_InFlight], pending: tuple | None, since: float):
+        """Commit the ended units none of whose batches is still in flight; returns when the
+        last commit finished (the next unit's time starts there)."""
+        while ended and (pending is None or pending[0] is not ended[0]):
+            run = ended.pop(0)
+            self._commit(run)
+            now = time.perf_counter()
+            if not run.reused:
+                run.report.unit_ms = int((now - since) * 1000) - (run.report.load_ms or 0)
+                since = now
+            yield run.report
+        return since
+
+    def _commit(self, run: _InFlight) -> None:
+        """Commit `run`'s shard (a row group that could not be read: all its rows rejected, with
+        --skip-bad-files; else its InputError is raised). A reused unit's report keeps counts None."""
+        if run.reused:
+            return
+        s = self.job.settings
+        commit = dict(dim=self.job.dim, runtime=self.runtime)
+        run.report.stages = run.clock.seconds
+        run.report.ahead = {k: run.reader.seconds.get(k, 0.0) + run.decoder.seconds.get(k, 0.0)
+                            for k in {**run.reader.seconds, **run.decoder.seconds}}  # fmt: skip
+        if run.error is None and run.reuse:
+            try:
+                with run.clock("copy"):
+                    run.results.extend(self._copied(run.reuse))
+            except InputError as exc:
+                run.error = exc
+        if run.error is None:
+            run.report.counts = commit_unit(
+                s.output, run.name, run.unit, run.results, read=run.counts["read"], skipped=run.counts["skipped"],
+                clock=run.clock, **commit,
+            )  # fmt: skip
+            return
+        if not s.skip_bad_files:
+            raise run.error
+        log.warning("skipping unreadable row group: %s", run.error)
+        bad = Rejected("unreadable_row_group", str(run.error))
+        results = [RowResult(run.unit.first_row + i, None, None, bad) for i in range(run.unit.num_rows)]
+        run.report.counts = commit_unit(
+            s.output, run.name, run.unit, results, read=run.unit.num_rows, skipped=0, bad_file=str(run.error), **commit
+        )
 
     def _copied(self, reuse: list[tuple[Row, tuple[int, int]]]) -> list[RowResult]:
         """Unchanged rows with the vectors (and content hash) the previous run stored for them,
@@ -170,51 +299,18 @@ class UnitWorker:
             out += [RowResult(r.row_index, r.id, r.caption, v, c, "unchanged") for (r, _), (v, c) in zip(pairs, copied)]
         return out
 
-    def _embed_batches(
-        self, batches: Iterator[list[tuple[Row, str]]], report: UnitReport, clock: StageClock, decoder: StageClock
-    ) -> Iterator[tuple[list[tuple[Row, str]], list[Outcome]]]:
-        """Yield (batch, outcomes). With decode-ahead (default on CUDA) batch k+1 is decoded in a
-        thread (timed on `decoder`, that thread's clock) while batch k runs forward; on a CPU they
-        run in turn (the cores are busy either way, and torch work in a second thread slowed the
-        forward passes, docs/performance.md)."""
-        pool = cf.ThreadPoolExecutor(1, thread_name_prefix="decode") if self._ahead() else None
-        ahead = None
-        try:
-            for batch in batches:
-                model = self._get_model(report)
-                with clock("assemble"):
-                    items = [ItemInput(r.id, r.caption, r.image) for r, _ in batch]
-                if pool is None:
-                    t = time.perf_counter()
-                    outcomes = self.handler.complete(self.handler.prepare(items, model, clock), items, model, clock)
-                    report.batch_ms.append(int((time.perf_counter() - t) * 1000))
-                    yield batch, outcomes
-                    continue
-                nxt = (batch, items, pool.submit(self.handler.prepare_ahead, items, model, decoder))
-                if ahead is not None:
-                    yield ahead[0], self._completed(report, clock, ahead, model)
-                ahead = nxt
-            if ahead is not None:
-                yield ahead[0], self._completed(report, clock, ahead, self._model)
-        finally:
-            if pool is not None:
-                pool.shutdown()
+    def streams_units(self) -> bool:
+        """Whether consecutive units gain from one stream (`process_many`): with read/decode-ahead."""
+        return self._ahead()
 
     def _ahead(self) -> bool:
-        """Whether batches are read and decoded ahead in threads (--decode-ahead; auto: on CUDA)."""
+        """Whether batches are read and decoded ahead in threads (--decode-ahead; auto: on CUDA).
+        On a CPU they run in turn (the cores are busy either way, and torch work in a second
+        thread slowed the forward passes, docs/performance.md)."""
         s = self.job.settings
         return s.decode_ahead in ("on", "stream") or (
             s.decode_ahead == "auto" and self.runtime.device.startswith("cuda")
         )
-
-    def _completed(self, report: UnitReport, clock: StageClock, ahead: tuple, model: Towers) -> list[Outcome]:
-        """`complete` of a batch the decode thread prepared (the wait for it is a stage)."""
-        t = time.perf_counter()
-        with clock("wait"):
-            prepared = ahead[2].result()
-        out = self.handler.complete(prepared, ahead[1], model, clock)
-        report.batch_ms.append(int((time.perf_counter() - t) * 1000))
-        return out
 
     def _get_model(self, report: UnitReport) -> Towers:
         if self._model is None:
@@ -224,20 +320,94 @@ class UnitWorker:
         return self._model
 
 
-def read_ahead(batches: Iterator, pool: cf.Executor, clock: StageClock) -> Iterator:
-    """`batches`, the next one read in `pool`'s thread (timed as "read" on `clock`, that thread's)
-    while the caller works on the current one: pyarrow decodes pages without the GIL. A reading
-    error is raised to the caller where it asks for that batch."""
-    it = clock.timed(batches, "read")
+class UnitFeeder:
+    """`worker.process_many` in a thread of its own, fed one unit at a time: for an engine that
+    hands over units one call at a time (a Beam DoFn's process), so that consecutive units still
+    stream through one pipeline. At most `depth` units wait in the queue, so the engine hands
+    over units at the pace they are embedded (a runner can still split off those it has not).
+
+    `put` queues a unit and returns the reports committed since; `close` waits for the rest.
+    An error in the thread is raised by the next `put` or by `close`."""
+
+    _END = object()
+
+    def __init__(self, worker: UnitWorker, depth: int = 1):
+        self._in: queue.Queue = queue.Queue(maxsize=depth)
+        self._out: queue.Queue = queue.Queue()
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(worker,), name="units", daemon=True)
+        self._thread.start()
+
+    def _run(self, worker: UnitWorker) -> None:
+        try:
+            for report in worker.process_many(iter(self._in.get, self._END)):
+                self._out.put(report)
+        except BaseException as exc:  # handed to the engine's thread by put / close
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def put(self, unit: WorkUnit, plans: Iterable[RowPlan] = ()) -> list[UnitReport]:
+        while True:
+            self._raise()
+            try:
+                self._in.put((unit, plans), timeout=0.5)
+                break
+            except queue.Full:
+                continue
+        return self._drain()
+
+    def close(self) -> list[UnitReport]:
+        while not self._done.is_set():
+            try:
+                self._in.put(self._END, timeout=0.5)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+        self._raise()
+        return self._drain()
+
+    def abandon(self) -> None:
+        """Drop the units still queued and end the stream after the one in hand (its shard is
+        committed as usual): for an engine whose bundle failed before `close`."""
+        while True:
+            try:
+                self._in.get_nowait()
+            except queue.Empty:
+                break
+        try:
+            self._in.put_nowait(self._END)
+        except queue.Full:  # the thread queued nothing since: it is gone or will see the queue empty
+            pass
+
+    def _raise(self) -> None:
+        if self._done.is_set() and self._error is not None:
+            raise self._error
+
+    def _drain(self) -> list[UnitReport]:
+        out = []
+        while True:
+            try:
+                out.append(self._out.get_nowait())
+            except queue.Empty:
+                return out
+
+
+def read_ahead(items: Iterator, pool: cf.Executor) -> Iterator:
+    """`items`, the next one produced in `pool`'s thread while the caller works on the current one
+    (pyarrow decodes pages without the GIL). An error is raised to the caller where it asks for
+    that item."""
     end = object()
 
     def step():
-        return next(it, end)
+        return next(items, end)
 
     pending = pool.submit(step)
-    while (batch := pending.result()) is not end:
+    while (item := pending.result()) is not end:
         pending = pool.submit(step)
-        yield batch
+        yield item
 
 
 def batches_of(items: Iterable, size: int) -> Iterator[list]:
