@@ -123,7 +123,12 @@ def _embed_options(p: argparse.ArgumentParser, required: bool) -> None:
         metavar="SPEC",
         help="a CLIP checkpoint or a fine-tuned directory (local or URL), or a hub id",
     )
-    p.add_argument("--batch-size", type=int, default=s.batch_size, help="items per forward pass (default %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=s.batch_size,
+        help="items per forward pass (default %(default)s; on a GPU use 256 or more)",
+    )
     p.add_argument(
         "--fusion",
         choices=FUSIONS,

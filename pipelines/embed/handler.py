@@ -33,7 +33,7 @@ from encoders.stages import NO_CLOCK, StageClock
 from encoders.tensor_images import TensorPreprocessor
 from encoders.towers import Preprocessing, Towers, embed_pairs, text_rows
 from pipelines.embed.outcomes import Embedded, ItemInput, Outcome, Rejected
-from pipelines.embed.settings import THREADS_ENV, EmbedSettings, Runtime, resolve_runtime
+from pipelines.embed.settings import THREADS_ENV, EmbedSettings, Runtime, resolve_runtime, small_batch_warning
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
     def load_model(self) -> Towers:
         self._set_up_process()
         rt = self.runtime()
+        if warning := small_batch_warning(rt, self.settings.batch_size):
+            log.warning(warning)
         towers = load_towers(self.settings.model, device=rt.device, allow_pickle=self.settings.allow_pickle)
         towers.amp_dtype = AMP_DTYPES[rt.precision]
         towers.fixed_rows = self.fixed_rows

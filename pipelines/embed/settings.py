@@ -186,6 +186,21 @@ def resolve_runtime(s: EmbedSettings, *, cuda_available: bool, tensor_recipe: bo
     return Runtime(device, "tensor" if tensor else "pil", precision, "per_machine" if s.large_model else "per_process")
 
 
+GPU_MIN_BATCH = 256  # below it a CUDA run is bound by the forward passes' Python (docs/performance.md)
+
+
+def small_batch_warning(runtime: Runtime, batch_size: int) -> str | None:
+    """What to tell the user when a CUDA run's batches are too small to keep the GPU busy: each
+    model call costs the same host time (the towers' Python, about a millisecond a layer here)
+    whatever its rows; None when that is not the case."""
+    if not runtime.device.startswith("cuda") or batch_size >= GPU_MIN_BATCH:
+        return None
+    return (
+        f"--batch-size {batch_size} on {runtime.device}: every model call costs the same host time whatever "
+        f"its rows, so small batches leave the GPU waiting; use --batch-size {GPU_MIN_BATCH} or more"
+    )
+
+
 def shared_model_tag(s: EmbedSettings, model_fp: str) -> str:
     """The identity of a model loaded once per worker (Beam's Shared / MultiProcessShared tag):
     weights, device, precision, and --exact-shapes, which the loaded towers carry (their fixed rows)."""

@@ -10,7 +10,7 @@ from encoders.errors import SettingsError
 from encoders.settings import TrainConfig
 from index_builder.settings import BuildSettings
 from pipelines.cli import build_parser, settings_from
-from pipelines.embed.settings import EmbedSettings, Runtime, resolve_runtime, shared_model_tag
+from pipelines.embed.settings import EmbedSettings, Runtime, resolve_runtime, shared_model_tag, small_batch_warning
 from pipelines.inputs import Columns
 from pipelines.search.settings import SearchSettings
 from pipelines.training.settings import FinetuneSettings
@@ -198,6 +198,12 @@ def test_a_side_stream_for_decode_ahead_needs_the_model_on_cuda():
         rt(cuda=True, device="cpu", decode_ahead="stream")
     with pytest.raises(SettingsError, match="--large-model the workers decode on their CPUs: use --decode-ahead on"):
         rt(cuda=True, large_model=True, decode_ahead="stream")
+
+
+def test_small_batches_on_cuda_are_warned_about():
+    cuda, cpu = rt(cuda=True), rt()
+    assert "--batch-size 64 on cuda" in small_batch_warning(cuda, 64) and "256 or more" in small_batch_warning(cuda, 64)
+    assert small_batch_warning(cuda, 256) is None and small_batch_warning(cpu, 8) is None
 
 
 def test_a_shared_model_is_shared_only_by_runs_that_load_it_the_same_way():
