@@ -1,7 +1,7 @@
 """Per-stage timings: a unit's stage clocks as engine metrics, and the metrics as the manifest's table.
 
 Every engine carries the stages as integer counters (microseconds) named `stage_us_<stage>`
-(the unit's own thread) and `ahead_us_<stage>` (the decode-ahead thread): Beam counters, the
+(the unit's own thread) and `ahead_us_<stage>` (the read-ahead, decode-ahead and write threads): Beam counters, the
 Spark driver's sums. `manifest_timings` turns the summed counters back into seconds.
 """
 
@@ -22,7 +22,7 @@ def stage_metrics(stages: dict[str, float], ahead: dict[str, float]) -> dict[str
 def manifest_timings(metrics: dict[str, int], units_s: float, rows: int) -> dict:
     """The manifest's stage figures from summed counters: `stages_s` (the units' own thread, in
     STAGES order; they add up to units_s but for `other_s`, the time between stages),
-    `decode_ahead_s` (the decode-ahead thread's, overlapping them), and `host_us_per_row`: all
+    `decode_ahead_s` (the read-ahead, decode-ahead and write threads', overlapping them), and `host_us_per_row`: all
     host work (everything but decode, forward and waiting for them, every thread) per row read, and
     `unit_thread_host_us_per_row`, the part on the units' own thread."""
     stages = _seconds(metrics, UNIT_PREFIX)

@@ -1,7 +1,8 @@
 """Embedding work units and committing their shards: engine-agnostic, no Beam here.
 
 Units are embedded one at a time, or, with read/decode-ahead, as one stream (`process_many`)
-whose batches cross unit boundaries so that the pipeline never drains between units;
+whose batches cross unit boundaries so that the pipeline never drains between units, and whose
+shards are committed in a write thread (`Commits`);
 `UnitFeeder` runs that stream in a thread for an engine that hands units over one call at a time.
 
 The Beam DoFn (pipelines/embed/beam.py) and the Spark task (pipelines/embed/spark.py) are thin
@@ -18,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -92,6 +93,7 @@ class _InFlight:
     clock: StageClock = field(default_factory=StageClock)  # the unit's thread
     reader: StageClock = field(default_factory=StageClock)  # the read-ahead thread
     decoder: StageClock = field(default_factory=StageClock)  # the decode-ahead thread
+    writer: StageClock = field(default_factory=StageClock)  # the write thread (with read/decode-ahead)
     error: InputError | None = None  # reading its row group failed
     reused: bool = False  # an identical run committed its shard: nothing to do
 
@@ -148,10 +150,12 @@ class UnitWorker:
         with (
             cf.ThreadPoolExecutor(1, thread_name_prefix="read") if ahead else nullcontext() as reader,
             cf.ThreadPoolExecutor(1, thread_name_prefix="decode") if ahead else nullcontext() as decoder,
+            cf.ThreadPoolExecutor(1, thread_name_prefix="write") if ahead else nullcontext() as writer,
         ):
             batches = self._batches(runs, ahead)
             if reader is not None:
                 batches = read_ahead(batches, reader)
+            commits = Commits(self._commit, writer)
             ended: list[_InFlight] = []  # units read to the end, not yet committed
             pending = None  # (unit, batch, items, future): the batch being prepared ahead
             since = time.perf_counter()
@@ -166,7 +170,7 @@ class UnitWorker:
                 if batch is None:  # the unit's rows are all in batches: commit it once they are done
                     ended.append(run)
                     if pending is None:
-                        since = yield from self._commit_ended(ended, None, since)
+                        since = yield from self._commit_ended(ended, None, since, commits)
                     continue
                 model = self._get_model(run.report)
                 with run.clock("assemble"):
@@ -180,11 +184,12 @@ class UnitWorker:
                     if pending is not None:
                         self._completed(pending, model)
                     pending = (run, batch, items, future)
-                since = yield from self._commit_ended(ended, pending, since)
+                since = yield from self._commit_ended(ended, pending, since, commits)
             if pending is not None:
                 self._completed(pending, self._model)
                 pending = None
-            yield from self._commit_ended(ended, None, since)
+            yield from self._commit_ended(ended, None, since, commits)
+            yield from commits.finish()
 
     def _batches(self, runs: Iterator[_InFlight], ahead: bool) -> Iterator[tuple[_InFlight, list | None]]:
         """(unit, model batch) for each unit in turn, and (unit, None) for its end: rows read,
@@ -243,39 +248,46 @@ class UnitWorker:
                 for (r, kind), o in zip(batch, outcomes)
             )
 
-    def _commit_ended(self, ended: list[_InFlight], pending: tuple | None, since: float):
-        """Commit the ended units none of whose batches is still in flight; returns when the
-        last commit finished (the next unit's time starts there)."""
+    def _commit_ended(self, ended: list[_InFlight], pending: tuple | None, since: float, commits: Commits):
+        """Commit the ended units none of whose batches is still in flight (in the write thread,
+        with read/decode-ahead), and yield the reports of commits done; returns when the last
+        commit was handed over or done (the next unit's time starts there)."""
         while ended and (pending is None or pending[0] is not ended[0]):
             run = ended.pop(0)
-            self._commit(run)
-            now = time.perf_counter()
+            commits.submit(run)
             if not run.reused:
+                now = time.perf_counter()
                 run.report.unit_ms = int((now - since) * 1000) - (run.report.load_ms or 0)
                 since = now
-            yield run.report
+        yield from commits.done()
         return since
 
-    def _commit(self, run: _InFlight) -> None:
+    def _commit(self, run: _InFlight, clock: StageClock) -> None:
         """Commit `run`'s shard (a row group that could not be read: all its rows rejected, with
-        --skip-bad-files; else its InputError is raised). A reused unit's report keeps counts None."""
+        --skip-bad-files; else its InputError is raised), timed on `clock` (that of the thread
+        committing). A reused unit's report keeps counts None."""
         if run.reused:
             return
+        try:
+            self._commit_shard(run, clock)
+        finally:
+            run.report.stages = run.clock.seconds
+            threads = (run.reader.seconds, run.decoder.seconds, run.writer.seconds)
+            run.report.ahead = {k: sum(t.get(k, 0.0) for t in threads) for k in set().union(*threads)}
+
+    def _commit_shard(self, run: _InFlight, clock: StageClock) -> None:
         s = self.job.settings
         commit = dict(dim=self.job.dim, runtime=self.runtime)
-        run.report.stages = run.clock.seconds
-        run.report.ahead = {k: run.reader.seconds.get(k, 0.0) + run.decoder.seconds.get(k, 0.0)
-                            for k in {**run.reader.seconds, **run.decoder.seconds}}  # fmt: skip
         if run.error is None and run.reuse:
             try:
-                with run.clock("copy"):
+                with clock("copy"):
                     run.results.extend(self._copied(run.reuse))
             except InputError as exc:
                 run.error = exc
         if run.error is None:
             run.report.counts = commit_unit(
                 s.output, run.name, run.unit, run.results, read=run.counts["read"], skipped=run.counts["skipped"],
-                clock=run.clock, **commit,
+                clock=clock, **commit,
             )  # fmt: skip
             return
         if not s.skip_bad_files:
@@ -318,6 +330,38 @@ class UnitWorker:
             self._model = self._load()
             report.load_ms = int((time.perf_counter() - t) * 1000)
         return self._model
+
+
+class Commits:
+    """Units' commits in unit order: in `writer`'s thread (timed on each unit's write clock), or,
+    without one, at once in the caller's (on its own clock). `done` yields the reports of the
+    commits finished so far, in order; `finish` waits for the rest. A commit's error is raised
+    where its report would have been yielded."""
+
+    def __init__(self, commit: Callable[[_InFlight, StageClock], None], writer: cf.Executor | None):
+        self._commit, self._writer = commit, writer
+        self._queued: deque[tuple[_InFlight, cf.Future | None]] = deque()
+
+    def submit(self, run: _InFlight) -> None:
+        if self._writer is None:
+            self._commit(run, run.clock)
+            self._queued.append((run, None))
+        else:
+            self._queued.append((run, self._writer.submit(self._commit, run, run.writer)))
+
+    def done(self) -> Iterator[UnitReport]:
+        while self._queued and (self._queued[0][1] is None or self._queued[0][1].done()):
+            yield self._next()
+
+    def finish(self) -> Iterator[UnitReport]:
+        while self._queued:
+            yield self._next()
+
+    def _next(self) -> UnitReport:
+        run, future = self._queued.popleft()
+        if future is not None:
+            future.result()
+        return run.report
 
 
 class UnitFeeder:
