@@ -120,7 +120,8 @@ class UnitWorker:
         needed. With --decode-ahead the units stream through the same read-ahead and
         decode-ahead threads: the next unit's first batch is read and decoded while the last
         batch of the one before runs forward, so a unit boundary does not drain the pipeline
-        (with row groups of one batch nothing would overlap otherwise)."""
+        (with row groups of one batch nothing would overlap otherwise), and each shard is
+        committed in a write thread."""
         runs = (self._in_flight(unit, plans) for unit, plans in units)
         yield from self._stream(runs)
 
