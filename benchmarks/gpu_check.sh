@@ -5,9 +5,10 @@
 #      decode_jpeg on the GPU, the tensor preprocessor, PIL + processor, tokenizing;
 #   2. `fusionindex embed --preprocess tensor` and (last) `--preprocess pil`, bare loop beside each, with
 #      the manifest's stage table (where the units' time went) and host work per row;
-#   2b. the tensor path with `--decode-ahead stream` (decode on a CUDA stream of its own, so that it may
-#      overlap the forward passes), and a parity check of its vectors against `--decode-ahead on`
-#      (benchmarks/compare_embeddings.py: same ids, cosine >= 0.999 per row; written blind, run here first);
+#   2b. the tensor path with `--decode-ahead stream` (decode on a CUDA stream of its own, so that it
+#      may overlap the forward passes), and a parity check of its vectors against `--decode-ahead on`
+#      (benchmarks/compare_embeddings.py: same ids, cosine >= 0.999 per row; written blind, run here
+#      first); after the worker runs, the tensor path at batch 1,024;
 #   3. `--preprocess pil` with W worker processes feeding the GPU (W = cores / 2 by default): as
 #      shipped (OMP_WAIT_POLICY=PASSIVE), with one shared model (--large-model), and with OpenMP's
 #      spinning waiters back (the suspected cause of 8 workers running slower than one);
@@ -77,6 +78,7 @@ MULTI="--preprocess pil --direct_num_workers $WORKERS --direct_running_mode mult
 run "pil-w$WORKERS" "$MULTI"
 run "pil-w$WORKERS-large" "$MULTI --large-model"
 OMP_WAIT_POLICY= run "pil-w$WORKERS-spin" "$MULTI"  # empty: the CLI leaves it, libgomp spins as by default
+run tensor-b1024 "--preprocess tensor --batch-size 1024"  # the embed run's batch (the bare loop's stays 256)
 run pil "--preprocess pil"
 python3 - "$OUTDIR" "$WORKERS" <<'PY'
 import json, sys
@@ -89,7 +91,7 @@ ceil = load("ceilings")
 print("== summary ==")
 if ceil:
     print("gpu", ceil.get("gpu"), "| forward-pair ceiling", ceil["forward_pair_ceiling"], "rows/s")
-for name in ("tensor", "tensor-stream", "pil", f"pil-w{workers}", f"pil-w{workers}-large", f"pil-w{workers}-spin"):
+for name in ("tensor", "tensor-stream", "tensor-b1024", "pil", f"pil-w{workers}", f"pil-w{workers}-large", f"pil-w{workers}-spin"):
     r = load(name)
     if not r or "embed" not in r:
         print(name, "no result")
