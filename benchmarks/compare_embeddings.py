@@ -16,10 +16,9 @@ import json
 import sys
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from index_builder import storage
-from index_builder.embeddings import VECTOR_COLUMNS, arrow_to_vectors, list_shards
+from index_builder.embeddings import MANIFEST, VECTOR_COLUMNS, arrow_to_vectors, list_shards
 
 
 def load(out: str) -> tuple[list[str], dict[str, np.ndarray], dict]:
@@ -27,13 +26,11 @@ def load(out: str) -> tuple[list[str], dict[str, np.ndarray], dict]:
     ids: list[str] = []
     parts: dict[str, list[np.ndarray]] = {c: [] for c in VECTOR_COLUMNS.values()}
     for shard in list_shards(out):
-        fs, p = storage.url_to_fs(shard.path)
-        with fs.open(p, "rb") as fh:
-            table = pq.read_table(fh, columns=["id", *parts])
+        table = storage.read_parquet(shard.path, columns=["id", *parts])
         ids += table.column("id").to_pylist()
         for c in parts:
             parts[c].append(arrow_to_vectors(table.column(c))[0])
-    manifest = json.loads(storage.read_bytes(storage.join(out, "manifest.json")))
+    manifest = storage.read_json(storage.join(out, MANIFEST))
     return ids, {c: np.concatenate(v) for c, v in parts.items()}, manifest["counts"]
 
 
