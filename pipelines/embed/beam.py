@@ -127,7 +127,7 @@ class EmbedUnit(beam.DoFn):
         _, grouped = element
         (unit,) = grouped["unit"]
         plans = [RowPlan(*p) for p in grouped["plans"]]
-        if not self.worker.streams_units():  # one unit at a time, in this thread
+        if not self.worker.reads_ahead():  # one unit at a time, in this thread
             yield from self._outputs([self.worker.process(unit, plans)])
             return
         # with read/decode-ahead, the bundle's units stream through one pipeline in a thread

@@ -147,7 +147,7 @@ class UnitWorker:
         """Embed the units of `runs` as one stream of model batches; commit each unit once its
         last batch is done. Each unit's time runs from the previous commit (or the start) to its
         own, the model load excluded, so the units' times add up to the stream's."""
-        ahead = self._ahead()
+        ahead = self.reads_ahead()
         with (
             cf.ThreadPoolExecutor(1, thread_name_prefix="read") if ahead else nullcontext() as reader,
             cf.ThreadPoolExecutor(1, thread_name_prefix="decode") if ahead else nullcontext() as decoder,
@@ -170,27 +170,30 @@ class UnitWorker:
                     run.clock.add("wait", time.perf_counter() - t)
                 if batch is None:  # the unit's rows are all in batches: commit it once they are done
                     ended.append(run)
-                    if pending is None:
-                        since = yield from self._commit_ended(ended, None, since, commits)
-                    continue
-                model = self._get_model(run.report)
-                with run.clock("assemble"):
-                    items = [ItemInput(r.id, r.caption, r.image) for r, _ in batch]
-                if decoder is None:
-                    t = time.perf_counter()
-                    prepared = self.handler.prepare(items, model, run.clock)
-                    self._done(run, batch, self.handler.complete(prepared, items, model, run.clock), t)
                 else:
-                    future = decoder.submit(self.handler.prepare_ahead, items, model, run.decoder)
-                    if pending is not None:
-                        self._completed(pending, model)
-                    pending = (run, batch, items, future)
+                    pending = self._embed_batch(run, batch, pending, decoder)
                 since = yield from self._commit_ended(ended, pending, since, commits)
             if pending is not None:
                 self._completed(pending, self._model)
                 pending = None
             yield from self._commit_ended(ended, None, since, commits)
             yield from commits.finish()
+
+    def _embed_batch(self, run: _InFlight, batch: list, pending: tuple | None, decoder: cf.Executor | None):
+        """Embed `batch` now (no decode thread), or hand it to the decode thread and complete the
+        batch handed over before; returns the batch now in flight (None without a decode thread)."""
+        model = self._get_model(run.report)
+        with run.clock("assemble"):
+            items = [ItemInput(r.id, r.caption, r.image) for r, _ in batch]
+        if decoder is None:
+            t = time.perf_counter()
+            prepared = self.handler.prepare(items, model, run.clock)
+            self._done(run, batch, self.handler.complete(prepared, items, model, run.clock), t)
+            return None
+        future = decoder.submit(self.handler.prepare_ahead, items, model, run.decoder)
+        if pending is not None:
+            self._completed(pending, model)
+        return run, batch, items, future
 
     def _batches(self, runs: Iterator[_InFlight], ahead: bool) -> Iterator[tuple[_InFlight, list | None]]:
         """(unit, model batch) for each unit in turn, and (unit, None) for its end: rows read,
@@ -312,14 +315,11 @@ class UnitWorker:
             out += [RowResult(r.row_index, r.id, r.caption, v, c, "unchanged") for (r, _), (v, c) in zip(pairs, copied)]
         return out
 
-    def streams_units(self) -> bool:
-        """Whether consecutive units gain from one stream (`process_many`): with read/decode-ahead."""
-        return self._ahead()
-
-    def _ahead(self) -> bool:
-        """Whether batches are read and decoded ahead in threads (--decode-ahead; auto: on CUDA).
-        On a CPU they run in turn (the cores are busy either way, and torch work in a second
-        thread slowed the forward passes, docs/performance.md)."""
+    def reads_ahead(self) -> bool:
+        """Whether batches are read and decoded ahead in threads (--decode-ahead; auto: on CUDA),
+        and so whether consecutive units gain from one stream (`process_many`). On a CPU they run
+        in turn (the cores are busy either way, and torch work in a second thread slowed the
+        forward passes, docs/performance.md)."""
         s = self.job.settings
         return s.decode_ahead in ("on", "stream") or (
             s.decode_ahead == "auto" and self.runtime.device.startswith("cuda")
