@@ -1,0 +1,190 @@
+"""Each command's run: settings from the flags -> the library call -> the one summary line it prints."""
+
+from __future__ import annotations
+
+import json
+
+from encoders.errors import SettingsError
+from index_builder.settings import BuildSettings
+from pipelines.cli.options import settings_from
+from pipelines.embed.settings import EmbedSettings
+from pipelines.inputs import Columns
+from pipelines.reindex.settings import ReindexSettings
+from pipelines.search.settings import SearchSettings
+from pipelines.training.settings import FinetuneSettings
+
+
+def cmd_reindex(args, rest: list[str]) -> int:
+    from pipelines.reindex.run import run_reindex
+
+    missing = [flag for flag, v in (("--root", args.root), ("--input", args.inputs), ("--model", args.model)) if not v]
+    if missing:
+        raise SettingsError(f"reindex needs {', '.join(missing)} (on the command line or in --config)")
+    args.output = args.embeddings = args.root  # each run's own paths are set by the driver
+    args.template = None
+    r = run_reindex(settings_from(ReindexSettings, args), rest)
+    c = r.record.get("counts", {})
+    how = {"published": "published", "rejected": "REJECTED (LATEST unchanged)", "unchanged": "nothing to do"}[r.status]
+    print(
+        f"run {r.run_id}: {how}; "
+        + ", ".join(f"{k} {v}" for k, v in c.items())
+        + (f"; failed gates: {', '.join(r.record['failed_gates'])}" if r.status == "rejected" else "")
+    )
+    return r.exit_code
+
+
+def cmd_embed(args, rest: list[str]) -> int:
+    from pipelines.embed.run import run_embed
+
+    m = run_embed(settings_from(EmbedSettings, args), rest)
+    c = m["counts"]
+    print(
+        f"embedded {c['embedded']} of {c['read']} rows ({c['rejected']} rejected, {c['skipped']} skipped, "
+        f"{c['empty_caption']} without caption) into {args.output} in {m['timings']['total_s']:.1f} s"
+        + (f"; reused {m['reused_shards']} of {m['shards']} committed shards" if m["reused_shards"] else "")
+    )
+    return 0
+
+
+def cmd_build(args, rest) -> int:
+    from index_builder.build import build_index
+    from pipelines.adder import adder_for
+
+    settings = settings_from(BuildSettings, args)
+    m = build_index(settings, adder_for(settings.workers, rest))
+    r = m["recall"]
+    print(
+        f"built {m['factory']} over {m['ntotal']} {m['vector']} vectors in {args.output} "
+        f"({m['bytes_per_vector']:g} B/vector, {m['memory_bytes'] / 2**20:.1f} MiB; nprobe {m['nprobe']}, "
+        f"recall@{r['k']} {r['recall_at_k']:.3f} vs exact on {r['queries']} held-out queries"
+        + ("" if r["reached"] else f", BELOW the target {r['target']}")
+        + f") in {m['timings']['total_s']:.1f} s"
+    )
+    return 0
+
+
+def cmd_search(args, rest) -> int:
+    from pipelines.search.searcher import run_search
+
+    for h in run_search(settings_from(SearchSettings, args)):
+        if args.json:
+            print(
+                json.dumps(
+                    {"rank": h.rank, "id": h.id, "score": round(h.score, 6), "caption": h.caption}, ensure_ascii=False
+                )
+            )
+        else:
+            print(f"{h.rank:>3}  {h.score:+.4f}  {h.id}  {h.caption}")
+    return 0
+
+
+def cmd_finetune(args, rest) -> int:
+    from pipelines.training.finetune import run_finetune
+
+    progress = None
+    if not args.quiet:
+        from tqdm.auto import tqdm as progress
+    s = run_finetune(settings_from(FinetuneSettings, args), progress=progress)
+    print(
+        f"fine-tuned {s['family']} model in {s['seconds']:.0f} s: best val recall {s['best_val_recall']:.3f} at epoch "
+        f"{s['best_epoch']} ({s['stopped']}); model in {s['output']}"
+    )
+    return 0
+
+
+def cmd_evaluate(args, rest) -> int:
+    from index_builder import storage
+    from pipelines.training.evaluation import run_evaluate
+    from pipelines.training.markdown import to_markdown
+
+    split = None if args.split == "all" else args.split
+    report = run_evaluate(
+        args.model, args.data, split=split, device=args.device, limit=args.limit, columns=settings_from(Columns, args)
+    )
+    md = to_markdown(report)
+    if args.json:
+        storage.write_json(args.json, report)
+    if args.markdown:
+        with storage.atomic_open(args.markdown) as fh:
+            fh.write(md.encode())
+    print(md, end="")
+    return 0
+
+
+def cmd_evaluate_index(args, rest) -> int:
+    from index_builder import storage
+    from index_builder.evaluate_index import evaluate_index
+    from pipelines.reindex.root import resolve_index
+
+    r = evaluate_index(resolve_index(args.index), args.embeddings, args.queries, args.seed, args.nprobe)
+    if args.json:
+        storage.write_json(args.json, r)
+    claimed = r["claimed_recall_at"] or {}
+    print(f"{r['factory']} ({r['ntotal']} vectors) at nprobe {r['nprobe']}, {r['queries']} queries:")
+    for k, v in r["recall_at"].items():
+        said = f" (manifest: {claimed[k]:.3f}, difference {r['difference'][k]:+.3f})" if k in r["difference"] else ""
+        print(f"  recall@{k} {v:.3f}{said}")
+    lat = r["latency"]
+    alone, batched = lat["batch_1_ms"], lat["batch_1024_us_per_query"]
+    print(f"  latency: {alone:.3f} ms a query alone, {batched:.1f} us a query in a batch of 1024")
+    return 0
+
+
+def cmd_report(args, rest) -> int:
+    from pipelines.search.report import run_report
+
+    results = run_report(
+        args.index,
+        args.output,
+        queries=args.queries,
+        queries_from=args.queries_from,
+        split=None if args.split == "all" else args.split,
+        n=args.n,
+        k=args.k,
+        model=args.model,
+        seed=args.seed,
+        device=args.device,
+        columns=settings_from(Columns, args),
+    )
+    asked = [r for r in results if r.expected]
+    found = sum(any(h.id == r.expected for h in r.hits) for r in asked)
+    print(
+        f"wrote {args.output}: {len(results)} queries"
+        + (f", {found} of {len(asked)} find their own item in the top {args.k}" if asked else "")
+    )
+    return 0
+
+
+def cmd_make_catalogue(args, rest) -> int:
+    from pipelines.datasets.catalogue import make_catalogue
+
+    summary = make_catalogue(args.output, source=args.source, limit=args.limit, image_size=args.image_size)
+    print(
+        f"wrote {summary['rows']} rows in {len(summary['shards'])} shards to {args.output} "
+        f"(splits: {summary['by_split']})"
+    )
+    return 0
+
+
+def cmd_make_sample(args, rest) -> int:
+    from pipelines.datasets.sample import make_sample
+
+    paths = make_sample(args.output, rows=args.rows, shards=args.shards, seed=args.seed)
+    print(f"wrote {args.rows} rows in {len(paths)} shards to {args.output}")
+    return 0
+
+
+def cmd_make_random_clip(args, rest) -> int:
+    from encoders.random_models import make_random_clip
+
+    make_random_clip(args.output, seed=args.seed)
+    print(f"wrote a RANDOM (untrained) CLIP checkpoint to {args.output}: its rankings are meaningless")
+    return 0
+
+
+COMMANDS = {
+    "embed": cmd_embed, "reindex": cmd_reindex, "build-index": cmd_build, "search": cmd_search,
+    "finetune": cmd_finetune, "evaluate": cmd_evaluate, "evaluate-index": cmd_evaluate_index, "report": cmd_report,
+    "make-catalogue": cmd_make_catalogue,
+    "make-sample": cmd_make_sample, "make-random-clip": cmd_make_random_clip,
+}  # fmt: skip
