@@ -18,7 +18,7 @@ Prints a table and writes benchmarks/results/latest.json. Sections:
   plan    the driver's input planning (every Parquet footer read) over --plan-files small files,
           serial and with a thread pool, on local disk and on an S3 endpoint on localhost (moto
           server + s3fs, when installed); seconds per 1,000 files and 100k files extrapolated
-Figures are printed, never asserted: targets live in the README, not in tests.
+Figures are printed, never asserted: figures and targets live in docs/performance.md, not in tests.
 """
 
 from __future__ import annotations

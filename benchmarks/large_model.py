@@ -3,8 +3,8 @@
     python -m benchmarks.large_model data DIR    # DIR/data/*.parquet (4,096 256 px JPEGs), DIR/clip
     python -m benchmarks.large_model bytes DIR   # bytes per row sent through the proxy, PIL vs tensors
 
-`data` makes the README's --large-model comparison's inputs (a CLIP whose forward is small, so
-preprocessing dominates); the timed command is in the README. `bytes` measures one 64-row batch
+`data` makes the inputs of docs/performance.md's --large-model comparison (a CLIP whose forward is small, so
+preprocessing dominates); the timed command is there. `bytes` measures one 64-row batch
 of DIR/data: the PIL images the worker used to send (pickled into the request) against the
 pixel and token tensors it sends now (torch's multiprocessing reductions: a pickle of shared
 memory handles, plus the tensors' bytes, written once into shared memory).

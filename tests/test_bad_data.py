@@ -1,4 +1,4 @@
-"""Nothing lost: every awkward input kind, its outcome, and the README table built from it."""
+"""Nothing lost: every awkward input kind, its outcome, and the docs/bad-data.md table built from it."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(__file__))
 GOOD = images.save(images.base(), "JPEG", quality=90)
 LONG = "a red triangle " * 7000  # 105,000 characters
 
-# (input kind, row fields) -> expected outcome; the README's table is checked against this.
+# (input kind, row fields) -> expected outcome; docs/bad-data.md's table is checked against this.
 IMAGE_CASES = {
     **{k: (v, "embedded") for k, v in images.valid_images().items()},
     **{k: (v, f"rejected: `{r}`") for k, (v, r) in images.bad_images().items()},
@@ -132,9 +132,9 @@ def test_caption_kinds_and_other_rows(run, tiny_clip):
     assert sum(c["rejects_by_reason"].values()) == c["rejected"]
 
 
-def test_readme_table_matches_the_tests():
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    section = readme.split("## What happens to bad data", 1)[1].split("\n## ", 1)[0]
+def test_docs_table_matches_the_tests():
+    page = open(os.path.join(ROOT, "docs", "bad-data.md"), encoding="utf-8").read()
+    section = page.split("## What happens to bad data", 1)[1].split("\n## ", 1)[0]
     table = dict(re.findall(r"^\| (.+?) \| (.+?) \|$", section, re.M)[2:])
     expected = {
         **{k: v[1] for k, v in IMAGE_CASES.items()},
@@ -142,7 +142,7 @@ def test_readme_table_matches_the_tests():
         **OTHER_CASES,
     }
     missing = {k: v for k, v in expected.items() if table.get(k) != v}
-    assert not missing, f"README 'What happens to bad data' is out of date for: {missing}"
+    assert not missing, f"docs/bad-data.md 'What happens to bad data' is out of date for: {missing}"
 
 
 def test_valid_odd_images_decode_correctly():

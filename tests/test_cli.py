@@ -152,8 +152,8 @@ def test_console_script_runs(built):
     assert len(spins) == 2 and set(spins) == {"0"}, spins  # torch's libgomp and faiss's, neither spinning
 
 
-# Bad command lines -> the one line printed (exit 2, no traceback). The README's "Bad command
-# lines" table is checked against this one. Placeholders are filled from the `built` fixture.
+# Bad command lines -> the one line printed (exit 2, no traceback). The "Bad command
+# lines" table in docs/bad-data.md is checked against this one. Placeholders are filled from the `built` fixture.
 EMBED = ["embed", "--input", "{cat}", "--output", "{tmp}/out", "--model", "{model}"]
 BAD_CLI = {
     "`embed ... --batchsize 8` (typo)": (
@@ -371,12 +371,12 @@ def test_bad_command_lines_get_one_line_and_exit_2(case, places, capsys):
     assert lines[0].startswith("fusionindex")
 
 
-def test_readme_bad_command_table_matches_the_tests():
-    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md"), encoding="utf-8").read()
-    section = readme.split("### Bad command lines", 1)[1].split("\n#", 1)[0]
+def test_docs_bad_command_table_matches_the_tests():
+    page = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "bad-data.md")
+    section = open(page, encoding="utf-8").read().split("## Bad command lines", 1)[1].split("\n#", 1)[0]
     table = dict(re.findall(r"^\| (.+?) \| (.+?) \|$", section, re.M)[2:])
     expected = {case: f"`{message}`" for case, (_, message) in BAD_CLI.items()}
-    assert table == expected, "README 'Bad command lines' is out of date: " + str(
+    assert table == expected, "docs/bad-data.md 'Bad command lines' is out of date: " + str(
         {k: v for k, v in expected.items() if table.get(k) != v}
         or {k: v for k, v in table.items() if k not in expected}
     )
