@@ -89,7 +89,9 @@ def check(table: pa.Table, data: dict, threshold: float) -> dict:
     ids = data["ids"]
     out = {}
     for kind, planted_rows in data["answers"].items():
-        together = sum(all(group.get(ids[r]) == group.get(ids[b]) is not None for r in rows) for b, rows in planted_rows)
+        together = sum(
+            all(group.get(ids[r]) == group.get(ids[b]) is not None for r in rows) for b, rows in planted_rows
+        )
         out[kind] = {"planted": len(planted_rows), "grouped": together}
     sim = table.column("similarity").to_numpy()
     out["min_similarity"] = float(sim.min()) if len(sim) else None
@@ -129,9 +131,15 @@ def run(n: int, d: int, threshold: float, fresh_share: float, seed: int) -> dict
         "structure": f"IVF{search.index.nlist},Flat nprobe {search.params.nprobe}" if n >= 20_000 else "Flat",
         "generate_s": gen_s,
         "full_pass": {"build_s": build_s, "search_s": search_s, "cpu_s": round(full_cpu, 2), **counts},
-        "night": {"fresh_rows": int(fresh.sum()), "wall_s": night_s, "cpu_s": night_cpu, **night_counts,
-                  "cpu_share_of_full": round(night_cpu / full_cpu, 4), "search_cpu_share": round(night_cpu / search_cpu, 4),
-                  "same_groups_as_full": bool(same)},  # fmt: skip
+        "night": {
+            "fresh_rows": int(fresh.sum()),
+            "wall_s": night_s,
+            "cpu_s": night_cpu,
+            **night_counts,
+            "cpu_share_of_full": round(night_cpu / full_cpu, 4),
+            "search_cpu_share": round(night_cpu / search_cpu, 4),
+            "same_groups_as_full": bool(same),
+        },  # fmt: skip
         "quality": quality,
         "rss_mib": {"after_data": rss_data, "peak": peak, "vectors": x.nbytes >> 20},
     }
