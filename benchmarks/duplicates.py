@@ -130,7 +130,14 @@ def run(n: int, d: int, threshold: float, fresh_share: float, seed: int) -> dict
         "threshold": threshold,
         "structure": f"IVF{search.index.nlist},Flat nprobe {search.params.nprobe}" if n >= 20_000 else "Flat",
         "generate_s": gen_s,
-        "full_pass": {"build_s": build_s, "search_s": search_s, "cpu_s": round(full_cpu, 2), **counts},
+        "full_pass": {
+            "build_s": build_s,
+            "build_cpu_s": build_cpu,
+            "search_s": search_s,
+            "search_cpu_s": search_cpu,
+            "cpu_s": round(full_cpu, 2),
+            **counts,
+        },
         "night": {
             "fresh_rows": int(fresh.sum()),
             "wall_s": night_s,

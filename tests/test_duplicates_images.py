@@ -1,0 +1,75 @@
+"""Near-duplicate groups of real images: embed (Beam DirectRunner, a tiny random CLIP) -> build-index
+-> duplicates. Byte-identical copies group by their bytes' hash; re-encoded copies (JPEG q95 -> q70)
+by their vectors. A random CLIP maps every picture close to every other (distinct images here reach
+~0.997), so the threshold sits between that and the re-encoded copies (~0.9999): the mechanics are
+under test, not a model's sense of sameness."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from benchmarks.bench import photo_like
+from index_builder.build import build_index
+from index_builder.index_duplicates import DUPLICATES_FILE, write_duplicates
+from index_builder.settings import BuildSettings
+from pipelines.embed.run import run_embed
+from pipelines.embed.settings import EmbedSettings
+from tests.unit.test_duplicates import as_groups
+
+THRESHOLD = 0.9995
+
+
+def jpeg(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    """24 distinct photos; `same-3` / `same-4`: byte-identical copies of 3 and 4 (other captions);
+    `re-5` / `re-6`: 5 and 6 decoded and re-encoded at quality 70."""
+    root = tmp_path_factory.mktemp("dupimg")
+    rng = np.random.default_rng(0)
+    data = [jpeg(photo_like(rng, 96), 95) for _ in range(24)]
+    rows = [{"key": f"p{i:02d}", "caption": f"photo {i}", "jpg": b} for i, b in enumerate(data)]
+    rows += [{"key": f"same-{i}", "caption": f"another caption {i}", "jpg": data[i]} for i in (3, 4)]
+    reencoded = [jpeg(Image.open(io.BytesIO(data[i])).convert("RGB"), 70) for i in (5, 6)]
+    rows += [{"key": f"re-{i}", "caption": f"photo {i}", "jpg": b} for i, b in zip((5, 6), reencoded)]
+    schema = pa.schema([("key", pa.string()), ("caption", pa.string()), ("jpg", pa.binary())])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), root / "items.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def index(catalogue, tiny_clip):
+    out = str(catalogue / "emb")
+    run_embed(EmbedSettings(inputs=(str(catalogue / "items.parquet"),), output=out, model=tiny_clip, batch_size=8))
+    build_index(BuildSettings(out, str(catalogue / "idx"), vector="image"))
+    return str(catalogue / "idx")
+
+
+def test_byte_copies_and_reencoded_copies_group_and_distinct_photos_do_not(index):
+    counts = write_duplicates(index, THRESHOLD)
+    table = pq.read_table(f"{index}/{DUPLICATES_FILE}")
+    assert as_groups(table) == {
+        "p03": {"p03", "same-3"},
+        "p04": {"p04", "same-4"},
+        "p05": {"p05", "re-5"},
+        "p06": {"p06", "re-6"},
+    }
+    sim = dict(zip(table.column("id").to_pylist(), table.column("similarity").to_pylist()))
+    assert sim["same-3"] == pytest.approx(1.0, abs=1e-6) and THRESHOLD <= sim["re-5"] < 1.0
+    assert counts["searched"] == 26  # the two byte copies share their originals' search
+
+
+def test_fused_copies_need_the_same_caption_too(index):
+    write_duplicates(index, THRESHOLD, vector="fused")
+    groups = as_groups(pq.read_table(f"{index}/{DUPLICATES_FILE}"))
+    assert "p03" not in groups and groups["p05"] == {"p05", "re-5"}  # same-3 has another caption
