@@ -206,6 +206,11 @@ def test_multi_process_workers(tmp_path, tiny_clip, sample_dir, embedded):
     )
     assert m["counts"]["embedded"] == 56
     assert read_dir(out).column("id").equals(read_dir(embedded[0]).column("id"))
+    from pipelines.threads import usable_cores
+
+    threads = m["runtime"]["threads"]  # each worker process: its share of the cores (pipelines/threads.py)
+    assert threads["processes"] == 2 and threads["cores"] == usable_cores()
+    assert threads["source"] != "share" or threads["threads"] == max(1, usable_cores() // 2)
 
 
 def test_a_failing_item_is_isolated_from_its_batch(tiny_clip):
@@ -260,6 +265,7 @@ def test_large_model_mode_shares_one_model_and_gives_the_same_vectors(tmp_path, 
     )
     assert m["counts"]["embedded"] == 56
     assert m["runtime"]["model_sharing"] == "per_machine"
+    assert "large-model server" in m["runtime"]["threads"]["engine"]  # the forward passes' process
     # the worker preprocessed and tokenized (before, the shared model's process did both, inside
     # the proxy calls counted as forward, and the table had no tokenize); the stages add up
     t = m["timings"]

@@ -135,10 +135,15 @@ def test_killed_index_build_leaves_the_previous_index_untouched(tmp_path):
     assert m["ntotal"] == 80_000 and LoadedIndex.load(idx).index.ntotal == 80_000
 
 
-def test_rerun_reuses_shards_only_where_the_settings_resolve_the_same_way(tmp_path, tiny_clip, sample_dir):
+def test_rerun_reuses_shards_only_where_the_settings_resolve_the_same_way(tmp_path, tiny_clip, sample_dir, monkeypatch):
     """On a CPU `--preprocess auto` resolves to the PIL path and `tensor` to the tensor path: a re-run
     asking differently must not mix shards made two ways; one asking differently but resolving the
-    same (`pil`, `--precision bf16` on a CPU) reuses them. `--large-model` is another model sharing."""
+    same (`pil`, `--precision bf16` on a CPU) reuses them, and so does one with other torch threads
+    (recorded, not compared). `--large-model` is another model sharing."""
+    from pipelines.threads import usable_cores
+
+    monkeypatch.delenv("FUSIONINDEX_TORCH_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     out = str(tmp_path / "out")
 
     def run(**kw):
@@ -150,6 +155,14 @@ def test_rerun_reuses_shards_only_where_the_settings_resolve_the_same_way(tmp_pa
         "preprocess": "tensor",
         "precision": "fp32",
         "model_sharing": "per_process",
+        "threads": {
+            "threads": usable_cores(),  # one process: every core it may use
+            "source": "share",
+            "cores": usable_cores(),
+            "processes": 1,
+            "engine": "beam",
+            "wait_policy": os.environ.get("OMP_WAIT_POLICY") or "PASSIVE",
+        },
     }
     tensor_shards = shard_bytes(out)
     auto = run()
@@ -158,6 +171,10 @@ def test_rerun_reuses_shards_only_where_the_settings_resolve_the_same_way(tmp_pa
     assert pil_shards != tensor_shards and auto["counts"] == first["counts"]
     same = run(preprocess="pil", precision="bf16")
     assert same["reused_shards"] == same["shards"] == 6 and shard_bytes(out) == pil_shards
+    monkeypatch.setenv("FUSIONINDEX_TORCH_THREADS", "1")
+    one = run(preprocess="pil")
+    assert one["reused_shards"] == 6 and shard_bytes(out) == pil_shards
+    monkeypatch.delenv("FUSIONINDEX_TORCH_THREADS")
     shared = run(large_model=True)
     assert shared["reused_shards"] == 0 and shared["runtime"]["model_sharing"] == "per_machine"
     assert shared["settings"]["large_model"] is True and auto["settings"]["preprocess"] == "auto"

@@ -16,23 +16,29 @@ the pure functions' dataclasses again on either side.
 from __future__ import annotations
 
 import logging
-import os
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, TestOptions
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    DirectOptions,
+    PipelineOptions,
+    StandardOptions,
+    TestOptions,
+)
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import multi_process_shared, shared
 
 from encoders.errors import SettingsError
 from index_builder import storage
 from pipelines.dry_run import DryRun
-from pipelines.embed.handler import THREADS_ENV, EmbeddingModelHandler
+from pipelines.embed.handler import EmbeddingModelHandler
 from pipelines.embed.join import DELETED, decide_grouped, previous_keys, today_keys
 from pipelines.embed.rows import RowPlan
 from pipelines.embed.timings import stage_metrics
 from pipelines.embed.worker import EngineRun, UnitFeeder, UnitJob, UnitWorker
 from pipelines.inputs import InputPlan, WorkUnit
+from pipelines.threads import ThreadLayout, beam_layout
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +122,8 @@ class EmbedUnit(beam.DoFn):
         self.load_ms = Metrics.distribution(NAMESPACE, "load_model_ms")
 
     def setup(self):
-        handler = EmbeddingModelHandler(self.job.settings, tensor_recipe=self.job.tensor_recipe)
+        job = self.job
+        handler = EmbeddingModelHandler(job.settings, tensor_recipe=job.tensor_recipe, threads=job.threads)
         self.worker = UnitWorker(self.job, handler, lambda: acquire_model(handler, self._shared, self.model_tag))
         self._feeder: UnitFeeder | None = None
 
@@ -283,11 +290,7 @@ def unknown_beam_args(args: list[str]) -> list[str]:
 
 
 def pipeline_options(beam_args: list[str]) -> PipelineOptions:
-    """Beam options from the leftover CLI args; the default runner needs no download.
-
-    With several local worker processes, each gets an equal share of the CPUs for torch
-    (and OpenMP), instead of every process starting one thread per core.
-    """
+    """Beam options from the leftover CLI args; the default runner needs no download."""
     options = PipelineOptions(beam_args)
     standard = options.view_as(StandardOptions)
     if standard.runner is None:
@@ -314,12 +317,18 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     except (ValueError, ImportError) as exc:
         hint = "; install the Dataflow extra: pip install 'fusionindex[dataflow]'" if name == "DataflowRunner" else ""
         raise SettingsError(f"--runner {standard.runner}: {exc}{hint}") from exc
-    direct = options.view_as(DirectOptions)
-    if (direct.direct_num_workers or 1) > 1 and direct.direct_running_mode == "multi_processing":
-        share = str(max(1, (os.cpu_count() or 1) // direct.direct_num_workers))
-        os.environ.setdefault(THREADS_ENV, share)
-        os.environ.setdefault("OMP_NUM_THREADS", share)
     return options
+
+
+def thread_layout(options: PipelineOptions) -> ThreadLayout:
+    """How this run's workers share a machine's cores (pipelines/threads.py: their torch threads)."""
+    direct = options.view_as(DirectOptions)
+    return beam_layout(
+        runner_name(options),
+        num_workers=direct.direct_num_workers,
+        running_mode=direct.direct_running_mode,
+        experiments=options.view_as(DebugOptions).experiments or (),
+    )
 
 
 def model_copies_warning(

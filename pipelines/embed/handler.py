@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -33,7 +33,9 @@ from encoders.stages import NO_CLOCK, StageClock
 from encoders.tensor_images import TensorPreprocessor
 from encoders.towers import Preprocessing, Towers, embed_pairs, text_rows
 from pipelines.embed.outcomes import Embedded, ItemInput, Outcome, Rejected
-from pipelines.embed.settings import THREADS_ENV, EmbedSettings, Runtime, resolve_runtime, small_batch_warning
+from pipelines.embed.settings import EmbedSettings, Runtime, resolve_runtime, small_batch_warning
+from pipelines.threads import ThreadLayout, ThreadShare, decide, large_model_client, large_model_server, usable_cores
+from pipelines.threads import apply as apply_threads
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +67,18 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
     """Loads the towers once per worker process (RunInference shares them across threads).
 
     `tensor_recipe`: whether the checkpoint has a tensor preprocessing recipe (a property of its
-    files, from `describe_checkpoint`); looked up on first use when not given.
+    files, from `describe_checkpoint`); looked up on first use when not given. `threads`: how the
+    engine runs processes on a machine (pipelines/threads.py), which decides each one's torch threads.
     """
 
-    def __init__(self, settings: EmbedSettings, *, tensor_recipe: bool | None = None):
+    def __init__(
+        self, settings: EmbedSettings, *, tensor_recipe: bool | None = None, threads: ThreadLayout | None = None
+    ):
         # max_batch_weight is left out: it crashes BatchElements in Beam 2.77.
         super().__init__(min_batch_size=1, max_batch_size=settings.batch_size, large_model=settings.large_model)
         self.settings = settings
         self._tensor_recipe = tensor_recipe
+        self.threads = threads or ThreadLayout("beam")
         self._runtime: Runtime | None = None
         self._tensor_cache = None
         self._described = None
@@ -85,30 +91,38 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
             if self._tensor_recipe is None:
                 local = resolve_model_dir(self.settings.model, allow_pickle=self.settings.allow_pickle)
                 self._tensor_recipe = describe_checkpoint(local)["tensor_recipe"] is not None
-            self._runtime = resolve_runtime(
+            rt = resolve_runtime(
                 self.settings, cuda_available=torch.cuda.is_available(), tensor_recipe=self._tensor_recipe
             )
+            self._runtime = replace(rt, threads=self.thread_share().as_dict())
         return self._runtime
+
+    def model_threads(self) -> ThreadLayout:
+        """The layout of the process that runs the forward passes (the --large-model server's, if shared)."""
+        return large_model_server(self.threads) if self.settings.large_model else self.threads
+
+    def thread_share(self) -> ThreadShare:
+        """The model process's torch threads on this machine (what `_set_up_process` applies there)."""
+        return decide(self.model_threads(), usable_cores(), os.environ)
 
     @property
     def fixed_rows(self) -> int | None:
         """Rows per model call under --exact-shapes (None: as many as the batch has)."""
         return self.settings.batch_size if self.settings.exact_shapes else None
 
-    def _set_up_process(self) -> None:
-        """What every worker process needs before it decodes or runs torch (idempotent)."""
+    def _set_up_process(self, threads: ThreadLayout) -> None:
+        """What every worker process needs before it decodes or runs torch (idempotent), with
+        `threads` the layout of this process's role (pipelines/threads.py decides its share)."""
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        threads = os.environ.get(THREADS_ENV)
-        if threads:
-            torch.set_num_threads(int(threads))
+        apply_threads(threads)
         # PIL refuses images above 2 x MAX_IMAGE_PIXELS inside Image.open; never let that be
         # stricter than --max-image-pixels (raised only, so other caps in the process hold).
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self.settings.max_image_pixels)
 
     def load_model(self) -> Towers:
-        self._set_up_process()
+        self._set_up_process(self.model_threads())
         rt = self.runtime()
         if warning := small_batch_warning(rt, self.settings.batch_size):
             log.warning(warning)
@@ -170,7 +184,7 @@ class EmbeddingModelHandler(ModelHandler[ItemInput, Outcome, Towers]):
         """The checkpoint's preprocessing and tokenizer without its weights (loaded once), for
         a worker process whose model is a --large-model proxy; same fixed_rows as the model."""
         if self._preprocessing is None:
-            self._set_up_process()
+            self._set_up_process(large_model_client(self.threads))
             pre = load_preprocessing(self.settings.model, allow_pickle=self.settings.allow_pickle)
             pre.fixed_rows = self.fixed_rows
             self._preprocessing = pre

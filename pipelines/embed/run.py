@@ -13,7 +13,7 @@ from encoders.loading import ModelLoadError, fingerprint, resolve_model_dir
 from encoders.models import describe_checkpoint
 from index_builder import storage
 from index_builder.embeddings import MANIFEST, list_shards
-from pipelines.embed.beam import is_dry_run, is_local, pipeline_options, run_beam, warn_model_copies
+from pipelines.embed.beam import is_dry_run, is_local, pipeline_options, run_beam, thread_layout, warn_model_copies
 from pipelines.embed.handler import EmbeddingModelHandler
 from pipelines.embed.output import prepare_output, run_key
 from pipelines.embed.progress import Watcher
@@ -90,9 +90,10 @@ def run_embed(
             raise SettingsError(problem)
         s, previous = spark.with_absolute_paths(s), previous and spark.absolute(previous)
         options, local = None, spark.is_local(s.spark_master)
+        threads = spark.thread_layout(s.spark_master or spark.DEFAULT_MASTER, s.spark_properties())
     else:
         options = pipeline_options(beam_args or [])
-        local = is_local(options)
+        local, threads = is_local(options), thread_layout(options)
     model_dir = resolve_model_dir(s.model, allow_pickle=s.allow_pickle)
     info = describe_checkpoint(model_dir)
     if s.fusion == "attention" and not info["fusion"]:
@@ -102,7 +103,7 @@ def run_embed(
         )
     fusion_params = s.weighted_fusion().params() if s.fusion == "weighted" else info["fusion"]
     recipe = info["tensor_recipe"] is not None
-    handler = EmbeddingModelHandler(s, tensor_recipe=recipe)
+    handler = EmbeddingModelHandler(s, tensor_recipe=recipe, threads=threads)
     if local:  # the workers are this machine: a runtime that cannot work fails now
         log.info("runtime: %s", handler.runtime())
         if options is not None:
@@ -124,7 +125,7 @@ def run_embed(
     committed = len(list_shards(s.output, require_complete=False)) if resume else 0
     if committed:
         log.info("resuming an interrupted run: %d of %d shards are committed", committed, len(plan.units))
-    job = UnitJob(s, tuple(u.path for u in plan.units), info["dim"], resume, recipe, previous_shards)
+    job = UnitJob(s, tuple(u.path for u in plan.units), info["dim"], resume, recipe, previous_shards, threads)
     model_tag = shared_model_tag(s, model_fp)
     t_pipeline = time.monotonic()
     comparable = bool(previous_info and previous_info["comparable"])

@@ -23,6 +23,7 @@ from encoders.errors import SettingsError, check_at_least, check_choice
 from encoders.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from encoders.settings import FUSIONS, check_fusion_weights
 from pipelines.inputs import PLAN_THREADS, Columns
+from pipelines.threads import THREADS_ENV  # noqa: F401  (re-exported: a user's torch threads per process)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ PREPROCESS_MODES = ("auto", "pil", "tensor")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECODE_AHEAD = ("auto", "on", "off", "stream")
 DUPLICATE_POLICIES = ("reject", "allow")
-THREADS_ENV = "FUSIONINDEX_TORCH_THREADS"  # torch threads per worker process, set where processes share the CPUs
 ENGINES = ("beam", "spark")  # beam: Beam options (--runner ...) pick the runner; spark: --spark-master
 
 # Field metadata: whether a setting enters the run key that decides if an output directory's
@@ -148,13 +148,17 @@ class Runtime:
     preprocess: str
     precision: str  # "fp32", "bf16" or "fp16" (autocast; CUDA only)
     model_sharing: str  # "per_process" or "per_machine" (--large-model)
+    # the model process's thread share (pipelines/threads.py ThreadShare.as_dict()): recorded, never
+    # compared, so a different machine or thread count does not make committed shards stale
+    threads: dict | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def __str__(self) -> str:
         sharing = "one model per machine" if self.model_sharing == "per_machine" else "one model per process"
-        return f"{self.device}, {self.preprocess} preprocessing, {self.precision}, {sharing}"
+        threads = f", {self.threads['threads']} torch threads a process" if self.threads else ""
+        return f"{self.device}, {self.preprocess} preprocessing, {self.precision}, {sharing}{threads}"
 
 
 def resolve_runtime(s: EmbedSettings, *, cuda_available: bool, tensor_recipe: bool) -> Runtime:

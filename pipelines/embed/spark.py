@@ -35,6 +35,7 @@ from pipelines.embed.join import DELETED, decide_grouped, previous_keys, today_k
 from pipelines.embed.settings import THREADS_ENV, EmbedSettings
 from pipelines.embed.timings import stage_metrics
 from pipelines.inputs import InputPlan, WorkUnit
+from pipelines.threads import ThreadLayout, decide, spark_layout, usable_cores
 
 if TYPE_CHECKING:  # torch and Beam: imported by the embed tasks only, not by the join's (executors import this module)
     from encoders.towers import Towers
@@ -133,6 +134,12 @@ def _context(s: EmbedSettings):
     return sc, True
 
 
+def thread_layout(master: str, conf: dict[str, str]) -> ThreadLayout:
+    """How this Spark run's Python workers share a machine's cores (pipelines/threads.py), from
+    the master and the properties (spark.task.cpus)."""
+    return spark_layout(master, task_cpus=int(conf.get("spark.task.cpus", "1")))
+
+
 def _cached_model(handler: EmbeddingModelHandler, key: str, loads: list[int]) -> Towers:
     """The model for `key`, loaded once per Python worker (a different key replaces it)."""
     if key not in _MODEL:
@@ -158,6 +165,7 @@ def _kill_once(unit: int) -> None:
 
 def embed_task(job: UnitJob, model_tag: str, element: tuple[int, Iterable[tuple[int, object]]]) -> dict:
     """One unit on an executor: UnitWorker with this Python worker's model; returns its report as a dict."""
+    import torch
     from pyspark import TaskContext
 
     from pipelines.embed.handler import EmbeddingModelHandler
@@ -169,7 +177,11 @@ def embed_task(job: UnitJob, model_tag: str, element: tuple[int, Iterable[tuple[
     (unit,) = [v for tag, v in tagged if tag == UNIT]
     plans = [RowPlan(*v) for tag, v in tagged if tag == PLAN]
     key = f"{model_tag}|{job.settings!r}"  # towers carry settings (exact shapes), not only weights
-    handler = _MODEL[key][0] if key in _MODEL else EmbeddingModelHandler(job.settings, tensor_recipe=job.tensor_recipe)
+    handler = (
+        _MODEL[key][0]
+        if key in _MODEL
+        else EmbeddingModelHandler(job.settings, tensor_recipe=job.tensor_recipe, threads=job.threads)
+    )
     loads: list[int] = []
     report = UnitWorker(job, handler, lambda: _cached_model(handler, key, loads)).process(unit, plans)
     _kill_once(unit.index)
@@ -183,6 +195,7 @@ def embed_task(job: UnitJob, model_tag: str, element: tuple[int, Iterable[tuple[
         "stages": stage_metrics(report.stages, report.ahead),
         "loads": len(loads),
         "pid": os.getpid(),
+        "torch_threads": torch.get_num_threads(),  # what the set-up applied (pipelines/threads.py)
         "attempt": ctx.attemptNumber() if ctx is not None else 0,
     }
 
@@ -227,6 +240,8 @@ def run_spark(
     from pipelines.embed.worker import EngineRun
 
     sc, owned = _context(s)
+    job = dataclasses.replace(job, threads=thread_layout(sc.master, dict(sc.getConf().getAll())))
+    log.info("spark: %s per Python worker", decide(job.threads, usable_cores(), os.environ))
     try:
         n = len(plan.units)
         units = sc.parallelize(plan.units, n)  # one unit per partition: the join reads each in its own task
@@ -284,10 +299,11 @@ def _metrics(reports: list[dict]) -> dict[str, int]:
         for name, us in r["stages"].items():
             m[name] = m.get(name, 0) + us
     log.info(
-        "spark: %d units in %d Python workers, %d model loads, %d tasks retried",
+        "spark: %d units in %d Python workers, %d model loads, %d tasks retried, torch threads %s",
         len(reports),
         len({r["pid"] for r in reports}),
         m["model_loads"],
         m["retried_tasks"],
+        sorted({r["torch_threads"] for r in reports if "torch_threads" in r}),
     )
     return m

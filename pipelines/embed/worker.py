@@ -35,6 +35,7 @@ from pipelines.embed.rows import RowPlan, RowResult, classify, content_hash
 from pipelines.embed.settings import EmbedSettings
 from pipelines.embed.shards import commit_unit, committed_runtime, previous_rows, shard_paths
 from pipelines.inputs import Row, WorkUnit, iter_unit
+from pipelines.threads import ThreadLayout
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class UnitJob:
     resume: bool  # the directory's committed shards belong to this run (equal run key)
     tensor_recipe: bool | None = None  # the checkpoint's processor is resize + center crop (None: look it up)
     previous_shards: tuple[str, ...] = ()  # the previous run's shards, which `unchanged` plans point into
+    threads: ThreadLayout = ThreadLayout("beam")  # how the engine runs processes on a machine (their torch threads)
 
 
 @dataclass(frozen=True)
