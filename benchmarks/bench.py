@@ -562,9 +562,9 @@ def bench_autofaiss(work: Path, src: Path, venv: Path, budget: str, queries: int
     recall@1/10/100 at the search parameters autofaiss chose, latency with the same code."""
     import faiss
 
-    from index_builder.build import read_vectors, sample_training_set
     from index_builder.embeddings import list_shards
     from index_builder.recall import exact_neighbours, latency, recall_at, truth_width
+    from index_builder.sampling import read_vectors, sample_training_set
 
     python = venv / "bin" / "python"
     if not python.exists():

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from encoders.errors import InputError
 from index_builder import storage
-from index_builder.build import read_vectors, sample_training_set
 from index_builder.embeddings import MANIFEST, list_shards
 from index_builder.recall import exact_neighbours, latency, truth_width
+from index_builder.sampling import read_vectors, sample_training_set
 from index_builder.search import open_index
 from index_builder.tune import tune
 

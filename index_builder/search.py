@@ -13,8 +13,8 @@ import numpy as np
 
 from encoders.errors import InputError
 from index_builder import faiss_io, storage
-from index_builder.build import IDS_FILE, INDEX_FILE, IVFDATA_FILE
 from index_builder.embeddings import MANIFEST
+from index_builder.layout import IDS_FILE, INDEX_FILE, IVFDATA_FILE
 from index_builder.params import search_parameters
 from index_builder.split import combine
 

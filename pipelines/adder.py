@@ -4,7 +4,7 @@ own memory and ~38 MiB of mapped libraries, a fifth of the on-disk build's peak 
 
 from __future__ import annotations
 
-from index_builder.build import AddParts
+from index_builder.adding import AddParts
 
 
 def adder_for(workers: int, beam_args: list[str]) -> AddParts | None:

@@ -12,15 +12,8 @@ import pytest
 
 from encoders.errors import InputError, SettingsError
 from index_builder import storage
-from index_builder.build import (
-    ShardCache,
-    add_and_merge,
-    build_index,
-    ids_table,
-    read_vectors,
-    sample_training_set,
-    train_template,
-)
+from index_builder.adding import add_and_merge, ids_table
+from index_builder.build import build_index
 from index_builder.embeddings import Shard, embeddings_table, list_shards, read_vectors_lean, shard_name
 from index_builder.factory import (
     check_factory,
@@ -29,8 +22,10 @@ from index_builder.factory import (
     choose_pq_m,
     choose_train_size,
 )
+from index_builder.sampling import ShardCache, read_vectors, sample_training_set
 from index_builder.search import LoadedIndex
 from index_builder.settings import BuildSettings
+from index_builder.training import train_template
 
 
 def clustered(n, d, rng, centres=50):

@@ -113,7 +113,7 @@ def test_opq_candidates_are_trained_only_when_the_screen_says_they_pay(tmp_path)
 def test_candidates_sharing_a_coarse_quantizer_train_it_once_to_the_same_index():
     import faiss
 
-    from index_builder.build import coarse_of, train_template
+    from index_builder.training import coarse_of, train_template
 
     xt = clustered(4000, 32, np.random.default_rng(9), centres=30)
     assert coarse_of("IVF64,PQ8x8np") == coarse_of("IVF64,SQ8") == "IVF64" and coarse_of("OPQ8,IVF64,PQ8x8np") is None
