@@ -8,7 +8,7 @@ DEMO ?= demo
 DATA_PACKAGES := fonts-noto-color-emoji unicode-cldr-core openclipart-png openclipart-svg
 DATA_FILES := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf /usr/share/unicode/cldr/common/annotations/en.xml /usr/share/openclipart/png
 
-.PHONY: install java-runtime data-packages test-packages test test-unit test-slow lint format demo demo-sample bench bench-peer bench-autofaiss clean
+.PHONY: help install java-runtime data-packages test-packages test test-unit test-slow lint format demo demo-sample bench bench-peer bench-autofaiss clean
 
 install: $(VENV)/.installed java-runtime
 
@@ -45,15 +45,32 @@ test-packages:
 	  || echo "WARNING: could not install chromium"; \
 	else echo "NOTE: the report's browser test needs: sudo apt-get install -y chromium"; fi
 
+# Test tiers (docs/development.md). TEST_ARGS passes more pytest options, e.g. TEST_ARGS='-m "not spark"'.
+# `make test` (what CI runs): tests/unit, then every integration test not marked slow: real Beam pipelines
+# (marker beam), Spark local clusters (spark), an S3 server on localhost (s3), headless Chromium (browser),
+# commands killed with SIGKILL and re-run (kill9); those whose tool is missing skip and say what to install.
 test: install data-packages test-packages
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" $(TEST_ARGS)
 
+# The tests marked slow: the benchmark harness's embed, stages and reindex sections at toy sizes.
 test-slow: install data-packages
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow $(TEST_ARGS)
 
-# The unit layer alone: settings, run key, row classification, shard commits (no runner, no model; seconds).
+# tests/unit alone: settings, run key, row classification, shard commits, gates, index choice, drift
+# (no runner, no model; seconds).
 test-unit: install
-	$(PY) -m pytest -q tests/unit
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/unit $(TEST_ARGS)
+
+# One line per target.
+help:
+	@echo "make demo         install, then the main job on a real emoji catalogue (fine-tune, embed, index, search, 2 nights)"
+	@echo "make demo-sample  the pipeline alone on synthetic shapes with a random CLIP"
+	@echo "make test         install, then tests/unit and every integration test not marked slow (CI)"
+	@echo "make test-unit    tests/unit only: no runner, no model (seconds)"
+	@echo "make test-slow    the tests marked slow (the benchmark harness at toy sizes)"
+	@echo "make lint         ruff format --check and ruff check (CI); make format rewrites"
+	@echo "make bench        performance figures (docs/performance.md); bench-peer, bench-autofaiss add peers"
+	@echo "make clean        remove demo/"
 
 # ruff: formatting and lint (lines <= 120); run by CI. `make format` rewrites the files.
 lint: install

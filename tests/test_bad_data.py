@@ -93,12 +93,14 @@ def _outcome(key, out, rejects):
     return f"rejected: `{reasons[0]}`" if reasons else "missing"
 
 
+@pytest.mark.beam
 def test_every_image_kind_has_its_outcome(run):
     manifest, out, rejects, expect = run
     for kind, (_, outcome) in IMAGE_CASES.items():
         assert _outcome(expect[kind], out, rejects) == outcome, kind
 
 
+@pytest.mark.beam
 def test_caption_kinds_and_other_rows(run, tiny_clip):
     manifest, out, rejects, expect = run
     table = {r["id"]: r for r in out.to_pylist()}
@@ -173,6 +175,7 @@ def test_extreme_aspect_images_match_a_direct_processor_call(tiny_clip):
     assert towers.encode_images([strip]).shape == (1, towers.dim)
 
 
+@pytest.mark.beam
 def test_bad_files_fail_by_name_or_are_skipped_and_recorded(tmp_path, tiny_clip):
     good = [{"key": str(i), "caption": "c", "status": "success", "jpg": GOOD} for i in range(6)]
     pq.write_table(pa.Table.from_pylist(good, schema=_schema()), tmp_path / "good.parquet", row_group_size=3)
@@ -201,6 +204,7 @@ def test_bad_files_fail_by_name_or_are_skipped_and_recorded(tmp_path, tiny_clip)
     assert "read" in m["timings"]["decode_ahead_s"] and "wait" in m["timings"]["stages_s"]
 
 
+@pytest.mark.beam
 def test_duplicate_policy_allow_keeps_every_copy(tmp_path, tiny_clip):
     rows = [{"key": "same", "caption": f"copy {i}", "status": "success", "jpg": GOOD} for i in range(3)]
     pq.write_table(pa.Table.from_pylist(rows, schema=_schema()), tmp_path / "in.parquet")
@@ -237,6 +241,7 @@ def test_pixel_cap_is_configurable(tiny_clip):
     assert decode_image(big, max_pixels=6_000_000).size == (3000, 2000)
 
 
+@pytest.mark.beam
 def test_tensor_preprocessing_path_agrees_with_the_pil_path(run, tiny_clip, tmp_path):
     """The GPU path (batched decode_jpeg + tensor resize), exercised on the CPU."""
     manifest, out, rejects, expect = run

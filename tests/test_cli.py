@@ -39,6 +39,7 @@ def built(tmp_path_factory, tiny_clip):
     return root, cat, emb, idx
 
 
+@pytest.mark.beam
 def test_end_to_end_text_search_json(built, capsys):
     root, cat, emb, idx = built
     manifest = json.load(open(os.path.join(emb, "manifest.json")))
@@ -59,6 +60,7 @@ def test_end_to_end_text_search_json(built, capsys):
     assert all(known[h["id"]] == h["caption"] for h in lines)
 
 
+@pytest.mark.beam
 def test_image_query_finds_the_same_image_first(built, capsys, tmp_path):
     root, cat, emb, idx = built
     t = pq.read_table(os.path.join(cat, "00001.parquet"))
@@ -77,6 +79,7 @@ def test_image_query_finds_the_same_image_first(built, capsys, tmp_path):
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
+@pytest.mark.beam
 def test_clear_errors(built, tmp_path, tiny_clip, capsys):
     root, cat, emb, idx = built
     assert (
@@ -132,6 +135,7 @@ def test_clear_errors(built, tmp_path, tiny_clip, capsys):
     assert not os.path.exists(tmp_path / "o" / "manifest.json")
 
 
+@pytest.mark.beam
 def test_console_script_runs(built):
     """The installed script, as users run it; `search` loads torch and faiss, whose OpenMP runtimes
     (each prints its settings with OMP_DISPLAY_ENV) must sleep while waiting (encoders/openmp.py)."""
@@ -359,6 +363,7 @@ def places(built, tiny_clip, tmp_path_factory):
     }
 
 
+@pytest.mark.beam
 @pytest.mark.parametrize("case", list(BAD_CLI))
 def test_bad_command_lines_get_one_line_and_exit_2(case, places, capsys):
     argv, message = BAD_CLI[case]
@@ -382,6 +387,7 @@ def test_docs_bad_command_table_matches_the_tests():
     )
 
 
+@pytest.mark.beam
 def test_internal_errors_are_not_usage_errors(built, monkeypatch):
     """A bug (here: an ArrowInvalid from deep inside) is raised with its traceback, not turned into exit 2."""
     import pyarrow

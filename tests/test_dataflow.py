@@ -78,6 +78,7 @@ def check_job(runner, transforms: set[str]) -> None:
     assert ACCELERATOR in request.service_options
 
 
+@pytest.mark.beam
 def test_embed_builds_the_gpu_dataflow_job_and_writes_nothing(sample_dir, tiny_clip, tmp_path, capsys):
     needs_dataflow()
     from pipelines.embed.run import run_embed
@@ -99,6 +100,7 @@ def test_embed_builds_the_gpu_dataflow_job_and_writes_nothing(sample_dir, tiny_c
     assert json.loads((out / "manifest.json").read_text()) == {"kept": True} and os.listdir(out) == ["manifest.json"]
 
 
+@pytest.mark.beam
 def test_index_add_stage_builds_its_dataflow_job(tmp_path):
     needs_dataflow()
     from index_builder.embeddings import Shard
@@ -150,6 +152,7 @@ def test_worker_image_versions_match_pyproject():
     assert {q["name"] for q in meta["parameters"] if not q.get("isOptional")} == {"input", "output", "model"}
 
 
+@pytest.mark.beam
 def test_reindex_dry_run_leaves_no_run_to_resume(sample_dir, tiny_clip, tmp_path, capsys):
     needs_dataflow()
     root = tmp_path / "root"

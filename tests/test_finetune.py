@@ -121,6 +121,7 @@ def test_frozen_text_tower_stays_in_eval_mode_and_its_outputs_are_cached(tiny_cl
     assert all(torch.equal(a, b) for a, b in zip(before, towers.model.text_model.parameters()))
 
 
+@pytest.mark.beam
 def test_finetune_cli_resume_evaluate_and_embed_with_attention(tmp_path, tiny_bert, sample_dir):
     out = tmp_path / "model"
     args = [

@@ -80,6 +80,7 @@ def test_the_image_struct_is_detected_and_read(hf_dir):
     assert Image.open(io.BytesIO(rows["100"].image)).format == "PNG"  # datasets encoded the PIL image
 
 
+@pytest.mark.beam
 def test_embed_matches_a_direct_transformers_call_and_rejects_bad_structs(hf_dir, tiny_clip, tmp_path, capsys):
     path, expected = hf_dir
     out = str(tmp_path / "out")

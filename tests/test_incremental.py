@@ -16,6 +16,8 @@ from pipelines.datasets.sample import COLOURS, draw, make_sample
 from pipelines.embed.run import run_embed
 from pipelines.embed.settings import EmbedSettings
 
+pytestmark = [pytest.mark.beam]
+
 
 def rows_of(directory: str) -> dict[str, dict]:
     out = {}

@@ -36,6 +36,7 @@ def results(idx: LoadedIndex, x: np.ndarray) -> list[list[str]]:
     return [[h.id for h in hits] for hits in idx.search(x, k=10)]
 
 
+@pytest.mark.beam
 def test_the_beam_add_and_the_disk_merge_give_the_in_process_index(emb, tmp_path):
     cfg = BuildSettings(emb, str(tmp_path / "ram"), factory="IVF32,PQ8x8np", seed=1)
     ram = build_index(cfg)
@@ -150,6 +151,7 @@ def test_measuring_recall_on_disk_leaves_no_list_pages_mapped(tmp_path):
     assert _mapped_kib(path) == 0 and speed["chunk"] >= 4 and speed["batch_1024_ms"] > 0
 
 
+@pytest.mark.beam
 def test_fast_scan_indexes_merge_in_ram_and_are_refused_on_disk(emb, tmp_path):
     fs = build_index(BuildSettings(emb, str(tmp_path / "fs"), factory="IVF32,PQ16x4fs", workers=2),
                      beam_adder([], workers=2))  # fmt: skip
@@ -161,6 +163,7 @@ def test_fast_scan_indexes_merge_in_ram_and_are_refused_on_disk(emb, tmp_path):
         build_index(BuildSettings(emb, str(tmp_path / "no"), factory="IVF32,PQ16x4fs", merge="disk"))
 
 
+@pytest.mark.beam
 def test_build_index_takes_beam_options_on_the_command_line(emb, tmp_path, capsys):
     out, ref = str(tmp_path / "idx"), str(tmp_path / "ref")
     argv = ["-q", "build-index", "--embeddings", emb, "--factory", "IVF16,SQ8", "--num-index-shards", "2"]

@@ -165,6 +165,7 @@ def test_several_processes_on_one_gpu_without_large_model_are_warned_about(caplo
     assert [r.getMessage().count("4 worker processes") for r in caplog.records] == [1]
 
 
+@pytest.mark.beam
 def test_the_tensor_path_runs_on_the_workers_with_a_shared_model(tmp_path, tiny_clip, sample_dir):
     """--preprocess tensor --large-model: the tensor preprocessing runs in the worker process (its
     CPU) and sends pixels; the vectors are the in-process tensor path's on this CPU."""

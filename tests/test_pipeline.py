@@ -44,6 +44,7 @@ def embedded(tmp_path_factory, tiny_clip, sample_dir):
     return out, manifest
 
 
+@pytest.mark.beam
 def test_every_success_row_embedded_once_with_ids_and_counts(embedded, sample_dir):
     out, manifest = embedded
     rows = input_rows(sample_dir)
@@ -69,6 +70,7 @@ def test_every_success_row_embedded_once_with_ids_and_counts(embedded, sample_di
         assert np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
 
 
+@pytest.mark.beam
 def test_manifest_stage_timings_add_up_to_the_unit_time(embedded):
     _, manifest = embedded
     t = manifest["timings"]
@@ -83,6 +85,7 @@ def test_manifest_stage_timings_add_up_to_the_unit_time(embedded):
     assert t["host_us_per_row"] == pytest.approx(host / manifest["counts"]["read"] * 1e6, rel=0.01)
 
 
+@pytest.mark.beam
 def test_pipeline_vectors_equal_direct_clip_calls(embedded, sample_dir, tiny_clip):
     out, _ = embedded
     table = read_dir(out)
@@ -111,6 +114,7 @@ def test_pipeline_vectors_equal_direct_clip_calls(embedded, sample_dir, tiny_cli
     assert table.column("caption").to_pylist() == captions
 
 
+@pytest.mark.beam
 def test_rerun_is_deterministic_and_direct_runner_agrees(embedded, tiny_clip, sample_dir, tmp_path, caplog):
     out, _ = embedded
     again = str(tmp_path / "again")
@@ -134,6 +138,7 @@ def _catalogue(path, rows):
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
 
 
+@pytest.mark.beam
 def test_bad_rows_are_rejected_not_dropped_and_blank_captions_counted(tmp_path, tiny_clip):
     good = encode(draw("circle", (10, 200, 10), (255, 255, 255), 64), "jpg")
     rows = [
@@ -174,6 +179,7 @@ def test_bad_rows_are_rejected_not_dropped_and_blank_captions_counted(tmp_path, 
     assert all(r["source_file"].endswith("in.parquet") and r["message"] for r in rejects)
 
 
+@pytest.mark.beam
 def test_failed_run_leaves_no_manifest(tmp_path, tiny_clip):
     good = encode(draw("square", (200, 10, 10), (255, 255, 255), 64), "jpg")
     path = tmp_path / "in.parquet"
@@ -191,6 +197,7 @@ def test_failed_run_leaves_no_manifest(tmp_path, tiny_clip):
     assert not os.path.exists(os.path.join(out, "manifest.json"))
 
 
+@pytest.mark.beam
 def test_output_dir_with_foreign_files_is_refused(tmp_path, tiny_clip, sample_dir):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(InputError, match="not a fusionindex run"):
@@ -198,6 +205,7 @@ def test_output_dir_with_foreign_files_is_refused(tmp_path, tiny_clip, sample_di
     assert (tmp_path / "precious.txt").exists()
 
 
+@pytest.mark.beam
 def test_multi_process_workers(tmp_path, tiny_clip, sample_dir, embedded):
     out = str(tmp_path / "mp")
     m = run_embed(
@@ -231,6 +239,7 @@ def test_a_failing_item_is_isolated_from_its_batch(tiny_clip):
     assert np.allclose(alone.fused, out[0].fused, atol=1e-5)
 
 
+@pytest.mark.beam
 def test_handler_works_inside_beam_run_inference(tiny_clip):
     import apache_beam as beam
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
@@ -257,6 +266,7 @@ def test_handler_works_inside_beam_run_inference(tiny_clip):
         assert_that(p | beam.Create(items) | RunInference(KeyedModelHandler(handler)), check)
 
 
+@pytest.mark.beam
 def test_large_model_mode_shares_one_model_and_gives_the_same_vectors(tmp_path, tiny_clip, sample_dir, embedded):
     m = run_embed(
         EmbedSettings(
@@ -278,6 +288,7 @@ def test_large_model_mode_shares_one_model_and_gives_the_same_vectors(tmp_path, 
     )
 
 
+@pytest.mark.beam
 def test_decode_ahead_and_streamed_batches_give_the_same_shards(tmp_path, tiny_clip, sample_dir, embedded):
     """The CUDA-default decode-ahead thread, forced on here on the CPU, changes nothing in the output."""
     m = run_embed(
@@ -303,6 +314,7 @@ def test_decode_ahead_and_streamed_batches_give_the_same_shards(tmp_path, tiny_c
     )
 
 
+@pytest.mark.beam
 def test_the_gpu_checks_parity_tool_passes_equal_runs_and_fails_a_changed_vector(tmp_path, embedded, capsys):
     """benchmarks/compare_embeddings, which gpu_check.sh runs on `--decode-ahead on` vs `stream`."""
     import shutil

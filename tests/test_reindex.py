@@ -26,6 +26,8 @@ from pipelines.datasets.sample import make_sample
 from pipelines.reindex.root import read_latest, resolve_index, run_ids, run_path
 from tests.test_incremental import night_two, rows_of
 
+pytestmark = [pytest.mark.beam]
+
 CANARIES = "a red circle\na blue square on a white background\na green ring\nyellow triangle\n"
 
 
@@ -182,6 +184,7 @@ def shard_bytes(run: str) -> dict[str, bytes]:
     return {n: open(os.path.join(d, n), "rb").read() for n in sorted(os.listdir(d)) if n.startswith("part-")}
 
 
+@pytest.mark.kill9
 def test_kill_9_in_night_two_then_the_same_command_finishes_the_night(tmp_path):
     from encoders.random_models import make_random_clip
 
@@ -251,6 +254,7 @@ def s3(monkeypatch, tmp_path):
         fsspec.filesystem("s3").clear_instance_cache()
 
 
+@pytest.mark.s3
 def test_the_three_nights_with_input_and_root_on_s3(s3, three_nights, tiny_clip, capsys):
     base, local_root, local_runs, local_codes, expect = three_nights
     for night in ("night1", "night2", "night3"):
@@ -286,6 +290,7 @@ window.addEventListener("load", () => {
 </script>"""
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium: apt-get install -y chromium")
 def test_the_report_renders_in_a_real_browser_with_every_image_and_the_plot(tmp_path, tiny_clip):
     make_sample(str(tmp_path / "in"), rows=80, shards=2, seed=3, row_group_size=20)

@@ -38,6 +38,8 @@ def slow_job(tmp_path_factory):
     return root, str(root / "in"), str(model)
 
 
+@pytest.mark.kill9
+@pytest.mark.beam
 def test_kill_9_then_rerun_reuses_committed_shards_and_matches_uninterrupted_run(slow_job):
     root, inputs, model = slow_job
     out = str(root / "killed")
@@ -71,6 +73,7 @@ def test_kill_9_then_rerun_reuses_committed_shards_and_matches_uninterrupted_run
     assert shard_bytes(fresh) == resumed  # same final rows as an uninterrupted run, byte for byte
 
 
+@pytest.mark.beam
 def test_rerun_of_finished_job_reuses_everything_unless_restarted_or_changed(slow_job, tmp_path):
     root, inputs, model = slow_job
     out = str(tmp_path / "out")
@@ -86,6 +89,7 @@ def test_rerun_of_finished_job_reuses_everything_unless_restarted_or_changed(slo
     assert changed["reused_shards"] == 0 and shard_bytes(out) != before
 
 
+@pytest.mark.beam
 def test_index_build_is_deterministic_and_a_failed_build_leaves_the_old_index(slow_job, tmp_path):
     root, inputs, model = slow_job
     emb = str(tmp_path / "emb")
@@ -109,6 +113,7 @@ def test_index_build_is_deterministic_and_a_failed_build_leaves_the_old_index(sl
     assert LoadedIndex.load(idx1).index.ntotal == 596
 
 
+@pytest.mark.kill9
 def test_killed_index_build_leaves_the_previous_index_untouched(tmp_path):
     from tests.test_index import clustered, write_embeddings
 
@@ -135,6 +140,7 @@ def test_killed_index_build_leaves_the_previous_index_untouched(tmp_path):
     assert m["ntotal"] == 80_000 and LoadedIndex.load(idx).index.ntotal == 80_000
 
 
+@pytest.mark.beam
 def test_rerun_reuses_shards_only_where_the_settings_resolve_the_same_way(tmp_path, tiny_clip, sample_dir, monkeypatch):
     """On a CPU `--preprocess auto` resolves to the PIL path and `tensor` to the tensor path: a re-run
     asking differently must not mix shards made two ways; one asking differently but resolving the

@@ -17,7 +17,7 @@ from pipelines.embed.settings import EmbedSettings
 from pipelines.embed.spark import KILL_ONCE_ENV, spark_missing
 
 MISSING = spark_missing()
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+pytestmark = [pytest.mark.skipif(MISSING is not None, reason=MISSING or ""), pytest.mark.spark, pytest.mark.beam]
 
 CLUSTER = "local-cluster[2,1,1024]"  # two executor JVMs, one core each
 

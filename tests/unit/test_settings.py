@@ -1,4 +1,4 @@
-"""Settings objects: validated once, frozen, defaults in one place, runtime resolution (no runner, no model)."""
+"""Settings objects: validated once, defaults in one place, runtime resolution (no runner, no model)."""
 
 from __future__ import annotations
 
@@ -127,12 +127,6 @@ def test_bad_embed_settings_name_the_flag(change, message):
 def test_bad_settings_of_the_other_commands(make, message):
     with pytest.raises(SettingsError, match=message):
         make()
-
-
-def test_settings_are_frozen():
-    s = EmbedSettings(**EMBED)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        s.batch_size = 1
 
 
 def test_run_key_holds_what_changes_the_bytes_and_not_how_they_are_computed():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from encoders import stages as stages_mod
-from encoders.stages import NO_CLOCK, StageClock, host_seconds
+from encoders.stages import StageClock, host_seconds
 from pipelines.embed.timings import manifest_timings, stage_metrics
 
 
@@ -74,13 +74,6 @@ def test_timed_counts_producing_each_item(now):
         got.append(row)
     assert got == [0, 1, 2]
     assert clock.seconds == {"read": 3, "classify": 0.75}
-
-
-def test_no_clock_measures_nothing():
-    with NO_CLOCK("forward"):
-        NO_CLOCK.add("probe", 1)
-    assert list(NO_CLOCK.timed([1, 2], "read")) == [1, 2]
-    assert not NO_CLOCK.seconds
 
 
 def test_manifest_table_from_summed_counters():
