@@ -22,6 +22,8 @@ from pipelines.embed.run import run_embed
 from pipelines.embed.settings import EmbedSettings
 from tests.unit.test_duplicates import as_groups
 
+pytestmark = [pytest.mark.beam]
+
 THRESHOLD = 0.9995
 
 
