@@ -14,7 +14,9 @@ files of IDX and their commit).
 An earlier build's template (`template=`) is reused unless the dimension, vector or factory
 differ, or (retrain "auto") the vectors drifted away from it (index_builder.drift: codec and
 coarse errors on today's sample against the errors on held-out vectors when it was trained).
-Shards can be added in parallel processes (`add_parts`, the Beam stage of pipelines/).
+Shards can be added in parallel processes (`add_parts`, the Beam stage of pipelines/). The build
+changes nothing process-wide: the allocator settings it is measured with (index_builder.allocators)
+are the caller's, set by the CLI.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from index_builder.drift import codec_errors
 from index_builder.embeddings import MANIFEST, Shard, list_shards
 from index_builder.factory import choose_train_size
 from index_builder.layout import PARTS_DIR, commit, set_nprobe
-from index_builder.memory import lean_allocators
 from index_builder.recall import latency
 from index_builder.sampling import FRESH_SAMPLE, Samples, ShardCache, draw, fresh_sample, sample_sizes
 from index_builder.settings import BuildSettings
@@ -51,7 +52,6 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
     the manifest says which. `add_parts`: a parallel adder (the Beam stage); else this process adds."""
     started = datetime.now(UTC)
     t0 = time.monotonic()
-    lean_allocators()  # freed shard buffers go back to the system (index_builder.memory)
     source, shards = _source(cfg.embeddings)
     total, d = sum(s.num_rows for s in shards), int(source["dim"])
     factories = plan(cfg, total, d)

@@ -15,7 +15,7 @@ import numpy as np
 from faiss.contrib.evaluation import knn_intersection_measure
 from faiss.contrib.exhaustive_search import knn_ground_truth
 
-from index_builder.memory import mapped_lists, query_batch, release_mapped_lists
+from index_builder.mapped_lists import mapped_lists, query_batch, release_mapped_lists
 from index_builder.params import search_parameters
 
 KS = (1, 10, 100)  # recall@k recorded for each of these k (those below ntotal)

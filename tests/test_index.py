@@ -242,3 +242,30 @@ def test_recall_is_measured_at_each_nprobe_against_exact_search(emb_dir, tmp_pat
     assert list(curve) == [1, 2, 4, 8, 16, 32] and curve[2] == m["recall"]["recall_at_k"]
     assert curve[32] == 1.0 > curve[1]  # exact codes: probing every list is exact search
     assert all(a <= b for a, b in zip(list(curve.values()), list(curve.values())[1:]))
+
+
+def test_build_index_leaves_the_allocators_to_the_cli(emb_dir, tmp_path):
+    """build_index changes no process-wide setting (Arrow's pool stays the default); the CLI's
+    build-index sets the lean allocators before building. Each in a fresh process."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, pyarrow as pa; from index_builder.build import build_index; "
+        "from index_builder.settings import BuildSettings; from pipelines.cli import main; "
+        "before = pa.default_memory_pool().backend_name; "
+        "cfg = BuildSettings(embeddings=sys.argv[1], output=sys.argv[2], factory='Flat'); "
+        "main(['build-index', '--embeddings', sys.argv[1], '--output', sys.argv[3], '--factory', 'Flat', '-q']) "
+        "if sys.argv[4] == 'cli' else build_index(cfg); "
+        "print(before, pa.default_memory_pool().backend_name)"
+    )
+    seen = {}
+    for how in ("library", "cli"):
+        out = subprocess.run(
+            [sys.executable, "-c", probe, emb_dir, str(tmp_path / "lib"), str(tmp_path / "cli"), how],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        seen[how] = out.stdout.split()[-2:]
+    assert seen["library"][0] != "system"  # the pyarrow wheels' default (mimalloc or jemalloc)
+    assert seen["library"][1] == seen["library"][0]
+    assert seen["cli"][1] == "system"

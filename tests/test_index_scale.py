@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from encoders.errors import SettingsError
-from index_builder import faiss_io, memory
+from index_builder import faiss_io, mapped_lists
 from index_builder.build import build_index
 from index_builder.embeddings import list_shards
 from index_builder.evaluate_index import evaluate_index
@@ -140,11 +140,11 @@ def test_measuring_recall_on_disk_leaves_no_list_pages_mapped(tmp_path):
     assert _mapped_kib(path) == 0  # the merge wrote it without mapping it
     index.search(queries, 10, params=faiss.SearchParametersIVF(nprobe=64))
     assert _mapped_kib(path) > 2000  # a plain search leaves what it read mapped
-    memory.release_mapped_lists(memory.mapped_lists(index))
+    mapped_lists.release_mapped_lists(mapped_lists.mapped_lists(index))
     assert _mapped_kib(path) == 0
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(memory, "RELEASE_BYTES", 1_500_000)  # 16 lists of ~42 kB a query: 2 queries a batch
-        assert memory.query_batch(memory.mapped_lists(index), 16) == 2
+        mp.setattr(mapped_lists, "RELEASE_BYTES", 1_500_000)  # 16 lists of ~42 kB a query: 2 queries a batch
+        assert mapped_lists.query_batch(mapped_lists.mapped_lists(index), 16) == 2
         assert recall_at(index, queries, ids, gt, 16) == recall_at(ram, queries, ids, gt, 16)
         assert _mapped_kib(path) == 0
         speed = latency(index, queries, 10, 16)

@@ -16,6 +16,7 @@ import sys
 
 from encoders import openmp
 from encoders.errors import SettingsError, UsageError
+from index_builder.allocators import lean_allocators
 from pipelines.cli.options import Parser
 from pipelines.cli.parsers import COMMAND_PARSERS
 from pipelines.cli.summaries import COMMANDS
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, rest = with_config(parser, argv)
         _setup_logging(args.verbose, args.quiet)
+        if args.command in ("build-index", "reindex"):
+            lean_allocators()  # process-wide: freed shard buffers go back to the system
         return COMMANDS[args.command](args, beam_args(parser, args, rest))
     except SystemExit as exc:  # argparse: --help (0) or a one-line error (2)
         return exc.code if isinstance(exc.code, int) else 2

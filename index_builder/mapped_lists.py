@@ -1,21 +1,5 @@
-"""What the build does to keep its resident memory near what it holds (docs: the on-disk build's
-figures in README).
-
-Two allocator settings, for the process (build_index calls `lean_allocators`):
-
-- Arrow's default pool (mimalloc in the pyarrow wheels) keeps freed pages for reuse: reading 64
-  shards of 31 MiB vectors one after the other left ~170 MiB of them resident after the shards
-  were gone; Arrow's system pool (glibc malloc) hands large blocks back when they are freed.
-- glibc raises its mmap threshold to the size of the last large block freed (up to 32 MiB), after
-  which blocks of a shard's size come from its heaps (one per thread) and stay resident when the
-  heap is fragmented (2 x 31 MiB seen); a fixed threshold keeps larger blocks in their own
-  mappings, returned to the system on free. It is 16 MiB + 4 KiB, not lower: faiss's blocked
-  distance computations (k-means, the ground truth) allocate 16 MiB tiles (4096 x 1024 floats)
-  over and over, and as fresh mappings each is zeroed page by page again (at 1 MiB: 8.1M minor
-  faults instead of 3.5M and 16 s more system CPU at 2M x 256, for 5 MiB less peak RSS).
-
-And one for memory-mapped inverted lists (`release_mapped_lists`): pages of an `.ivfdata` that a
-search touched stay mapped, and count in the process's RSS (RssFile), until they are unmapped;
+"""Memory-mapped inverted lists taken out of the process's RSS once searched: pages of an
+`.ivfdata` that a search touched stay mapped, and count in the process's RSS (RssFile), until they are unmapped;
 measuring recall over every nprobe of the ladder touches the whole file. Dropping the mapping of
 those pages (madvise MADV_DONTNEED) leaves them in the page cache, where the next search finds
 them (a minor fault, no disk read), and takes them out of the process.
@@ -24,34 +8,19 @@ them (a minor fault, no disk read), and takes them out of the process.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import mmap
-import sys
 
 import faiss
 import numpy as np
 
+from index_builder.allocators import libc as _libc
 from index_builder.split import members
 
 log = logging.getLogger(__name__)
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
-MMAP_THRESHOLD = (16 << 20) + 4096
 RELEASE_BYTES = 64 << 20  # mapped list bytes a batch of queries may touch before they are released
 _NO_LISTS = np.zeros(1, np.int64)
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform.startswith("linux") else None
-
-
-def lean_allocators() -> None:
-    """Arrow's system memory pool, and glibc's mmap threshold fixed at MMAP_THRESHOLD (see the module docstring)."""
-    import pyarrow as pa
-
-    if pa.default_memory_pool().backend_name != "system":
-        pa.set_memory_pool(pa.system_memory_pool())
-    if _libc is not None and hasattr(_libc, "mallopt"):
-        _libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def mapped_lists(index: faiss.Index) -> list[faiss.OnDiskInvertedLists]:
