@@ -67,7 +67,7 @@ def choose_train_size(n: int, factory: str) -> int:
     """Training sample size: MIN_POINTS_PER_CENTROID (39, the fewest faiss's k-means accepts without
     a warning) points per list, at least 20k (PQ codebooks), at most 2M. The sample is the largest
     thing a large build holds before it adds: 39 rather than 50 points per list (IVF4096 at d=256:
-    156 rather than 200 MiB) reached the same recall target at 2M x 256 (README, Building on disk)."""
+    156 rather than 200 MiB) reached the same recall target at 2M x 256 (docs/performance.md, Building on disk)."""
     nlist = nlist_of(factory) or 1
     return min(n, max(20_000, min(MIN_POINTS_PER_CENTROID * nlist, 2_000_000)))
 

@@ -7,7 +7,7 @@ constant, by the sum over the m sub-spaces of det(cov_i)^(1/dsub); the best rota
 m * det(cov)^(1/d) (Ge et al., "Optimized Product Quantization", 2013, the parametric solution).
 `opq_gain` is the share of the bound that a rotation removes. An IVF index encodes residuals
 (vector minus its coarse centroid), so with the coarse centroids the bound is taken on those
-(README, "Choosing an index for a budget", for what it predicted and what training found).
+(docs/performance.md, "Choosing an index for a budget", for what it predicted and what training found).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ class Embedded:
 
 @dataclass(frozen=True)
 class Rejected:
-    reason: str  # a short stable code (README: What happens to bad data)
+    reason: str  # a short stable code (docs/bad-data.md: What happens to bad data)
     message: str
 
 

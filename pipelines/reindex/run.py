@@ -2,7 +2,7 @@
 run, build its index on the published template, check the gates, write the report, and only then
 publish (LATEST) and prune.
 
-Counts of a run (run.json, README "Nightly reindex"): `new`, `changed`, `unchanged` split the
+Counts of a run (run.json, docs/nightly.md): `new`, `changed`, `unchanged` split the
 embedded rows by comparison with the published run (same id, image bytes and caption under the
 same model and fusion: unchanged); `deleted` counts ids of the published run with no success row
 today; `rejected` and `skipped` are as in `embed`.
