@@ -8,7 +8,7 @@ DEMO ?= demo
 DATA_PACKAGES := fonts-noto-color-emoji unicode-cldr-core openclipart-png openclipart-svg
 DATA_FILES := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf /usr/share/unicode/cldr/common/annotations/en.xml /usr/share/openclipart/png
 
-.PHONY: help install java-runtime data-packages test-packages test test-unit test-slow lint format demo demo-sample bench bench-peer bench-autofaiss clean
+.PHONY: help install java-runtime data-packages test-packages test test-unit test-slow lint format docs demo demo-sample bench bench-peer bench-autofaiss clean
 
 install: $(VENV)/.installed java-runtime
 
@@ -68,7 +68,8 @@ help:
 	@echo "make test         install, then tests/unit and every integration test not marked slow (CI)"
 	@echo "make test-unit    tests/unit only: no runner, no model (seconds)"
 	@echo "make test-slow    the tests marked slow (the benchmark harness at toy sizes)"
-	@echo "make lint         ruff format --check and ruff check (CI); make format rewrites"
+	@echo "make lint         ruff format --check, ruff check, docs/cli.md up to date (CI); make format rewrites"
+	@echo "make docs         regenerate docs/cli.md and the README's command list from the settings fields"
 	@echo "make bench        performance figures (docs/performance.md); bench-peer, bench-autofaiss add peers"
 	@echo "make clean        remove demo/"
 
@@ -76,6 +77,11 @@ help:
 lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(PY) -m pipelines.cli.docs --check
+
+# docs/cli.md and the README's command list, generated from the settings classes' fields (pipelines/cli/docs.py).
+docs: install
+	$(PY) -m pipelines.cli.docs
 
 format: install
 	$(VENV)/bin/ruff format .

@@ -5,13 +5,12 @@ input file, a model); its message names the culprit and the fix, and the CLI pri
 line with exit status 2. Any other exception is a bug and keeps its traceback.
 
 It lives in the lowest layer (no imports) so `encoders/`, `index_builder/` and `pipelines/`
-all raise the same base. Data problems in single rows are not errors: they become reject
-records (`encoders.images.ImageRejected` carries their reason code).
+all raise the same base; the checks that name a flag (`check_choice`, `check_at_least`) live with
+the option declarations in `encoders.options`. Data problems in single rows are not errors:
+they become reject records (`encoders.images.ImageRejected` carries their reason code).
 """
 
 from __future__ import annotations
-
-from collections.abc import Collection
 
 
 class UsageError(Exception):
@@ -24,15 +23,3 @@ class SettingsError(UsageError):
 
 class InputError(UsageError):
     """An input file or directory cannot be read as asked; the message names it."""
-
-
-def check_choice(flag: str, value: object, choices: Collection) -> None:
-    """Raise SettingsError unless `value` is one of `choices`."""
-    if value not in choices:
-        raise SettingsError(f"{flag} must be one of {', '.join(map(str, choices))} (got {value!r})")
-
-
-def check_at_least(flag: str, value: float | None, minimum: float) -> None:
-    """Raise SettingsError when `value` is set and below `minimum`."""
-    if value is not None and value < minimum:
-        raise SettingsError(f"{flag} must be >= {minimum} (got {value})")

@@ -14,6 +14,8 @@ import torch
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
+from encoders.settings import RandomClipSettings
+
 log = logging.getLogger(__name__)
 
 _SPECIALS = ("<|startoftext|>", "<|endoftext|>")
@@ -42,7 +44,7 @@ def make_random_clip(
     text_hidden_size: int | None = None,
     text_layers: int | None = None,
     vocab_size: int | None = None,
-    seed: int = 0,
+    seed: int = RandomClipSettings.seed,
 ) -> Path:
     """Write a random CLIP model + processor to `output_dir`; return the directory.
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from encoders.errors import SettingsError, check_at_least, check_choice
+from encoders.errors import SettingsError
+from encoders.options import above, check_choice, check_options, flag_of, option
 
 FUSIONS = ("weighted", "attention")
 BACKBONES = ("resnet18", "resnet50")  # torchvision image towers of the dual family
@@ -25,25 +26,36 @@ def check_fusion_weights(alpha: float, beta: float) -> None:
 class TrainConfig:
     """The trainer's settings, validated on creation (flag names in the messages)."""
 
-    epochs: int = 5  # 0 keeps the untrained model (a baseline)
-    batch_size: int = 64
-    lr: float = 1e-4  # towers
-    head_lr: float = 1e-3  # projection heads, temperature, fusion
+    epochs: int = option(5, at_least=0, help="passes over the training rows (0 keeps the untrained model: a baseline)")
+    batch_size: int = option(64, at_least=2, help="pairs per step (a batch of 1 has no negatives)")
+    lr: float = option(1e-4, check=above(0), help="tower learning rate")
+    head_lr: float = option(1e-3, check=above(0), help="projection heads, temperature, fusion")
     weight_decay: float = 0.01
-    freeze: frozenset[str] = frozenset()  # subset of FREEZABLE
-    seed: int = 0
-    patience: int = 2  # epochs without a better validation recall before stopping
-    max_minutes: float | None = None  # stop (after checkpointing) once this much time is spent
+    freeze: frozenset[str] = option(
+        frozenset(),
+        help="towers to lock",
+        switches={
+            "--freeze-image": ("image", "lock the image tower"),
+            "--freeze-text": ("text", "lock the text tower"),
+        },
+    )  # subset of FREEZABLE
+    seed: int = option(0, help="seed of initialisation, shuffling and sampling")
+    patience: int = option(2, at_least=1, help="early stop after this many epochs without a better val recall")
+    max_minutes: float | None = option(
+        None, at_least=0, help="time budget; training stops after checkpointing"
+    )  # stop (after checkpointing) once this much time is spent
     amp: bool | None = None  # None: on for CUDA
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "freeze", frozenset(self.freeze or ()))
         for name in self.freeze:
-            check_choice("--freeze", name, FREEZABLE)
-        check_at_least("--epochs", self.epochs, 0)
-        check_at_least("--batch-size", self.batch_size, 2)  # a batch of 1 has no negatives
-        check_at_least("--patience", self.patience, 1)
-        check_at_least("--max-minutes", self.max_minutes, 0)
-        for flag, lr in (("--lr", self.lr), ("--head-lr", self.head_lr)):
-            if not lr > 0:
-                raise SettingsError(f"{flag} must be > 0 (got {lr})")
+            check_choice(flag_of(self, "freeze"), name, FREEZABLE)
+        check_options(self)
+
+
+@dataclass(frozen=True)
+class RandomClipSettings:
+    """`make-random-clip`: a tiny random CLIP checkpoint (demos and tests only)."""
+
+    output: str = option(metavar="DIR", help="directory the checkpoint is written to")
+    seed: int = option(0, help="seed of the random weights")

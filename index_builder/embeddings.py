@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from encoders.errors import InputError, check_choice
+from encoders.errors import InputError
+from encoders.options import check_choice
 from index_builder import storage
 
 EMBEDDINGS = "embeddings"

@@ -10,11 +10,16 @@ from index_builder.embeddings import MANIFEST, list_shards
 from index_builder.recall import exact_neighbours, latency, truth_width
 from index_builder.sampling import read_vectors, sample_training_set
 from index_builder.search import open_index
+from index_builder.settings import EvaluateIndexSettings
 from index_builder.tune import tune
 
 
 def evaluate_index(
-    index_dir: str, embeddings: str | None = None, queries: int = 1000, seed: int = 12345, nprobe: int | None = None
+    index_dir: str,
+    embeddings: str | None = None,
+    queries: int = EvaluateIndexSettings.queries,
+    seed: int = EvaluateIndexSettings.seed,
+    nprobe: int | None = None,
 ) -> dict:
     """Recall@1/10/100 of IDX at `nprobe` (default: the manifest's) on `queries` vectors drawn
     (seeded) from the embeddings it was built from (default: the path its manifest records), each

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from encoders.errors import InputError
+from encoders.options import option
 from index_builder import storage
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ PLAN_THREADS = 32  # footers read at once while planning: object-store latency, 
 
 
 def _column(name: str | None, flag: str, help: str) -> object:
-    return field(default=name, metadata={"dest": flag.lstrip("-").replace("-", "_"), "flag": flag, "help": help})
+    return option(name, flag=flag, dest=flag.lstrip("-").replace("-", "_"), metavar="NAME", help=help)
 
 
 @dataclass(frozen=True)

@@ -333,7 +333,7 @@ BAD_CLI = {
     ),
     "`report ... --k 0`": (
         ["report", "--index", "{idx}", "--output", "{tmp}/r.html", "--queries", "red", "--k", "0"],
-        "argument --k: must be >= 1 (got 0)",
+        "--k must be >= 1 (got 0)",
     ),
 }
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ")

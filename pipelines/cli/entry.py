@@ -17,22 +17,10 @@ import sys
 from encoders import openmp
 from encoders.errors import SettingsError, UsageError
 from index_builder.allocators import lean_allocators
+from pipelines.cli.commands import BY_NAME, build_parser
 from pipelines.cli.options import Parser
-from pipelines.cli.parsers import COMMAND_PARSERS
-from pipelines.cli.summaries import COMMANDS
 from pipelines.dry_run import DryRun
 from pipelines.reindex.config import load_config
-
-
-def build_parser() -> Parser:
-    parser = Parser(prog="fusionindex", description="Image-caption embedding and IVF-PQ indexing pipeline.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in COMMAND_PARSERS:
-        add(sub)
-    parser.commands = sub.choices  # name -> its parser
-    return parser
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
@@ -51,7 +39,7 @@ def beam_args(parser: Parser, args: argparse.Namespace, rest: list[str]) -> list
     SettingsError otherwise."""
     if not rest:
         return []
-    if args.command not in ("embed", "reindex", "build-index"):
+    if not BY_NAME[args.command].beam:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from pipelines.embed.beam import beam_flags, unknown_beam_args
 
@@ -87,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, rest = with_config(parser, argv)
         _setup_logging(args.verbose, args.quiet)
-        if args.command in ("build-index", "reindex"):
+        command = BY_NAME[args.command]
+        if command.lean_allocators:
             lean_allocators()  # process-wide: freed shard buffers go back to the system
-        return COMMANDS[args.command](args, beam_args(parser, args, rest))
+        return command.run(args, beam_args(parser, args, rest))
     except SystemExit as exc:  # argparse: --help (0) or a one-line error (2)
         return exc.code if isinstance(exc.code, int) else 2
     except UsageError as exc:

@@ -1,30 +1,22 @@
-"""Option generation: the parser's options, with defaults and allowed values from the settings classes.
+"""Option generation: each command's argparse options, generated from its settings class's fields.
 
-`settings_from` builds a settings object from the parsed flags by field name (or its
-metadata's `dest`), so adding an option touches the parser and that object only.
+A field declared with `encoders.options.option` is one option: flag, help, metavar and choices
+from its metadata, the type from its annotation (`int`, `float`, `str`, `X | None` as X, `bool`
+a switch, `tuple[str, ...]` one or more values, repeatable), the default from the field (or from
+the enclosing default instance for a nested settings class, e.g. `LABELLED` columns). Nested
+settings fields (`encoders.options.nested`) contribute their options in place. `settings_from`
+builds the settings object back from the parsed flags. To add an option, add a field.
 """
 
 from __future__ import annotations
 
 import argparse
+import types
 import typing
-from dataclasses import fields, is_dataclass
+from dataclasses import MISSING, Field, fields, is_dataclass, replace
+from typing import Any
 
-from encoders.settings import FUSIONS
-from index_builder.choose import MERGE
-from index_builder.embeddings import VECTOR_COLUMNS
-from index_builder.settings import RETRAIN, BuildSettings
-from pipelines.embed.settings import (
-    DECODE_AHEAD,
-    DUPLICATE_POLICIES,
-    ENGINES,
-    PRECISIONS,
-    PREPROCESS_MODES,
-    EmbedSettings,
-)
-from pipelines.inputs import Columns
-
-EMBED_COLUMNS = ("id", "caption", "image", "status")
+from encoders.options import flag, is_option
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,228 +30,94 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
-    return value
+def dest(f: Field) -> str:
+    """The attribute of the parsed namespace that holds field `f`."""
+    return f.metadata.get("dest") or f.name
 
 
-def settings_from(cls: type, ns: argparse.Namespace):
-    """An instance of the settings dataclass `cls` from parsed flags: each field from the flag
-    of its name (or its metadata's `dest`); nested settings dataclasses from the same flags;
-    fields without a flag keep their defaults. Validation is the class's own."""
+def field_default(f: Field, parent: Any = None) -> Any:
+    """The field's default: the parent default instance's value when there is one, else the
+    field's own; MISSING for a required field."""
+    if parent is not None:
+        return getattr(parent, f.name)
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def value_type(annotation: Any) -> Any:
+    """`X | None` -> X; other annotations as they are."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def shows_default(default: Any) -> bool:
+    """Whether the help states the default (not for switches off, nothing, or empty lists)."""
+    return not (default is MISSING or default is None or default is False or default in ((), frozenset()))
+
+
+def argument(f: Field, annotation: Any, default: Any, required: bool) -> dict:
+    """The keyword arguments of `add_argument` for option field `f`."""
+    kind = value_type(annotation)
+    help_text = f.metadata["help"] + (" (default: %(default)s)" if shows_default(default) else "")
+    kw: dict = {"dest": dest(f), "help": help_text}
+    if f.metadata.get("metavar"):
+        kw["metavar"] = f.metadata["metavar"]
+    if kind is bool:
+        return {**kw, "action": "store_true"}
+    if default is MISSING:
+        kw["required"] = required
+    else:
+        kw["default"] = None if typing.get_origin(kind) is tuple else default
+    if typing.get_origin(kind) is tuple:
+        return {**kw, "nargs": "+", "action": "extend"}
+    if f.metadata.get("choices") is not None:
+        kw["choices"] = tuple(f.metadata["choices"])
+    if kind in (int, float):
+        kw["type"] = kind
+    return kw
+
+
+def option_fields(cls: type, parent: Any = None, only=None, skip=()) -> typing.Iterator[tuple[Field, Any, Any]]:
+    """(field, annotation, default) of every option of `cls`, nested settings expanded in place."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if (only is not None and f.name not in only) or f.name in skip:
+            continue
+        if is_dataclass(hints[f.name]):
+            sub = field_default(f, parent)
+            sub = None if sub is MISSING else sub
+            yield from option_fields(hints[f.name], sub, f.metadata.get("only"), f.metadata.get("skip", ()))
+        elif is_option(f):
+            yield f, hints[f.name], field_default(f, parent)
+
+
+def add_options(p: argparse.ArgumentParser, cls: type, *, required: bool = True) -> None:
+    """Add the options of settings class `cls` to `p`; `required=False` leaves required options
+    to be checked later (reindex: they may come from --config)."""
+    for f, annotation, default in option_fields(cls):
+        switches = f.metadata.get("switches")
+        if switches:
+            for switch, (const, text) in switches.items():
+                p.add_argument(switch, dest=dest(f), action="append_const", const=const, help=text)
+            continue
+        p.add_argument(flag(f), **argument(f, annotation, default, required))
+
+
+def settings_from(cls: type, ns: argparse.Namespace, base: Any = None):
+    """An instance of the settings dataclass `cls` from parsed flags: each option field from the
+    attribute of its dest; nested settings from the same flags (starting from the field's default
+    instance, e.g. LABELLED columns); fields without a flag keep their defaults. Validation is
+    the class's own."""
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in fields(cls):
         if is_dataclass(hints[f.name]):
-            kwargs[f.name] = settings_from(hints[f.name], ns)
-        elif hasattr(ns, f.metadata.get("dest", f.name)):
-            kwargs[f.name] = getattr(ns, f.metadata.get("dest", f.name))
-    return cls(**kwargs)
-
-
-def add_columns(p: argparse.ArgumentParser, defaults: Columns, names: tuple[str, ...]) -> None:
-    """The column flags of `names`, from Columns' own field metadata."""
-    for f in fields(Columns):
-        if f.name in names:
-            p.add_argument(
-                f.metadata["flag"],
-                dest=f.metadata["dest"],
-                default=getattr(defaults, f.name),
-                metavar="NAME",
-                help=f"{f.metadata['help']} (default: %(default)s)",
-            )
-
-
-def _embed_options(p: argparse.ArgumentParser, required: bool) -> None:
-    """Every embed option but --output (shared by `embed` and `reindex`)."""
-    s = EmbedSettings
-    p.add_argument(
-        "--input",
-        dest="inputs",
-        nargs="+",
-        action="extend",
-        required=required,
-        metavar="GLOB",
-        help="Parquet files, globs or directories (local or fsspec URLs)",
-    )
-    p.add_argument(
-        "--model",
-        required=required,
-        metavar="SPEC",
-        help="a CLIP checkpoint or a fine-tuned directory (local or URL), or a hub id",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=s.batch_size,
-        help="items per forward pass (default %(default)s; on a GPU use 256 or more)",
-    )
-    p.add_argument(
-        "--fusion",
-        choices=FUSIONS,
-        default=s.fusion,
-        help="weighted: normalise(alpha*image + beta*text); attention: the model's learned per-item weights",
-    )
-    p.add_argument("--alpha", type=float, default=s.alpha, help="image weight (default %(default)s)")
-    p.add_argument("--beta", type=float, default=s.beta, help="text weight (default %(default)s)")
-    add_columns(p, Columns(), EMBED_COLUMNS)
-    p.add_argument(
-        "--max-image-pixels",
-        type=int,
-        default=s.max_image_pixels,
-        help="reject images declaring more pixels (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-image-bytes",
-        type=int,
-        default=s.max_image_bytes,
-        help="reject encoded images larger than this (default %(default)s)",
-    )
-    p.add_argument("--allow-pickle", action="store_true", help="allow pickle (*.bin) weights; only for files you trust")
-    p.add_argument(
-        "--duplicate-ids",
-        choices=DUPLICATE_POLICIES,
-        default=s.duplicate_ids,
-        help="reject (default): keep the first row of an id by input order, reject later ones",
-    )
-    p.add_argument(
-        "--skip-bad-files",
-        action="store_true",
-        help="record unreadable Parquet files/row groups in the manifest and go on (default: fail)",
-    )
-    p.add_argument(
-        "--exact-shapes",
-        action="store_true",
-        help="pad every model call to --batch-size rows and captions to the model's full context, so a row's "
-        "vectors do not depend on the rows batched with it (an incremental night equals a full rebuild byte "
-        "for byte); slower, see the README",
-    )
-    p.add_argument("--device", default=s.device, help="torch device (default: cuda when present, else cpu)")
-    p.add_argument(
-        "--preprocess",
-        choices=PREPROCESS_MODES,
-        default=s.preprocess,
-        help="auto: JPEG decode + resize on the GPU with CUDA, the checkpoint's own PIL processor otherwise",
-    )
-    p.add_argument(
-        "--precision", choices=PRECISIONS, default=s.precision, help="auto: bf16 autocast on CUDA, fp32 on CPU"
-    )
-    p.add_argument(
-        "--large-model", action="store_true", help="share one model across worker processes (RunInference large_model)"
-    )
-    p.add_argument(
-        "--decode-ahead",
-        choices=DECODE_AHEAD,
-        default=s.decode_ahead,
-        help="read, decode and tokenize the next batch in threads during the forward pass (auto: on CUDA only)",
-    )
-    p.add_argument(
-        "--restart",
-        action="store_true",
-        help="recompute instead of reusing the shards an interrupted identical run committed",
-    )
-    p.add_argument(
-        "--plan-threads",
-        type=int,
-        default=s.plan_threads,
-        metavar="N",
-        help="Parquet footers the driver reads at once while planning (default %(default)s)",
-    )
-    p.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default=s.engine,
-        help="beam (default; Beam options such as --runner pick the runner) or spark (native Spark executors)",
-    )
-    p.add_argument(
-        "--spark-master",
-        default=s.spark_master,
-        metavar="URL",
-        help="with --engine spark: local[N], local-cluster[N,CORES,MB], yarn, k8s://..., spark://... "
-        "(default: spark-submit's master, else local[*])",
-    )
-    p.add_argument(
-        "--spark-conf",
-        nargs="+",
-        action="extend",
-        default=None,
-        metavar="KEY=VALUE",
-        help="with --engine spark: Spark properties, e.g. spark.executor.memory=4g",
-    )
-
-
-def _build_options(p: argparse.ArgumentParser) -> None:
-    """Every build-index option but the paths (shared by `build-index` and `reindex`)."""
-    s = BuildSettings
-    p.add_argument("--vector", choices=tuple(VECTOR_COLUMNS), default=s.vector)
-    p.add_argument(
-        "--factory", default=s.factory, help="faiss index_factory string (default: chosen from row count and dim)"
-    )
-    p.add_argument(
-        "--max-bytes-per-vector",
-        type=float,
-        default=s.max_bytes_per_vector,
-        metavar="B",
-        help="budget: code bytes per vector (SQ8 is dim bytes, PQ64x8 64); the builder picks the index",
-    )
-    p.add_argument(
-        "--max-memory",
-        default=s.max_memory,
-        metavar="SIZE",
-        help="budget: the whole index in RAM, e.g. 4GB or 512MiB; the builder picks the index",
-    )
-    p.add_argument(
-        "--target-recall",
-        type=float,
-        default=s.target_recall,
-        metavar="R",
-        help="recall@k against exact search that nprobe (and, with a budget, the index) must reach "
-        "(default %(default)s)",
-    )
-    p.add_argument("--recall-k", type=int, default=s.recall_k, help="k of --target-recall (default %(default)s)")
-    p.add_argument(
-        "--recall-queries",
-        type=int,
-        default=s.recall_queries,
-        help="held-out vectors of the data used as queries to measure recall (default %(default)s)",
-    )
-    p.add_argument("--nprobe", type=int, default=s.nprobe, help="default: the smallest reaching --target-recall")
-    p.add_argument(
-        "--train-size", type=int, default=s.train_size, help="training sample size (default: 39 per list, >= 20k)"
-    )
-    p.add_argument("--seed", type=int, default=s.seed)
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=s.workers,
-        help="local processes adding shards in parallel, as a Beam stage (default %(default)s); Beam options "
-        "such as --runner run that stage elsewhere",
-    )
-    p.add_argument(
-        "--num-index-shards",
-        type=int,
-        default=s.num_index_shards,
-        metavar="K",
-        help="K independently searchable indexes split by id hash, for serving on K machines (default %(default)s)",
-    )
-    p.add_argument(
-        "--merge",
-        choices=MERGE,
-        default=s.merge,
-        help="where the inverted lists are merged: ram, disk (index.ivfdata beside index.faiss, memory-mapped "
-        "when loaded) or auto: disk when the index would take more than half the free memory (default %(default)s)",
-    )
-    p.add_argument(
-        "--retrain",
-        choices=RETRAIN,
-        default=s.retrain,
-        help="with an earlier template: auto (reuse unless the vectors drifted), always, never",
-    )
-    p.add_argument(
-        "--drift-threshold",
-        type=float,
-        default=s.drift_threshold,
-        help="auto retrains when the codec or coarse error grows past this many times (default %(default)s)",
-    )
+            sub = field_default(f, base)
+            kwargs[f.name] = settings_from(hints[f.name], ns, None if sub is MISSING else sub)
+        elif hasattr(ns, dest(f)):
+            kwargs[f.name] = getattr(ns, dest(f))
+    return cls(**kwargs) if base is None else replace(base, **kwargs)

@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 
 from encoders.errors import SettingsError
-from index_builder.settings import BuildSettings
+from encoders.options import flag_of
+from encoders.settings import RandomClipSettings
+from index_builder.settings import BuildSettings, EvaluateIndexSettings
 from pipelines.cli.options import settings_from
+from pipelines.datasets.settings import CatalogueSettings, SampleSettings
 from pipelines.embed.settings import EmbedSettings
-from pipelines.inputs import Columns
 from pipelines.reindex.settings import ReindexSettings
-from pipelines.search.settings import SearchSettings
-from pipelines.training.settings import FinetuneSettings
+from pipelines.search.settings import ReportSettings, SearchSettings
+from pipelines.training.settings import EvaluateSettings, FinetuneSettings
 
 
 def cmd_reindex(args, rest: list[str]) -> int:
     from pipelines.reindex.run import run_reindex
 
-    missing = [flag for flag, v in (("--root", args.root), ("--input", args.inputs), ("--model", args.model)) if not v]
+    wanted = (("root", ReindexSettings), ("inputs", EmbedSettings), ("model", EmbedSettings))
+    missing = [flag_of(cls, name) for name, cls in wanted if not getattr(args, name)]
     if missing:
         raise SettingsError(f"reindex needs {', '.join(missing)} (on the command line or in --config)")
     args.output = args.embeddings = args.root  # each run's own paths are set by the driver
@@ -97,15 +100,14 @@ def cmd_evaluate(args, rest) -> int:
     from pipelines.training.evaluation import run_evaluate
     from pipelines.training.markdown import to_markdown
 
-    split = None if args.split == "all" else args.split
-    report = run_evaluate(
-        args.model, args.data, split=split, device=args.device, limit=args.limit, columns=settings_from(Columns, args)
-    )
+    s = settings_from(EvaluateSettings, args)
+    split = None if s.split == "all" else s.split
+    report = run_evaluate(s.model, list(s.data), split=split, device=s.device, limit=s.limit, columns=s.columns)
     md = to_markdown(report)
-    if args.json:
-        storage.write_json(args.json, report)
-    if args.markdown:
-        with storage.atomic_open(args.markdown) as fh:
+    if s.json:
+        storage.write_json(s.json, report)
+    if s.markdown:
+        with storage.atomic_open(s.markdown) as fh:
             fh.write(md.encode())
     print(md, end="")
     return 0
@@ -116,9 +118,10 @@ def cmd_evaluate_index(args, rest) -> int:
     from index_builder.evaluate_index import evaluate_index
     from pipelines.reindex.root import resolve_index
 
-    r = evaluate_index(resolve_index(args.index), args.embeddings, args.queries, args.seed, args.nprobe)
-    if args.json:
-        storage.write_json(args.json, r)
+    s = settings_from(EvaluateIndexSettings, args)
+    r = evaluate_index(resolve_index(s.index), s.embeddings, s.queries, s.seed, s.nprobe)
+    if s.json:
+        storage.write_json(s.json, r)
     claimed = r["claimed_recall_at"] or {}
     print(f"{r['factory']} ({r['ntotal']} vectors) at nprobe {r['nprobe']}, {r['queries']} queries:")
     for k, v in r["recall_at"].items():
@@ -133,24 +136,25 @@ def cmd_evaluate_index(args, rest) -> int:
 def cmd_report(args, rest) -> int:
     from pipelines.search.report import run_report
 
+    s = settings_from(ReportSettings, args)
     results = run_report(
-        args.index,
-        args.output,
-        queries=args.queries,
-        queries_from=args.queries_from,
-        split=None if args.split == "all" else args.split,
-        n=args.n,
-        k=args.k,
-        model=args.model,
-        seed=args.seed,
-        device=args.device,
-        columns=settings_from(Columns, args),
+        s.index,
+        s.output,
+        queries=list(s.queries) if s.queries else None,
+        queries_from=list(s.queries_from) if s.queries_from else None,
+        split=None if s.split == "all" else s.split,
+        n=s.n,
+        k=s.k,
+        model=s.model,
+        seed=s.seed,
+        device=s.device,
+        columns=s.columns,
     )
     asked = [r for r in results if r.expected]
     found = sum(any(h.id == r.expected for h in r.hits) for r in asked)
     print(
-        f"wrote {args.output}: {len(results)} queries"
-        + (f", {found} of {len(asked)} find their own item in the top {args.k}" if asked else "")
+        f"wrote {s.output}: {len(results)} queries"
+        + (f", {found} of {len(asked)} find their own item in the top {s.k}" if asked else "")
     )
     return 0
 
@@ -158,10 +162,10 @@ def cmd_report(args, rest) -> int:
 def cmd_make_catalogue(args, rest) -> int:
     from pipelines.datasets.catalogue import make_catalogue
 
-    summary = make_catalogue(args.output, source=args.source, limit=args.limit, image_size=args.image_size)
+    s = settings_from(CatalogueSettings, args)
+    summary = make_catalogue(s.output, source=s.source, limit=s.limit, image_size=s.image_size)
     print(
-        f"wrote {summary['rows']} rows in {len(summary['shards'])} shards to {args.output} "
-        f"(splits: {summary['by_split']})"
+        f"wrote {summary['rows']} rows in {len(summary['shards'])} shards to {s.output} (splits: {summary['by_split']})"
     )
     return 0
 
@@ -169,22 +173,16 @@ def cmd_make_catalogue(args, rest) -> int:
 def cmd_make_sample(args, rest) -> int:
     from pipelines.datasets.sample import make_sample
 
-    paths = make_sample(args.output, rows=args.rows, shards=args.shards, seed=args.seed)
-    print(f"wrote {args.rows} rows in {len(paths)} shards to {args.output}")
+    s = settings_from(SampleSettings, args)
+    paths = make_sample(s.output, rows=s.rows, shards=s.shards, seed=s.seed)
+    print(f"wrote {s.rows} rows in {len(paths)} shards to {s.output}")
     return 0
 
 
 def cmd_make_random_clip(args, rest) -> int:
     from encoders.random_models import make_random_clip
 
-    make_random_clip(args.output, seed=args.seed)
-    print(f"wrote a RANDOM (untrained) CLIP checkpoint to {args.output}: its rankings are meaningless")
+    s = settings_from(RandomClipSettings, args)
+    make_random_clip(s.output, seed=s.seed)
+    print(f"wrote a RANDOM (untrained) CLIP checkpoint to {s.output}: its rankings are meaningless")
     return 0
-
-
-COMMANDS = {
-    "embed": cmd_embed, "reindex": cmd_reindex, "build-index": cmd_build, "search": cmd_search,
-    "finetune": cmd_finetune, "evaluate": cmd_evaluate, "evaluate-index": cmd_evaluate_index, "report": cmd_report,
-    "make-catalogue": cmd_make_catalogue,
-    "make-sample": cmd_make_sample, "make-random-clip": cmd_make_random_clip,
-}  # fmt: skip

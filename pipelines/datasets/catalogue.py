@@ -35,6 +35,7 @@ from encoders.errors import InputError, SettingsError
 from encoders.images import flatten_on_white
 from index_builder import storage
 from pipelines.datasets import img2dataset
+from pipelines.datasets.settings import SOURCES, CatalogueSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 CLDR_ANNOTATIONS = "/usr/share/unicode/cldr/common/annotations/en.xml"
 OPENCLIPART_ROOT = "/usr/share/openclipart"  # holds png/<category>/.../<name>.png and svg/<same>.svg
 
-SOURCES = ("emoji", "openclipart")
 IMAGE_COLUMN = {"emoji": "png", "openclipart": "jpg"}
 EMOJI_FONT_SIZE = 109  # the only size Noto Color Emoji's bitmap strikes load at
 MISSING_GLYPH = chr(0x10FFFD)  # private-use code point no emoji font maps
@@ -435,10 +435,10 @@ def clipart_candidates(image_size: int) -> Iterator[Candidate]:
 def make_catalogue(
     output: str,
     *,
-    source: str = "emoji",
-    limit: int | None = None,
+    source: str = CatalogueSettings.source,
+    limit: int | None = CatalogueSettings.limit,
     shard_rows: int = 1000,
-    image_size: int = 224,
+    image_size: int = CatalogueSettings.image_size,
     seed: int = 0,
 ) -> dict:
     """Write the catalogue of `source` ("emoji", "openclipart" or "both") under `output`; return a summary.

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 
 from index_builder import storage
 from pipelines.datasets import img2dataset
+from pipelines.datasets.settings import SampleSettings
 
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 160, 60), "blue": (30, 60, 220), "yellow": (240, 220, 30),
@@ -44,10 +45,10 @@ def draw(shape: str, colour: tuple, background: tuple, size: int) -> Image.Image
 def make_sample(
     output: str,
     *,
-    rows: int = 120,
-    shards: int = 2,
+    rows: int = SampleSettings.rows,
+    shards: int = SampleSettings.shards,
     failed_per_shard: int = 2,
-    seed: int = 0,
+    seed: int = SampleSettings.seed,
     row_group_size: int | None = None,
 ) -> list[str]:
     """Write `shards` Parquet files (alternating jpg / png columns) under `output`; return their paths."""

@@ -19,8 +19,9 @@ import hashlib
 import logging
 from dataclasses import asdict, dataclass, field, fields
 
-from encoders.errors import SettingsError, check_at_least, check_choice
+from encoders.errors import SettingsError
 from encoders.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from encoders.options import check_options, flag_of, nested, option
 from encoders.settings import FUSIONS, check_fusion_weights
 from pipelines.inputs import PLAN_THREADS, Columns
 from pipelines.threads import THREADS_ENV  # noqa: F401  (re-exported: a user's torch threads per process)
@@ -41,67 +42,115 @@ RUNTIME = {"run_key": False, "runtime": True}
 
 @dataclass(frozen=True)
 class EmbedSettings:
-    inputs: tuple[str, ...]  # files, globs, directories; the run key holds the files they expand to instead
-    output: str = field(metadata=NOT_KEYED)  # the run key lives in it
-    model: str
-    batch_size: int = 64
-    fusion: str = "weighted"  # weighted: normalise(alpha*image + beta*text); attention: the model's learned weights
-    alpha: float = 0.5
-    beta: float = 0.5
-    columns: Columns = field(default_factory=Columns)
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    max_image_bytes: int = DEFAULT_MAX_BYTES
-    allow_pickle: bool = False
-    duplicate_ids: str = "reject"  # reject: keep the first row of an id by input order, reject later ones
-    skip_bad_files: bool = False
-    exact_shapes: bool = False  # pad every model call to batch_size rows, captions to the full context
-    device: str | None = field(default=None, metadata=RUNTIME)  # None: cuda when torch sees it, else cpu
-    preprocess: str = field(default="auto", metadata=RUNTIME)
-    precision: str = field(default="auto", metadata=RUNTIME)
-    large_model: bool = field(default=False, metadata=RUNTIME)
-    # decode batch k+1 while k runs (auto: on CUDA; stream: on a CUDA stream of its own, unmeasured)
-    decode_ahead: str = field(default="auto", metadata=NOT_KEYED)
-    restart: bool = field(default=False, metadata=NOT_KEYED)  # recompute instead of reusing committed shards
-    plan_threads: int = field(default=PLAN_THREADS, metadata=NOT_KEYED)  # Parquet footers read at once by the driver
+    # files, globs, directories; the run key holds the files they expand to instead
+    inputs: tuple[str, ...] = option(
+        flag="--input", metavar="GLOB", help="Parquet files, globs or directories (local or fsspec URLs)"
+    )
+    output: str = option(
+        metavar="DIR", help="output directory (embeddings/, rejects/, manifest.json)", **NOT_KEYED
+    )  # the run key lives in it
+    model: str = option(metavar="SPEC", help="a CLIP checkpoint or a fine-tuned directory (local or URL), or a hub id")
+    batch_size: int = option(64, at_least=1, help="items per forward pass (on a GPU use 256 or more)")
+    fusion: str = option(
+        "weighted",
+        choices=FUSIONS,
+        help="weighted: normalise(alpha*image + beta*text); attention: the model's learned per-item weights",
+    )
+    alpha: float = option(0.5, help="image weight")
+    beta: float = option(0.5, help="text weight")
+    columns: Columns = nested(default_factory=Columns, only=("id", "caption", "image", "status"))
+    max_image_pixels: int = option(DEFAULT_MAX_PIXELS, at_least=1, help="reject images declaring more pixels")
+    max_image_bytes: int = option(DEFAULT_MAX_BYTES, at_least=1, help="reject encoded images larger than this")
+    allow_pickle: bool = option(False, help="allow pickle (*.bin) weights; only for files you trust")
+    duplicate_ids: str = option(
+        "reject",
+        choices=DUPLICATE_POLICIES,
+        help="reject: keep the first row of an id by input order, reject later ones; allow: keep them all",
+    )
+    skip_bad_files: bool = option(
+        False, help="record unreadable Parquet files/row groups in the manifest and go on (default: fail)"
+    )
+    exact_shapes: bool = option(
+        False,
+        help="pad every model call to --batch-size rows and captions to the model's full context, so a row's "
+        "vectors do not depend on the rows batched with it (an incremental night equals a full rebuild byte "
+        "for byte); slower, see the README",
+    )
+    device: str | None = option(None, help="torch device (default: cuda when present, else cpu)", **RUNTIME)
+    preprocess: str = option(
+        "auto",
+        choices=PREPROCESS_MODES,
+        help="auto: JPEG decode + resize on the GPU with CUDA, the checkpoint's own PIL processor otherwise",
+        **RUNTIME,
+    )
+    precision: str = option("auto", choices=PRECISIONS, help="auto: bf16 autocast on CUDA, fp32 on CPU", **RUNTIME)
+    large_model: bool = option(
+        False, help="share one model across worker processes (RunInference large_model)", **RUNTIME
+    )
+    # stream: on a CUDA stream of its own, unmeasured
+    decode_ahead: str = option(
+        "auto",
+        choices=DECODE_AHEAD,
+        help="read, decode and tokenize the next batch in threads during the forward pass (auto: on CUDA only)",
+        **NOT_KEYED,
+    )
+    restart: bool = option(
+        False, help="recompute instead of reusing the shards an interrupted identical run committed", **NOT_KEYED
+    )
+    plan_threads: int = option(
+        PLAN_THREADS,
+        at_least=1,
+        metavar="N",
+        help="Parquet footers the driver reads at once while planning",
+        **NOT_KEYED,
+    )
     # Which engine runs the units; not keyed: both commit the same shards, so either may resume the other's run.
-    engine: str = field(default="beam", metadata=NOT_KEYED)
-    spark_master: str | None = field(default=None, metadata=NOT_KEYED)  # None: spark-submit's, else local[*]
-    spark_conf: tuple[str, ...] = field(default=(), metadata=NOT_KEYED)  # "key=value" Spark properties
+    engine: str = option(
+        "beam",
+        choices=ENGINES,
+        help="beam (Beam options such as --runner pick the runner) or spark (native Spark executors)",
+        **NOT_KEYED,
+    )
+    spark_master: str | None = option(
+        None,
+        metavar="URL",
+        help="with --engine spark: local[N], local-cluster[N,CORES,MB], yarn, k8s://..., spark://... "
+        "(default: spark-submit's master, else local[*])",
+        **NOT_KEYED,
+    )
+    spark_conf: tuple[str, ...] = option(
+        (),
+        metavar="KEY=VALUE",
+        help="with --engine spark: Spark properties, e.g. spark.executor.memory=4g",
+        **NOT_KEYED,
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
-        check_at_least("--batch-size", self.batch_size, 1)
-        check_choice("--fusion", self.fusion, FUSIONS)
+        check_options(self)
         if self.fusion == "weighted":
             check_fusion_weights(self.alpha, self.beta)
-        check_at_least("--max-image-pixels", self.max_image_pixels, 1)
-        check_at_least("--max-image-bytes", self.max_image_bytes, 1)
-        check_choice("--duplicate-ids", self.duplicate_ids, DUPLICATE_POLICIES)
-        check_choice("--preprocess", self.preprocess, PREPROCESS_MODES)
-        check_choice("--precision", self.precision, PRECISIONS)
-        check_choice("--decode-ahead", self.decode_ahead, DECODE_AHEAD)
-        check_at_least("--plan-threads", self.plan_threads, 1)
-
-        check_choice("--engine", self.engine, ENGINES)
         object.__setattr__(self, "spark_conf", tuple(self.spark_conf or ()))
         self._check_spark()
 
     def _check_spark(self) -> None:
+        engine, master, conf = (flag_of(self, n) for n in ("engine", "spark_master", "spark_conf"))
         if self.engine != "spark":
-            for flag, value in (("--spark-master", self.spark_master), ("--spark-conf", self.spark_conf)):
+            for flag, value in ((master, self.spark_master), (conf, self.spark_conf)):
                 if value:
-                    raise SettingsError(f"{flag} applies to --engine spark only; add --engine spark or drop {flag}")
+                    raise SettingsError(f"{flag} applies to {engine} spark only; add {engine} spark or drop {flag}")
             return
         if self.spark_master is not None and not self.spark_master.strip():
-            raise SettingsError("--spark-master is empty; give a master URL such as local[4] or yarn")
+            raise SettingsError(f"{master} is empty; give a master URL such as local[4] or yarn")
         for kv in self.spark_conf:
             key, eq, _ = kv.partition("=")
             if not eq or not key.strip():
-                raise SettingsError(f"--spark-conf {kv!r}: expected KEY=VALUE, e.g. spark.executor.memory=4g")
+                raise SettingsError(f"{conf} {kv!r}: expected KEY=VALUE, e.g. spark.executor.memory=4g")
         if self.large_model:
             raise SettingsError(
-                "--large-model shares one model per machine through Beam's MultiProcessShared; with --engine spark "
-                "each Python worker loads its own: drop --large-model, or give executors fewer cores"
+                f"{flag_of(self, 'large_model')} shares one model per machine through Beam's MultiProcessShared; "
+                f"with {engine} spark each Python worker loads its own: drop {flag_of(self, 'large_model')}, "
+                "or give executors fewer cores"
             )
 
     def spark_properties(self) -> dict[str, str]:
