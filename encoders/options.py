@@ -79,8 +79,12 @@ def flag(f: Field) -> str:
 
 
 def flag_of(cls_or_obj: Any, name: str) -> str:
-    """The flag of field `name` of a settings class (or instance), for messages."""
-    return flag(next(f for f in fields(cls_or_obj) if f.name == name))
+    """The flag of option field `name` of a settings class (or instance), for messages; a name
+    that is no option of it is a bug (ValueError)."""
+    found = [f for f in fields(cls_or_obj) if f.name == name and is_option(f)]
+    if not found:
+        raise ValueError(f"{name!r} is no option of {getattr(cls_or_obj, '__name__', type(cls_or_obj).__name__)}")
+    return flag(found[0])
 
 
 def check_options(obj: Any) -> None:

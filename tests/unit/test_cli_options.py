@@ -9,7 +9,7 @@ from dataclasses import MISSING, fields
 import pytest
 
 from encoders.errors import SettingsError
-from encoders.options import flag, is_option
+from encoders.options import flag, flag_of, is_option
 from encoders.settings import RandomClipSettings, TrainConfig
 from index_builder.settings import BuildSettings, EvaluateIndexSettings
 from pipelines.cli import build_parser, main, settings_from
@@ -108,6 +108,8 @@ def _checked(cls):
             yield f, f.metadata["at_least"] - 1
         if f.metadata.get("choices") is not None:
             yield f, "no-such-choice"
+        if f.metadata.get("check") is not None:
+            yield f, -1e9  # below every bound declared with above() / between()
 
 
 CHECKED = [(cls, f, bad) for cls in VALID for f, bad in _checked(cls)]
@@ -119,12 +121,16 @@ def test_a_declared_check_fails_with_the_flag_in_the_message(cls, f, bad):
         cls(**{**VALID[cls], f.name: bad})
 
 
-def test_every_settings_check_names_a_flag_the_parser_has():
-    """A hand-written check in __post_init__ names flags through flag_of, never a literal the
-    parser may not have: each flag its source quotes is an option of that class."""
+def test_hand_written_checks_name_flags_through_the_declarations():
+    """__post_init__ quotes no flag literally: it asks flag_of, which knows only declared options,
+    so a renamed flag cannot leave a message naming the old one."""
     for cls in VALID:
         src = inspect.getsource(cls.__post_init__) if "__post_init__" in vars(cls) else ""
         assert '"--' not in src and "'--" not in src, cls.__name__
+    assert flag_of(BuildSettings, "max_bytes_per_vector") == "--max-bytes-per-vector"
+    assert flag_of(EmbedSettings, "inputs") == "--input" and flag_of(Columns, "id") == "--id-column"
+    with pytest.raises(ValueError, match="'cache_bytes' is no option of BuildSettings"):
+        flag_of(BuildSettings, "cache_bytes")  # a field code sets, not a flag
 
 
 def test_a_bad_value_on_the_command_line_is_one_line_naming_the_flag(tmp_path, capsys):
