@@ -563,7 +563,7 @@ def bench_autofaiss(work: Path, src: Path, venv: Path, budget: str, queries: int
     import faiss
 
     from index_builder.embeddings import list_shards
-    from index_builder.recall import exact_neighbours, latency, recall_at, truth_width
+    from index_builder.measure import exact_neighbours, latency, recall_at, truth_width
     from index_builder.sampling import read_vectors, sample_training_set
 
     python = venv / "bin" / "python"

@@ -29,7 +29,7 @@ from index_builder.split import combine, members, owners, shard_dirs, with_ids
 log = logging.getLogger(__name__)
 
 # (template path, shards, first global id of each, vector, parts directory, index shard (k, K) or
-# None) -> the part paths, in shard order: a parallel adder (pipelines.index_add, a Beam stage)
+# None) -> the part paths, in shard order: a parallel adder (pipelines.index_add.beam_stage, a Beam stage)
 AddParts = Callable[[str, list[Shard], list[int], str, str, "tuple[int, int] | None"], list[str]]
 
 

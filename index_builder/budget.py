@@ -22,11 +22,11 @@ from index_builder.adding import AddParts, add_all, code_bytes, estimated_memory
 from index_builder.choose import Candidate, available_memory, candidates, merge_mode, to_try, within_budget
 from index_builder.embeddings import Shard
 from index_builder.factory import choose_factory
-from index_builder.recall import exact_neighbours, truth_width
+from index_builder.measure import exact_neighbours, truth_width
+from index_builder.nprobe import tune
 from index_builder.sampling import Samples, ShardCache
 from index_builder.settings import BuildSettings
 from index_builder.training import opq_screen, train_candidate
-from index_builder.tune import tune
 
 log = logging.getLogger(__name__)
 

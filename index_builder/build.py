@@ -37,7 +37,7 @@ from index_builder.drift import codec_errors
 from index_builder.embeddings import MANIFEST, Shard, list_shards
 from index_builder.factory import choose_train_size
 from index_builder.layout import PARTS_DIR, commit, set_nprobe
-from index_builder.recall import latency
+from index_builder.measure import latency
 from index_builder.sampling import FRESH_SAMPLE, Samples, ShardCache, draw, fresh_sample, sample_sizes
 from index_builder.settings import BuildSettings
 from index_builder.training import new_index, reusable_template

@@ -104,7 +104,7 @@ def test_embed_builds_the_gpu_dataflow_job_and_writes_nothing(sample_dir, tiny_c
 def test_index_add_stage_builds_its_dataflow_job(tmp_path):
     needs_dataflow()
     from index_builder.embeddings import Shard
-    from pipelines.index_add import beam_adder
+    from pipelines.index_add.beam_stage import beam_adder
 
     shards = [Shard(str(tmp_path / f"part-{i}.parquet"), 10, {}) for i in range(3)]
     add = beam_adder(DATAFLOW, workers=4)  # a runner given: --workers adds no local-runner options

@@ -17,7 +17,7 @@ from encoders.models import load_towers, save_model
 from encoders.random_models import make_random_bert
 from encoders.settings import TrainConfig
 from encoders.train import Example, Trainer, info_nce
-from index_builder.evaluate import recall_at_k
+from index_builder.pair_recall import recall_at_k
 from pipelines.cli import main
 from pipelines.datasets.items import load_items, unique_query_rows
 from pipelines.datasets.sample import draw

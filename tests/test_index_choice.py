@@ -12,8 +12,8 @@ import pytest
 from encoders.errors import SettingsError
 from index_builder.build import build_index
 from index_builder.choose import OPQ_MIN_GAIN
-from index_builder.evaluate_index import evaluate_index
 from index_builder.opq import opq_gain
+from index_builder.remeasure import evaluate_index
 from index_builder.settings import BuildSettings
 from pipelines.cli import main
 from tests.test_index import clustered, write_embeddings

@@ -14,13 +14,13 @@ from encoders.errors import SettingsError
 from index_builder import faiss_io, mapped_lists
 from index_builder.build import build_index
 from index_builder.embeddings import list_shards
-from index_builder.evaluate_index import evaluate_index
+from index_builder.measure import exact_neighbours, latency, recall_at
 from index_builder.parts import add_part, merge_in_ram, merge_on_disk, part_name
-from index_builder.recall import exact_neighbours, latency, recall_at
+from index_builder.remeasure import evaluate_index
 from index_builder.search import LoadedIndex
 from index_builder.settings import BuildSettings
 from pipelines.cli import main
-from pipelines.index_add import beam_adder
+from pipelines.index_add.beam_stage import beam_adder
 from tests.test_index import clustered, write_embeddings
 
 

@@ -51,7 +51,7 @@ def cmd_embed(args, rest: list[str]) -> int:
 
 def cmd_build(args, rest) -> int:
     from index_builder.build import build_index
-    from pipelines.adder import adder_for
+    from pipelines.index_add import adder_for
 
     settings = settings_from(BuildSettings, args)
     m = build_index(settings, adder_for(settings.workers, rest))
@@ -115,7 +115,7 @@ def cmd_evaluate(args, rest) -> int:
 
 def cmd_evaluate_index(args, rest) -> int:
     from index_builder import storage
-    from index_builder.evaluate_index import evaluate_index
+    from index_builder.remeasure import evaluate_index
     from pipelines.reindex.root import resolve_index
 
     s = settings_from(EvaluateIndexSettings, args)

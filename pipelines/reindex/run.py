@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 
 from index_builder import storage
 from index_builder.build import build_index
-from pipelines.adder import adder_for
 from pipelines.dry_run import DryRun
 from pipelines.embed.run import run_embed
+from pipelines.index_add import adder_for
 from pipelines.reindex.canary import canary_overlap, load_queries
 from pipelines.reindex.gates import check_gates, failed
 from pipelines.reindex.lock import RunLock

@@ -14,7 +14,7 @@ from encoders.images import ImageRejected, decode_image
 from encoders.models import load_towers
 from encoders.text import has_caption
 from encoders.towers import Towers
-from index_builder.evaluate import recall_at_k
+from index_builder.pair_recall import recall_at_k
 from pipelines.datasets.items import LABELLED, Item, load_items, unique_query_rows
 from pipelines.inputs import Columns
 

@@ -1,17 +1,18 @@
-"""`evaluate-index`: re-measure a built index against exact search on queries of its own choosing,
+"""`evaluate-index` (evaluate_index): re-measure a built index against exact search on queries of its own choosing,
 independently of the build (another seed, any vectors of the data), and set the figures beside
-the ones its manifest claims."""
+the ones its manifest claims. The measuring itself is index_builder.measure and .nprobe, as in
+the build."""
 
 from __future__ import annotations
 
 from encoders.errors import InputError
 from index_builder import storage
 from index_builder.embeddings import MANIFEST, list_shards
-from index_builder.recall import exact_neighbours, latency, truth_width
+from index_builder.measure import exact_neighbours, latency, truth_width
+from index_builder.nprobe import tune
 from index_builder.sampling import read_vectors, sample_training_set
 from index_builder.search import open_index
 from index_builder.settings import EvaluateIndexSettings
-from index_builder.tune import tune
 
 
 def evaluate_index(

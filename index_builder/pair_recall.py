@@ -1,4 +1,6 @@
-"""Retrieval quality on labelled pairs: recall@k with exact inner-product search (faiss)."""
+"""Retrieval quality of a model on labelled pairs (a query and its one target item): recall@k with
+exact inner-product search (faiss). Used by `evaluate` and fine-tuning; no index is involved (an
+index against exact search: index_builder.measure)."""
 
 from __future__ import annotations
 

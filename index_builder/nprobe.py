@@ -1,5 +1,5 @@
-"""Choose the nprobe of a built index: the smallest that reaches the recall target on held-out
-queries, measured against one exact ground truth (index_builder.recall), with the whole
+"""The nprobe of a built index (`tune`): the smallest that reaches the recall target on held-out
+queries, measured against one exact ground truth (index_builder.measure), with the whole
 recall-vs-nprobe table kept for the manifest."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import faiss
 import numpy as np
 
 from index_builder.choose import TOLERANCE, between, smallest_nprobe
+from index_builder.measure import KS, recall_at
 from index_builder.params import nprobe_ladder
-from index_builder.recall import KS, recall_at
 from index_builder.split import members
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Measure an index against exact search, with faiss.contrib helpers.
+"""Measure an index against exact search, with faiss.contrib helpers: the exact ground truth,
+recall@k at an nprobe, search latency (used by the build and by evaluate-index).
 
 Queries are vectors of the data itself (held out of training where there are any). Each query
 is excluded from its own ground truth and from its own results: a stored vector finds itself
