@@ -101,7 +101,7 @@ class BuildSettings:
 
 @dataclass(frozen=True)
 class EvaluateIndexSettings:
-    """`evaluate-index`: re-measure a built index against exact search (index_builder.evaluate_index)."""
+    """`evaluate-index`: re-measure a built index against exact search (index_builder.remeasure)."""
 
     index: str = option(metavar="IDX", help="an index directory, or a reindex ROOT (its LATEST)")
     embeddings: str | None = option(None, metavar="DIR", help="default: the directory its manifest records")
