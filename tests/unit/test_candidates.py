@@ -1,0 +1,89 @@
+"""The candidate space: every family's bytes per vector is faiss's own, the index file grows by
+it (plus the id) per vector added, the memory estimate matches the file, and the per-family
+pick keeps what fits (real faiss, tiny indexes)."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from index_builder.candidates import ID_BYTES, Candidate, largest_per_family, rabitq_bytes, smallest, space
+
+NLIST = 8
+
+
+def lists_bytes_per_vector(index: faiss.Index) -> float:
+    """faiss's own figure: the lists' code_size, or for fast-scan block bytes per vector."""
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    if isinstance(lists, faiss.BlockInvertedLists):
+        return lists.block_size / lists.n_per_block
+    return float(lists.code_size)
+
+
+def trained(d: int, c: Candidate, x: np.ndarray) -> faiss.Index:
+    index = faiss.index_factory(d, c.factory, faiss.METRIC_INNER_PRODUCT)
+    for i in range(index.chain.size()) if isinstance(index, faiss.IndexPreTransform) else ():
+        opq = faiss.downcast_VectorTransform(index.chain.at(i))
+        opq.niter = 4  # a rough rotation: only its size is checked here
+    index.train(x)
+    return index
+
+
+@pytest.fixture(scope="module")
+def data():
+    faiss.omp_set_num_threads(1)  # tiny indexes: threads only wait for each other on a shared machine
+    rng = np.random.default_rng(0)
+    return {d: rng.standard_normal((1200, d)).astype(np.float32) for d in (36, 40)}
+
+
+@pytest.mark.parametrize("d", [36, 40])
+def test_every_candidate_costs_what_faiss_stores(d, data):
+    x = data[d]
+    cands = space(len(x), d, NLIST)
+    assert {c.family for c in cands} == {"Flat", "SQ", "PQ", "PQfs", "OPQ", "RaBitQ", "RaBitQfs"}
+    assert [c.bytes_per_vector for c in cands] == sorted((c.bytes_per_vector for c in cands), reverse=True)
+    for c in cands:
+        if d == 36 and c.family not in ("SQ", "PQfs", "RaBitQ", "RaBitQfs"):
+            continue  # d = 36: the families whose sizes round (d not a multiple of 8)
+        index = trained(d, c, x[:1000])
+        assert lists_bytes_per_vector(index) == c.bytes_per_vector, c.factory
+        empty = len(faiss.serialize_index(index))
+        index.add(x[:256])  # whole fast-scan blocks in each list at both sizes: growth without padding
+        at_256 = len(faiss.serialize_index(index))
+        index.add(x[256:1024])
+        grown = (len(faiss.serialize_index(index)) - at_256) / 768
+        pad = NLIST * 32 * c.bytes_per_vector / 768 if c.fast_scan else 0  # lists fill blocks unevenly
+        assert c.bytes_per_vector + ID_BYTES <= grown <= c.bytes_per_vector + ID_BYTES + pad + 1e-9, c.factory
+        assert abs(c.fixed_bytes - empty) <= 0.05 * empty + 600, (c.factory, c.fixed_bytes, empty)
+        size = len(faiss.serialize_index(index))
+        assert abs(c.memory(1024) - size) <= 0.05 * size + 600, (c.factory, c.memory(1024), size)
+        assert c.on_disk == isinstance(faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists),
+                                       faiss.ArrayInvertedLists)  # fmt: skip
+
+
+def test_the_families_reach_sizes_between_the_powers_of_two_as_the_issue_lists():
+    by_factory = {c.factory: c for c in space(200_000, 256, 1024)}
+    assert by_factory["IVF1024,RaBitQ"].bytes_per_vector == 40 and by_factory["IVF1024,RaBitQ4"].bytes_per_vector == 148
+    assert rabitq_bytes(512, 1) == 72 and by_factory["IVF1024,PQ128x8np"].bytes_per_vector == 128
+    assert by_factory["IVF1024,PQ128x6np"].bytes_per_vector == 96 and by_factory["IVF1024,SQ6"].bytes_per_vector == 192
+    assert by_factory["OPQ96_192,IVF1024,PQ96x8np"].bytes_per_vector == 96
+    assert "IVF1024,PQ64x4np" not in by_factory  # 32 B is PQ32x8's: fewer bits only where 8 bits cannot reach
+
+
+def test_each_family_keeps_its_largest_code_within_the_budget():
+    n, d = 200_000, 256
+    cands = space(n, d, 1024)
+    picked = {c.family: c.factory for c in largest_per_family(cands, n, max_bytes_per_vector=150)}
+    assert picked == {"SQ": "IVF1024,SQ4", "PQ": "IVF1024,PQ128x8np", "PQfs": "IVF1024,PQ128x4fs",
+                      "OPQ": "OPQ120_240,IVF1024,PQ120x8np", "RaBitQ": "IVF1024,RaBitQ4",
+                      "RaBitQfs": "IVF1024,RaBitQfs4"}  # fmt: skip
+    assert largest_per_family(cands, n, max_bytes_per_vector=2048)[0].factory == "IVF1024,Flat"
+    on_disk = largest_per_family(cands, n, max_bytes_per_vector=150, on_disk=True)
+    assert {c.family for c in on_disk} == {"SQ", "PQ", "OPQ", "RaBitQ"}
+    memory = 16 * 10**6
+    assert all(c.memory(n) <= memory for c in largest_per_family(cands, n, max_memory=memory))
+    assert largest_per_family(cands, n, max_memory=1000) == []
+    least = smallest(cands, n)
+    assert least.bytes_per_vector == 1 and least.memory(n) == min(c.memory(n) for c in cands)
