@@ -39,7 +39,7 @@ def bytes_per_row(root: Path, batch_size: int = 64) -> dict[str, float]:
     table = pq.read_table(first).slice(0, batch_size).to_pylist()
     batch = [ItemInput(r["key"], r["caption"], r["jpg"]) for r in table]
     settings = EmbedSettings(inputs=(), output="", model=str(root / "clip"), batch_size=batch_size, large_model=True)
-    handler = EmbeddingModelHandler(settings, tensor_recipe=True)
+    handler = EmbeddingModelHandler(settings)
     images = handler._decoded(batch, None, NO_CLOCK).images  # the decoded PIL images
     texts = [item.caption for item in batch]
     pre = handler.worker_preprocessing()

@@ -73,7 +73,7 @@ def open_image(
     check_bytes(data, max_bytes)
     with _pil_errors(data):
         # Image.open reads only the header; PIL's own bomb check there raises above
-        # 2 x Image.MAX_IMAGE_PIXELS (see EmbeddingModelHandler.load_model).
+        # 2 x Image.MAX_IMAGE_PIXELS (see pipelines/embed/process.py).
         image = Image.open(io.BytesIO(data))
         check_pixels(image.size, max_pixels)  # known from the header, before any pixel is decoded
     return image

@@ -5,6 +5,8 @@
                                 and tokenizer, no weights loaded
     describe_checkpoint(dir) -> family, model_type, dim, learned fusion params, tensor recipe
                                 (config files only, no weights loaded)
+    resolve_model(spec)      -> ResolvedModel: the spec resolved to a local directory, described
+                                and fingerprinted once; the loaders above take it instead of a spec
 
 A fine-tuned model is one directory: the family's own files plus, when attention fusion was
 trained, `fusion.safetensors` and `fusionindex.json` ({"fusion": params, "training": ...}).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -21,8 +24,8 @@ from safetensors.torch import load_file, save_file
 from encoders.dual import MODEL_TYPE as DUAL_TYPE
 from encoders.dual import DualPreprocessing, DualTowers, dual_recipe
 from encoders.fusion import AttentionFusion
-from encoders.loading import ModelLoadError, check_tokenizer_fits, resolve_model_dir
-from encoders.tensor_images import recipe_of
+from encoders.loading import ModelLoadError, check_tokenizer_fits, fingerprint, resolve_model_dir
+from encoders.tensor_images import Recipe, recipe_of
 from encoders.towers import ClipPreprocessing, ClipTowers, Preprocessing, Towers
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,46 @@ def describe_checkpoint(local: Path) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A --model spec resolved once (by a driver) and handed to whoever loads it: its local
+    directory, what `describe_checkpoint` reads from it and the weights' fingerprint. Small and
+    picklable: workers receive it with their job."""
+
+    spec: str
+    local_dir: Path
+    allow_pickle: bool
+    family: str  # "clip" or "dual"
+    model_type: str
+    dim: int
+    fusion: dict | None  # the learned fusion's params (None: the checkpoint has none)
+    fingerprint: str  # sha256 of the weight files (loading.fingerprint)
+    tensor_recipe: Recipe | None  # None: the processor is not resize + center crop
+
+    def here(self) -> Path:
+        """The directory on this machine: `local_dir`, or, on a worker where the driver's copy (a
+        remote model's cache, the HF cache) is absent, the spec resolved again here."""
+        if (self.local_dir / "config.json").exists():
+            return self.local_dir
+        return resolve_model_dir(self.spec, allow_pickle=self.allow_pickle)
+
+
+def resolve_model(spec: str, *, allow_pickle: bool = False) -> ResolvedModel:
+    """Resolve, describe and fingerprint `spec` (ModelLoadError with the fix when unusable)."""
+    local = resolve_model_dir(spec, allow_pickle=allow_pickle)
+    info = describe_checkpoint(local)
+    return ResolvedModel(spec, local, allow_pickle, **info, fingerprint=fingerprint(local))
+
+
+def _resolved(spec: str | ResolvedModel, allow_pickle: bool) -> tuple[Path, str, str]:
+    """(local dir, family, model_type) of a spec or of a model resolved before."""
+    if isinstance(spec, ResolvedModel):
+        return spec.here(), spec.family, spec.model_type
+    local = resolve_model_dir(spec, allow_pickle=allow_pickle)
+    info = describe_checkpoint(local)
+    return local, info["family"], info["model_type"]
+
+
 def load_learned_fusion(local: Path, dim: int) -> AttentionFusion | None:
     if not (local / META_FILE).exists():
         return None
@@ -106,11 +149,12 @@ def load_learned_fusion(local: Path, dim: int) -> AttentionFusion | None:
     return fusion.eval()
 
 
-def load_towers(spec: str, *, device: str | None = None, allow_pickle: bool = False) -> Towers:
-    """Load either family from a directory, fsspec URL or hub id."""
-    local = resolve_model_dir(spec, allow_pickle=allow_pickle)
-    info = describe_checkpoint(local)
-    if info["family"] == "dual":
+def load_towers(spec: str | ResolvedModel, *, device: str | None = None, allow_pickle: bool = False) -> Towers:
+    """Load either family from a directory, fsspec URL or hub id, or from a model resolved before."""
+    local, family, model_type = _resolved(spec, allow_pickle)
+    if isinstance(spec, ResolvedModel):
+        spec, allow_pickle = spec.spec, spec.allow_pickle
+    if family == "dual":
         towers: Towers = DualTowers.load(local, device=device)
     else:
         towers = ClipTowers.load(local, device=device, allow_pickle=allow_pickle)
@@ -118,7 +162,7 @@ def load_towers(spec: str, *, device: str | None = None, allow_pickle: bool = Fa
     log.info(
         "loaded %s (%s, %d-d%s) on %s",
         spec,
-        info["model_type"],
+        model_type,
         towers.dim,
         ", attention fusion" if towers.learned_fusion is not None else "",
         towers.device,
@@ -126,12 +170,16 @@ def load_towers(spec: str, *, device: str | None = None, allow_pickle: bool = Fa
     return towers
 
 
-def load_preprocessing(spec: str, *, allow_pickle: bool = False) -> Preprocessing:
+def load_preprocessing(spec: str | ResolvedModel, *, allow_pickle: bool = False) -> Preprocessing:
     """Either family's image preprocessing and tokenizer, as `load_towers(spec)` has them, from
     config and processor files only: no weights are read (a --large-model worker process uses it
     to send the shared model tensors). `allow_pickle` only changes which checkpoints resolve."""
-    local = resolve_model_dir(spec, allow_pickle=allow_pickle)
-    if _read_json(local / "config.json").get("model_type") == DUAL_TYPE:
+    if isinstance(spec, ResolvedModel):
+        local, dual = spec.here(), spec.family == "dual"
+    else:
+        local = resolve_model_dir(spec, allow_pickle=allow_pickle)
+        dual = _read_json(local / "config.json").get("model_type") == DUAL_TYPE
+    if dual:
         return DualPreprocessing.load(local)
     return ClipPreprocessing.load(local)
 
@@ -150,6 +198,8 @@ def save_model(towers: Towers, out: Path, *, fusion: AttentionFusion | None = No
 
 
 __all__ = [
+    "ResolvedModel",
+    "resolve_model",
     "describe_checkpoint",
     "load_towers",
     "load_preprocessing",

@@ -124,7 +124,7 @@ def items() -> list[ItemInput]:
 @pytest.mark.parametrize("exact_shapes", [False, True])
 def test_through_the_shared_model_only_tensors_cross_and_vectors_are_the_local_ones(tiny_clip, exact_shapes):
     settings = EmbedSettings(inputs=(), output="", model=tiny_clip, batch_size=4, exact_shapes=exact_shapes)
-    handler = EmbeddingModelHandler(settings, tensor_recipe=True)
+    handler = EmbeddingModelHandler(settings)
     shared = MultiProcessShared(handler.load_model, tag=f"test-{uuid.uuid4().hex}", always_proxy=True)
     proxy = shared.acquire()
     try:

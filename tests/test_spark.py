@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 
 import pyarrow.parquet as pq
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from index_builder.embeddings import list_shards
 from pipelines.embed.run import run_embed
 from pipelines.embed.settings import EmbedSettings
-from pipelines.embed.spark import KILL_ONCE_ENV, spark_missing
+from pipelines.embed.spark import spark_missing
 
 MISSING = spark_missing()
 pytestmark = [pytest.mark.skipif(MISSING is not None, reason=MISSING or ""), pytest.mark.spark, pytest.mark.beam]
@@ -60,6 +61,14 @@ def test_spark_local_cluster_commits_the_beam_shards_once_despite_a_killed_worke
     monkeypatch.chdir(tmp_path)  # a relative --output: the executors run in directories of their own
     beam = run_embed(EmbedSettings(inputs=inputs, output=str(tmp_path / "beam"), model=tiny_clip, batch_size=8))
     marker = tmp_path / "killed"
+
+    def kill_once(unit: int) -> None:  # pickled by value to the executors (defined in a function)
+        """The fault: the first task to commit unit 2 marks it and kills its own Python worker (SIGKILL),
+        so Spark retries the task after the shard was committed."""
+        if unit == 2 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
     spark = run_embed(
         EmbedSettings(
             inputs=inputs,
@@ -68,8 +77,8 @@ def test_spark_local_cluster_commits_the_beam_shards_once_despite_a_killed_worke
             batch_size=8,
             engine="spark",
             spark_master=CLUSTER,
-            spark_conf=(f"spark.executorEnv.{KILL_ONCE_ENV}=2:{marker}",),
-        )
+        ),
+        after_commit=kill_once,
     )
     assert marker.exists()  # unit 2's first task committed its shard and then lost its Python worker
     assert_same_output(str(tmp_path / "beam"), str(tmp_path / "spark"))

@@ -9,7 +9,7 @@ import pytest
 from encoders.errors import SettingsError
 from pipelines.embed.run import run_embed
 from pipelines.embed.settings import EmbedSettings
-from pipelines.embed.spark import absolute, is_local, java_missing, python_error, with_absolute_paths
+from pipelines.embed.spark import absolute, executors_on_this_machine, java_missing, python_error, with_absolute_paths
 
 
 def test_without_java_spark_is_refused_with_the_package_to_install(tmp_path, monkeypatch):
@@ -37,10 +37,11 @@ def test_local_paths_become_absolute_urls_and_hub_ids_do_not(tmp_path, monkeypat
 
 def test_local_masters(monkeypatch):
     monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
-    assert is_local(None) and is_local("local[2]") and is_local("local-cluster[2,1,1024]")
-    assert not is_local("yarn") and not is_local("spark://h:7077") and not is_local("k8s://https://h:443")
+    local = executors_on_this_machine
+    assert local(None) and local("local[2]") and local("local-cluster[2,1,1024]")
+    assert not local("yarn") and not local("spark://h:7077") and not local("k8s://https://h:443")
     monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")  # under spark-submit its master decides
-    assert not is_local(None)
+    assert not local(None)
 
 
 def test_a_failed_jobs_python_exception_is_picked_out_of_the_java_error():

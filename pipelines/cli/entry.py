@@ -41,7 +41,7 @@ def beam_args(parser: Parser, args: argparse.Namespace, rest: list[str]) -> list
         return []
     if not BY_NAME[args.command].beam:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from pipelines.embed.beam import beam_flags, unknown_beam_args
+    from pipelines.beam_options import beam_flags, unknown_beam_args
 
     unknown = unknown_beam_args(rest)
     if not unknown:

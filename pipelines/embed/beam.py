@@ -1,4 +1,5 @@
-"""The Beam side of `embed`: the job graph, its DoFns (thin wrappers over UnitWorker), options.
+"""The Beam engine of `embed` (BeamEngine): the job graph and its DoFns (thin wrappers over UnitWorker).
+Beam's options, shared with the index add stage, are in pipelines/beam_options.py.
 
     units | ReadKeys ------------------+
                                        CoGroupByKey(id) | Decide --> plans: (unit, RowPlan)
@@ -15,41 +16,30 @@ the pure functions' dataclasses again on either side.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from functools import partial
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import (
-    DebugOptions,
-    DirectOptions,
-    PipelineOptions,
-    StandardOptions,
-    TestOptions,
-)
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import multi_process_shared, shared
 
-from encoders.errors import SettingsError
 from index_builder import storage
-from pipelines.dry_run import DryRun
+from pipelines.beam_options import dry_run_done, is_dry_run, thread_layout, workers_on_this_machine
+from pipelines.embed.engine import EngineMetrics, EngineRun, EngineWork
 from pipelines.embed.handler import EmbeddingModelHandler
 from pipelines.embed.join import DELETED, decide_grouped, previous_keys, today_keys
+from pipelines.embed.process import set_up_worker
 from pipelines.embed.rows import RowPlan
-from pipelines.embed.timings import stage_metrics
-from pipelines.embed.worker import EngineRun, UnitFeeder, UnitJob, UnitWorker
+from pipelines.embed.settings import EmbedSettings, Runtime
+from pipelines.embed.timings import AHEAD_PREFIX, UNIT_PREFIX, stage_metrics
+from pipelines.embed.worker import UnitFeeder, UnitJob, UnitWorker
 from pipelines.inputs import InputPlan, WorkUnit
-from pipelines.threads import ThreadLayout, beam_layout
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RUNNER = "FnApiRunner"  # the local runner that needs no download (DirectRunner tries Prism first)
-LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
-# Runners that would give a wrong result without saying so: refused, with the reason.
-REFUSED_RUNNERS = {
-    "DaskRunner": "Beam's DaskRunner loses data silently: only the last-applied branch of a pipeline runs, "
-    "elements emitted in finish_bundle are dropped, and it reports no metrics; use the default FnApiRunner "
-    "(--direct_num_workers N --direct_running_mode multi_processing) or DataflowRunner",
-}
 NAMESPACE = "fusionindex"
 
 
@@ -102,8 +92,16 @@ def acquire_model(handler: EmbeddingModelHandler, handle: shared.Shared, tag: st
     A large model's proxy comes with this process's own preprocessing loaded (counted as load time)."""
     if handler.share_model_across_processes():
         handler.worker_preprocessing()
-        return multi_process_shared.MultiProcessShared(handler.load_model, tag=tag, always_proxy=True).acquire()
+        load = partial(load_in_model_process, handler)
+        return multi_process_shared.MultiProcessShared(load, tag=tag, always_proxy=True).acquire()
     return handle.acquire(handler.load_model, tag=tag)
+
+
+def load_in_model_process(handler: EmbeddingModelHandler):
+    """--large-model: the model's own process (MultiProcessShared's server) is a worker process
+    too: set it up (pipelines/embed/process.py), then load the towers."""
+    set_up_worker(handler.settings, handler.model_threads())
+    return handler.load_model()
 
 
 class EmbedUnit(beam.DoFn):
@@ -123,7 +121,8 @@ class EmbedUnit(beam.DoFn):
 
     def setup(self):
         job = self.job
-        handler = EmbeddingModelHandler(job.settings, tensor_recipe=job.tensor_recipe, threads=job.threads)
+        handler = EmbeddingModelHandler(job.settings, model=job.model, runtime=job.runtime, threads=job.threads)
+        set_up_worker(job.settings, handler.worker_threads())  # the worker set-up hook: process-wide settings
         self.worker = UnitWorker(self.job, handler, lambda: acquire_model(handler, self._shared, self.model_tag))
         self._feeder: UnitFeeder | None = None
 
@@ -248,87 +247,56 @@ def metric_sums(result) -> dict[str, int] | None:
     return sums
 
 
-def run_beam(
-    options: PipelineOptions, plan: InputPlan, job: UnitJob, model_tag: str, *, comparable: bool, join_counts: str
-) -> EngineRun:
-    """The Beam driver: build the graph, run it to the end, read its metrics. After `--dry_run=True`
-    (DataflowRunner: the job is built, nothing runs) raises DryRun instead."""
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, plan, job, model_tag, comparable=comparable, join_counts=join_counts)
-    result = p.run()
-    result.wait_until_finish()
-    if is_dry_run(options):
-        raise dry_run_done("embed", options, p.runner)
-    return EngineRun(metric_sums(result), str(options.view_as(StandardOptions).runner))
-
-
-def _beam_parser():
-    """An argument parser holding every option Beam's PipelineOptions classes define
-    (as PipelineOptions.get_all_options builds it; Beam only warns about the rest). A bad value
-    for a Beam option raises SettingsError instead of printing usage and exiting."""
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
-
-    class Strict(_BeamArgumentParser):
-        def error(self, message):
-            if not message.startswith("ambiguous option: "):  # Beam ignores those too
-                raise SettingsError(f"Beam option: {message}")
-
-    parser = Strict(allow_abbrev=False)
-    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(parser)
-    return parser
-
-
-def beam_flags() -> list[str]:
-    """Every --flag Beam knows."""
-    return sorted(o for a in _beam_parser()._actions for o in a.option_strings if o.startswith("--"))
-
-
-def unknown_beam_args(args: list[str]) -> list[str]:
-    """The arguments among `args` that no Beam pipeline option accepts."""
-    return _beam_parser().parse_known_args(args)[1]
-
-
-def pipeline_options(beam_args: list[str]) -> PipelineOptions:
-    """Beam options from the leftover CLI args; the default runner needs no download."""
-    options = PipelineOptions(beam_args)
-    standard = options.view_as(StandardOptions)
-    if standard.runner is None:
-        standard.runner = DEFAULT_RUNNER
-    name = runner_name(options)
-    if name in REFUSED_RUNNERS:
-        raise SettingsError(f"--runner {standard.runner} is refused: {REFUSED_RUNNERS[name]}")
-    dry_run = options.view_as(TestOptions).dry_run
-    if isinstance(dry_run, str) and dry_run.lower() in ("false", "0", "no", ""):
-        raise SettingsError(
-            f"--dry_run={dry_run}: Beam takes any value as true and would not submit the job; "
-            "leave --dry_run out to run it, or write --dry_run=True"
-        )
-    if dry_run and name != "DataflowRunner":
-        raise SettingsError(
-            f"--dry_run: only DataflowRunner builds a job without running it; {name} would run the pipeline"
-        )
-    try:
-        from apache_beam.runners.runner import create_runner
-
-        create_runner(standard.runner)
-        if name == "DataflowRunner":  # Beam without [gcp] creates the runner and fails only when submitting
-            import apache_beam.runners.dataflow.internal.apiclient  # noqa: F401
-    except (ValueError, ImportError) as exc:
-        hint = "; install the Dataflow extra: pip install 'fusionindex[dataflow]'" if name == "DataflowRunner" else ""
-        raise SettingsError(f"--runner {standard.runner}: {exc}{hint}") from exc
-    return options
-
-
-def thread_layout(options: PipelineOptions) -> ThreadLayout:
-    """How this run's workers share a machine's cores (pipelines/threads.py: their torch threads)."""
-    direct = options.view_as(DirectOptions)
-    return beam_layout(
-        runner_name(options),
-        num_workers=direct.direct_num_workers,
-        running_mode=direct.direct_running_mode,
-        experiments=options.view_as(DebugOptions).experiments or (),
+def engine_metrics(sums: dict[str, int]) -> EngineMetrics:
+    """EmbedUnit's counters (as metric_sums adds them up) as the engine-neutral figures."""
+    stage_names = {k for k in sums if k.startswith((UNIT_PREFIX, AHEAD_PREFIX))}
+    return EngineMetrics(
+        rows_read=sums.get("rows_read", 0),
+        shards_reused=sums.get("shards_reused", 0),
+        unit_ms=sums.get("unit_ms", 0),
+        load_model_ms=sums.get("load_model_ms", 0),
+        inference_ms=sums.get("inference_batch_latency_ms", 0),
+        stage_us={k: sums[k] for k in sorted(stage_names)},
     )
+
+
+class BeamEngine:
+    """The Engine on Beam: the job graph above, on the runner `options` name (local or Dataflow)."""
+
+    name = "beam"
+
+    def __init__(self, options: PipelineOptions):
+        self.options = options
+
+    def localize(self, settings: EmbedSettings) -> EmbedSettings:
+        return settings
+
+    def localize_path(self, path: str) -> str:
+        return path
+
+    def workers_on_this_machine(self) -> bool:
+        return workers_on_this_machine(self.options)
+
+    def dry_run(self) -> bool:
+        return is_dry_run(self.options)
+
+    def check_runtime(self, runtime: Runtime, settings: EmbedSettings) -> None:
+        warn_model_copies(self.options, runtime.device, settings.large_model)
+
+    def run(self, work: EngineWork) -> EngineRun:
+        """Build the graph, run it to the end, read its metrics. After `--dry_run=True`
+        (DataflowRunner: the job is built, nothing runs) raises DryRun instead."""
+        job = dataclasses.replace(work.job, threads=thread_layout(self.options))  # the workers' torch threads
+        p = beam.Pipeline(options=self.options)
+        build_pipeline(p, work.plan, job, work.model_tag, comparable=work.comparable, join_counts=work.join_counts)
+        result = p.run()
+        result.wait_until_finish()
+        if self.dry_run():
+            raise dry_run_done("embed", self.options, p.runner)
+        sums = metric_sums(result)
+        return EngineRun(
+            None if sums is None else engine_metrics(sums), str(self.options.view_as(StandardOptions).runner)
+        )
 
 
 def model_copies_warning(
@@ -354,25 +322,3 @@ def warn_model_copies(options: PipelineOptions, device: str, large_model: bool) 
     message = model_copies_warning(direct.direct_num_workers, direct.direct_running_mode, device, large_model)
     if message:
         log.warning(message)
-
-
-def runner_name(options: PipelineOptions) -> str:
-    """The runner's class name, however it was given (a name, a dotted path or an instance)."""
-    runner = options.view_as(StandardOptions).runner
-    return runner.rsplit(".", 1)[-1] if isinstance(runner, str) else type(runner).__name__
-
-
-def is_local(options: PipelineOptions) -> bool:
-    """Whether the workers run on this machine (so this machine's Runtime is theirs)."""
-    return runner_name(options) in LOCAL_RUNNERS
-
-
-def is_dry_run(options: PipelineOptions) -> bool:
-    """`--dry_run=True`: the runner builds the job (DataflowRunner: the job graph and its
-    request) and submits nothing. No output will be written, so no later stage may run."""
-    return bool(options.view_as(TestOptions).dry_run)
-
-
-def dry_run_done(stage: str, options: PipelineOptions, runner, written: str = "nothing was written") -> DryRun:
-    """The DryRun ending a command whose `stage` was only built; `written`: what the driver did write."""
-    return DryRun(stage, runner_name(options), runner, written)

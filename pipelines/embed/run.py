@@ -1,27 +1,29 @@
-"""The `embed` driver, whatever the engine: plan the input, prepare the output (run key, resume), hand the
-units to the engine's driver (beam.run_beam or spark.run_spark), check the accounting, write the manifest last."""
+"""The `embed` driver, whatever the engine: resolve the model and runtime once, plan the input,
+prepare the output (run key, resume), hand the units to an `Engine` (engine.py), check the
+accounting, write the manifest last."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from encoders.errors import InputError, SettingsError
-from encoders.loading import ModelLoadError, fingerprint, resolve_model_dir
-from encoders.models import describe_checkpoint
+from encoders.errors import InputError
+from encoders.loading import ModelLoadError
+from encoders.models import ResolvedModel, resolve_model
 from index_builder import storage
 from index_builder.embeddings import MANIFEST, list_shards
-from pipelines.embed.beam import is_dry_run, is_local, pipeline_options, run_beam, thread_layout, warn_model_copies
-from pipelines.embed.handler import EmbeddingModelHandler
+from pipelines.embed.engine import Engine, EngineMetrics, EngineRun, EngineWork, make_engine
 from pipelines.embed.output import prepare_output, run_key
 from pipelines.embed.progress import Watcher
-from pipelines.embed.settings import EmbedSettings, shared_model_tag
+from pipelines.embed.settings import EmbedSettings, Runtime, resolve_runtime, shared_model_tag
 from pipelines.embed.shards import sum_counts
 from pipelines.embed.timings import manifest_timings
-from pipelines.embed.worker import EngineRun, UnitJob
-from pipelines.inputs import plan_inputs
+from pipelines.embed.worker import UnitJob
+from pipelines.inputs import InputPlan, plan_inputs
 
 log = logging.getLogger(__name__)
 
@@ -59,87 +61,67 @@ def previous_run(path: str, model_fingerprint: str, fusion_params: dict) -> tupl
     return shards, info
 
 
-def run_embed(
-    settings: EmbedSettings,
-    beam_args: list[str] | None = None,
-    *,
-    previous: str | None = None,
-    companions: tuple[str, ...] = (),
-) -> dict:
-    """Run the whole embed job; return the manifest written to `settings.output/manifest.json`.
+@dataclass(frozen=True)
+class Resolved:
+    """What the driver resolves once and hands down: the model, the fusion it runs with, and the
+    Runtime when the workers are this machine (None: each remote worker resolves its own)."""
 
-    `previous`: the output directory of an earlier run to compare against (a nightly reindex):
-    rows unchanged since then copy its vectors instead of being embedded again. `companions`:
-    names the caller keeps in the output directory (see prepare_output).
+    model: ResolvedModel
+    fusion: dict
+    runtime: Runtime | None
 
-    With `--dry_run=True` (DataflowRunner) the job is built, nothing is submitted and the output
-    directory is left untouched; raises DryRun instead of returning (there is no manifest)."""
-    started = datetime.now(UTC)
-    t0 = time.monotonic()
-    s = settings
-    if s.engine == "spark":
-        if beam_args:
-            raise SettingsError(
-                f"Beam options ({' '.join(beam_args)}) apply to --engine beam only; "
-                "with --engine spark use --spark-master and --spark-conf KEY=VALUE"
-            )
-        from pipelines.embed import spark
 
-        problem = spark.spark_missing()  # before the output directory is touched
-        if problem:
-            raise SettingsError(problem)
-        s, previous = spark.with_absolute_paths(s), previous and spark.absolute(previous)
-        options, local = None, spark.is_local(s.spark_master)
-        threads = spark.thread_layout(s.spark_master or spark.DEFAULT_MASTER, s.spark_properties())
-    else:
-        options = pipeline_options(beam_args or [])
-        local, threads = is_local(options), thread_layout(options)
-    model_dir = resolve_model_dir(s.model, allow_pickle=s.allow_pickle)
-    info = describe_checkpoint(model_dir)
-    if s.fusion == "attention" and not info["fusion"]:
+def resolve(s: EmbedSettings, engine: Engine) -> Resolved:
+    """The model (resolved, described, fingerprinted) and, for local workers, the Runtime: a
+    runtime that cannot work here fails now, before any output is touched."""
+    model = resolve_model(s.model, allow_pickle=s.allow_pickle)
+    if s.fusion == "attention" and not model.fusion:
         raise ModelLoadError(
             f"--fusion attention: {s.model} has no learned attention fusion; fine-tune it with "
             "`fusionindex finetune --fusion attention`, or use --fusion weighted"
         )
-    fusion_params = s.weighted_fusion().params() if s.fusion == "weighted" else info["fusion"]
-    recipe = info["tensor_recipe"] is not None
-    handler = EmbeddingModelHandler(s, tensor_recipe=recipe, threads=threads)
-    if local:  # the workers are this machine: a runtime that cannot work fails now
-        log.info("runtime: %s", handler.runtime())
-        if options is not None:
-            warn_model_copies(options, handler.runtime().device, s.large_model)
-    model_fp = fingerprint(model_dir)
-    plan = plan_inputs(list(s.inputs), s.columns, skip_bad_files=s.skip_bad_files, threads=s.plan_threads)
-    if not plan.units:
-        raise InputError(f"the input files hold no rows: {', '.join(plan.files) or '(all unreadable)'}")
-    previous_shards, previous_info = previous_run(previous, model_fp, fusion_params) if previous else ((), None)
-    key = run_key(s, plan, model_fp, fusion_params)
+    fusion = s.weighted_fusion().params() if s.fusion == "weighted" else model.fusion
+    runtime = None
+    if engine.workers_on_this_machine():  # the workers are this machine: its runtime is theirs
+        import torch
+
+        runtime = resolve_runtime(
+            s, cuda_available=torch.cuda.is_available(), tensor_recipe=model.tensor_recipe is not None
+        )
+        log.info("runtime: %s", runtime)
+        engine.check_runtime(runtime, s)
+    return Resolved(model, fusion, runtime)
+
+
+@dataclass(frozen=True)
+class Output:
+    """The output directory made ready for this run: its run key, whether committed shards are
+    reused (`resume`), and the previous run compared against (its shards and manifest summary)."""
+
+    resume: bool
+    previous_shards: tuple[str, ...]
+    previous: dict | None
+
+
+def prepare(s: EmbedSettings, plan: InputPlan, r: Resolved, previous: str | None, companions, dry_run: bool) -> Output:
+    """Key the run, compare against `previous`, and prepare the output directory (left untouched,
+    unread, by a dry run)."""
+    previous_shards, previous_info = previous_run(previous, r.model.fingerprint, r.fusion) if previous else ((), None)
+    key = run_key(s, plan, r.model.fingerprint, r.fusion)
     if previous_info is not None:
         key["previous"] = previous_info
-    dry_run = options is not None and is_dry_run(options)
-    join_path = storage.join(s.output, JOIN_FILE)
-    resume = False  # a dry run writes nothing: the output directory is left as it is, unread
+    resume = False
     if not dry_run:
         resume = prepare_output(s.output, key, s.restart, companions)
-        storage.remove(join_path)
+        storage.remove(storage.join(s.output, JOIN_FILE))
     committed = len(list_shards(s.output, require_complete=False)) if resume else 0
     if committed:
         log.info("resuming an interrupted run: %d of %d shards are committed", committed, len(plan.units))
-    job = UnitJob(s, tuple(u.path for u in plan.units), info["dim"], resume, recipe, previous_shards, threads)
-    model_tag = shared_model_tag(s, model_fp)
-    t_pipeline = time.monotonic()
-    comparable = bool(previous_info and previous_info["comparable"])
-    engine = dict(comparable=comparable, join_counts=join_path)
-    with nullcontext() if dry_run else Watcher(s.output, plan.units):  # rows done / total, rows/s, ETA
-        done: EngineRun = (
-            spark.run_spark(s, plan, job, model_tag, **engine)
-            if s.engine == "spark"
-            else run_beam(options, plan, job, model_tag, **engine)
-        )
-    pipeline_s = time.monotonic() - t_pipeline
-    metrics = done.metrics
-    work = metrics or {}
-    counts, bad_row_groups, runtimes = sum_counts(s.output)
+    return Output(resume, previous_shards, previous_info)
+
+
+def check_accounting(counts: dict, plan: InputPlan) -> None:
+    """RuntimeError (no manifest) unless every planned row is embedded, rejected or skipped once."""
     if (
         counts["read"] != plan.total_rows
         or counts["read"] != counts["embedded"] + counts["rejected"] + counts["skipped"]
@@ -148,7 +130,47 @@ def run_embed(
         raise RuntimeError(
             f"row accounting failed: planned {plan.total_rows} rows, shards report {counts}; no manifest written"
         )
-    if previous_info is not None:
+
+
+def run_embed(
+    settings: EmbedSettings,
+    beam_args: list[str] | None = None,
+    *,
+    previous: str | None = None,
+    companions: tuple[str, ...] = (),
+    after_commit: Callable[[int], None] | None = None,
+) -> dict:
+    """Run the whole embed job; return the manifest written to `settings.output/manifest.json`.
+
+    `previous`: the output directory of an earlier run to compare against (a nightly reindex):
+    rows unchanged since then copy its vectors instead of being embedded again. `companions`:
+    names the caller keeps in the output directory (see prepare_output). `after_commit`: a seam
+    for tests (fault injection), called on the worker with each unit's index once it is committed.
+
+    With `--dry_run=True` (DataflowRunner) the job is built, nothing is submitted and the output
+    directory is left untouched; raises DryRun instead of returning (there is no manifest)."""
+    started, t0 = datetime.now(UTC), time.monotonic()
+    engine = make_engine(settings, beam_args)
+    s = engine.localize(settings)
+    previous = previous and engine.localize_path(previous)
+    r = resolve(s, engine)
+    plan = plan_inputs(list(s.inputs), s.columns, skip_bad_files=s.skip_bad_files, threads=s.plan_threads)
+    if not plan.units:
+        raise InputError(f"the input files hold no rows: {', '.join(plan.files) or '(all unreadable)'}")
+    dry_run = engine.dry_run()
+    out = prepare(s, plan, r, previous, companions, dry_run)
+    paths = tuple(u.path for u in plan.units)
+    job = UnitJob(s, paths, r.model.dim, out.resume, r.model, r.runtime, out.previous_shards, after_commit)
+    comparable = bool(out.previous and out.previous["comparable"])
+    join_path = storage.join(s.output, JOIN_FILE)
+    work = EngineWork(plan, job, shared_model_tag(s, r.model.fingerprint), comparable, join_path)
+    t_pipeline = time.monotonic()
+    with nullcontext() if dry_run else Watcher(s.output, plan.units):  # rows done / total, rows/s, ETA
+        done = engine.run(work)
+    pipeline_s = time.monotonic() - t_pipeline
+    counts, bad_row_groups, runtimes = sum_counts(s.output)
+    check_accounting(counts, plan)
+    if out.previous is not None:
         counts["deleted"] = storage.read_json(join_path)["deleted"]
     if len(runtimes) > 1:
         log.warning("shards were made with %d different runtimes: %s", len(runtimes), runtimes)
@@ -160,27 +182,23 @@ def run_embed(
         "counts": counts,
         "bad_files": plan.bad_files + bad_row_groups,
         "shards": len(plan.units),
-        "reused_shards": None if metrics is None else metrics.get("shards_reused", 0),  # None: no metrics
-        "previous": previous_info,
-        "dim": info["dim"],
-        "model": {"spec": s.model, "family": info["family"], "model_type": info["model_type"], "fingerprint": model_fp},
-        "fusion": fusion_params,
+        "reused_shards": None if done.metrics is None else done.metrics.shards_reused,  # None: no metrics
+        "previous": out.previous,
+        "dim": r.model.dim,
+        "model": {
+            "spec": s.model,
+            "family": r.model.family,
+            "model_type": r.model.model_type,
+            "fingerprint": r.model.fingerprint,
+        },
+        "fusion": r.fusion,
         "settings": s.as_dict(),
         "runtime": runtimes[0] if len(runtimes) == 1 else runtimes,
         "engine": s.engine,
         "runner": done.runner,  # the Beam runner, or the Spark master
         "started_at": started.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
-        "timings": {
-            "total_s": round(time.monotonic() - t0, 3),
-            "pipeline_s": round(pipeline_s, 3),
-            # summed over workers: time in row groups (model load excluded), model loads, model calls
-            "units_s": work.get("unit_ms", 0) / 1000,
-            "model_load_s": work.get("load_model_ms", 0) / 1000,
-            "inference_s": work.get("inference_batch_latency_ms", 0) / 1000,
-            # where the units' time went (encoders/stages.py); absent when the engine reports no metrics
-            **manifest_timings(work, work.get("unit_ms", 0) / 1000, work.get("rows_read", 0)),
-        },
+        "timings": run_timings(done, time.monotonic() - t0, pipeline_s),
     }
     storage.write_json(storage.join(s.output, MANIFEST), manifest)
     log.info(
@@ -192,3 +210,19 @@ def run_embed(
         s.output,
     )
     return manifest
+
+
+def run_timings(done: EngineRun, total_s: float, pipeline_s: float) -> dict:
+    """The manifest's timings: the driver's wall times, and the workers' summed over units
+    (model load excluded from units_s) with where the units' time went (encoders/stages.py;
+    no stage figures when the engine reports no metrics)."""
+    m = done.metrics or EngineMetrics()
+    units_s = m.unit_ms / 1000
+    return {
+        "total_s": round(total_s, 3),
+        "pipeline_s": round(pipeline_s, 3),
+        "units_s": units_s,
+        "model_load_s": m.load_model_ms / 1000,
+        "inference_s": m.inference_ms / 1000,
+        **manifest_timings(dict(m.stage_us), units_s, m.rows_read),
+    }

@@ -22,39 +22,37 @@ import logging
 import os
 import re
 import shutil
-import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING
 
 from encoders import openmp
 from encoders.errors import SettingsError
 from index_builder import storage
+from pipelines.embed.engine import EngineMetrics, EngineRun, EngineWork
 from pipelines.embed.join import DELETED, decide_grouped, previous_keys, today_keys
-from pipelines.embed.settings import THREADS_ENV, EmbedSettings
+from pipelines.embed.settings import THREADS_ENV, EmbedSettings, Runtime
 from pipelines.embed.timings import stage_metrics
 from pipelines.inputs import InputPlan, WorkUnit
 from pipelines.threads import ThreadLayout, decide, spark_layout, usable_cores
 
-if TYPE_CHECKING:  # torch and Beam: imported by the embed tasks only, not by the join's (executors import this module)
+if TYPE_CHECKING:  # torch: imported by the embed tasks only, not by the join's (executors import this module)
     from encoders.towers import Towers
-    from pipelines.embed.handler import EmbeddingModelHandler
-    from pipelines.embed.worker import EngineRun, UnitJob
+    from pipelines.embed.embedder import Embedder
+    from pipelines.embed.worker import UnitJob
 
 log = logging.getLogger(__name__)
 
 JAVA_PACKAGE = "openjdk-17-jre-headless"
 DEFAULT_MASTER = "local[*]"
-# Test-only: "UNIT:MARKER": the first task to commit unit UNIT creates the file MARKER and then kills its
-# own Python worker (SIGKILL), so Spark retries the task after the shard was committed.
-KILL_ONCE_ENV = "FUSIONINDEX_TEST_KILL_ONCE"
 # to local executors (the OpenMP defaults the CLI set: executors start without the CLI)
-FORWARDED_ENV = ("HF_HUB_OFFLINE", THREADS_ENV, "OMP_NUM_THREADS", *openmp.DEFAULTS, KILL_ONCE_ENV)
+FORWARDED_ENV = ("HF_HUB_OFFLINE", THREADS_ENV, "OMP_NUM_THREADS", *openmp.DEFAULTS)
 DAEMON_MODULE = "pipelines.embed.spark_daemon"
 UNIT, PLAN, DELETED_TAG = 0, 1, 2  # tags of the elements grouped per unit
 
-_MODEL: dict[str, tuple[EmbeddingModelHandler, Towers]] = {}  # this Python worker's model: at most one
+_MODEL: dict[str, tuple[Embedder, Towers]] = {}  # this Python worker's model: at most one
 
 
 def java_missing() -> str | None:
@@ -88,7 +86,7 @@ def with_absolute_paths(s: EmbedSettings) -> EmbedSettings:
     return dataclasses.replace(s, inputs=tuple(absolute(p) for p in s.inputs), output=absolute(s.output), model=model)
 
 
-def is_local(master: str | None) -> bool:
+def executors_on_this_machine(master: str | None) -> bool:
     """Whether the executors run on this machine (local[...] and local-cluster[...] masters)."""
     if master is None:  # spark-submit (which starts the JVM first) sets the master; else local[*]
         return "PYSPARK_GATEWAY_PORT" not in os.environ
@@ -100,7 +98,7 @@ def _context(s: EmbedSettings):
     problem = spark_missing()
     if problem:
         raise SettingsError(problem)
-    from pyspark import SparkConf, SparkContext
+    from pyspark import SparkContext
 
     active = SparkContext._active_spark_context
     if active is not None:
@@ -111,9 +109,30 @@ def _context(s: EmbedSettings):
         return active, False
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM, with its master and --conf
     master = s.spark_master or (None if submitted else DEFAULT_MASTER)
-    if master is not None and master.startswith("local"):  # executors are this machine and environment
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # read by the JVM we are about to start
+    local = master is not None and master.startswith("local")  # executors are this machine and environment
+    with _environment(LOCAL_ENV if local else {}):  # read by the JVM we are about to start and by SparkContext
+        return _start(s, master), True
+
+
+LOCAL_ENV = {"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ (where not set already) while the block runs; removed afterwards."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _start(s: EmbedSettings, master: str | None):
+    """A new SparkContext for `master` (None: spark-submit's), with our defaults and --spark-conf."""
+    from pyspark import SparkConf, SparkContext
+
     SparkContext._ensure_initialized()  # the JVM first, so SparkConf() holds spark-submit's properties
     conf = SparkConf().setIfMissing("spark.app.name", "fusionindex embed")
     if s.spark_master or not conf.contains("spark.master"):
@@ -131,7 +150,7 @@ def _context(s: EmbedSettings):
     log.info("starting Spark (master %s)", master)
     sc = SparkContext(conf=conf)
     sc.setLogLevel("WARN")
-    return sc, True
+    return sc
 
 
 def thread_layout(master: str, conf: dict[str, str]) -> ThreadLayout:
@@ -140,27 +159,17 @@ def thread_layout(master: str, conf: dict[str, str]) -> ThreadLayout:
     return spark_layout(master, task_cpus=int(conf.get("spark.task.cpus", "1")))
 
 
-def _cached_model(handler: EmbeddingModelHandler, key: str, loads: list[int]) -> Towers:
-    """The model for `key`, loaded once per Python worker (a different key replaces it)."""
+def _cached_model(embedder: Embedder, key: str, loads: list[int]) -> Towers:
+    """The model for `key`, loaded once per Python worker (a different key replaces it); the
+    worker set-up hook runs first (pipelines/embed/process.py)."""
     if key not in _MODEL:
+        from pipelines.embed.process import set_up_worker
+
+        set_up_worker(embedder.settings, embedder.model_threads())
         _MODEL.clear()
-        _MODEL[key] = (handler, handler.load_model())
+        _MODEL[key] = (embedder, embedder.load_model())
         loads.append(1)
     return _MODEL[key][1]
-
-
-def _kill_once(unit: int) -> None:
-    """The test-only failure (KILL_ONCE_ENV): a real crash of this Python worker after its commit."""
-    spec = os.environ.get(KILL_ONCE_ENV)
-    if not spec:
-        return
-    target, _, marker = spec.partition(":")
-    if int(target) == unit and not os.path.exists(marker):
-        open(marker, "w").close()
-        log.warning(
-            "%s: killing this Python worker (pid %d) after committing unit %d", KILL_ONCE_ENV, os.getpid(), unit
-        )
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def embed_task(job: UnitJob, model_tag: str, element: tuple[int, Iterable[tuple[int, object]]]) -> dict:
@@ -168,7 +177,7 @@ def embed_task(job: UnitJob, model_tag: str, element: tuple[int, Iterable[tuple[
     import torch
     from pyspark import TaskContext
 
-    from pipelines.embed.handler import EmbeddingModelHandler
+    from pipelines.embed.embedder import Embedder
     from pipelines.embed.rows import RowPlan
     from pipelines.embed.worker import UnitWorker
 
@@ -177,14 +186,13 @@ def embed_task(job: UnitJob, model_tag: str, element: tuple[int, Iterable[tuple[
     (unit,) = [v for tag, v in tagged if tag == UNIT]
     plans = [RowPlan(*v) for tag, v in tagged if tag == PLAN]
     key = f"{model_tag}|{job.settings!r}"  # towers carry settings (exact shapes), not only weights
-    handler = (
+    embedder = (
         _MODEL[key][0]
         if key in _MODEL
-        else EmbeddingModelHandler(job.settings, tensor_recipe=job.tensor_recipe, threads=job.threads)
+        else Embedder(job.settings, model=job.model, runtime=job.runtime, threads=job.threads)
     )
     loads: list[int] = []
-    report = UnitWorker(job, handler, lambda: _cached_model(handler, key, loads)).process(unit, plans)
-    _kill_once(unit.index)
+    report = UnitWorker(job, embedder, lambda: _cached_model(embedder, key, loads)).process(unit, plans)
     ctx = TaskContext.get()
     return {
         "unit": index,
@@ -232,13 +240,48 @@ def _decide(reject_duplicates: bool, comparable: bool, element: tuple):
     return decide_grouped(today, previous, reject_duplicates=reject_duplicates, comparable=comparable)
 
 
+class SparkEngine:
+    """The Engine on Spark: `run_spark` on the master --spark-master names (or spark-submit's)."""
+
+    name = "spark"
+
+    def __init__(self, settings: EmbedSettings):
+        problem = spark_missing()  # before the output directory is touched
+        if problem:
+            raise SettingsError(problem)
+        self.master = settings.spark_master
+
+    def localize(self, settings: EmbedSettings) -> EmbedSettings:
+        return with_absolute_paths(settings)
+
+    def localize_path(self, path: str) -> str:
+        return absolute(path)
+
+    def workers_on_this_machine(self) -> bool:
+        return executors_on_this_machine(self.master)
+
+    def dry_run(self) -> bool:
+        return False
+
+    def check_runtime(self, runtime: Runtime, settings: EmbedSettings) -> None:
+        pass
+
+    def run(self, work: EngineWork) -> EngineRun:
+        return run_spark(
+            work.job.settings,
+            work.plan,
+            work.job,
+            work.model_tag,
+            comparable=work.comparable,
+            join_counts=work.join_counts,
+        )
+
+
 def run_spark(
     s: EmbedSettings, plan: InputPlan, job: UnitJob, model_tag: str, *, comparable: bool, join_counts: str
 ) -> EngineRun:
     """The Spark driver: the id join (when duplicates are rejected or there is a previous run), then one
     task per unit; writes the deleted count to `join_counts` when there is a previous run."""
-    from pipelines.embed.worker import EngineRun
-
     sc, owned = _context(s)
     job = dataclasses.replace(job, threads=thread_layout(sc.master, dict(sc.getConf().getAll())))
     log.info("spark: %s per Python worker", decide(job.threads, usable_cores(), os.environ))
@@ -283,27 +326,27 @@ def python_error(java_message: str) -> str:
     return found[-1] if found else (lines[0] if lines else "(no message)")
 
 
-def _metrics(reports: list[dict]) -> dict[str, int]:
-    """The reports summed under the Beam metric names (run.py reads one set of names)."""
+def _metrics(reports: list[dict]) -> EngineMetrics:
+    """The tasks' reports summed (reused shards count no time); logs how the tasks ran."""
     done = [r for r in reports if r["counts"] is not None]
-    m = {f"rows_{k}": sum(r["counts"][k] for r in done) for k in ("read", "skipped", "embedded", "rejected")}
-    m.update(
-        shards_reused=len(reports) - len(done),
-        unit_ms=sum(r["unit_ms"] for r in done),
-        load_model_ms=sum(r["load_ms"] for r in reports),
-        inference_batch_latency_ms=sum(r["batch_ms"] for r in reports),
-        model_loads=sum(r["loads"] for r in reports),
-        retried_tasks=sum(1 for r in reports if r["attempt"] > 0),
-    )
+    stage_us: dict[str, int] = {}
     for r in done:
         for name, us in r["stages"].items():
-            m[name] = m.get(name, 0) + us
+            stage_us[name] = stage_us.get(name, 0) + us
+    loads, retried = sum(r["loads"] for r in reports), sum(1 for r in reports if r["attempt"] > 0)
     log.info(
         "spark: %d units in %d Python workers, %d model loads, %d tasks retried, torch threads %s",
         len(reports),
         len({r["pid"] for r in reports}),
-        m["model_loads"],
-        m["retried_tasks"],
+        loads,
+        retried,
         sorted({r["torch_threads"] for r in reports if "torch_threads" in r}),
     )
-    return m
+    return EngineMetrics(
+        rows_read=sum(r["counts"]["read"] for r in done),
+        shards_reused=len(reports) - len(done),
+        unit_ms=sum(r["unit_ms"] for r in done),
+        load_model_ms=sum(r["load_ms"] for r in reports),
+        inference_ms=sum(r["batch_ms"] for r in reports),
+        stage_us=stage_us,
+    )

@@ -1,7 +1,7 @@
 """Spark's Python daemon for `embed --engine spark` executors (`spark.python.daemon.module`).
 
 PySpark forks every Python worker from one daemon process per executor. This daemon imports
-torch, transformers, Beam's model handler and the unit worker first (15-25 s on a busy 2-core
+torch, transformers, the embedder and the unit worker first (no Beam) (15-25 s on a busy 2-core
 machine), so each forked worker starts with them already imported; the model itself is still
 loaded once per worker, on its first unit (pipelines/embed/spark.py). Nothing here runs torch
 code before the fork: the intra-op thread pools are created lazily, in the workers.
@@ -10,7 +10,7 @@ code before the fork: the intra-op thread pools are created lazily, in the worke
 import pyspark.daemon
 
 import pipelines.embed.spark  # noqa: F401  (the join's and the embed task's functions)
-import pipelines.embed.worker  # noqa: F401  (torch, transformers, apache_beam)
+import pipelines.embed.worker  # noqa: F401  (torch, transformers; no Beam)
 
 if __name__ == "__main__":
     pyspark.daemon.manager()

@@ -25,14 +25,15 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from encoders.errors import InputError
+from encoders.models import ResolvedModel
 from encoders.stages import StageClock
 from encoders.towers import Towers
 from index_builder import storage
 from index_builder.embeddings import shard_name
-from pipelines.embed.handler import EmbeddingModelHandler
+from pipelines.embed.embedder import Embedder
 from pipelines.embed.outcomes import ItemInput, Outcome, Rejected
 from pipelines.embed.rows import RowPlan, RowResult, classify, content_hash
-from pipelines.embed.settings import EmbedSettings
+from pipelines.embed.settings import EmbedSettings, Runtime
 from pipelines.embed.shards import commit_unit, committed_runtime, previous_rows, shard_paths
 from pipelines.inputs import Row, WorkUnit, iter_unit
 from pipelines.threads import ThreadLayout
@@ -48,21 +49,12 @@ class UnitJob:
     unit_paths: tuple[str, ...]  # unit index -> its source file, for messages
     dim: int
     resume: bool  # the directory's committed shards belong to this run (equal run key)
-    tensor_recipe: bool | None = None  # the checkpoint's processor is resize + center crop (None: look it up)
+    model: ResolvedModel | None = None  # the --model the driver resolved (None: each worker resolves it)
+    runtime: Runtime | None = None  # the driver's Runtime when the workers are its machine (None: resolved per worker)
     previous_shards: tuple[str, ...] = ()  # the previous run's shards, which `unchanged` plans point into
     threads: ThreadLayout = ThreadLayout("beam")  # how the engine runs processes on a machine (their torch threads)
-
-
-@dataclass(frozen=True)
-class EngineRun:
-    """What an engine's driver hands back to the shared embed driver (run.py) once every unit is done.
-
-    `metrics`: counters summed over the units' reports (rows_read, shards_reused, unit_ms,
-    load_model_ms, inference_batch_latency_ms, ...); None when the engine reports none.
-    `runner`: the Beam runner or the Spark master, as recorded in the manifest."""
-
-    metrics: dict[str, int] | None
-    runner: str
+    # a seam for tests to inject faults: called on the worker with a unit's index once its shard is committed
+    after_commit: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -104,7 +96,7 @@ class UnitWorker:
     """Embeds units and commits their shards. `load_model` returns the towers, loading them at
     most once per process (or per machine); it is called only when a unit needs the model."""
 
-    def __init__(self, job: UnitJob, handler: EmbeddingModelHandler, load_model: Callable[[], Towers]):
+    def __init__(self, job: UnitJob, handler: Embedder, load_model: Callable[[], Towers]):
         self.job, self.handler, self._load = job, handler, load_model
         self.runtime = handler.runtime()
         self._model: Towers | None = None
@@ -125,7 +117,10 @@ class UnitWorker:
         (with row groups of one batch nothing would overlap otherwise), and each shard is
         committed in a write thread."""
         runs = (self._in_flight(unit, plans) for unit, plans in units)
-        yield from self._stream(runs)
+        for report in self._stream(runs):
+            if self.job.after_commit is not None:
+                self.job.after_commit(report.unit)
+            yield report
 
     def _in_flight(self, unit: WorkUnit, plans: Iterable[RowPlan]) -> _InFlight:
         name = shard_name(unit.index, len(self.job.unit_paths))

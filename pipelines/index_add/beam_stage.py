@@ -54,7 +54,7 @@ def beam_adder(beam_args: list[str], workers: int = 1) -> AddParts:
     """An `AddParts` running the AddShards stage with these Beam options; `workers` > 1 with no
     runner options means that many local worker processes. With `--dry_run=True` (DataflowRunner)
     the stage's job is built, not submitted, and the adder raises DryRun (no index is written)."""
-    from pipelines.embed.beam import dry_run_done, is_dry_run, pipeline_options
+    from pipelines.beam_options import dry_run_done, is_dry_run, pipeline_options
 
     args = list(beam_args)
     if workers > 1 and not any(a.startswith(("--runner", "--direct_num_workers")) for a in args):
