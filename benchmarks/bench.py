@@ -450,7 +450,7 @@ def bench_rss(work: Path, args) -> dict:
 
 
 def write_embeddings(root: Path, n: int, d: int, shards: int, seed: int = 0) -> None:
-    from index_builder import storage
+    from encoders import storage
     from index_builder.embeddings import embeddings_table, shard_name
 
     rng = np.random.default_rng(seed)

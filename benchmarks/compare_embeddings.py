@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from index_builder import storage
+from encoders import storage
 from index_builder.embeddings import MANIFEST, VECTOR_COLUMNS, arrow_to_vectors, list_shards
 
 

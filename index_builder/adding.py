@@ -17,7 +17,8 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from index_builder import faiss_io, storage
+from encoders import storage
+from index_builder import faiss_io
 from index_builder.choose import ID_BYTES
 from index_builder.embeddings import Shard, arrow_to_vectors
 from index_builder.layout import IVFDATA_FILE, PARTS_DIR, TEMPLATE_FILE

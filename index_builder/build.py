@@ -29,8 +29,8 @@ from datetime import UTC, datetime
 import faiss
 import numpy as np
 
+from encoders import storage
 from encoders.errors import InputError
-from index_builder import storage
 from index_builder.adding import AddParts, code_bytes, ids_table
 from index_builder.budget import Inputs, Trials, choice_reason, plan, try_candidates
 from index_builder.drift import codec_errors

@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from encoders import storage
 from encoders.errors import InputError
 from encoders.options import check_choice
-from index_builder import storage
 
 EMBEDDINGS = "embeddings"
 REJECTS = "rejects"

@@ -7,7 +7,7 @@ import tempfile
 
 import faiss
 
-from index_builder import storage
+from encoders import storage
 
 
 def write_index(index: faiss.Index, path: str) -> None:

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from encoders import storage
 from encoders.errors import InputError, SettingsError
-from index_builder import storage
 from index_builder.duplicates import Search, exact_keys, find_groups
 from index_builder.embeddings import MANIFEST, arrow_to_vectors, list_shards, vector_column
 from index_builder.params import search_parameters

@@ -14,7 +14,8 @@ import faiss
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from index_builder import faiss_io, storage
+from encoders import storage
+from index_builder import faiss_io
 from index_builder.embeddings import MANIFEST
 from index_builder.split import members, shard_dirs
 

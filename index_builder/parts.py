@@ -30,7 +30,8 @@ from collections.abc import Iterable
 import faiss
 import numpy as np
 
-from index_builder import faiss_io, storage
+from encoders import storage
+from index_builder import faiss_io
 from index_builder.choose import ID_BYTES
 
 log = logging.getLogger(__name__)

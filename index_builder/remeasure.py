@@ -5,8 +5,8 @@ the build."""
 
 from __future__ import annotations
 
+from encoders import storage
 from encoders.errors import InputError
-from index_builder import storage
 from index_builder.embeddings import MANIFEST, list_shards
 from index_builder.measure import exact_neighbours, latency, truth_width
 from index_builder.nprobe import tune

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from encoders import storage
 from encoders.errors import InputError
-from index_builder import storage
 from index_builder.embeddings import Shard, arrow_to_vectors, read_vectors_lean, vector_column
 from index_builder.training import TrainingSample
 

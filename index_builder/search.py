@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from encoders import storage
 from encoders.errors import InputError
-from index_builder import faiss_io, storage
+from index_builder import faiss_io
 from index_builder.embeddings import MANIFEST
 from index_builder.layout import IDS_FILE, INDEX_FILE, IVFDATA_FILE
 from index_builder.params import search_parameters

@@ -12,8 +12,9 @@ import time
 import faiss
 import numpy as np
 
+from encoders import storage
 from encoders.errors import SettingsError
-from index_builder import faiss_io, storage
+from index_builder import faiss_io
 from index_builder.choose import OPQ_MIN_GAIN, opq_m, worth_opq
 from index_builder.drift import blend, codec_errors, drift
 from index_builder.embeddings import MANIFEST

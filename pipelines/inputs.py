@@ -32,9 +32,9 @@ from typing import NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from encoders import storage
 from encoders.errors import InputError
 from encoders.options import option
-from index_builder import storage
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from encoders import storage
 from encoders.errors import InputError, SettingsError
-from index_builder import storage
 from index_builder.adding import add_and_merge, ids_table
 from index_builder.build import build_index
 from index_builder.embeddings import Shard, embeddings_table, list_shards, read_vectors_lean, shard_name

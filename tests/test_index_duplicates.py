@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from encoders import storage
 from encoders.errors import InputError, SettingsError
-from index_builder import storage
 from index_builder.build import build_index
 from index_builder.embeddings import embeddings_table, shard_name
 from index_builder.index_duplicates import DUPLICATES_FILE, collapse, read_groups, write_duplicates

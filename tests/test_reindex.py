@@ -265,7 +265,7 @@ def test_the_three_nights_with_input_and_root_on_s3(s3, three_nights, tiny_clip,
         codes.append(reindex(root, tiny_clip, f"s3://nightly/{night}", "--canary-queries", "s3://nightly/canaries.txt"))
         runs.append(run_ids(root)[-1])
     assert codes == local_codes == [0, 0, 3]
-    from index_builder import storage
+    from encoders import storage
 
     for ours, theirs in zip(runs, local_runs):
         remote, local = storage.read_json(f"{root}/runs/{ours}/run.json"), run_json(local_root, theirs)

@@ -96,7 +96,7 @@ def cmd_finetune(args, rest) -> int:
 
 
 def cmd_evaluate(args, rest) -> int:
-    from index_builder import storage
+    from encoders import storage
     from pipelines.training.evaluation import run_evaluate
     from pipelines.training.markdown import to_markdown
 
@@ -114,7 +114,7 @@ def cmd_evaluate(args, rest) -> int:
 
 
 def cmd_evaluate_index(args, rest) -> int:
-    from index_builder import storage
+    from encoders import storage
     from index_builder.remeasure import evaluate_index
     from pipelines.reindex.root import resolve_index
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
+from encoders import storage
 from encoders.errors import InputError, SettingsError
 from encoders.images import flatten_on_white
-from index_builder import storage
 from pipelines.datasets import img2dataset
 from pipelines.datasets.settings import SOURCES, CatalogueSettings
 

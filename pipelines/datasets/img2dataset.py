@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from index_builder import storage
+from encoders import storage
 from pipelines.inputs import IMAGE_COLUMNS
 
 HEAD = [("key", pa.string()), ("caption", pa.string())]

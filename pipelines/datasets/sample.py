@@ -11,7 +11,7 @@ import random
 
 from PIL import Image, ImageDraw
 
-from index_builder import storage
+from encoders import storage
 from pipelines.datasets import img2dataset
 from pipelines.datasets.settings import SampleSettings
 

@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import multi_process_shared, shared
 
-from index_builder import storage
+from encoders import storage
 from pipelines.beam_options import dry_run_done, is_dry_run, thread_layout, workers_on_this_machine
 from pipelines.embed.engine import EngineMetrics, EngineRun, EngineWork
 from pipelines.embed.handler import EmbeddingModelHandler

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import astuple
 
+from encoders import storage
 from encoders.errors import InputError
-from index_builder import storage
 from pipelines.embed.rows import PreviousRow, TodayRow, caption_hash, content_hash, decide
 from pipelines.inputs import SUCCESS, WorkUnit, iter_unit, read_ids
 

@@ -13,8 +13,8 @@ import json
 import logging
 from dataclasses import asdict
 
+from encoders import storage
 from encoders.errors import InputError
-from index_builder import storage
 from index_builder.embeddings import EMBEDDINGS, MANIFEST, REJECTS
 from pipelines.embed.settings import EmbedSettings
 from pipelines.inputs import InputPlan

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from index_builder import storage
+from encoders import storage
 from index_builder.embeddings import EMBEDDINGS, shard_index
 from pipelines.inputs import WorkUnit
 

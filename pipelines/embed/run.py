@@ -11,10 +11,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from encoders import storage
 from encoders.errors import InputError
 from encoders.loading import ModelLoadError
 from encoders.models import ResolvedModel, resolve_model
-from index_builder import storage
 from index_builder.embeddings import MANIFEST, list_shards
 from pipelines.embed.engine import Engine, EngineMetrics, EngineRun, EngineWork, make_engine
 from pipelines.embed.output import prepare_output, run_key

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from encoders import storage
 from encoders.stages import NO_CLOCK, StageClock
-from index_builder import storage
 from index_builder.embeddings import (
     EMBEDDINGS,
     REJECTS,

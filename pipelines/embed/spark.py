@@ -28,9 +28,8 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING
 
-from encoders import openmp
+from encoders import openmp, storage
 from encoders.errors import SettingsError
-from index_builder import storage
 from pipelines.embed.engine import EngineMetrics, EngineRun, EngineWork
 from pipelines.embed.join import DELETED, decide_grouped, previous_keys, today_keys
 from pipelines.embed.settings import THREADS_ENV, EmbedSettings, Runtime

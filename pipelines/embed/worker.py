@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+from encoders import storage
 from encoders.errors import InputError
 from encoders.models import ResolvedModel
 from encoders.stages import StageClock
 from encoders.towers import Towers
-from index_builder import storage
 from index_builder.embeddings import shard_name
 from pipelines.embed.embedder import Embedder
 from pipelines.embed.outcomes import ItemInput, Outcome, Rejected

@@ -16,7 +16,8 @@ import logging
 import apache_beam as beam
 import faiss
 
-from index_builder import faiss_io, storage
+from encoders import storage
+from index_builder import faiss_io
 from index_builder.adding import AddParts, shard_rows
 from index_builder.embeddings import Shard, vector_column
 from index_builder.parts import add_part, part_name

@@ -9,8 +9,8 @@ check is skipped then.
 
 from __future__ import annotations
 
+from encoders import storage
 from encoders.errors import InputError
-from index_builder import storage
 from index_builder.search import LoadedIndex
 from pipelines.search.searcher import Searcher
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import difflib
 
+from encoders import storage
 from encoders.errors import SettingsError
-from index_builder import storage
 
 
 def load_config(p: argparse.ArgumentParser, path: str) -> tuple[dict, list[str]]:

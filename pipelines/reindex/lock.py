@@ -23,8 +23,8 @@ import threading
 import time
 import uuid
 
+from encoders import storage
 from encoders.errors import UsageError
-from index_builder import storage
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import html
 import logging
 import random
 
-from index_builder import storage
+from encoders import storage
 from index_builder.embeddings import REJECTS
 from pipelines.inputs import Columns
 from pipelines.search.html import THUMB

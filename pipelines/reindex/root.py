@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from index_builder import storage
+from encoders import storage
 
 log = logging.getLogger(__name__)
 

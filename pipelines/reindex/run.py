@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from index_builder import storage
+from encoders import storage
 from index_builder.build import build_index
 from pipelines.dry_run import DryRun
 from pipelines.embed.run import run_embed

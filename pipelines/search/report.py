@@ -12,9 +12,9 @@ import io
 import logging
 import random
 
+from encoders import storage
 from encoders.errors import SettingsError
 from encoders.images import ImageRejected, decode_image, flatten_on_white
-from index_builder import storage
 from pipelines.datasets.items import LABELLED, load_items, unique_query_rows
 from pipelines.inputs import Columns, iter_unit, plan_inputs
 from pipelines.search.html import THUMB, QueryResult, render

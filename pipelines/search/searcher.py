@@ -8,12 +8,12 @@ import logging
 import numpy as np
 from PIL import Image
 
+from encoders import storage
 from encoders.errors import InputError, UsageError
 from encoders.fusion import Fusion, fusion_from_params
 from encoders.images import ImageRejected, decode_image
 from encoders.models import load_towers
 from encoders.towers import Towers, embed_query
-from index_builder import storage
 from index_builder.search import Hit, LoadedIndex
 from pipelines.reindex.root import resolve_index
 from pipelines.search.settings import SearchSettings

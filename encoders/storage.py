@@ -1,4 +1,5 @@
-"""Small fsspec helpers: every path may be local or a URL (gs://, s3://, memory://, ...).
+"""Small fsspec helpers: every path may be local or a URL (gs://, s3://, memory://, ...). The one
+file layer of all three packages (docs/architecture.md: why it lives in encoders/); no torch here.
 
 Writes are atomic for readers: data goes to a hidden temporary name (`.tmp-...`) in the same
 directory and is then moved to its name. Locally the move is a rename (atomic). On object
