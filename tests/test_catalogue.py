@@ -20,6 +20,9 @@ from PIL import Image
 from encoders.errors import InputError
 from pipelines.datasets import catalogue
 from pipelines.datasets.catalogue import make_catalogue, split_of
+from pipelines.datasets.catalogue.emoji import emoji_caption, is_single_code_point
+from pipelines.datasets.catalogue.openclipart import clipart_files, clipart_key, clipart_texts, path_words
+from pipelines.datasets.catalogue.svg import SVG_HEAD_BYTES, metadata_from_text, svg_metadata
 from pipelines.inputs import Columns, plan_inputs
 
 NEEDED = [
@@ -187,16 +190,16 @@ def test_split_of_is_stable_across_processes_and_80_10_10():
 
 
 def test_caption_and_query_rules_without_the_packages():
-    assert catalogue.emoji_caption("grinning face", ["face", "Grinning Face", "grin", "face"]) == "face, grin"
-    assert catalogue.is_single_code_point("\U0001f600") and catalogue.is_single_code_point("\u2764\ufe0f")
-    assert not catalogue.is_single_code_point("\U0001f468\u200d\U0001f469")
-    assert catalogue.path_words("animals/big_cats/lion-roaring_02.png") == ["animals", "big cats", "lion", "roaring"]
-    caption, query = catalogue.clipart_texts("Lion", ["lion", "cat", "unsorted", "big_cat"], "animals/lion_01.png")
+    assert emoji_caption("grinning face", ["face", "Grinning Face", "grin", "face"]) == "face, grin"
+    assert is_single_code_point("\U0001f600") and is_single_code_point("\u2764\ufe0f")
+    assert not is_single_code_point("\U0001f468\u200d\U0001f469")
+    assert path_words("animals/big_cats/lion-roaring_02.png") == ["animals", "big cats", "lion", "roaring"]
+    caption, query = clipart_texts("Lion", ["lion", "cat", "unsorted", "big_cat"], "animals/lion_01.png")
     assert (caption, query) == ("cat, big cat, animals", "Lion")
-    only = catalogue.clipart_texts("Lion", [], "lion.png")  # the title is the only term: the caption keeps it
+    only = clipart_texts("Lion", [], "lion.png")  # the title is the only term: the caption keeps it
     assert only == ("lion", None)
     with pytest.raises(catalogue.SkipItem):
-        catalogue.clipart_texts("", [], "a_1.png")
+        clipart_texts("", [], "a_1.png")
 
 
 def test_svg_metadata_regex_reads_title_and_keywords_without_the_packages():
@@ -207,7 +210,7 @@ def test_svg_metadata_regex_reads_title_and_keywords_without_the_packages():
         "<dc:subject><rdf:Bag><rdf:li>fruit</rdf:li><rdf:li> apple </rdf:li></rdf:Bag></dc:subject>"
         "</cc:Work></rdf:RDF></metadata></svg>"
     )
-    assert catalogue.metadata_from_text(svg) == ("Red & Green Apple", ["fruit", "apple"])
+    assert metadata_from_text(svg) == ("Red & Green Apple", ["fruit", "apple"])
 
 
 def test_missing_package_is_named(tmp_path, monkeypatch):
@@ -227,23 +230,19 @@ def test_missing_package_is_named(tmp_path, monkeypatch):
 
 @needs_packages
 def test_regex_fallback_matches_xml_parse_on_real_svgs():
-    for rel in catalogue.clipart_files(catalogue.OPENCLIPART_ROOT)[::400]:
+    for rel in clipart_files(catalogue.OPENCLIPART_ROOT)[::400]:
         svg = os.path.join(catalogue.OPENCLIPART_ROOT, "svg", rel[:-4] + ".svg")
         with open(svg, "rb") as fh:
-            head = fh.read(catalogue.SVG_HEAD_BYTES).decode("utf-8", errors="replace")
-        assert catalogue.metadata_from_text(head) == catalogue.svg_metadata(svg), rel
+            head = fh.read(SVG_HEAD_BYTES).decode("utf-8", errors="replace")
+        assert metadata_from_text(head) == svg_metadata(svg), rel
 
 
 @needs_packages
 def test_bad_source_files_are_skipped_not_fatal(tmp_path, monkeypatch):
     src = catalogue.OPENCLIPART_ROOT
-    rel = next(
-        r
-        for r in catalogue.clipart_files(src)
-        if r.startswith("animals/") and catalogue.svg_metadata(f"{src}/svg/{r[:-4]}.svg")[0]
-    )
+    rel = next(r for r in clipart_files(src) if r.startswith("animals/") and svg_metadata(f"{src}/svg/{r[:-4]}.svg")[0])
     png, svg = Path(f"{src}/png/{rel}").read_bytes(), Path(f"{src}/svg/{rel[:-4]}.svg").read_bytes()
-    title = catalogue.svg_metadata(f"{src}/svg/{rel[:-4]}.svg")[0]
+    title = svg_metadata(f"{src}/svg/{rel[:-4]}.svg")[0]
     root = tmp_path / "openclipart"
     files = {
         "animals/cut_after_metadata_01": (
@@ -267,7 +266,7 @@ def test_bad_source_files_are_skipped_not_fatal(tmp_path, monkeypatch):
     assert [r["query"] for r in rows] == [title, title]
     assert all("animals" in r["caption"].split(", ") for r in rows)
     assert {r["key"] for r in rows} == {
-        catalogue.clipart_key(f"{s}.png") for s in ("animals/cut_after_metadata_01", "animals/malformed_head_01")
+        clipart_key(f"{s}.png") for s in ("animals/cut_after_metadata_01", "animals/malformed_head_01")
     }
 
 
