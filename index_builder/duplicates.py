@@ -1,6 +1,6 @@
 """Near-duplicate groups over stored vectors: pure numpy + faiss, no files.
 
-    groups = find_groups(ids, vectors, threshold, keys=exact_keys(...), search=...)
+    table, counts = find_groups(ids, vectors, threshold, keys=exact_keys(...), search=...)
 
 Contract
 - `vectors` [n, d] float32, L2-normalised (a numpy array or a memmap); `ids` [n] strings.
@@ -10,11 +10,10 @@ Contract
   be below the threshold to each other when a chain joins them. `group_id` is the smallest id of
   the group (stable while that member stays); `similarity` (float32) is the row's highest cosine
   to another member found joined to it, >= the threshold by construction.
-- Near copies come from a k-NN search of each searched row's stored vector in `search.index`
-  (which holds vectors[i] under faiss id i; `build_search` makes one when the caller has none):
-  k grows (x4, up to `max_k`) while the k-th neighbour still scores above the threshold, so a
-  row in a cluster of up to `max_k` copies sees all of them; every candidate is confirmed on
-  the stored vectors. Memory: the vectors, plus one batch of `batch x k` results, not n^2.
+- Edges come from `pair_search`: a join over inverted lists (`Lists`: those of a built IVF index,
+  or `build_lists` for the column) or a k-NN search of an index without lists (`Knn`); either way
+  scored on the stored vectors, a batch at a time, each batch merged into the union-find at once.
+  Memory: the vectors, two arrays of n, one batch. Not n^2.
 - Incremental (`previous` + `fresh`): only the rows new or changed (`fresh`) and the remaining
   members of the previous groups that lost a member (a changed or deleted row) are searched;
   previous groups that lost nobody are kept whole. Under exact search this gives the groups a
@@ -26,40 +25,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import pyarrow as pa
+
+from index_builder.pair_search import Edges, Knn, Lists, build_lists, cosines, join_edges, knn_edges
 
 log = logging.getLogger(__name__)
 
 GROUPS_SCHEMA = pa.schema([("id", pa.string()), ("group_id", pa.string()), ("similarity", pa.float32())])
-
-
-@dataclass(frozen=True)
-class Search:
-    """A search structure holding vectors[i] under faiss id i, and how to query it."""
-
-    index: faiss.Index
-    params: faiss.SearchParameters | None = None  # e.g. the index's nprobe, per call
-    exact_scores: bool = True  # False for compressed codes (PQ, SQ...): their scores only rank
-
-
-@dataclass
-class Edges:
-    """Confirmed pairs: rows a[i] and b[i] at cosine sim[i]."""
-
-    a: np.ndarray
-    b: np.ndarray
-    sim: np.ndarray
-
-    @classmethod
-    def empty(cls) -> Edges:
-        return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
-
-    @classmethod
-    def concat(cls, parts: list[Edges]) -> Edges:
-        parts = [p for p in parts if len(p.a)] or [cls.empty()]
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("a", "b", "sim")))
 
 
 def exact_keys(required: pa.Array | pa.ChunkedArray, optional: pa.Array | pa.ChunkedArray | None = None) -> np.ndarray:
@@ -80,25 +53,6 @@ def _codes(column: pa.Array | pa.ChunkedArray, null: int) -> np.ndarray:
     return encoded.indices.fill_null(null).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def build_search(vectors: np.ndarray, nprobe: int = 8, seed: int = 0, flat_below: int = 20_000) -> Search:
-    """A structure for `vectors` when no index holds them: exact flat search below `flat_below`
-    rows, else IVF-Flat (exact scores; ~4 sqrt(n) lists, 10 k-means iterations on 40 vectors a
-    list, `nprobe` lists searched: near copies nearly always share a list)."""
-    n, d = vectors.shape
-    if n < flat_below:
-        index = faiss.IndexFlatIP(d)
-        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        return Search(index)
-    nlist = int(4 * np.sqrt(n))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.niter, index.cp.seed = 10, seed
-    sample = np.random.default_rng(seed).choice(n, min(n, 40 * nlist), replace=False)
-    index.train(np.ascontiguousarray(vectors[np.sort(sample)], dtype=np.float32))
-    for start in range(0, n, 65536):
-        index.add(np.ascontiguousarray(vectors[start : start + 65536], dtype=np.float32))
-    return Search(index, faiss.SearchParametersIVF(nprobe=min(nprobe, nlist)))
-
-
 def key_edges(keys: np.ndarray, vectors: np.ndarray) -> Edges:
     """An edge from the first row of each exact key to every other row with that key, at their
     cosine on the stored vectors (1.0 for identical vectors)."""
@@ -110,93 +64,54 @@ def key_edges(keys: np.ndarray, vectors: np.ndarray) -> Edges:
     starts = np.r_[True, k[1:] != k[:-1]]
     first = order[starts][np.cumsum(starts) - 1]
     a, b = first[~starts], order[~starts]
-    return Edges(a, b, _cosines(vectors, a, b))
+    return Edges(a, b, cosines(vectors, a, b))
 
 
-def _cosines(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, step: int = 65536) -> np.ndarray:
-    out = np.empty(len(a), np.float32)
-    for s in range(0, len(a), step):
-        out[s : s + step] = np.einsum("ij,ij->i", vectors[a[s : s + step]], vectors[b[s : s + step]])
-    return out
+class Forest:
+    """Union-find over n rows, fed a batch of edges at a time (memory: two arrays of n), with
+    each row's highest similarity over the edges it was in."""
 
+    def __init__(self, n: int):
+        self.parent = np.arange(n, dtype=np.int64)
+        self.sim = np.full(n, -np.inf, np.float32)
 
-def search_edges(
-    search: Search,
-    vectors: np.ndarray,
-    rows: np.ndarray,
-    threshold: float,
-    k: int = 32,
-    max_k: int = 1024,
-    batch: int = 2048,
-) -> tuple[Edges, int]:
-    """Confirmed edges from a k-NN search of vectors[rows] in `search`, and how many rows still had
-    `max_k` neighbours at or above the threshold (only their nearest `max_k` are joined).
+    def join(self, edges: Edges, *, union_only: bool = False) -> None:
+        """Merge the edges' rows; every root is hooked under the smallest root it touches, and the
+        touched rows' paths are compressed, until each edge's two rows share a root."""
+        if not union_only:
+            np.maximum.at(self.sim, edges.a, edges.sim)
+            np.maximum.at(self.sim, edges.b, edges.sim)
+        a, b = edges.a, edges.b
+        while len(a):
+            ra, rb = self._roots(a), self._roots(b)
+            self.parent[a], self.parent[b] = ra, rb
+            lo, hi = np.minimum(ra, rb), np.maximum(ra, rb)
+            apart = lo != hi
+            a, b = lo[apart], hi[apart]
+            np.minimum.at(self.parent, b, a)
 
-    With exact scores only the candidates scoring >= threshold are confirmed; with compressed
-    codes every candidate is (their scores rank, they do not measure), and k grows while the
-    k-th candidate's stored cosine is still >= threshold."""
-    ntotal = search.index.ntotal
-    parts, saturated = [], 0
-    if ntotal < 2:
-        return Edges.empty(), 0
-    for start in range(0, len(rows), batch):
-        todo, kk = rows[start : start + batch], min(k, ntotal)
-        while len(todo):
-            queries = np.ascontiguousarray(vectors[todo], dtype=np.float32)
-            scores, found = search.index.search(queries, kk, params=search.params)
-            if not search.exact_scores:
-                scores = _stored_cosines(vectors, todo, found)
-            edges, full = _confirm(vectors, todo, scores, found, threshold)
-            parts.append(edges)
-            if kk >= min(max_k, ntotal):
-                saturated += int(full.sum()) if kk < ntotal else 0
-                break
-            todo, kk = todo[full], min(kk * 4, max_k, ntotal)
-    if saturated:
-        log.warning("%d rows have more than %d neighbours at cosine >= %g: only their %d nearest are joined "
-                    "directly (their groups still chain through them)", saturated, max_k, threshold, max_k)  # fmt: skip
-    return Edges.concat(parts), saturated
+    def _roots(self, rows: np.ndarray) -> np.ndarray:
+        r = self.parent[rows]
+        while True:
+            up = self.parent[r]
+            if np.array_equal(up, r):
+                return r
+            r = up
 
-
-def _stored_cosines(vectors: np.ndarray, rows: np.ndarray, found: np.ndarray) -> np.ndarray:
-    """[q, k] cosines of vectors[rows] to vectors[found] (-inf where nothing was found), a few
-    queries at a time (the gathered candidates are q x k x d floats)."""
-    out = np.full(found.shape, -np.inf, np.float32)
-    step = max(1, (32 << 20) // (4 * found.shape[1] * vectors.shape[1]))
-    for s in range(0, len(rows), step):
-        f = found[s : s + step]
-        near = vectors[np.maximum(f, 0)]
-        cos = np.einsum("qd,qkd->qk", vectors[rows[s : s + step]], near)
-        out[s : s + step] = np.where(f >= 0, cos, -np.inf)
-    return out
-
-
-def _confirm(vectors, rows, scores, found, threshold: float) -> tuple[Edges, np.ndarray]:
-    """(edges to the candidates scoring >= threshold, not the row itself, kept when their stored
-    cosine is >= threshold; [q] whether the last candidate still scored >= threshold)."""
-    hit = (scores >= threshold) & (found >= 0) & (found != rows[:, None])
-    a, b = np.broadcast_to(rows[:, None], found.shape)[hit], found[hit]
-    sim = _cosines(vectors, a, b)
-    keep = sim >= threshold
-    return Edges(a[keep], b[keep], sim[keep]), scores[:, -1] >= threshold
+    def labels(self) -> np.ndarray:
+        """[n] the smallest row of each row's component."""
+        while True:
+            up = self.parent[self.parent]
+            if np.array_equal(up, self.parent):
+                return self.parent
+            self.parent = up
 
 
 def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[n] component labels (the smallest row of each) of the graph with edges (a, b): union-find
-    with every root hooked under the smallest root it touches, then full path compression."""
-    parent = np.arange(n, dtype=np.int64)
-    while True:
-        ra, rb = parent[a], parent[b]
-        lo, hi = np.minimum(ra, rb), np.maximum(ra, rb)
-        apart = lo != hi
-        if not apart.any():
-            return parent
-        np.minimum.at(parent, hi[apart], lo[apart])
-        while True:
-            up = parent[parent]
-            if np.array_equal(up, parent):
-                break
-            parent = up
+    """[n] component labels (the smallest row of each) of the graph with edges (a, b)."""
+    forest = Forest(n)
+    forest.join(Edges(a, b, np.zeros(len(a), np.float32)), union_only=True)
+    return forest.labels()
 
 
 def groups_table(ids: np.ndarray, labels: np.ndarray, sim: np.ndarray) -> pa.Table:
@@ -251,16 +166,13 @@ def find_groups(
     vectors: np.ndarray,
     threshold: float,
     *,
-    search: Search | None = None,
+    search: Lists | Knn | None = None,
     keys: np.ndarray | None = None,
     previous: pa.Table | None = None,
     fresh: np.ndarray | None = None,
-    k: int = 32,
-    max_k: int = 1024,
-    batch: int = 2048,
 ) -> tuple[pa.Table, dict]:
     """The groups table (GROUPS_SCHEMA) of rows joined at cosine >= `threshold` or by equal `keys`,
-    and counts (groups, rows_in_groups, searched, saturated). Without `search`, `build_search`
+    and counts (groups, rows_in_groups, searched, saturated). Without `search`, `build_lists`
     makes one. With `previous` (last pass's table) and `fresh` ([n] bool: new or changed rows),
     an incremental pass (module docstring)."""
     ids = np.asarray(ids, dtype=object)
@@ -270,23 +182,32 @@ def find_groups(
     plan = plan_pass(ids, fresh, previous)
     keys = np.full(n, -1, np.int64) if keys is None else keys
     todo = plan.search[_first_per_key(keys[plan.search])]
-    if search is None and len(todo):
-        search = build_search(vectors)
-    found, saturated = search_edges(search, vectors, todo, threshold, k, max_k, batch) if len(todo) else (
-        Edges.empty(), 0)  # fmt: skip
-    kept = _kept_edges(plan)
-    edges = Edges.concat([key_edges(keys, vectors), found, kept])
-    labels = components(n, edges.a, edges.b)
-    sim = np.full(n, -np.inf, np.float32)
-    np.maximum.at(sim, edges.a, edges.sim)
-    np.maximum.at(sim, edges.b, edges.sim)
-    np.maximum.at(sim, plan.kept_rows, plan.kept_sim)
-    table = groups_table(ids, labels, sim)
+    forest, stats = Forest(n), {"saturated": 0}
+    forest.join(key_edges(keys, vectors))
+    forest.join(_kept_edges(plan), union_only=True)
+    np.maximum.at(forest.sim, plan.kept_rows, plan.kept_sim)
+    if len(todo):
+        search = search if search is not None else build_lists(vectors)
+        if isinstance(search, Lists):
+            batches = join_edges(search, vectors, todo, threshold)
+        else:
+            batches = knn_edges(search, vectors, todo, threshold, stats)
+        for edges in batches:
+            forest.join(edges)
+    if stats["saturated"]:
+        log.warning(
+            "%d rows have more than %d neighbours at cosine >= %g: only their nearest are joined directly "
+            "(their groups still chain through them)",
+            stats["saturated"],
+            search.max_k,
+            threshold,
+        )
+    table = groups_table(ids, forest.labels(), forest.sim)
     counts = {
         "groups": len(set(table.column("group_id").to_pylist())),
         "rows_in_groups": table.num_rows,
         "searched": len(todo),
-        "saturated": saturated,
+        "saturated": stats["saturated"],
     }
     return table, counts
 

@@ -6,8 +6,8 @@
 
 The vectors are the stored ones, read from the embeddings the index was built from (the index
 manifest's source path). When the index holds the vector asked for, its own faiss ids are the
-rows and it is searched at its nprobe (compressed codes are confirmed on the stored vectors);
-else a structure is built for that column (`duplicates.build_search`). Exact keys: the image
+rows and its inverted lists are joined at its nprobe (`pair_search.index_lists`; an index without
+lists is searched k-NN), scored on the stored vectors; else lists are built for that column. Exact keys: the image
 bytes' hash for `image`, hash and caption for `fused`, the caption for `text`.
 With `previous` (an earlier IDX whose groups used the same threshold and vector) only the rows
 embedded in this run (`copied` false in the shards) and the broken groups are searched.
@@ -27,8 +27,9 @@ import pyarrow.parquet as pq
 
 from encoders import storage
 from encoders.errors import InputError, SettingsError
-from index_builder.duplicates import Search, exact_keys, find_groups
+from index_builder.duplicates import exact_keys, find_groups
 from index_builder.embeddings import MANIFEST, arrow_to_vectors, list_shards, vector_column
+from index_builder.pair_search import Knn, Lists, index_lists
 from index_builder.params import search_parameters
 from index_builder.search import IDS_FILE, open_index
 
@@ -87,8 +88,9 @@ def scores_are_exact(index: faiss.Index) -> bool:
     return isinstance(index, faiss.IndexFlat | faiss.IndexIVFFlat | faiss.IndexHNSWFlat)
 
 
-def index_search(idx: str, manifest: dict, column: Column, vector: str) -> Search | None:
-    """A Search over the index itself when it holds `vector` for exactly these rows, else None."""
+def index_search(idx: str, manifest: dict, column: Column, vector: str) -> Lists | Knn | None:
+    """The index itself when it holds `vector` for exactly these rows (its lists at its nprobe, or
+    a k-NN search when it has none), else None."""
     if manifest.get("vector") != vector or int(manifest["ntotal"]) != len(column.ids):
         return None
     ids = storage.read_parquet(storage.join(idx, IDS_FILE), ["id"]).column("id")
@@ -97,8 +99,11 @@ def index_search(idx: str, manifest: dict, column: Column, vector: str) -> Searc
         return None
     index = open_index(idx, manifest)
     nprobe = manifest.get("nprobe")
+    lists = index_lists(index, nprobe)
+    if lists is not None:
+        return lists
     params = search_parameters(index, int(nprobe)) if nprobe else None
-    return Search(index, params, exact_scores=scores_are_exact(index))
+    return Knn(index, params, exact_scores=scores_are_exact(index))
 
 
 def previous_groups(previous: str | None, threshold: float, vector: str) -> pa.Table | None:
@@ -149,12 +154,20 @@ def write_duplicates(
         "incremental": earlier is not None,
         "threshold": threshold,
         "vector": vector,
-        "search": "index" if search else "built",
+        "search": _described(search),
     }
     table = table.replace_schema_metadata({"fusionindex": json.dumps(counts)})
     with storage.atomic_open(storage.join(idx, DUPLICATES_FILE)) as fh:
         pq.write_table(table, fh)
     return counts
+
+
+def _described(search: Lists | Knn | None) -> str:
+    if isinstance(search, Lists):
+        return f"the index's {search.nlist} lists, nprobe {search.nprobe}"
+    if isinstance(search, Knn):
+        return "the index, k-NN"
+    return "lists built for the column"
 
 
 def read_groups(idx: str) -> dict[str, str]:

@@ -64,7 +64,8 @@ def built(tmp_path_factory):
 
 def test_the_index_holding_the_vector_is_searched_and_the_file_is_written(built):
     counts = write_duplicates(f"{built}/idx", 0.97)
-    assert counts["search"] == "index" and counts["vector"] == "image" and not counts["incremental"]
+    assert counts["search"] == "the index's 8 lists, nprobe 8" and counts["vector"] == "image"
+    assert not counts["incremental"]
     table = pq.read_table(f"{built}/idx/{DUPLICATES_FILE}")
     assert as_groups(table) == {"c1": {"c1", "r0001"}, "e2": {"e2", "r0002"}}
     assert str(table.schema).startswith("id: string\ngroup_id: string\nsimilarity: float")
@@ -73,7 +74,7 @@ def test_the_index_holding_the_vector_is_searched_and_the_file_is_written(built)
 
 def test_another_vector_gets_a_structure_of_its_own_and_its_exact_keys(built):
     text = write_duplicates(f"{built}/idx", 0.97, vector="text")
-    assert text["search"] == "built"
+    assert text["search"] == "lists built for the column"
     table = pq.read_table(f"{built}/idx/{DUPLICATES_FILE}")
     assert as_groups(table) == {"e2": {"e2", "r0002"}, "r0003": {"r0003", "t3"}}  # same caption, same text vector
     fused = write_duplicates(f"{built}/idx", 0.97, vector="fused")
@@ -84,7 +85,7 @@ def test_another_vector_gets_a_structure_of_its_own_and_its_exact_keys(built):
 def test_a_compressed_index_is_confirmed_on_the_stored_vectors(built, tmp_path):
     build_index(BuildSettings(f"{built}/emb", str(tmp_path / "pq"), vector="image", factory="IVF8,PQ8x4np", nprobe=8))
     counts = write_duplicates(str(tmp_path / "pq"), 0.97)
-    assert counts["search"] == "index"
+    assert counts["search"] == "the index's 8 lists, nprobe 8"
     table = pq.read_table(tmp_path / "pq" / DUPLICATES_FILE)
     assert as_groups(table) == {"c1": {"c1", "r0001"}, "e2": {"e2", "r0002"}}
     assert min(table.column("similarity").to_pylist()) >= 0.97

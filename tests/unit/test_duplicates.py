@@ -7,7 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from index_builder.duplicates import Search, build_search, components, exact_keys, find_groups
+from index_builder.duplicates import components, exact_keys, find_groups
+from index_builder.pair_search import Knn, build_lists, index_lists
 
 D = 64
 T = 0.97
@@ -88,6 +89,12 @@ def test_fused_keys_need_the_same_bytes_and_the_same_caption():
     assert keys[0] == keys[1] and len({keys[0], keys[2], keys[3]}) == 3 and keys[4] == -1
 
 
+def flat(x: np.ndarray) -> faiss.Index:
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    return index
+
+
 def test_a_cluster_larger_than_k_is_one_group_and_saturation_is_counted(world):
     rng, ids, vecs = world
     centre = vecs[20]
@@ -95,39 +102,67 @@ def test_a_cluster_larger_than_k_is_one_group_and_saturation_is_counted(world):
         ids.append(f"k{j:02d}")
         vecs.append(at_cosine(centre, 0.995, rng))
     x = np.stack(vecs)
-    table, counts = find_groups(ids, x, T, k=4, max_k=64)
-    assert as_groups(table)["k00"] == {f"k{j:02d}" for j in range(60)} | {"r0020"}
-    assert counts["saturated"] == 0
-    _, capped = find_groups(ids, x, T, k=4, max_k=16)
-    assert capped["saturated"] == 61  # every member has 60 others above the threshold
+    cluster = {f"k{j:02d}" for j in range(60)} | {"r0020"}
+    joined, counts = find_groups(ids, x, T)  # the join compares every pair of a list: no k
+    assert as_groups(joined)["k00"] == cluster and counts["saturated"] == 0
+    grown, counts = find_groups(ids, x, T, search=Knn(flat(x), k=4, max_k=64))
+    assert as_groups(grown)["k00"] == cluster and counts["saturated"] == 0
+    capped, counts = find_groups(ids, x, T, search=Knn(flat(x), k=4, max_k=16))
+    assert as_groups(capped)["k00"] == cluster  # chained through the 16 nearest of each
+    assert counts["saturated"] == 61  # every member has 60 others above the threshold
 
 
-def test_an_approximate_index_confirmed_on_stored_vectors_finds_the_planted_copies():
+@pytest.fixture(scope="module")
+def compressed():
+    """5,000 random rows, 50 planted copies at 0.98, and an IVF-PQ index over them whose scores are rough."""
     rng = np.random.default_rng(1)
     n = 5000
     x = unit(rng.standard_normal((n, D)))
     for j in range(50):
         x[n - 50 + j] = at_cosine(x[j], 0.98, rng)
-    ids = [f"r{i}" for i in range(n)]
-    index = faiss.index_factory(D, "IVF32,PQ16x4np", faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(D, "IVF32,PQ8x4np", faiss.METRIC_INNER_PRODUCT)
     index.train(x)
     index.add(x)
     scores = index.search(x[:50], 2, params=faiss.SearchParametersIVF(nprobe=8))[0]
     assert (np.abs(scores - 0.98) > 0.03).any()  # the codes' scores are too rough to filter on
-    search = Search(index, faiss.SearchParametersIVF(nprobe=8), exact_scores=False)
-    table, _ = find_groups(ids, x, T, search=search)
     planted = {frozenset({f"r{j}", f"r{n - 50 + j}"}) for j in range(50)}
+    return [f"r{i}" for i in range(n)], x, index, planted
+
+
+def test_an_ivf_index_is_joined_over_its_own_lists_on_the_stored_vectors(compressed):
+    ids, x, index, planted = compressed
+    lists = index_lists(index, nprobe=8)
+    assert lists.nlist == 32 and lists.nprobe == 8 and sorted(lists.rows.tolist()) == list(range(len(ids)))
+    table, _ = find_groups(ids, x, T, search=lists)
     assert {frozenset(g) for g in as_groups(table).values()} == planted
 
 
-def test_the_built_structure_is_ivf_above_the_flat_limit_and_finds_copies():
+def test_a_knn_search_of_compressed_codes_is_confirmed_on_the_stored_vectors(compressed):
+    ids, x, index, planted = compressed
+    knn = Knn(index, faiss.SearchParametersIVF(nprobe=8), exact_scores=False)
+    table, _ = find_groups(ids, x, T, search=knn)
+    assert {frozenset(g) for g in as_groups(table).values()} == planted
+    assert min(table.column("similarity").to_pylist()) >= T
+
+
+def test_a_pca_index_probes_its_lists_in_its_reduced_space(compressed):
+    ids, x, _, planted = compressed
+    index = faiss.index_factory(D, "PCA32,IVF32,PQ8x4np", faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    index.add(x)
+    table, _ = find_groups(ids, x, T, search=index_lists(index, nprobe=8))
+    assert {frozenset(g) for g in as_groups(table).values()} == planted
+
+
+def test_built_lists_are_ivf_above_the_flat_limit_and_find_copies():
     rng = np.random.default_rng(2)
     x = unit(rng.standard_normal((3000, D)))
     x[-1] = at_cosine(x[0], 0.975, rng)
-    search = build_search(x, flat_below=1000)
-    assert isinstance(search.index, faiss.IndexIVFFlat)
-    table, _ = find_groups([str(i) for i in range(3000)], x, T, search=search)
+    lists = build_lists(x, flat_below=1000)
+    assert lists.nlist == int(2 * np.sqrt(3000)) and lists.offsets[-1] == 3000 and lists.known.shape == (3000, 8)
+    table, _ = find_groups([str(i) for i in range(3000)], x, T, search=lists)
     assert as_groups(table) == {"0": {"0", "2999"}}
+    assert index_lists(flat(x), None) is None  # no lists: searched k-NN instead
 
 
 def test_components_is_union_find():
