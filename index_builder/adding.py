@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from encoders import storage
 from index_builder import faiss_io
-from index_builder.choose import ID_BYTES
+from index_builder.candidates import ID_BYTES
 from index_builder.embeddings import Shard, arrow_to_vectors
 from index_builder.layout import IVFDATA_FILE, PARTS_DIR, TEMPLATE_FILE
 from index_builder.parts import add_part, merge_in_ram, merge_on_disk, part_name
@@ -151,12 +151,14 @@ def estimated_memory(template: faiss.Index, n: int) -> int:
 
 
 def code_bytes(index: faiss.Index) -> float:
-    """Bytes of code per stored vector (ids and lists excluded)."""
+    """Bytes per stored vector in the lists, its id apart (what --max-bytes-per-vector bounds)."""
     index = members(index)[0]
     if isinstance(index, faiss.IndexIDMap2):
         index = faiss.downcast_index(index.index)
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf = faiss.downcast_index(ivf)
-        return ivf.pq.M * ivf.pq.nbits / 8 if isinstance(ivf, faiss.IndexIVFPQFastScan) else float(ivf.code_size)
+    if ivf is not None:  # fast-scan blocks: packed codes and per-vector factors (index_builder.candidates)
+        lists = faiss.downcast_InvertedLists(ivf.invlists)
+        if isinstance(lists, faiss.BlockInvertedLists):
+            return lists.block_size / lists.n_per_block
+        return float(ivf.code_size)
     return float(index.sa_code_size())

@@ -1,11 +1,12 @@
-"""The candidates of a build tried in order, the best kept: the budget mode.
+"""The candidates of a build, screened and built, the best kept: the budget mode.
 
-With a budget (--max-bytes-per-vector / --max-memory), `plan` lists the candidates of the largest
-code size within it (index_builder.choose); `try_candidates` trains, adds and measures each until
-one reaches the recall target, and keeps the one of the highest recall either way. Without a
-budget the plan is one factory (--factory, a reused template's, or the default) and this is one
-trial. The manifest's `choice` records every trial and every candidate the OPQ screen skipped.
-"""
+With a budget (--max-bytes-per-vector / --max-memory), `plan` lists of each family of the
+candidate space (index_builder.candidates) the largest code within it; `choose` ranks them on a
+subsample (index_builder.screen) and keeps the winner, whose frontier record goes to the
+manifest; `try_candidates` trains it on the whole training sample (on the coarse centroids the
+screen trained), adds every shard and tunes its nprobe. Without a budget the plan is one factory
+(--factory, a reused template's, or the default) and this is one trial. The manifest's `choice`
+records the screen, the trial and any candidate the OPQ screen skipped."""
 
 from __future__ import annotations
 
@@ -19,35 +20,78 @@ import numpy as np
 
 from encoders.errors import SettingsError
 from index_builder.adding import AddParts, add_all, code_bytes, estimated_memory, lists_of
-from index_builder.choose import Candidate, available_memory, candidates, merge_mode, to_try, within_budget
+from index_builder.candidates import Candidate, coarse_name, largest_per_family, smallest, space
+from index_builder.choose import available_memory, merge_mode
 from index_builder.embeddings import Shard
-from index_builder.factory import choose_factory
+from index_builder.factory import FLAT_BELOW, choose_factory, choose_nlist
 from index_builder.measure import exact_neighbours, truth_width
 from index_builder.nprobe import tune
 from index_builder.sampling import Samples, ShardCache
+from index_builder.screen import SCREEN_BASE, SCREEN_TRAIN, ScreenData, coarse_centroids, screen
 from index_builder.settings import BuildSettings
 from index_builder.training import opq_screen, train_candidate
 
 log = logging.getLogger(__name__)
 
 
+def budget_candidates(cfg: BuildSettings, n: int, d: int) -> list[Candidate]:
+    """Of each family of the candidate space (index_builder.candidates), the largest code within the
+    budget; with --merge disk, only those faiss can keep on disk. SettingsError when none fits,
+    naming the smallest index there is and what it needs."""
+    every = space(n, d, choose_nlist(n)) if n >= FLAT_BELOW else [Candidate("Flat", "Flat", 4 * d, 0, "flat")]
+    on_disk = cfg.merge == "disk"
+    fit = largest_per_family(every, n, cfg.max_bytes_per_vector, cfg.max_memory_bytes, on_disk=on_disk)
+    if not fit:
+        least = smallest([c for c in every if c.on_disk or not on_disk] or every, n)
+        raise SettingsError(
+            f"no index of {n} vectors of dim {d} fits --max-bytes-per-vector {cfg.max_bytes_per_vector} / "
+            f"--max-memory {cfg.max_memory}{' / --merge disk' if on_disk else ''}: the smallest here, "
+            f"{least.factory}, needs {least.bytes_per_vector:g} B per vector and {least.memory(n):,} bytes in all"
+        )
+    return fit
+
+
 def plan(cfg: BuildSettings, n: int, d: int) -> list[str]:
-    """The factories to try, in order: --factory, or the candidates of the largest code size within
-    the budget (SettingsError when none fits), or the default factory for n and d."""
+    """The factories to consider: --factory, or of each family the largest code within the budget
+    (budget_candidates; the screen picks among them), or the default factory for n and d."""
     if cfg.factory:
         return [cfg.factory]
     if not cfg.budgeted:
         return [choose_factory(n, d)]
-    every = candidates(n, d)
-    fit = within_budget(every, n, cfg.max_bytes_per_vector, cfg.max_memory_bytes)
-    if not fit:
-        smallest: Candidate = min(every, key=lambda c: c.memory(n))
-        raise SettingsError(
-            f"no index of {n} vectors of dim {d} fits --max-bytes-per-vector {cfg.max_bytes_per_vector} / "
-            f"--max-memory {cfg.max_memory}: the smallest here, {smallest.factory}, needs "
-            f"{smallest.code_bytes:g} B per vector and {smallest.memory(n):,} bytes in all"
-        )
-    return [c.factory for c in to_try(fit)]
+    return [c.factory for c in budget_candidates(cfg, n, d)]
+
+
+@dataclass
+class Choice:
+    """What the screen leaves: the factories to build, the frontier, the coarse centroids it trained."""
+
+    factories: list[str]
+    screened: list[dict] = field(default_factory=list)  # screen.screen's records, best first
+    coarse: dict[str, np.ndarray] = field(default_factory=dict)  # by training.coarse_of, for the final build
+    screen_s: float = 0.0
+
+
+def choose(cfg: BuildSettings, samples: Samples, factories: list[str], d: int) -> Choice:
+    """With more than one candidate, screen them on the training sample (index_builder.screen) and
+    keep the winner; the coarse centroids trained for the screen are handed to the final build."""
+    if len(factories) < 2:
+        return Choice(factories)
+    t = time.monotonic()
+    cands = [c for c in budget_candidates(cfg, samples.n_valid, d) if c.factory in factories]
+    nlist = cands[0].nlist
+    xt = samples.train.x
+    log.info(
+        "screening %d candidates on %d of the %d training vectors",
+        len(cands),
+        min(len(xt), SCREEN_TRAIN + SCREEN_BASE),
+        len(xt),
+    )
+    centroids = coarse_centroids(xt, nlist, cfg.seed)
+    records = screen(cands, ScreenData(xt, samples.queries, centroids, cfg.recall_k))
+    winner = next(r for r in records if "error" not in r)
+    log.info("kept %s (%g B): recall@%d %.3f on the subsample", winner["factory"], winner["bytes_per_vector"],
+             cfg.recall_k, winner["recall_at_k"])  # fmt: skip
+    return Choice([winner["factory"]], records, {coarse_name(nlist): centroids}, time.monotonic() - t)
 
 
 @dataclass
@@ -112,13 +156,16 @@ class Inputs:
         return sum(s.num_rows for s in self.shards)
 
 
-def try_candidates(job: Inputs, factories: list[str], reused: faiss.Index | None, training: dict) -> Trials:
+def try_candidates(
+    job: Inputs, factories: list[str], reused: faiss.Index | None, training: dict, coarse: dict | None = None
+) -> Trials:
     """Build each of `factories` in order (on the `reused` template when given) until one reaches the
     target recall; keep the one of the highest recall. Candidates with an OPQ rotation not worth
     training are skipped (never the first). The ground truth is computed once, after the first
-    training (not beside the training sample when there is one candidate)."""
+    training (not beside the training sample when there is one candidate). `coarse`: centroids
+    already trained on the sample (Choice.coarse), by training.coarse_of."""
     cfg, xt = job.cfg, job.samples.train
-    best, tried, skipped, coarse, gt, truth_s = None, [], [], {}, None, 0.0
+    best, tried, skipped, coarse, gt, truth_s = None, [], [], dict(coarse or {}), None, 0.0
     for number, factory in enumerate(factories):
         if reused is None and tried and (skip := opq_screen(factory, xt.x, cfg.seed, coarse)) is not None:
             skipped.append(skip)
@@ -171,13 +218,11 @@ def choice_reason(cfg: BuildSettings, factory: str, tried: list[dict], reused: b
         return "--factory"
     if not cfg.budgeted:
         return "the default for the vector count and dimension (no budget given)"
-    done = tried[-1]
-    if done["reached"] and done["factory"] == factory:
-        return (
-            f"the first of the {fitting} candidates of the largest code size within the budget to reach "
-            f"recall@{cfg.recall_k} {cfg.target_recall} (tried {len(tried)})"
-        )
+    kept = next(t for t in tried if t["factory"] == factory)
+    target = "reaches" if kept["reached"] else "misses"
+    if fitting == 1:
+        return f"the only candidate within the budget ({target} recall@{cfg.recall_k} {cfg.target_recall})"
     return (
-        f"no candidate of the largest code size within the budget reached recall@{cfg.recall_k} "
-        f"{cfg.target_recall} ({len(tried)} tried, {fitting - len(tried)} skipped); kept the best"
+        f"the highest recall@{cfg.recall_k} of the {fitting} candidates screened on a subsample (of each family "
+        f"the largest code within the budget; the frontier in choice.screened); {target} {cfg.target_recall}"
     )

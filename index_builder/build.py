@@ -31,8 +31,9 @@ import numpy as np
 
 from encoders import storage
 from encoders.errors import InputError
-from index_builder.adding import AddParts, code_bytes, ids_table
-from index_builder.budget import Inputs, Trials, choice_reason, plan, try_candidates
+from index_builder.adding import AddParts, code_bytes, ids_table, lists_of
+from index_builder.budget import Choice, Inputs, Trials, choice_reason, choose, plan, try_candidates
+from index_builder.choose import merge_mode
 from index_builder.drift import codec_errors
 from index_builder.embeddings import MANIFEST, Shard, list_shards
 from index_builder.factory import choose_train_size
@@ -55,7 +56,9 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
     source, shards = _source(cfg.embeddings)
     total, d = sum(s.num_rows for s in shards), int(source["dim"])
     factories = plan(cfg, total, d)
-    new_index(d, factories[0])  # a bad --factory fails here, before any vector is read
+    first = new_index(d, factories[0])  # a bad --factory fails here, before any vector is read
+    if cfg.merge == "disk":  # and one faiss cannot keep on disk, before any training
+        merge_mode("disk", 0, 0, lists_of(first))
     sizes = sample_sizes(total, cfg.train_size or choose_train_size(total, factories[0]))
 
     t = time.monotonic()
@@ -73,14 +76,18 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
         log.info("building %s over %d vectors (%s, dim %d) on the template of %s (%s)", factories[0], total,
                  cfg.vector, d, cfg.template, training["reason"])  # fmt: skip
     timings["drift_s"] = time.monotonic() - t
+    choice = choose(cfg, samples, factories, d) if reused is None else Choice(factories, _screened_by(cfg.template))
+    timings["screen_s"], fitting, factories = choice.screen_s, len(factories), choice.factories
 
     table = ids_table(shards, cache)
     with tempfile.TemporaryDirectory(prefix="fusionindex-build-") as scratch:  # on-disk lists are built here
-        trials = try_candidates(Inputs(cfg, shards, cache, samples, add_parts, scratch), factories, reused, training)
+        job = Inputs(cfg, shards, cache, samples, add_parts, scratch)
+        trials = try_candidates(job, factories, reused, training, choice.coarse)
         storage.remove(storage.join(cfg.output, PARTS_DIR), recursive=True)
         timings["ground_truth_s"] = trials.ground_truth_s
-        manifest = _manifest(cfg, source, d, total, samples, trials, training, reused is not None, len(factories),
+        manifest = _manifest(cfg, source, d, total, samples, trials, training, reused is not None, fitting,
                              started, timings)  # fmt: skip
+        manifest["choice"]["screened"] = choice.screened
         t = time.monotonic()
         best = trials.best
         manifest["shards"] = commit(cfg.output, best.index, best.template, table, best.ondisk, cfg.num_index_shards)
@@ -95,6 +102,14 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
                  best.factory, best.index.ntotal, manifest["bytes_per_vector"], recall["nprobe"], recall["k"],
                  recall["recall_at_k"], cfg.target_recall)  # fmt: skip
         return manifest
+
+
+def _screened_by(template: str | None) -> list[dict]:
+    """The frontier of the build whose template is reused (the night that chose it), [] without one."""
+    path = storage.join(template, MANIFEST) if template else None
+    if path is None or not storage.exists(path):
+        return []
+    return storage.read_json(path).get("choice", {}).get("screened", [])
 
 
 def _source(embeddings: str) -> tuple[dict, list[Shard]]:

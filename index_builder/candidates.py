@@ -18,7 +18,7 @@ Budget semantics, stated once:
 | SQ       | SQ8, SQ6, SQ4         | ceil(b d / 8)                             | lists     |
 | PQ       | PQ{m}x{b}np, m \\| d  | ceil(m b / 8)                             | lists     |
 | PQfs     | PQ{m}x4fs             | ceil(m / 2)                               | fast-scan |
-| OPQ      | OPQ{m}_{D},...,PQ{m}x8np | m (D = m floor(d / m): the rotation reduces to D dims) | lists |
+| OPQ      | OPQ{m}[_{D}],...,PQ{m}x8np, m = 8, 16, .. d/2 | m (D = m floor(d/m) where m does not divide d) | lists |
 | RaBitQ   | RaBitQ, RaBitQ{b}     | ceil(d/8) + 8 (b = 1); ceil(d/8) + ceil((b-1) d/8) + 20 | lists |
 | RaBitQfs | RaBitQfs, RaBitQfs{b} | the same as RaBitQ{b}                     | fast-scan |
 
@@ -137,10 +137,10 @@ def space(n: int, d: int, nlist: int) -> list[Candidate]:
     out += [ivf(f"PQ{m}x4fs", "PQfs", pqfs_bytes(m), 16 * d * 4 + 512, "fast-scan")
             for m in range(2, d // 2 + 1, 2) if d % m == 0]  # fmt: skip
     for m in range(8, d // 2 + 1, 8):  # OPQ: multiples of 8 up to d/2 sub-quantizers
-        dims = opq_dims(d, m)
-        if d % m:  # a code size plain PQ cannot reach
-            fixed = HEADER_BYTES + coarse_bytes(nlist, dims) + dims * d * 4 + 256 * dims * 4  # rotation, codebooks
-            out.append(Candidate(f"OPQ{m}_{dims},{coarse},PQ{m}x8np", "OPQ", m, fixed, "lists", nlist))
+        dims = opq_dims(d, m)  # reduced where m does not divide d: code sizes plain PQ cannot reach
+        fixed = HEADER_BYTES + coarse_bytes(nlist, dims) + dims * d * 4 + 256 * dims * 4  # rotation, codebooks
+        rotation = f"OPQ{m}" if dims == d else f"OPQ{m}_{dims}"
+        out.append(Candidate(f"{rotation},{coarse},PQ{m}x8np", "OPQ", m, fixed, "lists", nlist))
     for b in RABITQ_BITS:
         suffix = "" if b == 1 else str(b)
         out.append(ivf(f"RaBitQ{suffix}", "RaBitQ", rabitq_bytes(d, b), 0))

@@ -1,32 +1,13 @@
-"""Pure heuristics for a memory budget: which index codes fit, what they cost, in what order to
-try them, and which nprobe reaches a recall target. No faiss, no data: each function tests alone.
-
-Sizes follow faiss's storage: an IVF index keeps, per vector, its code (`code_bytes`) plus an
-int64 id in its inverted list; once, the coarse centroids (nlist x d float32; an HNSW32 graph
-over them from 65536 lists on), the codebooks (PQ: 2^nbits x d float32; SQ: 2 x d), and an OPQ
-rotation (d x d float32). `--max-bytes-per-vector` bounds the code alone (the figure faiss's
-own docs quote: SQ8 is d bytes, PQ64x8 64); `--max-memory` bounds the whole index in RAM.
-
-Candidates are ordered most accurate first (bigger codes before smaller); at one code size the
-fast-scan 4-bit PQ (fastest to search and to train) comes before 8-bit PQ, and OPQ last (slowest
-to train, usually the most accurate of the three). The builder tries the candidates of the
-largest code size that fits (`to_try`), in that order, and stops at the first that reaches the
-recall target: a smaller code would not reach what a larger one missed.
-"""
+"""Pure heuristics for a budget: sizes, the nprobe that reaches a recall target, whether an OPQ
+rotation is worth training, and where the merge runs. No faiss, no data: each function tests alone.
+The candidates and what each costs are index_builder.candidates; their ranking, index_builder.screen."""
 
 from __future__ import annotations
 
-import math
 import os
 import re
-from dataclasses import dataclass
 
 from encoders.errors import SettingsError
-from index_builder.factory import FLAT_BELOW, GPU_PQ_M, choose_nlist
-
-ID_BYTES = 8  # an int64 id per vector in an inverted list
-HNSW_FROM = 1 << 16  # an HNSW32 coarse quantizer from this many lists on (factory.choose_factory)
-MAX_TRIALS = 4  # candidates built at most before the best one found is kept
 
 _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
           "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
@@ -39,75 +20,6 @@ def parse_size(text: str) -> int:
     if not match or unit not in _UNITS:
         raise SettingsError(f"--max-memory {text!r}: write a size such as 4GB, 512MiB or 16000000")
     return int(float(match.group(1)) * _UNITS[unit])
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One index to try: its factory string and what it costs."""
-
-    factory: str
-    code_bytes: float  # per vector, the code alone (what --max-bytes-per-vector bounds)
-    fixed_bytes: int  # once per index: coarse centroids (+ HNSW graph), codebooks, OPQ rotation
-    fast_scan: bool  # 4-bit fast-scan PQ: fast, but faiss cannot merge it on disk
-
-    def memory(self, n: int) -> int:
-        """Bytes of the whole index in RAM holding n vectors."""
-        per_vector = self.code_bytes + (ID_BYTES if self.factory != "Flat" else 0)
-        return int(math.ceil(n * per_vector)) + self.fixed_bytes
-
-    def as_dict(self, n: int) -> dict:
-        return {"factory": self.factory, "bytes_per_vector": self.code_bytes, "memory_bytes": self.memory(n)}
-
-
-def _coarse_bytes(nlist: int, d: int) -> int:
-    graph = nlist * 32 * 2 * 4 if nlist >= HNSW_FROM else 0  # HNSW32: ~2 x 32 int32 links per node
-    return nlist * d * 4 + graph
-
-
-def candidates(n: int, d: int) -> list[Candidate]:
-    """Every index this builder would consider for n vectors of dim d, most accurate first."""
-    if n < FLAT_BELOW:
-        return [Candidate("Flat", 4 * d, 0, False)]
-    nlist = choose_nlist(n)
-    coarse = f"IVF{nlist}_HNSW32" if nlist >= HNSW_FROM else f"IVF{nlist}"
-    base = _coarse_bytes(nlist, d)
-    out = [
-        Candidate(f"{coarse},Flat", 4 * d, base, False),
-        Candidate(f"{coarse},SQfp16", 2 * d, base + 2 * d * 4, False),
-        Candidate(f"{coarse},SQ8", d, base + 2 * d * 4, False),
-    ]
-    for m in GPU_PQ_M:
-        if d % m or d // m < 2 or m >= d:  # PQ with one dim per sub-vector is a worse SQ8
-            continue
-        if d % (2 * m) == 0 and d // (2 * m) >= 2:  # same bytes as PQm x8: 2m sub-quantizers of 4 bits
-            out.append(Candidate(f"{coarse},PQ{2 * m}x4fs", m, base + 16 * d * 4, True))
-        out.append(Candidate(f"{coarse},PQ{m}x8np", m, base + 256 * d * 4, False))
-        if m >= 4:
-            out.append(Candidate(f"OPQ{m},{coarse},PQ{m}x8np", m, base + 256 * d * 4 + d * d * 4, False))
-    return out
-
-
-def within_budget(
-    cands: list[Candidate],
-    n: int,
-    max_bytes_per_vector: float | None = None,
-    max_memory: int | None = None,
-    on_disk: bool = False,
-) -> list[Candidate]:
-    """The candidates that fit both limits (either may be None), in the same order; with
-    `on_disk`, no fast-scan index (faiss cannot merge those into on-disk inverted lists)."""
-    return [
-        c
-        for c in cands
-        if (max_bytes_per_vector is None or c.code_bytes <= max_bytes_per_vector)
-        and (max_memory is None or c.memory(n) <= max_memory)
-        and not (on_disk and c.fast_scan)
-    ]
-
-
-def to_try(fit: list[Candidate], limit: int = MAX_TRIALS) -> list[Candidate]:
-    """Of the candidates that fit (most accurate first), those of the largest code size, at most `limit`."""
-    return [c for c in fit if c.code_bytes == fit[0].code_bytes][:limit] if fit else []
 
 
 TOLERANCE = 0.005  # recall@k differences below this are noise here (1000 queries) and buy nothing

@@ -32,7 +32,7 @@ import numpy as np
 
 from encoders import storage
 from index_builder import faiss_io
-from index_builder.choose import ID_BYTES
+from index_builder.candidates import ID_BYTES
 
 log = logging.getLogger(__name__)
 

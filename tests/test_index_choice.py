@@ -4,6 +4,7 @@ the choice, the nprobe, the not-reached path, and an independent re-measurement 
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -42,15 +43,28 @@ def test_a_budget_that_allows_sq8_gets_it_with_the_smallest_nprobe_reaching_the_
         assert abs(diff) <= 0.02, (k, again["recall_at"], m["recall"]["recall_at"])
 
 
-def test_a_budget_too_small_for_the_target_keeps_the_best_and_says_so(emb, tmp_path, caplog):
+def test_a_budget_too_small_for_the_target_keeps_the_screens_winner_and_says_so(emb, tmp_path, caplog):
     m = build_index(BuildSettings(emb, str(tmp_path / "idx"), max_bytes_per_vector=2, target_recall=0.99))
-    tried = m["choice"]["tried"]
-    assert [t["factory"] for t in tried] == ["IVF128,PQ4x4fs", "IVF128,PQ2x8np"]  # the 2-byte codes, in order
-    assert not any(t["reached"] for t in tried)
-    assert m["factory"] == max(tried, key=lambda t: t["recall_at_k"])["factory"] and not m["recall"]["reached"]
-    assert m["choice"]["reason"].startswith("no candidate") and "not reached" in caplog.text
+    screened = m["choice"]["screened"]
+    assert {r["factory"] for r in screened} == {"IVF128,PQ4x4fs", "IVF128,PQ2x8np"}  # each family's 2-byte code
+    assert all(r["bytes_per_vector"] == 2 and 0 < r["recall_at_k"] < 0.99 for r in screened)
+    (tried,) = m["choice"]["tried"]  # only the winner is built on everything
+    assert tried["factory"] == m["factory"] == screened[0]["factory"] and not tried["reached"]
+    assert "screened on a subsample" in m["choice"]["reason"] and "misses 0.99" in m["choice"]["reason"]
+    assert "not reached" in caplog.text
     best = max(p["recall_at_k"] for p in m["recall"]["by_nprobe"])
     assert m["recall"]["recall_at_k"] >= best - 0.005  # probes beyond the plateau buy nothing
+
+
+def test_merge_on_disk_refuses_what_faiss_cannot_keep_there_before_any_training(emb, tmp_path, caplog):
+    out = tmp_path / "idx"
+    caplog.set_level(logging.INFO)
+    with pytest.raises(SettingsError, match="fast-scan blocks"):
+        build_index(BuildSettings(emb, str(out), factory="IVF16,PQ8x4fs", merge="disk"))
+    assert not out.exists() and "building" not in caplog.text and "sampl" not in caplog.text
+    m = build_index(BuildSettings(emb, str(out), max_bytes_per_vector=16, merge="disk", target_recall=0.5))
+    assert m["merge"] == "disk" and all(r["on_disk"] for r in m["choice"]["screened"] if "error" not in r)
+    assert {r["family"] for r in m["choice"]["screened"]} == {"SQ", "PQ", "OPQ", "RaBitQ"}  # not PQfs, RaBitQfs
 
 
 def test_budgets_that_cannot_work_are_refused_with_the_figure_that_would(emb, tmp_path):
@@ -96,18 +110,14 @@ def test_opq_candidates_are_trained_only_when_the_screen_says_they_pay(tmp_path)
     write_embeddings(flat, [x[:3000], x[3000:]])
     y = x * np.where(np.arange(32) < 8, 1.0, 0.02).astype(np.float32)
     write_embeddings(steep, [y[:3000], y[3000:]])
-    built = {}
+    opq = {}
     for name, root in (("flat", flat), ("steep", steep)):
         m = build_index(BuildSettings(root, str(tmp_path / f"idx-{name}"), max_bytes_per_vector=8, target_recall=1.0))
-        built[name] = m["choice"]
-    assert [t["factory"] for t in built["flat"]["tried"]] == ["IVF128,PQ16x4fs", "IVF128,PQ8x8np"]
-    (skip,) = built["flat"]["skipped"]
-    assert (
-        skip["factory"] == "OPQ8,IVF128,PQ8x8np" and skip["opq_gain"] < OPQ_MIN_GAIN and "residuals" in skip["reason"]
-    )
-    assert [t["factory"] for t in built["steep"]["tried"]][-1] == "OPQ8,IVF128,PQ8x8np" and not built["steep"][
-        "skipped"
-    ]
+        (opq[name],) = [r for r in m["choice"]["screened"] if r["family"] == "OPQ"]
+        assert {r["factory"] for r in m["choice"]["screened"]} >= {"IVF128,PQ8x8np", "IVF128,PQ16x4fs"}
+    assert opq["flat"]["factory"] == "OPQ8,IVF128,PQ8x8np" and opq["flat"]["opq_gain"] < OPQ_MIN_GAIN
+    assert opq["flat"]["error"].startswith("not trained") and "recall_at_k" not in opq["flat"]
+    assert opq["steep"]["recall_at_k"] > 0 and "error" not in opq["steep"]
 
 
 def test_candidates_sharing_a_coarse_quantizer_train_it_once_to_the_same_index():

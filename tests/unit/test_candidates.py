@@ -77,7 +77,7 @@ def test_each_family_keeps_its_largest_code_within_the_budget():
     cands = space(n, d, 1024)
     picked = {c.family: c.factory for c in largest_per_family(cands, n, max_bytes_per_vector=150)}
     assert picked == {"SQ": "IVF1024,SQ4", "PQ": "IVF1024,PQ128x8np", "PQfs": "IVF1024,PQ128x4fs",
-                      "OPQ": "OPQ120_240,IVF1024,PQ120x8np", "RaBitQ": "IVF1024,RaBitQ4",
+                      "OPQ": "OPQ128,IVF1024,PQ128x8np", "RaBitQ": "IVF1024,RaBitQ4",
                       "RaBitQfs": "IVF1024,RaBitQfs4"}  # fmt: skip
     assert largest_per_family(cands, n, max_bytes_per_vector=2048)[0].factory == "IVF1024,Flat"
     on_disk = largest_per_family(cands, n, max_bytes_per_vector=150, on_disk=True)

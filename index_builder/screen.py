@@ -1,0 +1,152 @@
+"""Rank candidates cheaply: each trained and measured on a subsample, so that only the winner is
+built on everything.
+
+The screen works on the build's own training sample: its coarse centroids are trained once on
+it (the same k-means the final build needs, which reuses them), each candidate's codes train on
+its first SCREEN_TRAIN rows (an OPQ rotation too, its coarse centroids the shared ones projected
+through the rotation), the next rows (at most SCREEN_BASE) are the database, and the build's
+held-out recall queries (at most SCREEN_QUERIES) are searched against it with exact truth, at
+every power-of-two nprobe up to MAX_NPROBE. A candidate's figure is its best recall@k there;
+the winner is the candidate of the highest, where candidates within TOLERANCE of it count as
+equal and the smaller code, then the faster search, wins. The records are the frontier the
+manifest and the nightly report show (recall@k against bytes per vector).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import faiss
+import numpy as np
+from faiss.contrib.evaluation import knn_intersection_measure
+
+from index_builder.candidates import Candidate
+from index_builder.choose import TOLERANCE, opq_m, worth_opq
+from index_builder.opq import opq_gain
+from index_builder.params import search_parameters
+
+log = logging.getLogger(__name__)
+
+SCREEN_TRAIN = 10_000  # rows each candidate's codes train on (39 per centroid of an 8-bit PQ codebook)
+PQ_NITER = 10  # k-means iterations of a screened PQ codebook (faiss: 25): its rank, not its best codebook
+OPQ_NITER = 8  # rotation updates of a screened OPQ (faiss: 50)
+SCREEN_BASE = 50_000  # rows the candidates are measured on, at most
+SCREEN_QUERIES = 500
+MAX_NPROBE = 64
+METRIC = faiss.METRIC_INNER_PRODUCT
+
+
+class ScreenData:
+    """The vectors a screen trains and measures on (see the module docstring)."""
+
+    def __init__(self, xt: np.ndarray, queries: np.ndarray, centroids: np.ndarray, k: int):
+        cut = SCREEN_TRAIN if len(xt) >= 2 * SCREEN_TRAIN else len(xt) // 2
+        self.train = np.ascontiguousarray(xt[:cut], dtype=np.float32)
+        self.base = np.ascontiguousarray(xt[cut : cut + SCREEN_BASE], dtype=np.float32)
+        self.queries = np.ascontiguousarray(queries[:SCREEN_QUERIES], dtype=np.float32)
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.k = min(k, len(self.base))
+        self.gt = faiss.knn(self.queries, self.base, self.k, METRIC)[1]
+
+
+def coarse_centroids(xt: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
+    """nlist k-means centroids of `xt` by inner product, as IndexIVF.train would train them."""
+    index = faiss.index_factory(xt.shape[1], f"IVF{nlist},Flat", METRIC)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = seed
+    ivf.train_q1(len(xt), faiss.swig_ptr(np.ascontiguousarray(xt, dtype=np.float32)), False, METRIC)
+    return ivf.quantizer.reconstruct_n(0, ivf.nlist)
+
+
+def _trained(c: Candidate, data: ScreenData) -> faiss.Index:
+    """A template of `c` with the shared coarse centroids, its codes (and rotation) trained on data.train."""
+    index = faiss.index_factory(data.train.shape[1], c.factory, METRIC)
+    centroids = data.centroids
+    if isinstance(index, faiss.IndexPreTransform):
+        rotation = faiss.downcast_VectorTransform(index.chain.at(0))
+        rotation.niter = OPQ_NITER
+        rotation.train(data.train)
+        centroids = rotation.apply(centroids)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    pq = getattr(ivf, "pq", None)
+    if pq is not None:
+        pq.cp.niter, pq.cp.min_points_per_centroid = PQ_NITER, 1  # 10k rows for 256 centroids: no warning
+    ivf.quantizer.add(centroids)  # IndexIVF.train skips k-means with nlist centroids in its quantizer
+    index.train(data.train)
+    return index
+
+
+def _recall(index: faiss.Index, data: ScreenData, nprobe: int) -> tuple[float, float]:
+    """(recall@k of data.queries against the exact truth, seconds of the search) at `nprobe`."""
+    t = time.monotonic()
+    found = index.search(data.queries, data.k, params=search_parameters(index, nprobe))[1]
+    return float(knn_intersection_measure(found, data.gt)), time.monotonic() - t
+
+
+def screen_one(c: Candidate, data: ScreenData, max_nprobe: int = MAX_NPROBE) -> dict:
+    """The frontier record of `c`: trained and filled on the subsample, recall@k at every
+    power-of-two nprobe up to max_nprobe (and nlist), its best, and what each step took."""
+    t = time.monotonic()
+    index = _trained(c, data)
+    train_s = time.monotonic() - t
+    t = time.monotonic()
+    index.add(data.base)
+    add_s = time.monotonic() - t
+    curve, best = [], None
+    for p in [1 << i for i in range(max_nprobe.bit_length()) if 1 << i <= min(max_nprobe, c.nlist)]:
+        recall, search_s = _recall(index, data, p)
+        curve.append({"nprobe": p, "recall_at_k": round(recall, 4)})
+        if best is None or recall > best[1] + 1e-9:
+            best = (p, recall, search_s)
+    record = {"factory": c.factory, "family": c.family, "bytes_per_vector": c.bytes_per_vector,
+              "on_disk": c.on_disk, "nprobe": best[0], "recall_at_k": round(best[1], 4),
+              "search_ms_per_query": round(best[2] / len(data.queries) * 1e3, 4), "by_nprobe": curve,
+              "train_s": round(train_s, 3), "add_s": round(add_s, 3)}  # fmt: skip
+    log.info("screened %s (%g B): recall@%d %.3f at nprobe %d (train %.1f s)", c.factory, c.bytes_per_vector,
+             data.k, best[1], best[0], train_s)  # fmt: skip
+    return record
+
+
+def rank(records: list[dict], tolerance: float = TOLERANCE) -> list[dict]:
+    """`records` best first: the highest recall; among those within `tolerance` of the best, the
+    fewest bytes per vector, then the fastest search; the others by recall."""
+    if not records:
+        return []
+    top = max(r["recall_at_k"] for r in records)
+    near = [r for r in records if r["recall_at_k"] >= top - tolerance]
+    near.sort(key=lambda r: (r["bytes_per_vector"], r["search_ms_per_query"]))
+    rest = sorted((r for r in records if r["recall_at_k"] < top - tolerance), key=lambda r: -r["recall_at_k"])
+    return near + rest
+
+
+def _opq_not_worth(c: Candidate, data: ScreenData) -> dict | None:
+    """None unless `c` has an OPQ rotation whose bound gain (index_builder.opq) is not worth its
+    training: then the record saying so (ranked last, not trained)."""
+    m = opq_m(c.factory)
+    if m is None:
+        return None
+    gain = opq_gain(data.train, m, data.centroids)
+    if worth_opq(gain):
+        return None
+    why = f"not trained: the best rotation removes {gain:.1%} of PQ{m}'s distortion bound"
+    return {"factory": c.factory, "family": c.family, "bytes_per_vector": c.bytes_per_vector,
+            "opq_gain": round(gain, 4), "error": why}  # fmt: skip
+
+
+def screen(cands: list[Candidate], data: ScreenData) -> list[dict]:
+    """Every candidate's frontier record (screen_one), ranked (rank); a candidate faiss cannot
+    train on the subsample, or an OPQ rotation not worth training, is recorded with why and
+    ranked last."""
+    records, failed = [], []
+    for c in cands:
+        if (skip := _opq_not_worth(c, data)) is not None:
+            failed.append(skip)
+            continue
+        try:
+            records.append(screen_one(c, data))
+        except RuntimeError as exc:
+            log.warning("screening %s failed: %s", c.factory, exc)
+            failed.append({"factory": c.factory, "family": c.family, "bytes_per_vector": c.bytes_per_vector,
+                           "error": str(exc).splitlines()[-1][:200]})  # fmt: skip
+    return rank(records) + failed
