@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from encoders import storage
-from encoders.errors import InputError, SettingsError
+from encoders.errors import InputError
 from index_builder.duplicates import exact_keys, find_groups
+from index_builder.duplicates_settings import DEFAULT_THRESHOLD, check_threshold
 from index_builder.embeddings import MANIFEST, arrow_to_vectors, list_shards, vector_column
 from index_builder.pair_search import Knn, Lists, index_lists
 from index_builder.params import search_parameters
@@ -36,7 +37,6 @@ from index_builder.search import IDS_FILE, open_index
 log = logging.getLogger(__name__)
 
 DUPLICATES_FILE = "duplicates.parquet"
-DEFAULT_THRESHOLD = 0.97
 
 
 @dataclass
@@ -128,8 +128,7 @@ def write_duplicates(
 ) -> dict:
     """Compute the groups of IDX's items, write IDX/duplicates.parquet, return its counts
     (groups, rows_in_groups, searched, saturated, incremental, threshold, vector, search)."""
-    if not 0 < threshold <= 1:
-        raise SettingsError(f"--threshold must be in (0, 1] (got {threshold})")
+    check_threshold("--threshold", threshold)
     manifest_path = storage.join(idx, MANIFEST)
     if not storage.exists(manifest_path):
         raise InputError(f"{idx} has no {MANIFEST}: not a finished index; run `fusionindex build-index`")

@@ -7,6 +7,8 @@ under test, not a model's sense of sameness."""
 from __future__ import annotations
 
 import io
+import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -15,9 +17,11 @@ import pytest
 from PIL import Image
 
 from benchmarks.bench import photo_like
+from encoders import storage
 from index_builder.build import build_index
 from index_builder.index_duplicates import DUPLICATES_FILE, write_duplicates
 from index_builder.settings import BuildSettings
+from pipelines.cli import main
 from pipelines.embed.run import run_embed
 from pipelines.embed.settings import EmbedSettings
 from tests.unit.test_duplicates import as_groups
@@ -57,8 +61,9 @@ def index(catalogue, tiny_clip):
     return str(catalogue / "idx")
 
 
-def test_byte_copies_and_reencoded_copies_group_and_distinct_photos_do_not(index):
-    counts = write_duplicates(index, THRESHOLD)
+def test_byte_copies_and_reencoded_copies_group_and_distinct_photos_do_not(index, capsys):
+    assert main(["duplicates", "--index", index, "--threshold", str(THRESHOLD)]) == 0
+    assert "4 groups, 8 items in them (image vectors at cosine >= 0.9995; 26 searched" in capsys.readouterr().out
     table = pq.read_table(f"{index}/{DUPLICATES_FILE}")
     assert as_groups(table) == {
         "p03": {"p03", "same-3"},
@@ -68,7 +73,38 @@ def test_byte_copies_and_reencoded_copies_group_and_distinct_photos_do_not(index
     }
     sim = dict(zip(table.column("id").to_pylist(), table.column("similarity").to_pylist()))
     assert sim["same-3"] == pytest.approx(1.0, abs=1e-6) and THRESHOLD <= sim["re-5"] < 1.0
-    assert counts["searched"] == 26  # the two byte copies share their originals' search
+    # 26 searched: the two byte copies share their originals' search
+
+
+def hits(capsys, *flags) -> list[str]:
+    capsys.readouterr()
+    assert main(["search", *flags, "--json"]) == 0
+    return [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()]
+
+
+def test_search_collapses_each_group_to_its_best_hit(index, catalogue, capsys):
+    write_duplicates(index, THRESHOLD)
+    query = str(catalogue / "query.jpg")
+    (catalogue / "query.jpg").write_bytes(pq.read_table(catalogue / "items.parquet").column("jpg")[5].as_py())
+    plain = hits(capsys, "--index", index, "--image", query, "--k", "10")
+    assert set(plain[:2]) == {"p05", "re-5"}  # the photo and its re-encoded copy, both
+    collapsed = hits(capsys, "--index", index, "--image", query, "--k", "5", "--collapse-duplicates")
+    assert collapsed[0] in {"p05", "re-5"} and "re-5" not in collapsed[1:] and "p05" not in collapsed[1:]
+    assert len(collapsed) == 5 and collapsed[1:] == [h for h in plain if h not in {"p05", "re-5"}][:4]
+
+
+def test_duplicates_refuse_bad_requests(index, tmp_path, capsys):
+    assert main(["duplicates", "--index", index, "--threshold", "1.5"]) == 2
+    assert "--threshold must be a cosine in (0, 1]" in capsys.readouterr().err
+    assert main(["duplicates", "--index", str(tmp_path)]) == 2
+    assert "run `fusionindex build-index`" in capsys.readouterr().err
+    storage.write_json(str(tmp_path / "LATEST"), {"run": "runs/x"})
+    assert main(["duplicates", "--index", str(tmp_path)]) == 2
+    assert "a published run is never changed" in capsys.readouterr().err
+    no_groups = str(tmp_path / "idx")
+    shutil.copytree(index, no_groups, ignore=shutil.ignore_patterns(DUPLICATES_FILE))
+    assert main(["search", "--index", no_groups, "--text", "x", "--collapse-duplicates"]) == 2
+    assert "run `fusionindex duplicates --index" in capsys.readouterr().err
 
 
 def test_fused_copies_need_the_same_caption_too(index):

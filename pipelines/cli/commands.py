@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from encoders.settings import RandomClipSettings
+from index_builder.duplicates_settings import DuplicatesSettings
 from index_builder.settings import BuildSettings, EvaluateIndexSettings
 from pipelines.cli import summaries
 from pipelines.cli.options import Parser, add_options
@@ -61,6 +62,15 @@ COMMANDS = (
         EvaluateIndexSettings,
         summaries.cmd_evaluate_index,
         "re-measure an index: recall@1/10/100 against exact search, recall by nprobe, latency",
+    ),
+    Command(
+        "duplicates",
+        DuplicatesSettings,
+        summaries.cmd_duplicates,
+        "near-duplicate groups of an index's items: IDX/duplicates.parquet",
+        "Group the items of IDX whose stored vectors are at cosine >= --threshold (connected components of those "
+        "pairs; exact copies by their bytes or caption without a search) and write IDX/duplicates.parquet: id, "
+        "group_id, similarity. `search --collapse-duplicates` then returns one result per group.",
     ),
     Command("search", SearchSettings, summaries.cmd_search, "rank the index for a text and/or image query"),
     Command(

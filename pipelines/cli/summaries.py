@@ -7,6 +7,7 @@ import json
 from encoders.errors import SettingsError
 from encoders.options import flag_of
 from encoders.settings import RandomClipSettings
+from index_builder.duplicates_settings import DuplicatesSettings
 from index_builder.settings import BuildSettings, EvaluateIndexSettings
 from pipelines.cli.options import settings_from
 from pipelines.datasets.settings import CatalogueSettings, SampleSettings
@@ -62,6 +63,24 @@ def cmd_build(args, rest) -> int:
         f"recall@{r['k']} {r['recall_at_k']:.3f} vs exact on {r['queries']} held-out queries"
         + ("" if r["reached"] else f", BELOW the target {r['target']}")
         + f") in {m['timings']['total_s']:.1f} s"
+    )
+    return 0
+
+
+def cmd_duplicates(args, rest) -> int:
+    from index_builder.index_duplicates import DUPLICATES_FILE, write_duplicates
+    from pipelines.reindex.root import read_latest
+
+    s = settings_from(DuplicatesSettings, args)
+    if read_latest(s.index) is not None:
+        raise SettingsError(
+            f"{s.index} is a reindex ROOT, and a published run is never changed afterwards: give an index "
+            "directory of your own (build-index --output IDX)"
+        )
+    c = write_duplicates(s.index, s.threshold, s.vector)
+    print(
+        f"{c['groups']} groups, {c['rows_in_groups']} items in them ({c['vector']} vectors at cosine >= "
+        f"{c['threshold']:g}; {c['searched']} searched over {c['search']}) -> {s.index}/{DUPLICATES_FILE}"
     )
     return 0
 

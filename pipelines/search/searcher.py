@@ -14,6 +14,7 @@ from encoders.fusion import Fusion, fusion_from_params
 from encoders.images import ImageRejected, decode_image
 from encoders.models import load_towers
 from encoders.towers import Towers, embed_query
+from index_builder.index_duplicates import collapse, read_groups
 from index_builder.search import Hit, LoadedIndex
 from pipelines.reindex.root import resolve_index
 from pipelines.search.settings import SearchSettings
@@ -71,8 +72,24 @@ def read_query_image(path: str) -> Image.Image:
         raise InputError(f"--image {path}: not a usable image ({exc.reason}: {exc})") from exc
 
 
+def collapsed_search(searcher: Searcher, query: np.ndarray, k: int, nprobe: int | None, groups: dict) -> list[Hit]:
+    """The top k hits of one query vector, one per near-duplicate group (`groups`: id -> group_id):
+    4x more hits are asked for until k groups show or the index has no more to give."""
+    fetch, ntotal = k, searcher.index.index.ntotal
+    while True:
+        fetch = min(ntotal, fetch * 4)
+        hits = searcher.search(query, fetch, nprobe)[0]
+        out = collapse(hits, groups, k)
+        if len(out) >= k or fetch >= ntotal or len(hits) < fetch:
+            return out
+
+
 def run_search(s: SearchSettings) -> list[Hit]:
-    """The top s.k hits for the query (the image is read before any model loads)."""
+    """The top s.k hits for the query (the image and the groups are read before any model loads)."""
     image = read_query_image(s.image) if s.image is not None else None
+    groups = read_groups(resolve_index(s.index)) if s.collapse_duplicates else None
     searcher = Searcher.open(s.index, s.model, s.device)
-    return searcher.search(searcher.query_vector(s.text, image), s.k, s.nprobe)[0]
+    query = searcher.query_vector(s.text, image)
+    if groups is not None:
+        return collapsed_search(searcher, query, s.k, s.nprobe, groups)
+    return searcher.search(query, s.k, s.nprobe)[0]

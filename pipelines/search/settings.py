@@ -20,6 +20,9 @@ class SearchSettings:
     model: str | None = option(None, metavar="SPEC", help="default: the model the embeddings were made with")
     device: str | None = option(None, help="torch device (default: cuda when present, else cpu)")
     json: bool = option(False, help="one JSON object per line: rank, id, score, caption")
+    collapse_duplicates: bool = option(
+        False, help="one result per near-duplicate group (IDX/duplicates.parquet, from `duplicates`)"
+    )
 
     def __post_init__(self) -> None:
         text, image = flag_of(self, "text"), flag_of(self, "image")

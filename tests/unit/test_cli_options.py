@@ -14,6 +14,7 @@ import pytest
 from encoders.errors import SettingsError
 from encoders.options import flag, flag_of, is_option
 from encoders.settings import RandomClipSettings, TrainConfig
+from index_builder.duplicates_settings import DuplicatesSettings
 from index_builder.settings import BuildSettings, EvaluateIndexSettings
 from pipelines.cli import build_parser, main, settings_from
 from pipelines.cli.commands import COMMANDS
@@ -38,6 +39,7 @@ VALID = {
     FinetuneSettings: dict(train=("a",), val=("b",), output="o"),
     EvaluateSettings: dict(model="m", data=("d",)),
     EvaluateIndexSettings: dict(index="i"),
+    DuplicatesSettings: dict(index="i"),
     ReportSettings: dict(index="i", output="o.html"),
     CatalogueSettings: dict(output="o"),
     SampleSettings: dict(output="o"),
@@ -54,6 +56,7 @@ REQUIRED = {
     "finetune": ["--train", "a", "--val", "b", "--output", "o"],
     "evaluate": ["--model", "m", "--data", "d"],
     "evaluate-index": ["--index", "i"],
+    "duplicates": ["--index", "i"],
     "report": ["--index", "i", "--output", "o.html"],
     "make-catalogue": ["--output", "o"],
     "make-sample": ["--output", "o"],
