@@ -180,7 +180,7 @@ PRODUCT = ("pipelines", "encoders", "index_builder")
 # Quoted in messages but no option of ours: Beam's (beam.py checks them), the docs tool's own.
 NOT_OURS = {"--runner", "--experiments", "--check"}
 # Named by a message before its option exists: the owner adds the option, then removes it here.
-PENDING = {"--threshold": "index_builder/index_duplicates.py (the duplicates option to come)"}
+PENDING: dict[str, str] = {}  # flag -> where a message names it before its option exists
 
 
 def _quoted_flags(path: Path) -> set[str]:
