@@ -197,7 +197,6 @@ def test_failed_run_leaves_no_manifest(tmp_path, tiny_clip):
     assert not os.path.exists(os.path.join(out, "manifest.json"))
 
 
-@pytest.mark.beam
 def test_output_dir_with_foreign_files_is_refused(tmp_path, tiny_clip, sample_dir):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(InputError, match="not a fusionindex run"):
