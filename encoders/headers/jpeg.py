@@ -88,31 +88,26 @@ def _walk(data: bytes) -> _Segments | None:
             return None
         if kind == _SOS:  # PIL reads its header and stops
             return found
-        if not _segment(data, m, kind, start, end, found):
+        if kind != _SKIP and not _segment(data, m, kind, start, end, found):
             return None
-        pos = _after_segment(data, end)
-        if pos < 0:
-            return None
+        # PIL reads one byte and, unless it is 0xFF, skips bytes up to the next 0xFF
+        if end < n and data[end] == 0xFF:
+            pos = end + 1
+        else:
+            pos = find(b"\xff", end)
+            if pos < 0:
+                return None
+            pos += 1
 
 
 def _segment(data: bytes, m: int, kind: int, start: int, end: int, found: _Segments) -> bool:
-    """Read the segment data[start:end] of marker m into `found`; False where PIL fails on it."""
-    if kind == _SKIP:
-        return True
+    """Read the segment data[start:end] of marker m (not a length-only one) into `found`; False
+    where PIL fails on it."""
     if kind == _DQT:
         return _dqt_ok(data, start, end)
     if kind == _SOF:
         return _frame(data, start, end, found)
     return _app(data, m, start, end, found)
-
-
-def _after_segment(data: bytes, end: int) -> int:
-    """Where the next marker byte is: PIL reads one byte and, unless it is 0xFF, skips bytes up
-    to the next 0xFF. -1 where there is none."""
-    if end < len(data) and data[end] == 0xFF:
-        return end + 1
-    pos = data.find(b"\xff", end)
-    return pos + 1 if pos >= 0 else -1
 
 
 def _dqt_ok(data: bytes, start: int, end: int) -> bool:
