@@ -335,3 +335,30 @@ def test_the_gpu_checks_parity_tool_passes_equal_runs_and_fails_a_changed_vector
     assert "parity FAILED: cosine below 0.999 in fused" in capsys.readouterr().out
     f = figures(out, str(copy))
     assert f["fused"]["cosine_min"] < -0.99 and f["image"]["cosine_min"] > 0.99999 and f["same_ids"]
+
+
+def test_the_driver_resolves_the_model_and_runtime_once_and_hands_them_down(
+    tmp_path, tiny_clip, sample_dir, monkeypatch
+):
+    """One run (in-process workers): --model is described once, by the driver, and the Runtime
+    resolved once; the handler and the towers' loader use the records they are handed."""
+    import encoders.models
+    import pipelines.embed.embedder
+    import pipelines.embed.run
+
+    calls: dict[str, int] = {"describe": 0, "runtime": 0}
+
+    def counted(name, real):
+        def call(*args, **kw):
+            calls[name] += 1
+            return real(*args, **kw)
+
+        return call
+
+    monkeypatch.setattr(
+        encoders.models, "describe_checkpoint", counted("describe", encoders.models.describe_checkpoint)
+    )
+    for module in (pipelines.embed.run, pipelines.embed.embedder):
+        monkeypatch.setattr(module, "resolve_runtime", counted("runtime", module.resolve_runtime))
+    m = run_embed(EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path / "o"), model=tiny_clip))
+    assert m["counts"]["embedded"] == 56 and calls == {"describe": 1, "runtime": 1}

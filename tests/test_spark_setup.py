@@ -55,3 +55,17 @@ encoders.loading.ModelLoadError: model 'clip' is not a local directory
 Caused by: org.apache.spark.api.python.PythonException: Traceback"""
     assert python_error(java) == "encoders.loading.ModelLoadError: model 'clip' is not a local directory"
     assert python_error("something else\nat x") == "something else"
+
+
+def test_what_spark_executors_import_holds_no_beam():
+    """The executors' modules (the daemon's imports: the Spark driver, the unit worker and its
+    stream, the embedder) run without Beam: the handler's Beam adapter is not among them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pipelines.embed.spark, pipelines.embed.worker, pipelines.embed.stream, pipelines.embed.embedder; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'apache_beam'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

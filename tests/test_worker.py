@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +16,8 @@ from pipelines.embed.handler import EmbeddingModelHandler
 from pipelines.embed.rows import RowPlan
 from pipelines.embed.settings import EmbedSettings
 from pipelines.embed.shards import committed_runtime
-from pipelines.embed.worker import UnitFeeder, UnitJob, UnitWorker
+from pipelines.embed.stream import UnitFeeder
+from pipelines.embed.worker import UnitJob, UnitWorker
 from pipelines.inputs import plan_inputs
 
 
@@ -68,27 +70,53 @@ def shard_tables(out: str, plan) -> list:
     return [pq.read_table(os.path.join(out, "embeddings", shard_name(u.index, len(plan.units)))) for u in plan.units]
 
 
+class Overlapping(EmbeddingModelHandler):
+    """The real handler, whose `complete` of batch n waits until batch n + 1 is prepared (the last
+    batch excepted): it fails, after a minute, unless the decode thread runs ahead of the forward
+    passes, unit boundaries included."""
+
+    def __init__(self, settings: EmbedSettings, total: int):
+        super().__init__(settings)
+        self.total, self.prepared, self.completed = total, 0, 0
+        self.changed = threading.Condition()
+
+    def prepare_ahead(self, *args, **kw):
+        out = super().prepare_ahead(*args, **kw)
+        with self.changed:
+            self.prepared += 1
+            self.changed.notify_all()
+        return out
+
+    def complete(self, *args, **kw):
+        n = self.completed + 1
+        with self.changed:
+            ahead = self.changed.wait_for(lambda: self.prepared >= min(n + 1, self.total), timeout=60)
+        assert ahead, f"batch {n + 1} was not prepared while batch {n} ran forward"
+        self.completed = n
+        return super().complete(*args, **kw)
+
+
 def test_units_stream_through_one_pipeline_with_decode_ahead(tmp_path, tiny_clip, sample_dir):
-    """With read/decode-ahead, a unit's end comes after the next unit's first batch (which is then
-    read and decoded while the unit's last batch runs forward), and the shards equal those of
-    units embedded one at a time without threads."""
+    """With read/decode-ahead, the next batch (the next unit's first, at a unit's end) is read and
+    decoded while a batch runs forward, and the shards equal those of units embedded one at a
+    time without threads."""
     one = EmbedSettings(inputs=(sample_dir,), output=str(tmp_path / "one"), model=tiny_clip, batch_size=5)
     plan = plan_inputs([sample_dir], one.columns)
     assert len(plan.units) >= 4
-    for unit in plan.units:
-        worker(one, plan, resume=False, loads=[]).process(unit)
+    batches = sum(len(worker(one, plan, resume=False, loads=[]).process(unit).batch_ms) for unit in plan.units)
 
     many = dataclasses.replace(one, output=str(tmp_path / "many"), decode_ahead="on")
+    handler = Overlapping(many, batches)
     loads: list = []
-    w = worker(many, plan, resume=False, loads=loads)
-    order = [
-        (run.unit.index, batch is None)
-        for run, batch in w._batches(map(w._in_flight, plan.units, [()] * len(plan.units)), True)
-    ]
-    for k in range(1, len(plan.units)):
-        assert order.index((k, False)) < order.index((k - 1, True)) < order.index((k, True))
+
+    def load():
+        loads.append(1)
+        return handler.load_model()
+
+    w = UnitWorker(UnitJob(many, tuple(u.path for u in plan.units), 16, False), handler, load)
     reports = list(w.process_many((u, ()) for u in plan.units))
     assert [r.unit for r in reports] == [u.index for u in plan.units] and loads == [1]
+    assert handler.completed == batches
     # the units' thread waits and runs forward; reading, decoding and the shard's writing run beside it
     assert all("wait" in r.stages and {"read", "decode", "write"} <= set(r.ahead) for r in reports)
     assert not any("write" in r.stages for r in reports)

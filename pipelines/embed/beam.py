@@ -34,8 +34,9 @@ from pipelines.embed.join import DELETED, decide_grouped, previous_keys, today_k
 from pipelines.embed.process import set_up_worker
 from pipelines.embed.rows import RowPlan
 from pipelines.embed.settings import EmbedSettings, Runtime
+from pipelines.embed.stream import UnitFeeder
 from pipelines.embed.timings import AHEAD_PREFIX, UNIT_PREFIX, stage_metrics
-from pipelines.embed.worker import UnitFeeder, UnitJob, UnitWorker
+from pipelines.embed.worker import UnitJob, UnitWorker
 from pipelines.inputs import InputPlan, WorkUnit
 
 log = logging.getLogger(__name__)
