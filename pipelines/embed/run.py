@@ -132,6 +132,18 @@ def check_accounting(counts: dict, plan: InputPlan) -> None:
         )
 
 
+def engine_work(s: EmbedSettings, plan: InputPlan, r: Resolved, out: Output, after_commit) -> EngineWork:
+    """What the engine runs: the units, and what each worker needs (the UnitJob: the records resolved here)."""
+    job = UnitJob(
+        s, tuple(u.path for u in plan.units), r.model.dim, out.resume, model=r.model, runtime=r.runtime,
+        previous_shards=out.previous_shards, after_commit=after_commit,
+    )  # fmt: skip
+    comparable = bool(out.previous and out.previous["comparable"])
+    return EngineWork(
+        plan, job, shared_model_tag(s, r.model.fingerprint), comparable, storage.join(s.output, JOIN_FILE)
+    )
+
+
 def run_embed(
     settings: EmbedSettings,
     beam_args: list[str] | None = None,
@@ -159,11 +171,8 @@ def run_embed(
         raise InputError(f"the input files hold no rows: {', '.join(plan.files) or '(all unreadable)'}")
     dry_run = engine.dry_run()
     out = prepare(s, plan, r, previous, companions, dry_run)
-    paths = tuple(u.path for u in plan.units)
-    job = UnitJob(s, paths, r.model.dim, out.resume, r.model, r.runtime, out.previous_shards, after_commit)
-    comparable = bool(out.previous and out.previous["comparable"])
-    join_path = storage.join(s.output, JOIN_FILE)
-    work = EngineWork(plan, job, shared_model_tag(s, r.model.fingerprint), comparable, join_path)
+    work = engine_work(s, plan, r, out, after_commit)
+    join_path = work.join_counts
     t_pipeline = time.monotonic()
     with nullcontext() if dry_run else Watcher(s.output, plan.units):  # rows done / total, rows/s, ETA
         done = engine.run(work)

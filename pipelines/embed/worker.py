@@ -21,7 +21,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 from encoders import storage
 from encoders.errors import InputError
@@ -50,6 +50,7 @@ class UnitJob:
     unit_paths: tuple[str, ...]  # unit index -> its source file, for messages
     dim: int
     resume: bool  # the directory's committed shards belong to this run (equal run key)
+    _: KW_ONLY
     model: ResolvedModel | None = None  # the --model the driver resolved (None: each worker resolves it)
     runtime: Runtime | None = None  # the driver's Runtime when the workers are its machine (None: resolved per worker)
     previous_shards: tuple[str, ...] = ()  # the previous run's shards, which `unchanged` plans point into
