@@ -1073,6 +1073,10 @@ def table(results: dict) -> str:
             f"PQ training {p['n']} x 64: polysemous {p['train_s']['polysemous']} s vs np {p['train_s']['np']} s "
             f"({p['slowdown']}x)"
         ]
+    if "frontier" in results:
+        from benchmarks import frontier
+
+        lines += frontier.table(results["frontier"])
     return "\n".join(lines)
 
 
@@ -1083,7 +1087,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sections",
         default="embed,stages,peer,rss,index,pq",
         help="comma-separated; also: reindex (~25 min at --reindex-rows 16384), budget (~5 min), ondisk (~10 min), "
-        "plan (~1 min)",
+        "plan (~1 min), frontier (~1 h at --frontier-n 200000)",
     )
     ap.add_argument(
         "--peer-venv", default=str(ROOT / ".peer-venv"), help="venv holding clip-retrieval 2.45 (make bench-peer)"
@@ -1117,6 +1121,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ondisk-factory", default="IVF4096,SQ8", help="factory of the on-disk section")
     ap.add_argument("--reindex-rows", type=int, default=4096, help="rows of the reindex section's full night")
     ap.add_argument("--plan-files", type=int, default=2000, help="Parquet files of the plan section")
+    ap.add_argument("--frontier-n", type=int, default=200_000, help="vectors of each set of the frontier section")
+    ap.add_argument("--frontier-sets", default="isotropic-256,anisotropic-512", help="the frontier section's sets")
+    ap.add_argument("--frontier-target", type=float, default=0.95, help="--target-recall of the frontier section")
+    ap.add_argument("--frontier-threads", type=int, default=2, help="faiss threads of the frontier section")
     ap.add_argument(
         "--repeat",
         type=int,
@@ -1146,6 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
             ("budget", lambda: bench_budget(work, args)),
             ("ondisk", lambda: bench_ondisk(work, args)),
             ("plan", lambda: bench_plan(work, args)),
+            ("frontier", lambda: _frontier(work, args)),
         ):
             if name in sections:
                 t = time.perf_counter()
@@ -1154,6 +1163,12 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     write_results(args.output, results)
     return 0
+
+
+def _frontier(work: Path, args) -> dict:
+    from benchmarks.frontier import bench_frontier
+
+    return bench_frontier(work, args)
 
 
 def write_results(path: str | Path, results: dict) -> None:

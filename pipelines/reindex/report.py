@@ -1,5 +1,6 @@
 """report.json and report.html of a nightly run: counts, stage timings and throughput, reject
-reasons with examples, gate values against their limits, a recall-vs-nprobe plot, the canary
+reasons with examples, gate values against their limits, a recall-vs-nprobe plot, the frontier
+(recall against bytes per vector of the candidates screened), the canary
 overlap, and sample queries with their top results as images. One self-contained HTML file
 (inline SVG plot, inline JPEG thumbnails)."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import random
 
 from encoders import storage
@@ -53,6 +55,7 @@ def write_report(run: str, record: dict, em: dict, im: dict, s, canaries: list[s
         **record,
         "reject_examples": reject_examples(run),
         "recall_by_nprobe": im["recall"].get("by_nprobe", []),
+        "frontier": [r for r in im.get("choice", {}).get("screened", []) if "recall_at_k" in r],
         "queries": [],
     }
     thumbs: dict[str, str] = {}
@@ -112,6 +115,46 @@ def recall_plot(curve: list[dict], chosen: int | None, width: int = 420, height:
         f'<text x="12" y="{height / 2}" font-size="12" transform="rotate(-90 12 {height / 2})" '
         f'text-anchor="middle">recall@10</text></svg>'
     )
+
+
+def frontier_plot(rows: list[dict], kept: str, width: int = 420, height: int = 240) -> str:
+    """An SVG scatter of the screened candidates' recall@k against bytes per vector (log2 axis),
+    the kept factory in red; "" without candidates."""
+    if not rows:
+        return ""
+    pad, logs = 40, [math.log2(r["bytes_per_vector"]) for r in rows]
+    lo, hi = min(logs), max(max(logs), min(logs) + 1)
+
+    def x(b: float) -> float:
+        return pad + (width - 2 * pad) * (math.log2(b) - lo) / (hi - lo)
+
+    def y(r: float) -> float:
+        return height - pad - (height - 2 * pad) * r
+
+    dots = "".join(
+        f'<circle cx="{x(r["bytes_per_vector"]):.1f}" cy="{y(r["recall_at_k"]):.1f}" r="4" '
+        f'fill="{"#c22" if r["factory"] == kept else "#236"}"><title>{html.escape(r["factory"])}: '
+        f"{r['bytes_per_vector']:g} B, {r['recall_at_k']:.3f}</title></circle>"
+        for r in rows
+    )
+    ticks = "".join(
+        f'<text x="{x(b):.1f}" y="{height - pad + 16}" font-size="11" text-anchor="middle">{b:g}</text>'
+        for b in sorted({r["bytes_per_vector"] for r in rows})
+    )
+    return (
+        f'<svg id="frontier-plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="recall against bytes per vector">{dots}{ticks}<text x="{width / 2}" y="{height - 4}" '
+        f'font-size="12" text-anchor="middle">bytes per vector (kept in red)</text></svg>'
+    )
+
+
+def frontier_html(rows: list[dict], kept: str) -> str:
+    """The frontier of the build that chose the index: a table and its plot."""
+    if not rows:
+        return "<p>no candidates screened (a --factory or the default index)</p>"
+    table = _table([[r["factory"], r["bytes_per_vector"], f"{r['recall_at_k']:.3f}", r["nprobe"]] for r in rows],
+                   ["candidate", "bytes/vector", "recall@k (subsample)", "nprobe"])  # fmt: skip
+    return table + frontier_plot(rows, kept)
 
 
 def _table(rows: list[list], head: list[str]) -> str:
@@ -189,6 +232,7 @@ def render(data: dict, thumbs: dict[str, str]) -> str:
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:.5em 0}"
         "td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}</style></head><body>"
         f"{head}<h2>Rows</h2>{counts}<h2>Gates</h2>{gates}<h2>Stages</h2>{stages}<h2>Index</h2>{index}"
-        f"{recall_plot(data['recall_by_nprobe'], ix['nprobe'])}<h2>Rejects</h2>{rejects}"
+        f"{recall_plot(data['recall_by_nprobe'], ix['nprobe'])}"
+        f"<h3>Frontier</h3>{frontier_html(data.get('frontier', []), ix['factory'])}<h2>Rejects</h2>{rejects}"
         f"<h2>Canary queries</h2>{canary_html}<h2>Sample queries</h2>{grid or '<p>none</p>'}</body></html>\n"
     )

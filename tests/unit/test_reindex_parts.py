@@ -18,7 +18,7 @@ from encoders.errors import InputError
 from pipelines.reindex.canary import load_queries
 from pipelines.reindex.gates import check_gates, failed
 from pipelines.reindex.lock import LOCK, Busy, LockLost, RunLock, is_stale
-from pipelines.reindex.report import recall_plot
+from pipelines.reindex.report import frontier_html, recall_plot
 from pipelines.reindex.root import new_run_id, prune, publish, read_latest, resolve_index, run_ids, run_path
 
 COUNTS = {"read": 100, "embedded": 90, "rejected": 4, "skipped": 6, "new": 10, "changed": 5, "unchanged": 75,
@@ -138,3 +138,11 @@ def test_a_night_is_keyed_by_what_it_computes_from_not_by_how_it_is_kept(tmp_pat
     assert inputs_key(replace(night, embed=replace(embed, batch_size=3))) != key
     pq.write_table(pa.table({"id": ["a", "b"]}), tmp_path / "in.parquet")  # the input changed
     assert inputs_key(night) != key
+
+
+def test_the_frontier_shows_each_screened_candidate_and_marks_the_kept_one():
+    screened = (("IVF8,RaBitQ4", 148, 0.86), ("IVF8,PQ128x8np", 128, 0.8), ("IVF8,SQ4", 128, 0.7))
+    rows = [{"factory": f, "bytes_per_vector": b, "recall_at_k": r, "nprobe": 64} for f, b, r in screened]
+    page = frontier_html(rows, "IVF8,RaBitQ4")
+    assert page.count("<circle") == 3 and page.count('fill="#c22"') == 1 and "IVF8,PQ128x8np" in page
+    assert ">128<" in page and ">148<" in page and frontier_html([], "Flat").startswith("<p>no candidates")

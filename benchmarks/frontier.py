@@ -1,0 +1,214 @@
+"""`python -m benchmarks.bench --sections frontier`: the budget chooser against a sweep of every
+family, on two seeded sets of different shapes.
+
+For each set and budget (bytes per vector): `build-index --max-bytes-per-vector B` (in process)
+chooses and builds; the same build with `--factory <its choice>` times building the chosen
+index alone; the sweep builds, on all the vectors with the build's training sample size, of
+each family of index_builder.candidates the largest code within B (SQ types and PQ bit widths
+counted as families of their own), and measures recall@10 at nprobe 1..64. Every recall is
+measured the same way: 1000 queries drawn from the set's distribution but not stored, exact
+truth by inner product. OPQ rotations in the sweep are trained as the screen trains them
+(screen.OPQ_NITER updates on SCREEN_TRAIN rows): a full faiss OPQ training (50 updates) of
+OPQ128 at d=256 takes minutes on this machine.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+from faiss.contrib.evaluation import knn_intersection_measure
+
+BUDGETS = (32, 64, 96, 128, 192, 256)
+MAX_NPROBE = 64
+K = 10
+QUERIES = 1000
+
+
+def isotropic(n: int, seed: int = 21, d: int = 256) -> np.ndarray:
+    """Clusters of equal spread in every direction: 256 Gaussian centres, noise 0.5, unit length."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((256, d)).astype(np.float32)
+    x = centres[rng.integers(0, 256, n)] + 0.5 * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def anisotropic(n: int, seed: int = 22, d: int = 512) -> np.ndarray:
+    """CLIP-like: a power-law spectrum in a random basis, 2000 clusters, a shared mean direction
+    (all cosines positive), unit length."""
+    rng = np.random.default_rng(seed)
+    scale = ((1 + np.arange(d)) ** -0.7).astype(np.float32)
+    basis = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
+    centres = rng.standard_normal((2000, d)).astype(np.float32) * scale
+    x = centres[rng.integers(0, 2000, n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32) * scale
+    x = x @ basis.T + 0.15 * basis[:, 0]
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+SETS = {"isotropic-256": isotropic, "anisotropic-512": anisotropic}
+
+
+def write_set(root: Path, x: np.ndarray, shards: int = 8) -> None:
+    """x as an embed run's output under root (shards + manifest), the fused column holding it."""
+    from encoders import storage
+    from index_builder.embeddings import embeddings_table, shard_name
+
+    (root / "embeddings").mkdir(parents=True, exist_ok=True)
+    for i, part in enumerate(np.array_split(np.arange(len(x)), shards)):
+        v = x[part]
+        table = embeddings_table([str(j) for j in part], [""] * len(part), v, v, v)
+        pq.write_table(table, root / "embeddings" / shard_name(i, shards))
+    storage.write_json(str(root / "manifest.json"), {"dim": int(x.shape[1])})
+
+
+def recall_curve(index: faiss.Index, q: np.ndarray, gt: np.ndarray) -> dict[int, float]:
+    """recall@K at every power-of-two nprobe up to MAX_NPROBE (the index's nlist at most)."""
+    from index_builder.params import search_parameters
+
+    nlist = faiss.extract_index_ivf(index).nlist
+    out = {}
+    for p in [1 << i for i in range(MAX_NPROBE.bit_length()) if 1 << i <= min(MAX_NPROBE, nlist)]:
+        found = index.search(q, K, params=search_parameters(index, p))[1]
+        out[p] = round(float(knn_intersection_measure(found, gt)), 4)
+    return out
+
+
+def sweep_families(d: int, nlist: int, n: int, budget: float) -> list:
+    """Of each family (SQ types and PQ bit widths apart), the largest code within `budget`."""
+    from index_builder.candidates import largest_per_family, space
+
+    cands = space(n, d, nlist)
+    split = [c for c in cands]
+    keyed = {}
+    for c in split:
+        key = c.family
+        if c.family == "SQ":
+            key = c.factory.split(",")[-1]
+        elif c.family == "PQ":
+            key = "PQx8" if c.factory.endswith("x8np") else "PQx<8"
+        keyed.setdefault(key, []).append(c)
+    out = []
+    for members in keyed.values():
+        out += largest_per_family(members, n, max_bytes_per_vector=budget)
+    return sorted(out, key=lambda c: -c.bytes_per_vector)
+
+
+def sweep_build(factory: str, x: np.ndarray, train_size: int, q: np.ndarray, gt: np.ndarray) -> dict:
+    """One sweep index on all of x, trained on a seeded sample of train_size: its recall curve."""
+    from index_builder.screen import OPQ_NITER, SCREEN_TRAIN
+
+    t = time.monotonic()
+    xt = x[np.sort(np.random.default_rng(0).choice(len(x), min(train_size, len(x)), replace=False))]
+    index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    if isinstance(index, faiss.IndexPreTransform):
+        rotation = faiss.downcast_VectorTransform(index.chain.at(0))
+        rotation.niter = OPQ_NITER
+        rotation.train(xt[:SCREEN_TRAIN])
+    index.train(xt)
+    index.add(x)
+    curve = recall_curve(index, q, gt)
+    best = max(curve, key=lambda p: (curve[p], -p))
+    return {"factory": factory, "recall_at_10": curve[best], "nprobe": best, "curve": curve,
+            "build_s": round(time.monotonic() - t, 2)}  # fmt: skip
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def chooser_build(src: Path, out: Path, budget: float | None, factory: str | None, target: float) -> tuple[dict, float]:
+    """(manifest, CPU seconds) of one in-process build-index: with a budget, or --factory."""
+    from index_builder.build import build_index
+    from index_builder.settings import BuildSettings
+
+    c = _cpu()
+    m = build_index(BuildSettings(str(src), str(out), max_bytes_per_vector=budget, factory=factory,
+                                  target_recall=target))  # fmt: skip
+    return m, _cpu() - c
+
+
+def bench_set(work: Path, name: str, n: int, target: float) -> dict:
+    """The chooser at every budget against the sweep, on set `name` of n vectors."""
+    from encoders import storage
+    from index_builder.factory import choose_nlist, choose_train_size
+
+    x = SETS[name](n + QUERIES)
+    x, q = x[:n], x[n:]
+    gt = faiss.knn(q, x, K, faiss.METRIC_INNER_PRODUCT)[1]
+    src = work / name
+    write_set(src, x)
+    d, nlist = x.shape[1], choose_nlist(n)
+    train_size = choose_train_size(n, f"IVF{nlist},Flat")
+    built: dict[str, dict] = {}
+    rows = []
+    for budget in BUDGETS:
+        sweep = []
+        for c in sweep_families(d, nlist, n, budget):
+            if c.factory not in built:
+                built[c.factory] = {**sweep_build(c.factory, x, train_size, q, gt), "family": c.family,
+                                    "bytes_per_vector": c.bytes_per_vector}  # fmt: skip
+            sweep.append(built[c.factory])
+        row = {"budget": budget, "sweep": sweep}
+        if sweep:
+            row["sweep_best"] = max(sweep, key=lambda s: s["recall_at_10"])
+            m, cpu = chooser_build(src, work / f"{name}-{budget}", budget, None, target)
+            alone, alone_cpu = chooser_build(src, work / f"{name}-{budget}-alone", None, m["factory"], target)
+            index = faiss.read_index(str(work / f"{name}-{budget}" / "index.faiss"))
+            curve = recall_curve(index, q, gt)
+            chosen_nprobe = min(m["nprobe"], max(curve))
+            row["chosen"] = {"factory": m["factory"], "bytes_per_vector": m["bytes_per_vector"],
+                             "memory_bytes": m["memory_bytes"], "nprobe": m["nprobe"],
+                             "recall_at_10": curve.get(m["nprobe"], curve[chosen_nprobe]),
+                             "recall_at_10_nprobe_64": curve[max(curve)], "batch_1_ms": m["latency"]["batch_1_ms"],
+                             "choose_build_s": m["timings"]["total_s"], "screen_s": m["timings"].get("screen_s"),
+                             "choose_build_cpu_s": round(cpu, 1), "alone_s": alone["timings"]["total_s"],
+                             "alone_cpu_s": round(alone_cpu, 1), "screened": m["choice"]["screened"]}  # fmt: skip
+            row["chosen"]["ratio_to_alone"] = round(row["chosen"]["choose_build_s"] / row["chosen"]["alone_s"], 2)
+            row["chosen"]["gap_to_sweep"] = round(
+                row["sweep_best"]["recall_at_10"] - row["chosen"]["recall_at_10_nprobe_64"], 4
+            )
+            for path in (work / f"{name}-{budget}", work / f"{name}-{budget}-alone"):
+                storage.remove(str(path), recursive=True)
+        rows.append(row)
+        print(frontier_row(name, row), flush=True)
+    return {"n": n, "dim": d, "nlist": nlist, "train_size": train_size, "target_recall": target, "budgets": rows}
+
+
+def frontier_row(name: str, row: dict) -> str:
+    """One printed line: the budget, the sweep's best, the chosen index and its costs."""
+    if "chosen" not in row:
+        return f"  {name} {row['budget']:>4} B: nothing fits"
+    b, c = row["sweep_best"], row["chosen"]
+    return (f"  {name} {row['budget']:>4} B: sweep best {b['factory']} {b['recall_at_10']:.3f} (np {b['nprobe']}) | "
+            f"chosen {c['factory']} {c['recall_at_10_nprobe_64']:.3f} at np 64, {c['recall_at_10']:.3f} at np "
+            f"{c['nprobe']} | {c['choose_build_s']:.0f} s vs {c['alone_s']:.0f} s alone ({c['ratio_to_alone']}x), "
+            f"{c['batch_1_ms']:.2f} ms/query")  # fmt: skip
+
+
+def bench_frontier(work: Path, args) -> dict:
+    """Both sets at args.frontier_n vectors (fewer with --frontier-n for a quick run)."""
+    faiss.omp_set_num_threads(args.frontier_threads)
+    out = {"budgets": list(BUDGETS), "threads": args.frontier_threads}
+    for name in args.frontier_sets.split(","):
+        out[name] = bench_set(work, name, args.frontier_n, args.frontier_target)
+    return out
+
+
+def table(results: dict) -> list[str]:
+    """The printed sweep table of every set: each family's recall@10 at each budget."""
+    lines = []
+    for name, r in results.items():
+        if not isinstance(r, dict) or "budgets" not in r:
+            continue
+        lines.append(f"frontier {name} ({r['n']} x {r['dim']}, IVF{r['nlist']}, recall@10 at nprobe <= {MAX_NPROBE}):")
+        for row in r["budgets"]:
+            lines.append(frontier_row(name, row))
+            for s in row["sweep"]:
+                lines.append(f"      {s['factory']:<34} {s['bytes_per_vector']:>6g} B  {s['recall_at_10']:.3f} "
+                             f"(np {s['nprobe']}, {s['build_s']:.0f} s)")  # fmt: skip
+    return lines
