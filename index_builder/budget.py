@@ -71,13 +71,14 @@ class Choice:
     screen_s: float = 0.0
 
 
-def choose(cfg: BuildSettings, samples: Samples, factories: list[str], d: int) -> Choice:
+def choose(cfg: BuildSettings, samples: Samples, factories: list[str], n: int, d: int) -> Choice:
     """With more than one candidate, screen them on the training sample (index_builder.screen) and
-    keep the winner; the coarse centroids trained for the screen are handed to the final build."""
+    keep the winner; the coarse centroids trained for the screen are handed to the final build.
+    `factories`: plan(cfg, n, d)'s."""
     if len(factories) < 2:
         return Choice(factories)
     t = time.monotonic()
-    cands = [c for c in budget_candidates(cfg, samples.n_valid, d) if c.factory in factories]
+    cands = [c for c in budget_candidates(cfg, n, d) if c.factory in factories]
     nlist = cands[0].nlist
     xt = samples.train.x
     log.info(

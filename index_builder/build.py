@@ -76,7 +76,9 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
         log.info("building %s over %d vectors (%s, dim %d) on the template of %s (%s)", factories[0], total,
                  cfg.vector, d, cfg.template, training["reason"])  # fmt: skip
     timings["drift_s"] = time.monotonic() - t
-    choice = choose(cfg, samples, factories, d) if reused is None else Choice(factories, _screened_by(cfg.template))
+    choice = (
+        choose(cfg, samples, factories, total, d) if reused is None else Choice(factories, _screened_by(cfg.template))
+    )
     timings["screen_s"], fitting, factories = choice.screen_s, len(factories), choice.factories
 
     table = ids_table(shards, cache)
