@@ -14,6 +14,7 @@ OPQ128 at d=256 takes minutes on this machine.
 
 from __future__ import annotations
 
+import json
 import resource
 import time
 from pathlib import Path
@@ -132,7 +133,7 @@ def chooser_build(src: Path, out: Path, budget: float | None, factory: str | Non
     return m, _cpu() - c
 
 
-def bench_set(work: Path, name: str, n: int, target: float) -> dict:
+def bench_set(work: Path, name: str, n: int, target: float, partial: Path | None = None) -> dict:
     """The chooser at every budget against the sweep, on set `name` of n vectors."""
     from encoders import storage
     from index_builder.factory import choose_nlist, choose_train_size
@@ -176,6 +177,8 @@ def bench_set(work: Path, name: str, n: int, target: float) -> dict:
                 storage.remove(str(path), recursive=True)
         rows.append(row)
         print(frontier_row(name, row), flush=True)
+        if partial is not None:  # a long run's figures so far, readable before it ends
+            partial.write_text(json.dumps({"set": name, "n": n, "budgets": rows}, indent=1) + "\n")
     return {"n": n, "dim": d, "nlist": nlist, "train_size": train_size, "target_recall": target, "budgets": rows}
 
 
@@ -195,7 +198,8 @@ def bench_frontier(work: Path, args) -> dict:
     faiss.omp_set_num_threads(args.frontier_threads)
     out = {"budgets": list(BUDGETS), "threads": args.frontier_threads}
     for name in args.frontier_sets.split(","):
-        out[name] = bench_set(work, name, args.frontier_n, args.frontier_target)
+        partial = Path(args.output).with_suffix(f".{name}.partial.json")
+        out[name] = bench_set(work, name, args.frontier_n, args.frontier_target, partial)
     return out
 
 
