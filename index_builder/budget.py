@@ -89,6 +89,8 @@ def choose(cfg: BuildSettings, samples: Samples, factories: list[str], n: int, d
     )
     centroids = coarse_centroids(xt, nlist, cfg.seed)
     records = screen(cands, ScreenData(xt, samples.queries, centroids, cfg.recall_k))
+    memory = {c.factory: c.memory(n) for c in cands}
+    records = [{**r, "memory_bytes": memory[r["factory"]]} for r in records]  # what --max-memory bounds, for n
     winner = next(r for r in records if "error" not in r)
     log.info("kept %s (%g B): recall@%d %.3f on the subsample", winner["factory"], winner["bytes_per_vector"],
              cfg.recall_k, winner["recall_at_k"])  # fmt: skip

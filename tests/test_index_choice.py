@@ -48,6 +48,7 @@ def test_a_budget_too_small_for_the_target_keeps_the_screens_winner_and_says_so(
     screened = m["choice"]["screened"]
     assert {r["factory"] for r in screened} == {"IVF128,PQ4x4fs", "IVF128,PQ2x8np"}  # each family's 2-byte code
     assert all(r["bytes_per_vector"] == 2 and 0 < r["recall_at_k"] < 0.99 for r in screened)
+    assert all(6000 * (2 + 8) < r["memory_bytes"] < 6000 * (2 + 8) + 300_000 for r in screened)  # + centroids, books
     (tried,) = m["choice"]["tried"]  # only the winner is built on everything
     assert tried["factory"] == m["factory"] == screened[0]["factory"] and not tried["reached"]
     assert "screened on a subsample" in m["choice"]["reason"] and "misses 0.99" in m["choice"]["reason"]
