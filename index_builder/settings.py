@@ -27,7 +27,8 @@ class BuildSettings:
         None,
         at_least=0.5,
         metavar="B",
-        help="budget: code bytes per vector (SQ8 is dim bytes, PQ64x8 64); the builder picks the index",
+        help="budget: bytes each vector costs in the lists apart from its id (SQ8: dim; RaBitQ: dim/8 + 8); the builder "
+        "screens every family's largest code within it and builds the most accurate",
     )
     max_memory: str | None = option(
         None, metavar="SIZE", help="budget: the whole index in RAM, e.g. 4GB or 512MiB; the builder picks the index"
@@ -35,7 +36,7 @@ class BuildSettings:
     target_recall: float = option(
         0.9,
         metavar="R",
-        help="recall@k against exact search that nprobe (and, with a budget, the index) must reach",
+        help="recall@k against exact search that nprobe must reach (a budget keeps the most accurate index either way)",
     )
     recall_k: int = option(10, at_least=1, help="k of --target-recall")
     train_size: int | None = option(
