@@ -27,8 +27,8 @@ class BuildSettings:
         None,
         at_least=0.5,
         metavar="B",
-        help="budget: bytes each vector costs in the lists apart from its id (SQ8: dim; RaBitQ: dim/8 + 8); the builder "
-        "screens every family's largest code within it and builds the most accurate",
+        help="budget: bytes each vector costs in the lists apart from its id (SQ8: dim; RaBitQ: dim/8 + 8); "
+        "the builder screens every family's largest code within it and builds the most accurate",
     )
     max_memory: str | None = option(
         None, metavar="SIZE", help="budget: the whole index in RAM, e.g. 4GB or 512MiB; the builder picks the index"
