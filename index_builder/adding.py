@@ -35,14 +35,12 @@ AddParts = Callable[[str, list[Shard], list[int], str, str, "tuple[int, int] | N
 
 
 def ids_table(shards: list[Shard], cache: ShardCache) -> pa.Table:
-    """id and caption of every row with a vector, in global-id order (row i = faiss id i)."""
-    ids, captions = [], []
+    """id, caption and the carried columns of every row with a vector, in global-id order (row i =
+    faiss id i)."""
     for shard in shards:
         if shard.path not in cache.labels:
             cache.vectors(shard)
-        ids.extend(cache.labels[shard.path][0].chunks)
-        captions.extend(cache.labels[shard.path][1].chunks)
-    return pa.table({"id": pa.chunked_array(ids, pa.string()), "caption": pa.chunked_array(captions, pa.string())})
+    return pa.concat_tables([cache.labels[shard.path] for shard in shards])
 
 
 def shard_rows(ids: pa.ChunkedArray, vectors: pa.ChunkedArray, first_id: int, only: tuple[int, int] | None):
@@ -66,7 +64,7 @@ def parts_in_process(template, shards: list[Shard], offsets: list[int], cache: S
     worker = faiss_io.copy(template)
     for i, (shard, first_id) in enumerate(zip(shards, offsets)):
         x, valid = cache.vectors(shard)
-        yield add_part(worker, *valid_rows(x, valid, cache.labels[shard.path][0], first_id, only))
+        yield add_part(worker, *valid_rows(x, valid, cache.labels[shard.path].column("id"), first_id, only))
         log.info("added shard %d/%d%s", i + 1, len(shards), f" (index shard {only[0] + 1}/{only[1]})" if only else "")
 
 

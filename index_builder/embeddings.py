@@ -60,6 +60,12 @@ def embeddings_schema(dim: int) -> pa.Schema:
     )
 
 
+def carried_columns(shard_path: str) -> list[str]:
+    """The carried columns (`embed --carry-columns`) of a shard: its columns past the standard ones."""
+    standard = set(embeddings_schema(1).names)
+    return [n for n in storage.read_schema(shard_path).names if n not in standard]
+
+
 def embeddings_table(
     ids: list[str | None],
     captions: list[str | None],

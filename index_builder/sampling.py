@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from encoders import storage
 from encoders.errors import InputError
-from index_builder.embeddings import Shard, arrow_to_vectors, read_vectors_lean, vector_column
+from index_builder.embeddings import Shard, arrow_to_vectors, carried_columns, read_vectors_lean, vector_column
 from index_builder.training import TrainingSample
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,9 @@ class ShardCache:
 
     def __init__(self, vector: str, budget_bytes: int, shards: list[Shard] | None = None, dim: int | None = None):
         self.vector = vector
-        self.columns = ["id", "caption", vector_column(vector)]
+        # ids.parquet's columns: id, caption and the embed run's carried columns (its shards' extra columns)
+        self.label_columns = ["id", "caption", *(carried_columns(shards[0].path) if shards else [])]
+        self.columns = [*self.label_columns, vector_column(vector)]
         need = sum(s.num_rows for s in shards) * (dim * 4 + 64) if shards is not None and dim else 0
         self.budget = budget_bytes if need <= budget_bytes else 0
         self.used = 0
@@ -49,7 +51,7 @@ class ShardCache:
             log.info("%d MiB of vectors exceed the %d MiB cache: streaming the shards on every pass",
                      need >> 20, budget_bytes >> 20)  # fmt: skip
         self.kept: dict[str, pa.Table] = {}
-        self.labels: dict[str, tuple[pa.ChunkedArray, pa.ChunkedArray]] = {}  # id, caption of rows with a vector
+        self.labels: dict[str, pa.Table] = {}  # label_columns of the rows with a vector
 
     def table(self, shard: Shard) -> pa.Table:
         if shard.path in self.kept:
@@ -65,14 +67,14 @@ class ShardCache:
     def vectors(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
         if self.budget or shard.path in self.kept:
             table = self.table(shard)
-            x, valid = arrow_to_vectors(table.column(2))
+            x, valid = arrow_to_vectors(table.column(self.columns[-1]))
         else:  # streaming: decoded in batches, no table (embeddings.read_vectors_lean)
             pa.default_memory_pool().release_unused()
-            table, (x, valid) = None, read_vectors_lean(shard.path, self.columns[2])
+            table, (x, valid) = None, read_vectors_lean(shard.path, self.columns[-1])
         if shard.path not in self.labels:  # ids.parquet's rows, kept from the first pass (no pass of their own)
             mask = pa.array(valid)
-            table = storage.read_parquet(shard.path, self.columns[:2]) if table is None else table
-            self.labels[shard.path] = (table.column("id").filter(mask), table.column("caption").filter(mask))
+            table = storage.read_parquet(shard.path, self.label_columns) if table is None else table
+            self.labels[shard.path] = table.select(self.label_columns).filter(mask)
         return x, valid
 
 

@@ -6,10 +6,11 @@ loaded index, so one loaded index can serve calls with different settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
+import pyarrow as pa
 
 from encoders import storage
 from encoders.errors import InputError
@@ -26,6 +27,7 @@ class Hit:
     id: str
     score: float
     caption: str | None
+    carried: dict = field(default_factory=dict)  # the item's carried columns (embed --carry-columns)
 
 
 def open_index(path: str, manifest: dict) -> faiss.Index:
@@ -42,10 +44,18 @@ def open_index(path: str, manifest: dict) -> faiss.Index:
 class LoadedIndex:
     """index.faiss + ids.parquet + manifest.json of one IDX directory."""
 
-    def __init__(self, index: faiss.Index, ids: list[str], captions: list[str | None], manifest: dict):
+    def __init__(
+        self,
+        index: faiss.Index,
+        ids: list[str],
+        captions: list[str | None],
+        manifest: dict,
+        carried: pa.Table | None = None,
+    ):
         if index.ntotal != len(ids):
             raise InputError(f"index holds {index.ntotal} vectors but ids.parquet {len(ids)} rows; rebuild the index")
         self.index, self.ids, self.captions, self.manifest = index, ids, captions, manifest
+        self.carried = carried  # ids.parquet's carried columns, row i = faiss id i
 
     @classmethod
     def load(cls, path: str) -> LoadedIndex:
@@ -53,9 +63,14 @@ class LoadedIndex:
         if not storage.exists(manifest_path):
             raise InputError(f"{path} has no {MANIFEST}: not a finished index; run `fusionindex build-index`")
         manifest = storage.read_json(manifest_path)
-        table = storage.read_parquet(storage.join(path, IDS_FILE), ["id", "caption"])
+        table = storage.read_parquet(storage.join(path, IDS_FILE))
         index = open_index(path, manifest)
-        return cls(index, table.column("id").to_pylist(), table.column("caption").to_pylist(), manifest)
+        extra = table.drop_columns(["id", "caption"])
+        ids, captions = table.column("id").to_pylist(), table.column("caption").to_pylist()
+        return cls(index, ids, captions, manifest, extra if extra.num_columns else None)
+
+    def _carried(self, row: int) -> dict:
+        return {} if self.carried is None else self.carried.slice(row, 1).to_pylist()[0]
 
     @property
     def dim(self) -> int:
@@ -72,7 +87,7 @@ class LoadedIndex:
         scores, found = self.index.search(queries, min(k, self.index.ntotal), params=params)
         return [
             [
-                Hit(r + 1, self.ids[j], float(s), self.captions[j])
+                Hit(r + 1, self.ids[j], float(s), self.captions[j], self._carried(j))
                 for r, (j, s) in enumerate(zip(row_ids, row_scores))
                 if j >= 0
             ]

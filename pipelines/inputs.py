@@ -33,11 +33,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from encoders import storage
-from encoders.errors import InputError
-from encoders.options import option
+from encoders.errors import InputError, SettingsError
+from encoders.options import flag_of, option
 
 log = logging.getLogger(__name__)
 
+# columns of the embeddings shards and rejects files: a carried column may not take their names
+RESERVED = ("id", "caption", "image_embedding", "text_embedding", "fused_embedding", "content_hash", "copied",
+            "source_file", "row_index", "reason", "message")  # fmt: skip
 IMAGE_COLUMNS = ("jpg", "png", "webp")  # img2dataset: a binary column named after the encoding
 SUCCESS = "success"
 HF_METADATA = b"huggingface"  # schema metadata `datasets` writes: {"info": {"features": {...}}}
@@ -64,12 +67,28 @@ class Columns:
     status: str | None = _column("status", "--status-column", "rows whose value is not 'success' are skipped")
     query: str | None = _column(None, "--query-column", "a shopper's query text (evaluation, fine-tuning)")
     split: str | None = _column(None, "--split-column", "train / val / test (fine-tuning, evaluation)")
+    carry: tuple[str, ...] = option(
+        (),
+        flag="--carry-columns",
+        dest="carry_columns",
+        metavar="NAME",
+        help="source columns copied, typed as in the source, into the shards, ids.parquet and search --json "
+        "(url,title,price)",
+    )
     image_struct: bool = False  # resolved per file: the image column is struct<bytes, path>
 
     def __post_init__(self) -> None:
         for name in ("status", "query", "split"):
             if getattr(self, name) == "":
                 object.__setattr__(self, name, None)
+        carry = tuple(n.strip() for value in self.carry or () for n in value.split(",") if n.strip())
+        object.__setattr__(self, "carry", tuple(dict.fromkeys(carry)))
+        taken = sorted(set(self.carry) & set(RESERVED))
+        if taken:
+            raise SettingsError(
+                f"{flag_of(self, 'carry')} {', '.join(taken)}: the embeddings or rejects files have a column of "
+                "that name; rename it in the source"
+            )
 
 
 @dataclass(frozen=True)
@@ -104,6 +123,7 @@ class Row(NamedTuple):
     image_path: str | None = None  # a Hugging Face image struct's path when it holds no bytes
     query: str | None = None
     split: str | None = None
+    carried: tuple = ()  # the values of the --carry-columns, in their order
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -170,6 +190,9 @@ def resolve_columns(schema: pa.Schema, wanted: Columns, path: str) -> Columns:
             raise InputError(f"{path}: missing column {name!r} (set {flag}); columns are: {listing}{hint}")
         if not ok(schema.field(name).type) and not pa.types.is_null(schema.field(name).type):
             raise InputError(f"{path}: column {name!r} has type {schema.field(name).type}, expected {expected}")
+    missing = [c for c in wanted.carry if c not in names]
+    if missing:
+        raise InputError(f"{path}: no column {', '.join(map(repr, missing))} (--carry-columns); columns are: {listing}")
     present = {k: getattr(wanted, k) if getattr(wanted, k) in names else None for k in ("status", "query", "split")}
     return replace(wanted, image=image, image_struct=is_image_struct(schema.field(image).type), **present)
 
@@ -194,19 +217,27 @@ def open_parquet(path: str) -> Iterator[pq.ParquetFile]:
         yield pf
 
 
-def read_footer(path: str, wanted: Columns) -> tuple[Columns, list[int]] | InputError:
-    """(resolved columns, rows per row group) of one file, from its footer alone. An unreadable
-    file is returned as its InputError (the caller decides: skip or raise); wrong columns raise."""
+def read_footer(path: str, wanted: Columns) -> tuple[Columns, list[int], pa.Schema] | InputError:
+    """(resolved columns, rows per row group, the carried columns' schema) of one file, from its
+    footer alone. An unreadable file is returned as its InputError (the caller decides: skip or
+    raise); wrong columns raise."""
     try:
         with open_parquet(path) as pf:
             schema, meta = pf.schema_arrow, pf.metadata
     except InputError as exc:
         return exc
     columns = resolve_columns(schema, wanted, path)
-    return columns, [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)]
+    carried = pa.schema([schema.field(c) for c in columns.carry])
+    return columns, [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)], carried
 
 
-def _footers(files: list[str], wanted: Columns, threads: int) -> Iterator[tuple[Columns, list[int]] | InputError]:
+def carried_schema(path: str, columns: Columns) -> pa.Schema:
+    """The carried columns' fields (names, types as in the source) of one input file."""
+    schema = storage.read_schema(path)
+    return pa.schema([schema.field(c) for c in columns.carry])
+
+
+def _footers(files: list[str], wanted: Columns, threads: int) -> Iterator[tuple | InputError]:
     """read_footer of each file, in input order, at most `threads` at once (fsspec and pyarrow
     release the GIL while they wait on I/O). The first error in input order is raised when its
     turn comes, as a serial loop would; reads not yet started are then cancelled."""
@@ -237,6 +268,7 @@ def plan_inputs(
     bad: list[dict] = []
     total = 0
     footers = _footers(files, wanted, threads)
+    first_carried: tuple[str, pa.Schema] | None = None
     try:
         for path, footer in zip(files, footers):
             if isinstance(footer, InputError):
@@ -245,7 +277,14 @@ def plan_inputs(
                 log.warning("skipping %s", footer)
                 bad.append({"path": path, "row_group": None, "error": str(footer)})
                 continue
-            columns, row_counts = footer
+            columns, row_counts, carried = footer
+            if first_carried is None:
+                first_carried = (path, carried)
+            elif not carried.equals(first_carried[1]):
+                raise InputError(
+                    f"--carry-columns: {path} types them {_fields(carried)} but {first_carried[0]} "
+                    f"{_fields(first_carried[1])}; cast them to one type in the source"
+                )
             first = 0
             for rg, n in enumerate(row_counts):
                 units.append(WorkUnit(len(units), path, rg, first, n, columns))
@@ -258,6 +297,10 @@ def plan_inputs(
     log.info("input: %d files, %d row groups, %d rows", len(files), len(units), total)
     skipped = {b["path"] for b in bad}
     return InputPlan([f for f in files if f not in skipped], units, total, bad)
+
+
+def _fields(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name}: {f.type}" for f in schema)
 
 
 def _text(value) -> str | None:
@@ -295,7 +338,7 @@ def iter_unit(unit: WorkUnit, batch_rows: int = 256) -> Iterator[list[Row]]:
     """
     c = unit.columns
     optional = {k: getattr(c, k) for k in ("status", "query", "split") if getattr(c, k)}
-    names = [c.id, c.caption, c.image, *optional.values()]
+    names = [c.id, c.caption, c.image, *optional.values(), *c.carry]
     fs, p = storage.url_to_fs(unit.path)
     start = unit.first_row
     try:
@@ -310,7 +353,11 @@ def iter_unit(unit: WorkUnit, batch_rows: int = 256) -> Iterator[list[Row]]:
                 statuses = extra["status"].to_pylist() if "status" in extra else [SUCCESS] * n
                 queries = _texts(extra["query"]) if "query" in extra else [None] * n
                 splits = extra["split"].to_pylist() if "split" in extra else [None] * n
-                yield list(map(Row, range(start, start + n), ids, captions, images, statuses, paths, queries, splits))
+                first = 3 + len(optional)
+                carried = list(zip(*(batch.column(first + i).to_pylist() for i in range(len(c.carry))))) or [()] * n
+                yield list(
+                    map(Row, range(start, start + n), ids, captions, images, statuses, paths, queries, splits, carried)
+                )
                 start += n
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{unit.path}: cannot read row group {unit.row_group}: {exc}") from exc

@@ -92,7 +92,9 @@ def cmd_search(args, rest) -> int:
         if args.json:
             print(
                 json.dumps(
-                    {"rank": h.rank, "id": h.id, "score": round(h.score, 6), "caption": h.caption}, ensure_ascii=False
+                    {"rank": h.rank, "id": h.id, "score": round(h.score, 6), "caption": h.caption, **h.carried},
+                    ensure_ascii=False,
+                    default=str,  # carried values JSON has no type for (dates, decimals) as text
                 )
             )
         else:

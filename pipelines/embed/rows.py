@@ -24,6 +24,7 @@ class RowResult:
     outcome: Outcome
     content: bytes | None = None  # content_hash of the image bytes, for the shard
     kind: str = "new"  # new | changed | unchanged (see CLASSES), against the previous run
+    carried: tuple = ()  # the row's --carry-columns values (rejected rows too: an operator finds the item)
 
 
 @dataclass
@@ -45,7 +46,7 @@ def classify(rows: Sequence[Row], plans: dict[int, RowPlan], unit_paths: Sequenc
         plan = plans.get(row.row_index)
         rejected = _reject(row, plan, unit_paths)
         if rejected is not None:
-            out.decided.append(RowResult(row.row_index, row.id, row.caption, rejected))
+            out.decided.append(RowResult(row.row_index, row.id, row.caption, rejected, carried=row.carried))
         elif plan is not None and plan.kind == "unchanged":
             out.reuse.append((row, plan.ref))
         else:

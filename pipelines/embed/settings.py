@@ -58,7 +58,7 @@ class EmbedSettings:
     )
     alpha: float = option(0.5, help="image weight")
     beta: float = option(0.5, help="text weight")
-    columns: Columns = nested(default_factory=Columns, only=("id", "caption", "image", "status"))
+    columns: Columns = nested(default_factory=Columns, only=("id", "caption", "image", "status", "carry"))
     max_image_pixels: int = option(DEFAULT_MAX_PIXELS, at_least=1, help="reject images declaring more pixels")
     max_image_bytes: int = option(DEFAULT_MAX_BYTES, at_least=1, help="reject encoded images larger than this")
     allow_pickle: bool = option(False, help="allow pickle (*.bin) weights; only for files you trust")
@@ -169,6 +169,7 @@ class EmbedSettings:
         d = asdict(self)
         d["inputs"] = list(self.inputs)
         d["columns"].pop("image_struct")
+        d["columns"]["carry"] = list(self.columns.carry)
         d["spark_conf"] = [redact_conf(kv) for kv in self.spark_conf]
         return d
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +30,7 @@ from index_builder.embeddings import (
 from pipelines.embed.outcomes import Embedded, Rejected
 from pipelines.embed.rows import CLASSES, RowResult
 from pipelines.embed.settings import Runtime
-from pipelines.inputs import WorkUnit
+from pipelines.inputs import WorkUnit, carried_schema
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +83,16 @@ def _commit(output, name, unit, results, dim, read, skipped, runtime, bad_file, 
     if read != len(good) + len(bad) + skipped or len(good) + len(bad) != len(results):
         raise RuntimeError(f"unit {unit.index} ({unit.path}): rows do not add up: {counts}")
     shard_path, rejects_path = shard_paths(output, name)
+    carried = carried_schema(unit.path, unit.columns) if unit.columns.carry else pa.schema([])
     if bad:
-        table = rejects_table(bad, unit.path)
+        table = rejects_table(bad, unit.path, carried)
         with clock("write"):
             _write(rejects_path, table)
     else:
         with clock("write"):
             storage.remove(rejects_path)  # from an earlier run of this unit made another way
     metadata = {COUNTS_KEY: json.dumps(counts).encode(), RUNTIME_KEY: json.dumps(runtime.as_dict()).encode()}
-    table = shard_table(good, dim).replace_schema_metadata(metadata)
+    table = shard_table(good, dim, carried).replace_schema_metadata(metadata)
     with clock("write"):
         _write(shard_path, table)
     log.info("committed %s: %d embedded, %d rejected, %d skipped", name, len(good), len(bad), skipped)
@@ -108,15 +110,23 @@ def committed_runtime(shard_path: str) -> Runtime | None:
         return None
 
 
-def shard_table(good: list[RowResult], dim: int) -> pa.Table:
-    """The shard table of the embedded rows, in the given order."""
+def shard_table(good: list[RowResult], dim: int, carried: pa.Schema | None = None) -> pa.Table:
+    """The shard table of the embedded rows, in the given order, with the `carried` columns last."""
 
     def stack(attr: str) -> np.ndarray:
         return np.stack([getattr(r.outcome, attr) for r in good]) if good else np.zeros((0, dim), np.float32)
 
     ids, captions, content = [r.id for r in good], [r.caption for r in good], [r.content for r in good]
     copied = [r.kind == "unchanged" for r in good]
-    return embeddings_table(ids, captions, stack("image"), stack("text"), stack("fused"), content, copied)
+    table = embeddings_table(ids, captions, stack("image"), stack("text"), stack("fused"), content, copied)
+    return with_carried(table, good, carried)
+
+
+def with_carried(table: pa.Table, results: list[RowResult], carried: pa.Schema | None) -> pa.Table:
+    """`table` (one row per result) with the carried columns appended, typed as in the source."""
+    for i, f in enumerate(carried or []):
+        table = table.append_column(f, pa.array([r.carried[i] for r in results], f.type))
+    return table
 
 
 def previous_rows(shard_path: str, rows: list[int]) -> list[tuple[Embedded, bytes | None]]:
@@ -128,7 +138,7 @@ def previous_rows(shard_path: str, rows: list[int]) -> list[tuple[Embedded, byte
     return [(Embedded(image[i], text[i], fused[i], bool(np.any(text[i] != 0))), content[i]) for i in range(len(rows))]
 
 
-def rejects_table(bad: list[RowResult], source: str) -> pa.Table:
+def rejects_table(bad: list[RowResult], source: str, carried: pa.Schema | None = None) -> pa.Table:
     rows = [
         {
             "id": r.id,
@@ -139,7 +149,11 @@ def rejects_table(bad: list[RowResult], source: str) -> pa.Table:
         }
         for r in bad
     ]
-    return pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA)
+    if carried is not None and len(carried) and any(len(r.carried) != len(carried) for r in bad):
+        # rows that could not be read (an unreadable row group) carry nothing: nulls
+        bad = [r if len(r.carried) == len(carried) else replace(r, carried=(None,) * len(carried)) for r in bad]
+    return with_carried(table, bad, carried)
 
 
 def _write(path: str, table: pa.Table) -> None:

@@ -238,7 +238,7 @@ class UnitWorker:
         run.report.batch_ms.append(int((time.perf_counter() - t) * 1000))
         with clock("assemble"):
             return [
-                RowResult(r.row_index, r.id, r.caption, o, content_hash(r.image), kind)
+                RowResult(r.row_index, r.id, r.caption, o, content_hash(r.image), kind, r.carried)
                 for (r, kind), o in zip(batch, outcomes)
             ]
 
@@ -297,7 +297,10 @@ class UnitWorker:
         out = []
         for shard, pairs in sorted(by_shard.items()):
             copied = previous_rows(self.job.previous_shards[shard], [prev_row for _, prev_row in pairs])
-            out += [RowResult(r.row_index, r.id, r.caption, v, c, "unchanged") for (r, _), (v, c) in zip(pairs, copied)]
+            out += [
+                RowResult(r.row_index, r.id, r.caption, v, c, "unchanged", r.carried)
+                for (r, _), (v, c) in zip(pairs, copied)
+            ]
         return out
 
 

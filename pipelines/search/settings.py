@@ -19,7 +19,7 @@ class SearchSettings:
     nprobe: int | None = option(None, at_least=1, help="inverted lists to visit (default: the index's own)")
     model: str | None = option(None, metavar="SPEC", help="default: the model the embeddings were made with")
     device: str | None = option(None, help="torch device (default: cuda when present, else cpu)")
-    json: bool = option(False, help="one JSON object per line: rank, id, score, caption")
+    json: bool = option(False, help="one JSON object per line: rank, id, score, caption, carried columns")
     collapse_duplicates: bool = option(
         False, help="one result per near-duplicate group (IDX/duplicates.parquet, from `duplicates`)"
     )
@@ -49,7 +49,7 @@ class ReportSettings:
     model: str | None = option(None, metavar="SPEC", help="default: the model the embeddings were made with")
     seed: int = option(0, help="seed of the query sample")
     device: str | None = option(None, help="torch device (default: cuda when present, else cpu)")
-    columns: Columns = nested(LABELLED)
+    columns: Columns = nested(LABELLED, skip=("carry",))
 
     def __post_init__(self) -> None:
         check_options(self)

@@ -44,7 +44,7 @@ class FinetuneSettings:
     )
     val_limit: int | None = option(1000, at_least=1, help="validation rows used at most")
     train_limit: int | None = option(None, at_least=1, help="training rows used at most (default: all)")
-    columns: Columns = nested(LABELLED)
+    columns: Columns = nested(LABELLED, skip=("carry",))
     trainer: TrainConfig = nested(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -74,7 +74,7 @@ class EvaluateSettings:
     json: str | None = option(None, metavar="FILE", help="write the report as JSON")
     markdown: str | None = option(None, metavar="FILE", help="write the report as markdown")
     device: str | None = option(None, help="torch device (default: cuda when present, else cpu)")
-    columns: Columns = nested(LABELLED)
+    columns: Columns = nested(LABELLED, skip=("carry",))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", tuple(self.data))

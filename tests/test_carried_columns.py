@@ -1,0 +1,105 @@
+"""`embed --carry-columns`: source columns copied, typed as in the source, into the shards, the rejects,
+the index's ids.parquet and `search --json` (real Beam DirectRunner, a tiny random CLIP, real JPEGs)."""
+
+from __future__ import annotations
+
+import decimal
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from benchmarks.bench import photo_like
+from pipelines.cli import main
+
+pytestmark = [pytest.mark.beam]
+
+SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("caption", pa.string()),
+        ("jpg", pa.binary()),
+        ("url", pa.string()),
+        ("price", pa.decimal128(9, 2)),
+        ("tags", pa.list_(pa.string())),
+    ]
+)
+
+
+def jpeg(rng) -> bytes:
+    buf = io.BytesIO()
+    photo_like(rng, 64).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def rows(n: int, seed: int = 0, bad: int | None = None) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        data = b"not an image" if i == bad else jpeg(rng)
+        price = decimal.Decimal(f"{i}.{i % 100:02d}")
+        out.append({"key": f"k{i}", "caption": f"item {i}", "jpg": data, "url": f"https://x.invalid/{i}",
+                    "price": price, "tags": [f"t{i % 3}"]})  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def carried(tmp_path_factory, tiny_clip):
+    root = tmp_path_factory.mktemp("carry")
+    pq.write_table(pa.Table.from_pylist(rows(12, bad=4), schema=SCHEMA), root / "a.parquet", row_group_size=6)
+    emb, idx = str(root / "emb"), str(root / "idx")
+    flags = ["--input", str(root / "a.parquet"), "--output", emb, "--model", tiny_clip, "--batch-size", "4"]
+    assert main(["embed", *flags, "--carry-columns", "url,price", "tags"]) == 0
+    assert main(["build-index", "--embeddings", emb, "--output", idx, "--vector", "image"]) == 0
+    return root, emb, idx
+
+
+def test_carried_columns_reach_shards_rejects_and_ids_typed_as_in_the_source(carried):
+    root, emb, idx = carried
+    shards = pq.read_table(f"{emb}/embeddings")
+    for name in ("url", "price", "tags"):
+        assert shards.schema.field(name).type == SCHEMA.field(name).type
+    source = {r["key"]: r for r in rows(12, bad=4)}
+    got = shards.select(["id", "url", "price", "tags"]).to_pylist()
+    assert [r["id"] for r in got] == [f"k{i}" for i in range(12) if i != 4]
+    assert all(r["url"] == source[r["id"]]["url"] and r["price"] == source[r["id"]]["price"] for r in got)
+    rejects = pq.read_table(f"{emb}/rejects").to_pylist()
+    assert [(r["id"], r["url"], r["price"]) for r in rejects] == [
+        ("k4", "https://x.invalid/4", decimal.Decimal("4.04"))
+    ]
+    ids = pq.read_table(f"{idx}/ids.parquet")
+    assert ids.column_names == ["id", "caption", "url", "price", "tags"]
+    assert ids.select(["id", "url", "price", "tags"]).to_pylist() == got  # row i = faiss id i
+
+
+def test_search_json_prints_the_carried_values(carried, capsys):
+    _, _, idx = carried
+    capsys.readouterr()
+    assert main(["search", "--index", idx, "--text", "item 3", "--k", "3", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(hits) == 3
+    for h in hits:
+        i = int(h["id"][1:])
+        assert (
+            h["url"] == f"https://x.invalid/{i}" and h["price"] == f"{i}.{i % 100:02d}" and h["tags"] == [f"t{i % 3}"]
+        )
+
+
+def test_bad_carry_columns_are_usage_errors(tmp_path, tiny_clip, capsys):
+    pq.write_table(pa.Table.from_pylist(rows(3), schema=SCHEMA), tmp_path / "a.parquet")
+    other = SCHEMA.set(SCHEMA.get_field_index("price"), pa.field("price", pa.float64()))
+    table = pa.Table.from_pylist([{**r, "price": float(r["price"])} for r in rows(3, seed=1)], schema=other)
+    pq.write_table(table, tmp_path / "b.parquet")
+    base = ["embed", "--output", str(tmp_path / "o"), "--model", tiny_clip]
+    cases = [
+        (["--input", str(tmp_path / "a.parquet"), "--carry-columns", "url,sku"], "no column 'sku' (--carry-columns)"),
+        (["--input", str(tmp_path / "a.parquet"), "--carry-columns", "content_hash"], "have a column of that name"),
+        (["--input", str(tmp_path / "*.parquet"), "--carry-columns", "price"], "price: double but"),
+    ]
+    for flags, message in cases:
+        capsys.readouterr()
+        assert main([*base, *flags]) == 2, flags
+        assert message in capsys.readouterr().err
