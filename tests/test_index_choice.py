@@ -133,3 +133,10 @@ def test_candidates_sharing_a_coarse_quantizer_train_it_once_to_the_same_index()
     alone, shared = train_template("IVF64,PQ8x8np", xt), train_template("IVF64,PQ8x8np", xt, centroids)
     assert np.array_equal(faiss.extract_index_ivf(alone).quantizer.reconstruct_n(0, 64), centroids)
     assert np.array_equal(alone.sa_encode(xt[:500]), shared.sa_encode(xt[:500]))  # same lists, same codes
+
+
+def test_a_build_reusing_the_template_shows_the_frontier_of_the_build_that_chose_it(emb, tmp_path):
+    first = build_index(BuildSettings(emb, str(tmp_path / "one"), max_bytes_per_vector=4, target_recall=0.5))
+    again = build_index(BuildSettings(emb, str(tmp_path / "two"), template=str(tmp_path / "one"), retrain="never"))
+    assert again["training"]["mode"] == "reused" and again["factory"] == first["factory"]
+    assert again["choice"]["screened"] == first["choice"]["screened"] and len(first["choice"]["screened"]) >= 2
