@@ -160,3 +160,31 @@ def test_an_abandoned_feeder_ends_its_thread(tmp_path, tiny_clip, sample_dir):
     feeder.abandon()
     feeder._thread.join(timeout=60)
     assert not feeder._thread.is_alive()
+
+
+def stream_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name in ("read", "decode")]
+
+
+def test_an_error_or_an_early_close_ends_the_stream_and_its_threads(tmp_path, tiny_clip, sample_dir):
+    """A model that fails to load (in the decode thread) is raised to the caller; a stream closed
+    after its first report lets its read and decode threads end instead of leaving them blocked."""
+    from encoders.loading import ModelLoadError
+
+    s = EmbedSettings(
+        inputs=(sample_dir,), output=str(tmp_path / "o"), model=tiny_clip, batch_size=5, decode_ahead="on"
+    )
+    plan = plan_inputs([sample_dir], s.columns)
+
+    def no_model():
+        raise ModelLoadError("no model here")
+
+    failing = UnitWorker(UnitJob(s, tuple(u.path for u in plan.units), 16, False), EmbeddingModelHandler(s), no_model)
+    with pytest.raises(ModelLoadError, match="no model here"):
+        list(failing.process_many((u, ()) for u in plan.units))
+    reports = worker(s, plan, resume=False, loads=[]).process_many((u, ()) for u in plan.units)
+    assert next(reports).unit == plan.units[0].index
+    reports.close()
+    for thread in stream_threads():
+        thread.join(timeout=60)
+    assert not stream_threads()

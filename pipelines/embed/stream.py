@@ -123,10 +123,9 @@ def stream(worker: UnitWorker, units: Iterable[tuple[WorkUnit, Iterable[RowPlan]
         for thread in threads:
             thread.join()
     finally:
-        if not ended:  # an error here or an early close: let the other threads end
-            stopping.set()
-            while not isinstance(decoded.get(), Stop):
-                pass
+        stopping.set()  # after an error or an early close the read thread stops at the next unit
+        while not ended and not isinstance(decoded.get(), Stop):  # and the decode thread can always put
+            pass
 
 
 def _read(worker: UnitWorker, units, out: queue.Queue, stopping: threading.Event) -> None:
