@@ -9,9 +9,10 @@
 #      may overlap the forward passes), and a parity check of its vectors against `--decode-ahead on`
 #      (benchmarks/compare_embeddings.py: same ids, cosine >= 0.999 per row; written blind, run here
 #      first); after the worker runs, the tensor path at batch 1,024;
-#   3. `--preprocess pil` with W worker processes feeding the GPU (W = cores / 2 by default): as
-#      shipped (OMP_WAIT_POLICY=PASSIVE), with one shared model (--large-model), and with OpenMP's
-#      spinning waiters back (the suspected cause of 8 workers running slower than one);
+#   3. `--preprocess pil` with 1, 4 and 8 worker processes feeding the GPU (WORKER_COUNTS), each
+#      with its share of the cores' torch threads (pipelines/threads.py; the summary prints it),
+#      then with W workers (W = cores / 2 by default): with one shared model (--large-model), and
+#      with OpenMP's spinning waiters back (the suspected cause of 8 workers running slower than one);
 #   4. a summary: embed rows/s beyond start-up against the forward-pair ceiling (target >= 0.6).
 # Runs share a deadline (DEADLINE seconds, 540 by default: the device tool's 10-minute call): a run
 # gets what is left, and is skipped when under a minute is.
@@ -41,6 +42,7 @@ OUTDIR=${OUT:-benchmarks/results}
 ROWS=${ROWS:-8192}
 DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-$(( $(nproc) / 2 ))}
+WORKER_COUNTS=${WORKER_COUNTS:-1 4 8}
 BATCHES=${BATCHES:-256 1024}
 mkdir -p "$OUTDIR"
 timeout 150 python3 -m benchmarks.ceilings --device "$DEVICE" --model vit-b-32 --batch $BATCHES \
@@ -74,16 +76,19 @@ else
 fi
 run tensor-stream "--preprocess tensor --decode-ahead $STREAM"
 parity
+for W in $WORKER_COUNTS; do  # the divided threads: each worker process gets cores / W torch threads
+  run "pil-w$W" "--preprocess pil --direct_num_workers $W --direct_running_mode multi_processing"
+done
 MULTI="--preprocess pil --direct_num_workers $WORKERS --direct_running_mode multi_processing"
-run "pil-w$WORKERS" "$MULTI"
+[[ " $WORKER_COUNTS " == *" $WORKERS "* ]] || run "pil-w$WORKERS" "$MULTI"
 run "pil-w$WORKERS-large" "$MULTI --large-model"
 OMP_WAIT_POLICY= run "pil-w$WORKERS-spin" "$MULTI"  # empty: the CLI leaves it, libgomp spins as by default
 run tensor-b1024 "--preprocess tensor --batch-size 1024"  # the embed run's batch (the bare loop's stays 256)
 run pil "--preprocess pil"
-python3 - "$OUTDIR" "$WORKERS" <<'PY'
+python3 - "$OUTDIR" "$WORKERS" $WORKER_COUNTS <<'PY'
 import json, sys
 from pathlib import Path
-out, workers = Path(sys.argv[1]), sys.argv[2]
+out, workers, counts = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 def load(name):
     p = out / f"gpu-{name}.json"
     return json.loads(p.read_text()) if p.exists() else None
@@ -91,7 +96,9 @@ ceil = load("ceilings")
 print("== summary ==")
 if ceil:
     print("gpu", ceil.get("gpu"), "| forward-pair ceiling", ceil["forward_pair_ceiling"], "rows/s")
-for name in ("tensor", "tensor-stream", "tensor-b1024", "pil", f"pil-w{workers}", f"pil-w{workers}-large", f"pil-w{workers}-spin"):
+names = ["tensor", "tensor-stream", "tensor-b1024", "pil", *(f"pil-w{w}" for w in counts)]
+names += [n for n in (f"pil-w{workers}", f"pil-w{workers}-large", f"pil-w{workers}-spin") if n not in names]
+for name in names:
     r = load(name)
     if not r or "embed" not in r:
         print(name, "no result")
@@ -104,4 +111,8 @@ for name in ("tensor", "tensor-stream", "tensor-b1024", "pil", f"pil-w{workers}"
     share = f"{rate / ceil['forward_pair_ceiling']:.2f} of the ceiling" if ceil else ""
     print(f"{name:<10} {rate:>9,.1f} rows/s {label} ({e['rows_per_s_wall']:,.1f} wall) {share}; "
           f"host {e.get('host_us_per_row')} us/row; stages {e.get('stages_s')}; ahead {e.get('decode_ahead_s')}")
+    threads = (e.get("runtime") or {}).get("threads") if isinstance(e.get("runtime"), dict) else None
+    if threads:
+        print(f"{'':<10} threads: {threads['threads']} a process ({threads['source']}: {threads['cores']} cores, "
+              f"{threads['processes']} processes, {threads['engine']}), OMP_WAIT_POLICY={threads['wait_policy']}")
 PY
