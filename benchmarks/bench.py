@@ -18,6 +18,8 @@ Prints a table and writes benchmarks/results/latest.json. Sections:
   plan    the driver's input planning (every Parquet footer read) over --plan-files small files,
           serial and with a thread pool, on local disk and on an S3 endpoint on localhost (moto
           server + s3fs, when installed); seconds per 1,000 files and 100k files extrapolated
+  engines Beam in one process, Beam with 2 workers, Spark local[2] and local-cluster[2,1,1024] on
+          the same rows: wall incl. start-up and CPU seconds of each run's process tree (engines.py)
 Figures are printed, never asserted: figures and targets live in docs/performance.md, not in tests.
 """
 
@@ -40,6 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
+
+from benchmarks.engines import bench_engines
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -927,8 +931,25 @@ def bench_plan(work: Path, args) -> dict:
     return out
 
 
+def _engine_inputs(work: Path, rows: int) -> tuple[str, Path]:
+    """(model dir, input dir) of the engines section (the small CLIP of width 256)."""
+    from encoders.random_models import make_random_clip
+
+    model = work / "engines-model"
+    if not model.exists():
+        make_random_clip(model, **MODELS["small"], vocab_size=49408)
+    inp = work / f"engines-in-{rows}"
+    if not inp.exists():
+        make_jpeg_shards(inp, rows, 256, rows_per_group=128)
+    return str(model), inp
+
+
 def table(results: dict) -> str:
     lines = []
+    if "engines" in results:
+        from benchmarks.engines import table as engines_table
+
+        lines += engines_table(results["engines"])
     if "embed" in results:
         e, bare, emb = results["embed"], results["embed"]["bare_loop"], results["embed"]["embed"]
         lines += [
@@ -1077,7 +1098,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sections",
         default="embed,stages,peer,rss,index,pq",
         help="comma-separated; also: reindex (~25 min at --reindex-rows 16384), budget (~5 min), ondisk (~10 min), "
-        "plan (~1 min), frontier (~1 h at --frontier-n 200000)",
+        "plan (~1 min), frontier (~1 h at --frontier-n 200000), engines (~10 min idle at 2,048 rows and --repeat 2)",
     )
     ap.add_argument(
         "--peer-venv", default=str(ROOT / ".peer-venv"), help="venv holding clip-retrieval 2.45 (make bench-peer)"
@@ -1115,6 +1136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frontier-sets", default="isotropic-256,anisotropic-512", help="the frontier section's sets")
     ap.add_argument("--frontier-target", type=float, default=0.95, help="--target-recall of the frontier section")
     ap.add_argument("--frontier-threads", type=int, default=2, help="faiss threads of the frontier section")
+    ap.add_argument("--engines-rows", type=int, default=2048, help="rows of the engines section")
     ap.add_argument(
         "--repeat",
         type=int,
@@ -1145,6 +1167,7 @@ def main(argv: list[str] | None = None) -> int:
             ("ondisk", lambda: bench_ondisk(work, args)),
             ("plan", lambda: bench_plan(work, args)),
             ("frontier", lambda: _frontier(work, args)),
+            ("engines", lambda: bench_engines(work, args, fusionindex, _engine_inputs)),
         ):
             if name in sections:
                 t = time.perf_counter()

@@ -22,7 +22,8 @@
 #   bash benchmarks/gpu_check.sh
 # It installs the carried wheels (Beam and what the GPU image lacks) into /tmp/site, prints the
 # versions it runs with, and writes $OUT/gpu-*.json and gpu-parity.txt (benchmarks/results/ without $OUT).
-# DEVICE=cpu ROWS=64 rehearses it on a machine without a GPU (same install and code path).
+# DEVICE=cpu ROWS=64 rehearses it on a machine without a GPU (same install and code path); MODEL=one-layer
+# BATCHES=16 make that rehearsal fit a busy 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -44,14 +45,15 @@ DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-$(( $(nproc) / 2 ))}
 WORKER_COUNTS=${WORKER_COUNTS:-1 4 8}
 BATCHES=${BATCHES:-256 1024}
+MODEL=${MODEL:-vit-b-32}
 mkdir -p "$OUTDIR"
-timeout 150 python3 -m benchmarks.ceilings --device "$DEVICE" --model vit-b-32 --batch $BATCHES \
+timeout 150 python3 -m benchmarks.ceilings --device "$DEVICE" --model "$MODEL" --batch $BATCHES \
   --output "$OUTDIR/gpu-ceilings.json" || echo "ceilings failed or timed out"
 DEADLINE=${DEADLINE:-540}
 run() {  # name, embed args
   local left=$(( DEADLINE - SECONDS - 15 ))
   if (( left < 60 )); then echo "gpu check $1 skipped: ${left}s left of the ${DEADLINE}s deadline"; return; fi
-  timeout $(( left < 200 ? left : 200 )) python3 -m benchmarks.bench --sections embed --model vit-b-32 --rows "$ROWS" --image-size 256 \
+  timeout $(( left < 200 ? left : 200 )) python3 -m benchmarks.bench --sections embed --model "$MODEL" --rows "$ROWS" --image-size 256 \
     --batch-size 256 --rows-per-group 1024 --device "$DEVICE" --repeat 1 --workdir /tmp/gpu-check \
     --embed-args "$2" --output "$OUTDIR/gpu-$1.json" || echo "gpu check $1 failed or timed out"
 }

@@ -44,11 +44,14 @@ CGROUP_V1 = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_
 @dataclass(frozen=True)
 class ThreadLayout:
     """How an engine runs the model on one machine: `processes` running it at once (None: one per
-    usable core, as Dataflow starts SDK processes), each with at most `cap` threads (None: no cap)."""
+    usable core, as Dataflow starts SDK processes), each with at most `cap` threads (None: no cap).
+    `overrides`: the variables that hold a user's setting there (Spark sets OMP_NUM_THREADS in its
+    Python workers itself, to the executor's cores: there it is the user's only when forwarded)."""
 
     engine: str
     processes: int | None = 1
     cap: int | None = None
+    overrides: tuple[str, ...] = OVERRIDES
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def decide(layout: ThreadLayout, cores: int, environ: Mapping[str, str]) -> Thre
     positive integer in one of OVERRIDES wins. Pure: no process state is read or changed."""
     processes = layout.processes or max(1, cores // (layout.cap or 1))
     policy = environ.get("OMP_WAIT_POLICY") or OPENMP_DEFAULTS["OMP_WAIT_POLICY"]
-    for name in OVERRIDES:
+    for name in layout.overrides:
         value = environ.get(name, "").strip()
         if value:
             try:
@@ -147,10 +150,13 @@ def beam_layout(runner: str, *, num_workers: int | None, running_mode: str | Non
     return ThreadLayout("beam", 1)
 
 
-def spark_layout(master: str, *, task_cpus: int = 1, local_cores: int | None = None) -> ThreadLayout:
+def spark_layout(
+    master: str, *, task_cpus: int = 1, local_cores: int | None = None, user_omp: bool = False
+) -> ThreadLayout:
     """The layout of a Spark run: each task may use spark.task.cpus cores (Spark's contract);
     on a local master the task slots on this machine (local[K]: K // task.cpus; local[*]: the
-    usable cores; local-cluster[n,c,m]: n*c // task.cpus) also divide its `local_cores`."""
+    usable cores; local-cluster[n,c,m]: n*c // task.cpus) also divide its `local_cores`.
+    `user_omp`: the user gave the executors OMP_NUM_THREADS (else the one there is Spark's)."""
     task_cpus = max(1, task_cpus)
     slots = None
     if master.startswith("local-cluster["):
@@ -160,7 +166,8 @@ def spark_layout(master: str, *, task_cpus: int = 1, local_cores: int | None = N
         k = master[len("local[") : -1].split(",")[0] if master.startswith("local[") else "1"
         cores = (local_cores or usable_cores()) if k == "*" else int(k)
         slots = max(1, cores // task_cpus)
-    return ThreadLayout("spark", slots, task_cpus)
+    overrides = OVERRIDES if user_omp else (THREADS_ENV,)
+    return ThreadLayout("spark", slots, task_cpus, overrides)
 
 
 def large_model_server(layout: ThreadLayout) -> ThreadLayout:

@@ -96,6 +96,7 @@ def test_spark_local_cluster_commits_the_beam_shards_once_despite_a_killed_worke
     # two executors of one core on this machine: each Python worker's torch runs the share, one thread,
     # not one per core of the machine (pipelines/threads.py); the manifest records the decision
     assert torch_threads == [1] and spark["runtime"]["threads"]["threads"] == 1
+    assert spark["runtime"]["threads"]["source"] == "share"  # not PySpark's own OMP_NUM_THREADS
     assert spark["runtime"]["threads"]["processes"] == 2 and beam["runtime"]["threads"]["processes"] == 1
 
 

@@ -33,13 +33,13 @@ def test_dataflow_one_thread_per_sdk_process_unless_one_process():
 
 
 def test_spark_task_cpus_and_local_slots():
-    assert spark_layout("local[2]") == ThreadLayout("spark", 2, 1)
+    assert spark_layout("local[2]") == ThreadLayout("spark", 2, 1, ("FUSIONINDEX_TORCH_THREADS",))
     assert share(spark_layout("local[2]"), 2) == 1  # the issue's 4x: each Python worker had 2 threads
     assert share(spark_layout("local[2]", task_cpus=2), 2) == 2  # one task at a time: it gets both
     assert share(spark_layout("local[8]", task_cpus=2), 2) == 1  # 4 slots on 2 cores
-    assert spark_layout("local[*]", local_cores=6) == ThreadLayout("spark", 6, 1)
+    assert spark_layout("local[*]", local_cores=6).processes == 6
     assert spark_layout("local", local_cores=6).processes == 1
-    assert spark_layout("local-cluster[2,1,1024]") == ThreadLayout("spark", 2, 1)
+    assert spark_layout("local-cluster[2,1,1024]").processes == 2
     cluster = spark_layout("yarn", task_cpus=4)  # on the executor: its cores / task.cpus slots, task.cpus each
     assert (share(cluster, 16), decide(cluster, 16, {}).processes, share(cluster, 2)) == (4, 4, 2)
 
@@ -50,8 +50,16 @@ def test_large_model_server_gets_the_cores_and_workers_one():
     assert share(threads.large_model_client(layout), 8) == 1
 
 
+def test_sparks_own_omp_num_threads_is_not_a_users_setting():
+    """PySpark sets OMP_NUM_THREADS in its Python workers to the executor's cores (SPARK-28843):
+    with 16 task slots of one core each, every worker would take 16 threads."""
+    assert share(spark_layout("yarn"), 16, OMP_NUM_THREADS="16") == 1
+    assert share(spark_layout("yarn", user_omp=True), 16, OMP_NUM_THREADS="4") == 4
+    assert share(spark_layout("yarn"), 16, FUSIONINDEX_TORCH_THREADS="4", OMP_NUM_THREADS="16") == 4
+
+
 def test_a_users_setting_wins_and_is_recorded():
-    layout = spark_layout("local[2]")
+    layout = spark_layout("local[2]", user_omp=True)
     s = decide(layout, 2, {"FUSIONINDEX_TORCH_THREADS": "3", "OMP_NUM_THREADS": "5", "OMP_WAIT_POLICY": "ACTIVE"})
     assert (s.threads, s.source, s.wait_policy) == (3, "FUSIONINDEX_TORCH_THREADS", "ACTIVE")
     assert decide(layout, 2, {"OMP_NUM_THREADS": "5,2"}).threads == 5
