@@ -116,3 +116,18 @@ def test_spark_previous_run_comparison_equals_beam(inputs, tiny_clip, tmp_path):
     assert c == out["beam"]["counts"]
     assert c["unchanged"] == c["embedded"] > 0 and c["new"] == c["changed"] == 0
     assert c["deleted"] == first["counts"]["embedded"] - c["embedded"] > 0
+
+
+def test_spark_without_a_join_equals_beam(inputs, tiny_clip, tmp_path):
+    """--duplicate-ids allow and no previous run: nothing to join, each unit goes straight to its task."""
+    out = {}
+    for engine in ("beam", "spark"):
+        extra = {"engine": "spark", "spark_master": "local[2]"} if engine == "spark" else {}
+        s = EmbedSettings(
+            inputs=inputs, output=str(tmp_path / engine), model=tiny_clip, batch_size=8, duplicate_ids="allow", **extra
+        )
+        out[engine] = run_embed(s)
+    assert_same_output(str(tmp_path / "beam"), str(tmp_path / "spark"))
+    c = out["spark"]["counts"]
+    assert c == out["beam"]["counts"] and c["embedded"] == c["read"] - c["skipped"] == 61  # the 5 repeats too
+    assert "duplicate_id" not in c["rejects_by_reason"]

@@ -3,8 +3,10 @@
     units (one partition each) | flatMap today_keys --+
                                                       groupByKey(id) | decide_grouped --> (unit, plan), (n, deleted)
     previous shards | flatMap previous_keys ----------+
-    units + plans + deleted | groupByKey(unit index: one partition per unit, partition n sums deletions)
-                            | map embed task --> reports (collected: small, one per unit)
+    units (one task) + plans + deleted | groupByKey(unit index: one partition per unit, partition n sums deletions)
+                                       | map embed task --> reports (collected: small, one per unit)
+
+With nothing to join (--duplicate-ids allow and no previous run): units | map embed task, no shuffle.
 
 The per-element steps are pipelines/embed/join.py's, shared with the Beam graph; each task runs
 UnitWorker, which commits its unit's shard atomically, so a task Spark retries (a lost executor,
@@ -233,6 +235,10 @@ def _task(job: UnitJob, model_tag: str, deleted_key: int, element: tuple) -> dic
     return embed_task(job, model_tag, element)
 
 
+def _alone(job: UnitJob, model_tag: str, unit: WorkUnit) -> dict:
+    return embed_task(job, model_tag, (unit.index, [(UNIT, unit)]))
+
+
 def _decide(reject_duplicates: bool, comparable: bool, element: tuple):
     _, grouped = element
     grouped = list(grouped)
@@ -289,7 +295,7 @@ def run_spark(
     try:
         n = len(plan.units)
         units = sc.parallelize(plan.units, n)  # one unit per partition: the join reads each in its own task
-        tasks = units.map(_unit_key)
+        tasks = None
         if s.duplicate_ids == "reject" or job.previous_shards:
             today = units.flatMap(
                 partial(today_keys, skip_bad_files=s.skip_bad_files, hashes=bool(job.previous_shards))
@@ -299,14 +305,20 @@ def run_spark(
                 shards = sc.parallelize(range(len(job.previous_shards)), len(job.previous_shards))
                 keyed = keyed.union(shards.flatMap(partial(previous_keys, job.previous_shards)).map(partial(_tag, 1)))
             decided = keyed.groupByKey().flatMap(partial(_decide, s.duplicate_ids == "reject", comparable))
-            tasks = tasks.union(decided.map(partial(_route, n)))  # deletions go to partition n
+            # the units join their plans in one small task (not one per unit); deletions go to partition n
+            keyed_units = sc.parallelize([_unit_key(u) for u in plan.units], 1)
+            tasks = keyed_units.union(decided.map(partial(_route, n))).groupByKey(n + 1, _identity)
         try:
-            out = tasks.groupByKey(n + 1, _identity).map(partial(_task, job, model_tag, n)).collect()
+            if tasks is None:  # nothing to join: each unit straight to its embed task, no shuffle
+                out = units.map(partial(_alone, job, model_tag)).collect()
+            else:
+                out = tasks.map(partial(_task, job, model_tag, n)).collect()
         except Exception as exc:
             if type(exc).__name__ != "Py4JJavaError":
                 raise
             raise RuntimeError(f"the Spark job failed: {python_error(str(exc))}") from exc
         master = sc.master
+        log_stages(sc)
     finally:
         if owned:
             sc.stop()
@@ -314,6 +326,55 @@ def run_spark(
     if job.previous_shards:
         storage.write_json(join_counts, {"deleted": sum(r["deleted"] for r in out if "deleted" in r)})
     return EngineRun(_metrics(reports), master)
+
+
+def stage_times(sc) -> list[dict]:
+    """Each finished stage's tasks, wall seconds (submitted to completed) and seconds in its tasks
+    (executorRunTime: the Python workers' time included), from Spark's REST API; [] when the UI is
+    off or unreachable. For telling where a run's time went (the log, the benchmark)."""
+    import json
+    import urllib.request
+    from datetime import datetime
+
+    url = sc.uiWebUrl
+    if not url:
+        return []
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/applications/{sc.applicationId}/stages", timeout=5) as r:
+            stages = json.load(r)
+    except (OSError, ValueError):
+        return []
+
+    def at(s: str) -> float:
+        return datetime.strptime(s.replace("GMT", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+    out = []
+    for st in sorted(stages, key=lambda st: st["stageId"]):
+        if st.get("status") != "COMPLETE" or "submissionTime" not in st or "completionTime" not in st:
+            continue
+        wall = at(st["completionTime"]) - at(st["submissionTime"])
+        out.append(
+            {
+                "stage": st["stageId"],
+                "name": st["name"].split(" at ")[0],
+                "tasks": st["numTasks"],
+                "wall_s": round(wall, 2),
+                "run_s": round(st["executorRunTime"] / 1000, 2),
+                "start": at(st["submissionTime"]),
+            }
+        )
+    return out
+
+
+def log_stages(sc) -> None:
+    """Log `stage_times` (info): one line per stage, offsets from the first stage's start."""
+    stages = stage_times(sc)
+    t0 = min((s["start"] for s in stages), default=0)
+    for s in stages:
+        log.info(
+            "spark stage %d (%s): %d tasks, +%.1f s, %.1f s wall, %.1f s in tasks",
+            s["stage"], s["name"], s["tasks"], s["start"] - t0, s["wall_s"], s["run_s"],
+        )  # fmt: skip
 
 
 def python_error(java_message: str) -> str:
