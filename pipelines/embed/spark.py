@@ -158,7 +158,9 @@ def thread_layout(master: str, conf: dict[str, str]) -> ThreadLayout:
     """How this Spark run's Python workers share a machine's cores (pipelines/threads.py), from
     the master and the properties (spark.task.cpus; OMP_NUM_THREADS is the user's only when given
     to the executors: on a local master the driver forwards the user's, see FORWARDED_ENV)."""
-    user_omp = "spark.executorEnv.OMP_NUM_THREADS" in conf or (is_local(master) and "OMP_NUM_THREADS" in os.environ)
+    user_omp = "spark.executorEnv.OMP_NUM_THREADS" in conf or (
+        executors_on_this_machine(master) and "OMP_NUM_THREADS" in os.environ
+    )
     return spark_layout(master, task_cpus=int(conf.get("spark.task.cpus", "1")), user_omp=user_omp)
 
 
