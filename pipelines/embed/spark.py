@@ -369,11 +369,14 @@ def stage_times(sc) -> list[dict]:
 
 
 def log_stages(sc) -> None:
-    """Log `stage_times` (info): one line per stage, offsets from the first stage's start."""
+    """Log `stage_times` at debug level (`-v`; the REST call costs up to its timeout otherwise):
+    one line per stage, offsets from the first stage's start."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
     stages = stage_times(sc)
     t0 = min((s["start"] for s in stages), default=0)
     for s in stages:
-        log.info(
+        log.debug(
             "spark stage %d (%s): %d tasks, +%.1f s, %.1f s wall, %.1f s in tasks",
             s["stage"], s["name"], s["tasks"], s["start"] - t0, s["wall_s"], s["run_s"],
         )  # fmt: skip
