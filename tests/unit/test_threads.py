@@ -92,3 +92,19 @@ def test_apply_sets_torchs_threads():
         assert s.threads == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_beam_options_give_the_layout():
+    """The driver reads the layout from the Beam options as a user writes them."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.beam_options import thread_layout
+
+    def layout(*args: str) -> ThreadLayout:
+        return thread_layout(PipelineOptions(list(args)))
+
+    assert layout().processes == 1
+    assert layout("--direct_num_workers", "4", "--direct_running_mode", "multi_processing").processes == 4
+    assert layout("--runner", "DataflowRunner").processes is None  # one SDK process per vCPU
+    one = layout("--runner", "DataflowRunner", "--experiments=no_use_multiple_sdk_containers", "--experiments=x")
+    assert one.processes == 1
