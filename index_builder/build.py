@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import faiss
@@ -35,10 +36,21 @@ from index_builder.adding import AddParts, code_bytes, ids_table, lists_of
 from index_builder.budget import Choice, Inputs, Trials, choice_reason, choose, plan, try_candidates
 from index_builder.choose import merge_mode
 from index_builder.drift import codec_errors
-from index_builder.embeddings import MANIFEST, Shard, list_shards
+from index_builder.embeddings import Shard, list_shards
 from index_builder.factory import choose_train_size
 from index_builder.layout import PARTS_DIR, commit, set_nprobe
 from index_builder.measure import latency
+from index_builder.records import (
+    EmbedManifest,
+    IndexChoice,
+    IndexManifest,
+    IndexShard,
+    IndexTimings,
+    Latency,
+    Recall,
+    Source,
+    Training,
+)
 from index_builder.sampling import FRESH_SAMPLE, Samples, ShardCache, draw, fresh_sample, sample_sizes
 from index_builder.settings import BuildSettings
 from index_builder.training import new_index, reusable_template
@@ -46,7 +58,7 @@ from index_builder.training import new_index, reusable_template
 log = logging.getLogger(__name__)
 
 
-def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
+def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> IndexManifest:
     """Build and commit IDX (index.faiss [+ index.ivfdata], ids.parquet, template.faiss,
     manifest.json last); return the manifest. With a budget, candidates are built in order
     (index_builder.budget) until one reaches the recall target; the best one is kept either way and
@@ -54,7 +66,7 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
     started = datetime.now(UTC)
     t0 = time.monotonic()
     source, shards = _source(cfg.embeddings)
-    total, d = sum(s.num_rows for s in shards), int(source["dim"])
+    total, d = sum(s.num_rows for s in shards), int(source.dim)
     factories = plan(cfg, total, d)
     first = new_index(d, factories[0])  # a bad --factory fails here, before any vector is read
     if cfg.merge == "disk":  # and one faiss cannot keep on disk, before any training
@@ -89,46 +101,48 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> dict:
         timings["ground_truth_s"] = trials.ground_truth_s
         manifest = _manifest(cfg, source, d, total, samples, trials, training, reused is not None, fitting,
                              started, timings)  # fmt: skip
-        manifest["choice"]["screened"] = choice.screened
         t = time.monotonic()
         best = trials.best
-        manifest["shards"] = commit(cfg.output, best.index, best.template, table, best.ondisk, cfg.num_index_shards)
+        written = commit(cfg.output, best.index, best.template, table, best.ondisk, cfg.num_index_shards)
         timings["write_s"] = time.monotonic() - t
         timings["total_s"] = time.monotonic() - t0
-        manifest["memory_bytes"] = sum(part["bytes"] for part in manifest["shards"])
-        manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
-        manifest["finished_at"] = datetime.now(UTC).isoformat()
-        storage.write_json(storage.join(cfg.output, MANIFEST), manifest)
+        manifest = replace(
+            manifest,
+            choice=IndexChoice.from_dict({**manifest.choice.to_dict(), "screened": choice.screened}),
+            shards=tuple(IndexShard.from_dict(part) for part in written),
+            memory_bytes=sum(part["bytes"] for part in written),
+            timings=IndexTimings.from_dict({k: round(v, 3) for k, v in timings.items()}),
+            finished_at=datetime.now(UTC).isoformat(),
+        )
+        manifest.save(cfg.output)
         recall = best.recall
         log.info("index %s: %s, %d vectors, %g B/vector, nprobe %s, recall@%d %.3f (target %.3f)", cfg.output,
-                 best.factory, best.index.ntotal, manifest["bytes_per_vector"], recall["nprobe"], recall["k"],
+                 best.factory, best.index.ntotal, manifest.bytes_per_vector, recall["nprobe"], recall["k"],
                  recall["recall_at_k"], cfg.target_recall)  # fmt: skip
         return manifest
 
 
 def _screened_by(template: str | None) -> list[dict]:
     """The frontier of the build whose template is reused (the night that chose it), [] without one."""
-    path = storage.join(template, MANIFEST) if template else None
-    if path is None or not storage.exists(path):
-        return []
-    return storage.read_json(path).get("choice", {}).get("screened", [])
+    earlier = IndexManifest.load_if_any(template) if template else None
+    return earlier.choice.screened if earlier else []
 
 
-def _source(embeddings: str) -> tuple[dict, list[Shard]]:
+def _source(embeddings: str) -> tuple[EmbedManifest, list[Shard]]:
     """(the embeddings manifest, the shards) of a finished embed run; InputError when it did not
-    finish or holds no rows."""
-    source_path = storage.join(embeddings, MANIFEST)
-    if not storage.exists(source_path):
-        raise InputError(f"{embeddings} has no {MANIFEST}: the embed run did not finish; re-run `fusionindex embed`")
-    source = storage.read_json(source_path)
+    finish, records no dimension or holds no rows."""
+    source = EmbedManifest.load(embeddings)
+    if source.dim is None:
+        raise InputError(f"{EmbedManifest.path(embeddings)} records no dim; add the vectors' dimension as `dim`")
     shards = list_shards(embeddings)
     if sum(s.num_rows for s in shards) == 0:
         raise InputError(f"{embeddings} holds no embedded rows; nothing to index")
     return source, shards
 
 
-def _manifest(cfg: BuildSettings, source: dict, d: int, total: int, samples: Samples, trials: Trials, training: dict,
-              reused: bool, fitting: int, started: datetime, timings: dict) -> dict:  # fmt: skip
+def _manifest(cfg: BuildSettings, source: EmbedManifest, d: int, total: int, samples: Samples, trials: Trials,
+              training: dict, reused: bool, fitting: int, started: datetime,
+              timings: dict) -> IndexManifest:  # fmt: skip
     """The manifest of the kept trial, but its files' fields (shards, memory_bytes) and the last
     timings; sets the kept index's default nprobe, records the template's baseline errors in
     `training` and times the kept index's search latency."""
@@ -161,27 +175,23 @@ def _manifest(cfg: BuildSettings, source: dict, d: int, total: int, samples: Sam
     if not recall["reached"]:
         log.warning("no index tried reaches recall@%d %.3f; kept %s (%.3f at nprobe %s)", recall["k"],
                     cfg.target_recall, best.factory, recall["recall_at_k"], nprobe)  # fmt: skip
-    return {
-        "kind": "fusionindex.index",
-        "format_version": 2,
-        "factory": best.factory,
-        "metric": "inner_product",
-        "vector": cfg.vector,
-        "dim": d,
-        "ntotal": int(best.index.ntotal),
-        "skipped_null_vectors": total - samples.n_valid,
-        "nprobe": nprobe,
-        "bytes_per_vector": code_bytes(best.index),
-        "merge": "disk" if best.ondisk else "ram",  # disk: index.faiss + index.ivfdata (faiss.IO_FLAG_ONDISK_SAME_DIR)
-        "train_size": int(samples.n_train),
-        "seed": cfg.seed,
-        "training": training,
-        "choice": choice,
-        "recall": recall,
-        "latency": speed,
-        "gpu_training": faiss.get_num_gpus() > 0 and faiss.try_extract_index_ivf(best.template) is not None,
-        "source": {"path": cfg.embeddings, "manifest": source},
-        "started_at": started.isoformat(),
-        "finished_at": None,
-        "timings": {},
-    }
+    return IndexManifest(
+        factory=best.factory,
+        metric="inner_product",
+        vector=cfg.vector,
+        dim=d,
+        ntotal=int(best.index.ntotal),
+        skipped_null_vectors=total - samples.n_valid,
+        nprobe=nprobe,
+        bytes_per_vector=code_bytes(best.index),
+        merge="disk" if best.ondisk else "ram",  # disk: index.faiss + index.ivfdata (faiss.IO_FLAG_ONDISK_SAME_DIR)
+        train_size=int(samples.n_train),
+        seed=cfg.seed,
+        training=Training.from_dict(training),
+        choice=IndexChoice.from_dict(choice),
+        recall=Recall.from_dict(recall),
+        latency=Latency.from_dict(speed),
+        gpu_training=faiss.get_num_gpus() > 0 and faiss.try_extract_index_ivf(best.template) is not None,
+        source=Source(cfg.embeddings, source),
+        started_at=started.isoformat(),
+    )

@@ -15,9 +15,9 @@ import pyarrow as pa
 from encoders import storage
 from encoders.errors import InputError
 from index_builder import faiss_io
-from index_builder.embeddings import MANIFEST
 from index_builder.layout import IDS_FILE, INDEX_FILE, IVFDATA_FILE
 from index_builder.params import search_parameters
+from index_builder.records import IndexManifest, IndexShard
 from index_builder.split import combine
 
 
@@ -30,13 +30,13 @@ class Hit:
     carried: dict = field(default_factory=dict)  # the item's carried columns (embed --carry-columns)
 
 
-def open_index(path: str, manifest: dict) -> faiss.Index:
+def open_index(path: str, manifest: IndexManifest) -> faiss.Index:
     """The searchable index of IDX: index.faiss, or `faiss.IndexShards` over its index shards (each
     shard-KKKKK-of-NNNNN/index.faiss), with lists memory-mapped from index.ivfdata when merged on disk."""
     parts = []
-    for part in manifest.get("shards") or [{"path": ""}]:
-        where = storage.join(path, part["path"]) if part["path"] else path
-        ivfdata = storage.join(where, IVFDATA_FILE) if manifest.get("merge") == "disk" else None
+    for part in manifest.shards or (IndexShard(),):
+        where = storage.join(path, part.path) if part.path else path
+        ivfdata = storage.join(where, IVFDATA_FILE) if manifest.merge == "disk" else None
         parts.append(faiss_io.read_built(storage.join(where, INDEX_FILE), ivfdata))
     return combine(parts)
 
@@ -49,7 +49,7 @@ class LoadedIndex:
         index: faiss.Index,
         ids: list[str],
         captions: list[str | None],
-        manifest: dict,
+        manifest: IndexManifest,
         carried: pa.Table | None = None,
     ):
         if index.ntotal != len(ids):
@@ -59,10 +59,7 @@ class LoadedIndex:
 
     @classmethod
     def load(cls, path: str) -> LoadedIndex:
-        manifest_path = storage.join(path, MANIFEST)
-        if not storage.exists(manifest_path):
-            raise InputError(f"{path} has no {MANIFEST}: not a finished index; run `fusionindex build-index`")
-        manifest = storage.read_json(manifest_path)
+        manifest = IndexManifest.load(path)
         table = storage.read_parquet(storage.join(path, IDS_FILE))
         index = open_index(path, manifest)
         extra = table.drop_columns(["id", "caption"])

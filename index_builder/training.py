@@ -17,9 +17,9 @@ from encoders.errors import SettingsError
 from index_builder import faiss_io
 from index_builder.choose import OPQ_MIN_GAIN, opq_m, worth_opq
 from index_builder.drift import blend, codec_errors, drift
-from index_builder.embeddings import MANIFEST
 from index_builder.layout import TEMPLATE_FILE
 from index_builder.opq import opq_gain
+from index_builder.records import IndexManifest
 from index_builder.settings import BuildSettings
 
 log = logging.getLogger(__name__)
@@ -164,21 +164,21 @@ def reusable_template(
     path = storage.join(cfg.template, TEMPLATE_FILE)
     if not storage.exists(path):
         return None, {"mode": "trained", "reason": f"{cfg.template} holds no {TEMPLATE_FILE}", "from": cfg.template}
-    earlier = storage.read_json(storage.join(cfg.template, MANIFEST))
+    earlier = IndexManifest.load(cfg.template)
     for what, theirs, ours in (
-        ("dimension", earlier["dim"], d),
-        ("vector", earlier["vector"], cfg.vector),
-        ("factory", earlier["factory"], cfg.factory or earlier["factory"]),
+        ("dimension", earlier.dim, d),
+        ("vector", earlier.vector, cfg.vector),
+        ("factory", earlier.factory, cfg.factory or earlier.factory),
     ):
         if theirs != ours:
             return None, {"mode": "trained", "reason": f"{what} changed ({theirs} -> {ours})", "from": cfg.template}
     template = faiss_io.read_index(path)
-    decision = {"mode": "reused", "from": cfg.template, "factory": earlier["factory"]}
-    baseline = earlier.get("training", {}).get("baseline_errors")
+    decision = {"mode": "reused", "from": cfg.template, "factory": earlier.factory}
+    baseline = earlier.training.baseline_errors
     if cfg.retrain == "never" or not baseline:
         reason = "--retrain never" if cfg.retrain == "never" else "no baseline errors recorded: reused as is"
         return template, {**decision, "reason": reason}
-    previous = earlier["training"].get("estimated_errors") or baseline
+    previous = earlier.training.estimated_errors or baseline
     if not len(fresh):
         record = {"baseline_errors": baseline, "estimated_errors": previous}
         return template, {**decision, **record, "reason": "no drift test: every vector was copied from the earlier run"}

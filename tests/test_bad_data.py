@@ -79,7 +79,7 @@ def run(tmp_path_factory, tiny_clip):
     pq.write_table(pa.Table.from_pylist([], schema=_schema()), root / "c.parquet")
     manifest = run_embed(
         EmbedSettings(inputs=[str(root / "*.parquet")], output=str(root / "out"), model=tiny_clip, batch_size=4)
-    )
+    ).to_dict()
     out = pa.concat_tables([pq.read_table(s.path) for s in list_shards(str(root / "out"))])
     rejects = pq.read_table(root / "out" / "rejects").to_pylist()
     return manifest, out, rejects, expect
@@ -184,7 +184,7 @@ def test_bad_files_fail_by_name_or_are_skipped_and_recorded(tmp_path, tiny_clip)
     with pytest.raises(InputError, match="torn.parquet"):
         run_embed(cfg)
     cfg = replace(cfg, skip_bad_files=True)
-    m = run_embed(cfg)
+    m = run_embed(cfg).to_dict()
     assert m["counts"]["embedded"] == 6 and [b["path"] for b in m["bad_files"]] == [str(tmp_path / "torn.parquet")]
     # A corrupt row group inside a readable file: its rows are rejected, not lost.
     path = tmp_path / "good.parquet"
@@ -193,13 +193,13 @@ def test_bad_files_fail_by_name_or_are_skipped_and_recorded(tmp_path, tiny_clip)
     data = bytearray(path.read_bytes())
     data[start : start + 64] = b"\xff" * 64
     path.write_bytes(bytes(data))
-    m = run_embed(cfg)
+    m = run_embed(cfg).to_dict()
     c = m["counts"]
     assert (c["read"], c["embedded"], c["rejected"]) == (6, 3, 3)
     assert c["rejects_by_reason"] == {"unreadable_row_group": 3}
     assert {b["row_group"] for b in m["bad_files"]} == {None, 1}
     # the same when a read-ahead thread reads the row groups (with decode-ahead, the CUDA default)
-    m = run_embed(replace(cfg, decode_ahead="on", output=str(tmp_path / "out-ahead")))
+    m = run_embed(replace(cfg, decode_ahead="on", output=str(tmp_path / "out-ahead"))).to_dict()
     assert m["counts"] == c and {b["row_group"] for b in m["bad_files"]} == {None, 1}
     assert "read" in m["timings"]["decode_ahead_s"] and "wait" in m["timings"]["stages_s"]
 
@@ -212,9 +212,11 @@ def test_duplicate_policy_allow_keeps_every_copy(tmp_path, tiny_clip):
         EmbedSettings(
             inputs=[str(tmp_path / "in.parquet")], output=str(tmp_path / "o"), model=tiny_clip, duplicate_ids="allow"
         )
-    )
+    ).to_dict()
     assert m["counts"]["embedded"] == 3
-    m = run_embed(EmbedSettings(inputs=[str(tmp_path / "in.parquet")], output=str(tmp_path / "o"), model=tiny_clip))
+    m = run_embed(
+        EmbedSettings(inputs=[str(tmp_path / "in.parquet")], output=str(tmp_path / "o"), model=tiny_clip)
+    ).to_dict()
     assert m["counts"]["embedded"] == 1 and m["counts"]["rejects_by_reason"] == {"duplicate_id": 2}
 
 
@@ -254,7 +256,7 @@ def test_tensor_preprocessing_path_agrees_with_the_pil_path(run, tiny_clip, tmp_
             batch_size=4,
             preprocess="tensor",
         )
-    )
+    ).to_dict()
     assert m["counts"] == manifest["counts"]  # the same rows embedded, rejected (same reasons), skipped
     t_out = pa.concat_tables([pq.read_table(s.path) for s in list_shards(str(tmp_path / "t"))])
     assert t_out.column("id").equals(out.column("id"))

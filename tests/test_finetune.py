@@ -177,7 +177,7 @@ def test_finetune_cli_resume_evaluate_and_embed_with_attention(tmp_path, tiny_be
     assert len({items[i].query for i in unique_query_rows(items)}) == report["queries"]
 
     emb = tmp_path / "emb"
-    m = run_embed(EmbedSettings(inputs=[sample_dir], output=str(emb), model=str(out), fusion="attention"))
+    m = run_embed(EmbedSettings(inputs=[sample_dir], output=str(emb), model=str(out), fusion="attention")).to_dict()
     assert m["fusion"]["kind"] == "attention" and m["model"]["family"] == "dual" and m["counts"]["embedded"] == 56
     idx = tmp_path / "idx"
     assert main(["-q", "build-index", "--embeddings", str(emb), "--output", str(idx)]) == 0

@@ -75,11 +75,11 @@ def nights(tmp_path_factory, tiny_clip):
     expect = night_two(str(root / "in1"), str(root / "in2"))
     first = run_embed(
         EmbedSettings(inputs=(str(root / "in1"),), output=str(root / "e1"), model=tiny_clip, batch_size=8)
-    )
+    ).to_dict()
     second = run_embed(
         EmbedSettings(inputs=(str(root / "in2"),), output=str(root / "e2"), model=tiny_clip, batch_size=8),
         previous=str(root / "e1"),
-    )
+    ).to_dict()
     return root, expect, first, second
 
 
@@ -102,7 +102,7 @@ def test_unchanged_rows_copy_their_vectors_and_the_rest_are_embedded(nights, tin
     assert all(two[i]["text_embedding"] != one[i]["text_embedding"] for i in sorted(expect["changed"])[3:])
     full = run_embed(
         EmbedSettings(inputs=(str(root / "in2"),), output=str(tmp_path / "full"), model=tiny_clip, batch_size=8)
-    )
+    ).to_dict()
     rebuilt = vectors(str(tmp_path / "full"))
     assert set(rebuilt) == set(two) and full["counts"]["new"] == full["counts"]["embedded"]
     for i in expect["changed"] | expect["new"]:
@@ -117,7 +117,7 @@ def test_another_model_makes_every_row_seen_before_changed(nights, tmp_path):
     m = run_embed(
         EmbedSettings(inputs=(str(root / "in2"),), output=str(tmp_path / "e"), model=other, batch_size=8),
         previous=str(root / "e1"),
-    )
+    ).to_dict()
     c = m["counts"]
     assert m["previous"]["comparable"] is False
     assert m["previous"]["reason"] == "the model's weights or preprocessing changed", m["previous"]

@@ -109,7 +109,7 @@ def test_merged_index_equals_single_index_from_same_template(emb_dir, tmp_path):
 
 def test_build_index_self_query_and_id_mapping(emb_dir, tmp_path):
     out = str(tmp_path / "idx")
-    m = build_index(BuildSettings(emb_dir, out, seed=3))
+    m = build_index(BuildSettings(emb_dir, out, seed=3)).to_dict()
     assert m["factory"] == choose_factory(4500, 32) and m["ntotal"] == 4500 and m["metric"] == "inner_product"
     assert json.load(open(os.path.join(out, "manifest.json"))) == m
     assert m["source"]["manifest"]["dim"] == 32 and m["train_size"] == 4050  # a tenth held out for the baseline
@@ -154,7 +154,7 @@ def test_text_vector_skips_rows_without_caption_and_keeps_ids_aligned(tmp_path):
     masks = [rng.random(len(s)) > 0.3 for s in shards]
     root = str(tmp_path / "emb")
     write_embeddings(root, shards, masks)
-    m = build_index(BuildSettings(root, str(tmp_path / "idx"), vector="text", factory="IVF8,Flat"))
+    m = build_index(BuildSettings(root, str(tmp_path / "idx"), vector="text", factory="IVF8,Flat")).to_dict()
     kept = int(sum(mk.sum() for mk in masks))
     assert m["ntotal"] == kept and m["skipped_null_vectors"] == 1600 - kept
     idx = LoadedIndex.load(str(tmp_path / "idx"))
@@ -168,7 +168,7 @@ def test_text_vector_skips_rows_without_caption_and_keeps_ids_aligned(tmp_path):
 def test_small_collection_gets_exact_flat_index(tmp_path):
     rng = np.random.default_rng(3)
     write_embeddings(str(tmp_path / "emb"), [clustered(100, 8, rng), clustered(50, 8, rng)])
-    m = build_index(BuildSettings(str(tmp_path / "emb"), str(tmp_path / "idx")))
+    m = build_index(BuildSettings(str(tmp_path / "emb"), str(tmp_path / "idx"))).to_dict()
     assert m["factory"] == "Flat" and m["nprobe"] is None
     assert m["recall"]["recall_at"] == {"1": 1.0, "10": 1.0, "100": 1.0}  # exact search is its own truth
     idx = LoadedIndex.load(str(tmp_path / "idx"))
@@ -200,8 +200,8 @@ def test_vectors_read_in_batches_equal_the_whole_column(tmp_path):
 
 def test_streaming_build_equals_the_cached_build(emb_dir, tmp_path):
     """Above the memory budget shards are streamed (read per pass); the index is the same."""
-    a = build_index(BuildSettings(emb_dir, str(tmp_path / "cached"), seed=5))
-    b = build_index(BuildSettings(emb_dir, str(tmp_path / "streamed"), seed=5, cache_bytes=0))
+    a = build_index(BuildSettings(emb_dir, str(tmp_path / "cached"), seed=5)).to_dict()
+    b = build_index(BuildSettings(emb_dir, str(tmp_path / "streamed"), seed=5, cache_bytes=0)).to_dict()
     assert a["recall"] == b["recall"] and a["ntotal"] == b["ntotal"]
     x = np.concatenate([read_vectors(s, "fused")[0] for s in list_shards(emb_dir)])[::50]
     ia, ib = LoadedIndex.load(str(tmp_path / "cached")), LoadedIndex.load(str(tmp_path / "streamed"))
@@ -209,13 +209,13 @@ def test_streaming_build_equals_the_cached_build(emb_dir, tmp_path):
 
 
 def test_an_earlier_template_is_reused_unless_the_vectors_drifted(emb_dir, tmp_path):
-    first = build_index(BuildSettings(emb_dir, str(tmp_path / "a"), factory="IVF32,PQ8x4np", seed=0))
+    first = build_index(BuildSettings(emb_dir, str(tmp_path / "a"), factory="IVF32,PQ8x4np", seed=0)).to_dict()
     assert first["training"]["mode"] == "trained" and os.path.exists(tmp_path / "a" / "template.faiss")
     assert set(first["training"]["baseline_errors"]) == {"reconstruction", "coarse"}
     ladder = [r["nprobe"] for r in first["recall"]["by_nprobe"]]
     assert ladder[:3] == [1, 2, 4] and set(ladder) <= {1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32}
 
-    again = build_index(BuildSettings(emb_dir, str(tmp_path / "b"), seed=0, template=str(tmp_path / "a")))
+    again = build_index(BuildSettings(emb_dir, str(tmp_path / "b"), seed=0, template=str(tmp_path / "a"))).to_dict()
     assert again["training"]["mode"] == "reused" and again["training"]["reason"].startswith("no drift")
     assert again["factory"] == "IVF32,PQ8x4np"  # the template's, not the default for this size
     same = [open(tmp_path / d / "index.faiss", "rb").read() for d in ("a", "b")]
@@ -224,20 +224,24 @@ def test_an_earlier_template_is_reused_unless_the_vectors_drifted(emb_dir, tmp_p
     rng = np.random.default_rng(11)
     moved = str(tmp_path / "moved")
     write_embeddings(moved, [clustered(4500, 32, rng, centres=30)])
-    drifted = build_index(BuildSettings(moved, str(tmp_path / "c"), template=str(tmp_path / "a")))
+    drifted = build_index(BuildSettings(moved, str(tmp_path / "c"), template=str(tmp_path / "a"))).to_dict()
     assert drifted["training"]["mode"] == "trained" and drifted["training"]["reason"].startswith("drifted:")
-    kept = build_index(BuildSettings(moved, str(tmp_path / "d"), template=str(tmp_path / "a"), retrain="never"))
+    kept = build_index(
+        BuildSettings(moved, str(tmp_path / "d"), template=str(tmp_path / "a"), retrain="never")
+    ).to_dict()
     assert kept["training"]["mode"] == "reused" and kept["training"]["reason"] == "--retrain never"
-    forced = build_index(BuildSettings(emb_dir, str(tmp_path / "e"), template=str(tmp_path / "a"), retrain="always"))
+    forced = build_index(
+        BuildSettings(emb_dir, str(tmp_path / "e"), template=str(tmp_path / "a"), retrain="always")
+    ).to_dict()
     assert forced["training"]["mode"] == "trained" and forced["training"]["reason"] == "--retrain always"
     other = build_index(
         BuildSettings(emb_dir, str(tmp_path / "f"), factory="IVF16,PQ8x4np", template=str(tmp_path / "a"))
-    )
+    ).to_dict()
     assert other["training"]["reason"] == "factory changed (IVF32,PQ8x4np -> IVF16,PQ8x4np)"
 
 
 def test_recall_is_measured_at_each_nprobe_against_exact_search(emb_dir, tmp_path):
-    m = build_index(BuildSettings(emb_dir, str(tmp_path / "idx"), factory="IVF32,Flat", nprobe=2))
+    m = build_index(BuildSettings(emb_dir, str(tmp_path / "idx"), factory="IVF32,Flat", nprobe=2)).to_dict()
     curve = {r["nprobe"]: r["recall_at_k"] for r in m["recall"]["by_nprobe"]}
     assert list(curve) == [1, 2, 4, 8, 16, 32] and curve[2] == m["recall"]["recall_at_k"]
     assert curve[32] == 1.0 > curve[1]  # exact codes: probing every list is exact search

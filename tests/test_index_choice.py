@@ -30,7 +30,7 @@ def emb(tmp_path_factory):
 
 def test_a_budget_that_allows_sq8_gets_it_with_the_smallest_nprobe_reaching_the_target(emb, tmp_path):
     out = str(tmp_path / "idx")
-    m = build_index(BuildSettings(emb, out, max_bytes_per_vector=32, target_recall=0.9))
+    m = build_index(BuildSettings(emb, out, max_bytes_per_vector=32, target_recall=0.9)).to_dict()
     assert m["factory"] == "IVF128,SQ8" and m["bytes_per_vector"] == 32  # d bytes: the largest code within 32
     r = m["recall"]
     assert r["reached"] and r["recall_at_k"] >= 0.9 and m["choice"]["tried"][0]["factory"] == "IVF128,SQ8"
@@ -44,7 +44,7 @@ def test_a_budget_that_allows_sq8_gets_it_with_the_smallest_nprobe_reaching_the_
 
 
 def test_a_budget_too_small_for_the_target_keeps_the_screens_winner_and_says_so(emb, tmp_path, caplog):
-    m = build_index(BuildSettings(emb, str(tmp_path / "idx"), max_bytes_per_vector=2, target_recall=0.99))
+    m = build_index(BuildSettings(emb, str(tmp_path / "idx"), max_bytes_per_vector=2, target_recall=0.99)).to_dict()
     screened = m["choice"]["screened"]
     assert {r["factory"] for r in screened} == {"IVF128,PQ4x4fs", "IVF128,PQ2x8np"}  # each family's 2-byte code
     assert all(r["bytes_per_vector"] == 2 and 0 < r["recall_at_k"] < 0.99 for r in screened)
@@ -63,7 +63,7 @@ def test_merge_on_disk_refuses_what_faiss_cannot_keep_there_before_any_training(
     with pytest.raises(SettingsError, match="fast-scan blocks"):
         build_index(BuildSettings(emb, str(out), factory="IVF16,PQ8x4fs", merge="disk"))
     assert not out.exists() and "building" not in caplog.text and "sampl" not in caplog.text
-    m = build_index(BuildSettings(emb, str(out), max_bytes_per_vector=16, merge="disk", target_recall=0.5))
+    m = build_index(BuildSettings(emb, str(out), max_bytes_per_vector=16, merge="disk", target_recall=0.5)).to_dict()
     assert m["merge"] == "disk" and all(r["on_disk"] for r in m["choice"]["screened"] if "error" not in r)
     assert {r["family"] for r in m["choice"]["screened"]} == {"SQ", "PQ", "OPQ", "RaBitQ"}  # not PQfs, RaBitQfs
 
@@ -113,7 +113,9 @@ def test_opq_candidates_are_trained_only_when_the_screen_says_they_pay(tmp_path)
     write_embeddings(steep, [y[:3000], y[3000:]])
     opq = {}
     for name, root in (("flat", flat), ("steep", steep)):
-        m = build_index(BuildSettings(root, str(tmp_path / f"idx-{name}"), max_bytes_per_vector=8, target_recall=1.0))
+        m = build_index(
+            BuildSettings(root, str(tmp_path / f"idx-{name}"), max_bytes_per_vector=8, target_recall=1.0)
+        ).to_dict()
         (opq[name],) = [r for r in m["choice"]["screened"] if r["family"] == "OPQ"]
         assert {r["factory"] for r in m["choice"]["screened"]} >= {"IVF128,PQ8x8np", "IVF128,PQ16x4fs"}
     assert opq["flat"]["factory"] == "OPQ8,IVF128,PQ8x8np" and opq["flat"]["opq_gain"] < OPQ_MIN_GAIN

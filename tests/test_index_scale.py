@@ -39,14 +39,16 @@ def results(idx: LoadedIndex, x: np.ndarray) -> list[list[str]]:
 @pytest.mark.beam
 def test_the_beam_add_and_the_disk_merge_give_the_in_process_index(emb, tmp_path):
     cfg = BuildSettings(emb, str(tmp_path / "ram"), factory="IVF32,PQ8x8np", seed=1)
-    ram = build_index(cfg)
+    ram = build_index(cfg).to_dict()
     beam = build_index(BuildSettings(emb, str(tmp_path / "beam"), factory="IVF32,PQ8x8np", seed=1, workers=2),
-                       beam_adder([], workers=2))  # fmt: skip
+                       beam_adder([], workers=2)).to_dict()  # fmt: skip
     assert beam["recall"] == ram["recall"] and beam["ntotal"] == 4000
     read = [open(tmp_path / d / name, "rb").read() for d in ("ram", "beam") for name in ("index.faiss", "ids.parquet")]
     assert read[0] == read[2] and read[1] == read[3]  # the same ids and codes, byte for byte
     assert not os.path.exists(tmp_path / "beam" / ".parts")  # parts are removed once merged
-    disk = build_index(BuildSettings(emb, str(tmp_path / "disk"), factory="IVF32,PQ8x8np", seed=1, merge="disk"))
+    disk = build_index(
+        BuildSettings(emb, str(tmp_path / "disk"), factory="IVF32,PQ8x8np", seed=1, merge="disk")
+    ).to_dict()
     assert disk["merge"] == "disk" and ram["merge"] == "ram" and os.path.exists(tmp_path / "disk" / "index.ivfdata")
     sizes = [os.path.getsize(tmp_path / d / "index.faiss") for d in ("ram", "disk")]
     assert sizes[0] - sizes[1] >= 0.95 * 4000 * (8 + 8)  # the codes and ids moved to index.ivfdata (less list offsets)
@@ -154,8 +156,8 @@ def test_measuring_recall_on_disk_leaves_no_list_pages_mapped(tmp_path):
 @pytest.mark.beam
 def test_fast_scan_indexes_merge_in_ram_and_are_refused_on_disk(emb, tmp_path):
     fs = build_index(BuildSettings(emb, str(tmp_path / "fs"), factory="IVF32,PQ16x4fs", workers=2),
-                     beam_adder([], workers=2))  # fmt: skip
-    one = build_index(BuildSettings(emb, str(tmp_path / "one"), factory="IVF32,PQ16x4fs"))
+                     beam_adder([], workers=2)).to_dict()  # fmt: skip
+    one = build_index(BuildSettings(emb, str(tmp_path / "one"), factory="IVF32,PQ16x4fs")).to_dict()
     x = clustered(100, 32, np.random.default_rng(3))
     assert fs["ntotal"] == one["ntotal"] == 4000
     assert results(LoadedIndex.load(str(tmp_path / "fs")), x) == results(LoadedIndex.load(str(tmp_path / "one")), x)
@@ -178,10 +180,10 @@ def test_build_index_takes_beam_options_on_the_command_line(emb, tmp_path, capsy
 
 @pytest.mark.parametrize("factory,merge", [("Flat", "ram"), ("IVF32,Flat", "ram"), ("IVF32,PQ8x8np", "disk")])
 def test_index_shards_cover_every_id_once_and_search_like_one_index(emb, tmp_path, factory, merge):
-    one = build_index(BuildSettings(emb, str(tmp_path / "one"), factory=factory, seed=2, merge=merge))
+    one = build_index(BuildSettings(emb, str(tmp_path / "one"), factory=factory, seed=2, merge=merge)).to_dict()
     three = build_index(
         BuildSettings(emb, str(tmp_path / "three"), factory=factory, seed=2, merge=merge, num_index_shards=3)
-    )
+    ).to_dict()
     assert [s["path"] for s in three["shards"]] == [f"shard-{k:05d}-of-00003" for k in range(3)]
     assert not os.path.exists(tmp_path / "three" / "index.faiss") and three["ntotal"] == one["ntotal"] == 4000
     held = []

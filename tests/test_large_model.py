@@ -174,7 +174,7 @@ def test_the_tensor_path_runs_on_the_workers_with_a_shared_model(tmp_path, tiny_
 
     def run(name: str, **kw) -> tuple[dict, pa.Table]:
         s = EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path / name), model=tiny_clip, **kw)
-        m = run_embed(s)
+        m = run_embed(s).to_dict()
         return m, pa.concat_tables([pq.read_table(p.path) for p in list_shards(s.output)])
 
     shared, a = run("shared", preprocess="tensor", large_model=True)

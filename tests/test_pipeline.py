@@ -40,7 +40,9 @@ def input_rows(sample_dir):
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory, tiny_clip, sample_dir):
     out = str(tmp_path_factory.mktemp("emb"))
-    manifest = run_embed(EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=out, model=tiny_clip, batch_size=8))
+    manifest = run_embed(
+        EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=out, model=tiny_clip, batch_size=8)
+    ).to_dict()
     return out, manifest
 
 
@@ -122,7 +124,7 @@ def test_rerun_is_deterministic_and_direct_runner_agrees(embedded, tiny_clip, sa
         m = run_embed(
             EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=again, model=tiny_clip, batch_size=5),
             ["--runner", "DirectRunner"],
-        )
+        ).to_dict()
     units = m["shards"]  # the driver watched the shards commit: the last progress line says all of them
     assert (
         f"progress: {m['counts']['read']:,} / {m['counts']['read']:,} rows (100.0%), {units} / {units}" in caplog.text
@@ -151,7 +153,9 @@ def test_bad_rows_are_rejected_not_dropped_and_blank_captions_counted(tmp_path, 
         {"key": "failed", "caption": "x", "status": "failed_to_download", "jpg": None},
     ]
     _catalogue(tmp_path / "in.parquet", rows)
-    m = run_embed(EmbedSettings(inputs=[str(tmp_path / "in.parquet")], output=str(tmp_path / "out"), model=tiny_clip))
+    m = run_embed(
+        EmbedSettings(inputs=[str(tmp_path / "in.parquet")], output=str(tmp_path / "out"), model=tiny_clip)
+    ).to_dict()
     assert m["counts"] == {
         "read": 7,
         "embedded": 3,
@@ -210,7 +214,7 @@ def test_multi_process_workers(tmp_path, tiny_clip, sample_dir, embedded):
     m = run_embed(
         EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=out, model=tiny_clip),
         ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
-    )
+    ).to_dict()
     assert m["counts"]["embedded"] == 56
     assert read_dir(out).column("id").equals(read_dir(embedded[0]).column("id"))
     from pipelines.threads import usable_cores
@@ -271,7 +275,7 @@ def test_large_model_mode_shares_one_model_and_gives_the_same_vectors(tmp_path, 
         EmbedSettings(
             inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path / "lm"), model=tiny_clip, large_model=True
         )
-    )
+    ).to_dict()
     assert m["counts"]["embedded"] == 56
     assert m["runtime"]["model_sharing"] == "per_machine"
     assert "large-model server" in m["runtime"]["threads"]["engine"]  # the forward passes' process
@@ -298,7 +302,7 @@ def test_decode_ahead_and_streamed_batches_give_the_same_shards(tmp_path, tiny_c
             batch_size=5,
             decode_ahead="on",
         )
-    )
+    ).to_dict()
     assert m["counts"] == embedded[1]["counts"]
     # the decode thread read headers, decoded and tokenized; the unit's thread waited for it (and ran
     # the PIL path's processor, resize and normalise, counted as decode, with the forward passes)

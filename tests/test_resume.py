@@ -61,7 +61,7 @@ def test_kill_9_then_rerun_reuses_committed_shards_and_matches_uninterrupted_run
     assert 3 <= len(committed) < 40, f"{len(committed)} shards committed at kill time"
     assert not os.path.exists(os.path.join(out, "manifest.json"))
 
-    m = run_embed(EmbedSettings(inputs=[inputs], output=out, model=model, batch_size=8))
+    m = run_embed(EmbedSettings(inputs=[inputs], output=out, model=model, batch_size=8)).to_dict()
     assert m["reused_shards"] == len(committed)
     assert m["counts"]["read"] == 600 and m["counts"]["rejected"] == 0
     assert m["counts"]["embedded"] == sum(s.num_rows for s in list_shards(out)) == 600 - m["counts"]["skipped"]
@@ -78,14 +78,14 @@ def test_rerun_of_finished_job_reuses_everything_unless_restarted_or_changed(slo
     root, inputs, model = slow_job
     out = str(tmp_path / "out")
     cfg = EmbedSettings(inputs=[inputs], output=out, model=model, batch_size=8)
-    first = run_embed(cfg)
+    first = run_embed(cfg).to_dict()
     before = shard_bytes(out)
-    again = run_embed(cfg)
+    again = run_embed(cfg).to_dict()
     assert again["reused_shards"] == 40 and again["counts"] == first["counts"]
     assert shard_bytes(out) == before
     assert run_embed(replace(cfg, restart=True))["reused_shards"] == 0
     assert shard_bytes(out) == before  # deterministic recompute
-    changed = run_embed(replace(cfg, alpha=0.9, beta=0.1))  # a different fusion must not reuse old vectors
+    changed = run_embed(replace(cfg, alpha=0.9, beta=0.1)).to_dict()  # a different fusion must not reuse old vectors
     assert changed["reused_shards"] == 0 and shard_bytes(out) != before
 
 
@@ -136,7 +136,7 @@ def test_killed_index_build_leaves_the_previous_index_untouched(tmp_path):
     proc.wait()
     assert {n: open(os.path.join(idx, n), "rb").read() for n in os.listdir(idx)} == before
     assert LoadedIndex.load(idx).index.ntotal == 1500
-    m = build_index(BuildSettings(big, idx))  # a re-run completes
+    m = build_index(BuildSettings(big, idx)).to_dict()  # a re-run completes
     assert m["ntotal"] == 80_000 and LoadedIndex.load(idx).index.ntotal == 80_000
 
 

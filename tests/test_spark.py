@@ -59,7 +59,9 @@ def test_spark_local_cluster_commits_the_beam_shards_once_despite_a_killed_worke
 ):
     caplog.set_level(logging.INFO, logger="pipelines.embed.spark")
     monkeypatch.chdir(tmp_path)  # a relative --output: the executors run in directories of their own
-    beam = run_embed(EmbedSettings(inputs=inputs, output=str(tmp_path / "beam"), model=tiny_clip, batch_size=8))
+    beam = run_embed(
+        EmbedSettings(inputs=inputs, output=str(tmp_path / "beam"), model=tiny_clip, batch_size=8)
+    ).to_dict()
     marker = tmp_path / "killed"
 
     def kill_once(unit: int) -> None:  # pickled by value to the executors (defined in a function)
@@ -79,7 +81,7 @@ def test_spark_local_cluster_commits_the_beam_shards_once_despite_a_killed_worke
             spark_master=CLUSTER,
         ),
         after_commit=kill_once,
-    )
+    ).to_dict()
     assert marker.exists()  # unit 2's first task committed its shard and then lost its Python worker
     assert_same_output(str(tmp_path / "beam"), str(tmp_path / "spark"))
     assert spark["counts"] == beam["counts"] and spark["counts"]["rejects_by_reason"] == {"duplicate_id": 5}
@@ -103,14 +105,16 @@ def test_spark_local_cluster_commits_the_beam_shards_once_despite_a_killed_worke
 def test_spark_previous_run_comparison_equals_beam(inputs, tiny_clip, tmp_path):
     """The join against a previous run (what reindex does) on Spark: the same copied, re-embedded
     and deleted rows as Beam's join."""
-    first = run_embed(EmbedSettings(inputs=inputs, output=str(tmp_path / "first"), model=tiny_clip, batch_size=8))
+    first = run_embed(
+        EmbedSettings(inputs=inputs, output=str(tmp_path / "first"), model=tiny_clip, batch_size=8)
+    ).to_dict()
     sample = os.path.dirname(inputs[0])
     today = [os.path.join(sample, sorted(f for f in os.listdir(sample) if f.endswith(".parquet"))[0])]  # one of two
     out = {}
     for engine in ("beam", "spark"):
         extra = {"engine": "spark", "spark_master": "local[2]"} if engine == "spark" else {}
         s = EmbedSettings(inputs=today, output=str(tmp_path / engine), model=tiny_clip, batch_size=8, **extra)
-        out[engine] = run_embed(s, previous=str(tmp_path / "first"))
+        out[engine] = run_embed(s, previous=str(tmp_path / "first")).to_dict()
     assert_same_output(str(tmp_path / "beam"), str(tmp_path / "spark"))
     c = out["spark"]["counts"]
     assert c == out["beam"]["counts"]

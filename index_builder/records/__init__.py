@@ -15,10 +15,10 @@ from index_builder.records.base import Part, Record
 from index_builder.records.latest import INDEX, RUNS, Latest
 from index_builder.records.manifests import (
     MANIFEST,
-    Choice,
     Counts,
     EmbedManifest,
     EmbedTimings,
+    IndexChoice,
     IndexManifest,
     IndexShard,
     IndexTimings,
@@ -32,7 +32,7 @@ from index_builder.records.manifests import (
 )
 
 __all__ = [
-    "INDEX", "MANIFEST", "RUNS", "Choice", "Counts", "EmbedManifest", "EmbedTimings", "IndexManifest", "IndexShard",
-    "IndexTimings", "Latency", "Latest", "ModelSpec", "Part", "PreviousRun", "Recall", "RecallPoint", "Record",
-    "Source", "Training",
+    "INDEX", "MANIFEST", "RUNS", "Counts", "EmbedManifest", "EmbedTimings", "IndexChoice", "IndexManifest",
+    "IndexShard", "IndexTimings", "Latency", "Latest", "ModelSpec", "Part", "PreviousRun", "Recall", "RecallPoint",
+    "Record", "Source", "Training",
 ]  # fmt: skip

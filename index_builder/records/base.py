@@ -17,8 +17,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Self
 
+from encoders import storage
 from encoders.errors import InputError
-from index_builder import storage
 
 
 def optional(default: Any = None, key: str | None = None) -> Any:

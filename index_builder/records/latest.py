@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from index_builder import storage
+from encoders import storage
 from index_builder.records.base import Record, optional
 
 RUNS = "runs"

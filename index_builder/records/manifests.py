@@ -153,13 +153,15 @@ class Training(Part):
 
 
 @dataclass(frozen=True)
-class Choice(Part):
-    """Which factories were tried within the budget, which skipped, and why the kept one."""
+class IndexChoice(Part):
+    """Which factories were tried within the budget, which skipped, why the kept one, and the
+    candidates screened on a subsample (the frontier; a reused template's night's)."""
 
     budget: dict | None = None
     tried: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     reason: str | None = None
+    screened: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,7 @@ class IndexTimings(Part):
 
     sample_s: float | None = optional()
     drift_s: float | None = optional()
+    screen_s: float | None = optional()
     ground_truth_s: float | None = optional()
     train_s: float | None = optional()
     add_merge_s: float | None = optional()
@@ -215,7 +218,7 @@ class IndexManifest(Record):
     train_size: int | None = None
     seed: int | None = None
     training: Training = field(default_factory=Training)
-    choice: Choice | None = None
+    choice: IndexChoice = field(default_factory=IndexChoice)
     recall: Recall = field(default_factory=Recall)
     latency: Latency | None = None
     gpu_training: bool = False

@@ -41,11 +41,11 @@ def cmd_embed(args, rest: list[str]) -> int:
     from pipelines.embed.run import run_embed
 
     m = run_embed(settings_from(EmbedSettings, args), rest)
-    c = m["counts"]
+    c = m.counts
     print(
-        f"embedded {c['embedded']} of {c['read']} rows ({c['rejected']} rejected, {c['skipped']} skipped, "
-        f"{c['empty_caption']} without caption) into {args.output} in {m['timings']['total_s']:.1f} s"
-        + (f"; reused {m['reused_shards']} of {m['shards']} committed shards" if m["reused_shards"] else "")
+        f"embedded {c.embedded} of {c.read} rows ({c.rejected} rejected, {c.skipped} skipped, "
+        f"{c.empty_caption} without caption) into {args.output} in {m.timings.total_s:.1f} s"
+        + (f"; reused {m.reused_shards} of {m.shards} committed shards" if m.reused_shards else "")
     )
     return 0
 
@@ -56,13 +56,13 @@ def cmd_build(args, rest) -> int:
 
     settings = settings_from(BuildSettings, args)
     m = build_index(settings, adder_for(settings.workers, rest))
-    r = m["recall"]
+    r = m.recall
     print(
-        f"built {m['factory']} over {m['ntotal']} {m['vector']} vectors in {args.output} "
-        f"({m['bytes_per_vector']:g} B/vector, {m['memory_bytes'] / 2**20:.1f} MiB; nprobe {m['nprobe']}, "
-        f"recall@{r['k']} {r['recall_at_k']:.3f} vs exact on {r['queries']} held-out queries"
-        + ("" if r["reached"] else f", BELOW the target {r['target']}")
-        + f") in {m['timings']['total_s']:.1f} s"
+        f"built {m.factory} over {m.ntotal} {m.vector} vectors in {args.output} "
+        f"({m.bytes_per_vector:g} B/vector, {m.memory_bytes / 2**20:.1f} MiB; nprobe {m.nprobe}, "
+        f"recall@{r.k} {r.recall_at_k:.3f} vs exact on {r.queries} held-out queries"
+        + ("" if r.reached else f", BELOW the target {r.target}")
+        + f") in {m.timings.total_s:.1f} s"
     )
     return 0
 
@@ -136,11 +136,11 @@ def cmd_evaluate(args, rest) -> int:
 
 def cmd_evaluate_index(args, rest) -> int:
     from encoders import storage
+    from index_builder.records import Latest
     from index_builder.remeasure import evaluate_index
-    from pipelines.reindex.root import resolve_index
 
     s = settings_from(EvaluateIndexSettings, args)
-    r = evaluate_index(resolve_index(s.index), s.embeddings, s.queries, s.seed, s.nprobe)
+    r = evaluate_index(Latest.index_of(s.index), s.embeddings, s.queries, s.seed, s.nprobe)
     if s.json:
         storage.write_json(s.json, r)
     claimed = r["claimed_recall_at"] or {}

@@ -15,7 +15,8 @@ from encoders import storage
 from encoders.errors import InputError
 from encoders.loading import ModelLoadError
 from encoders.models import ResolvedModel, resolve_model
-from index_builder.embeddings import MANIFEST, list_shards
+from index_builder.embeddings import list_shards
+from index_builder.records import Counts, EmbedManifest, EmbedTimings, ModelSpec, PreviousRun
 from pipelines.embed.engine import Engine, EngineMetrics, EngineRun, EngineWork, make_engine
 from pipelines.embed.output import prepare_output, run_key
 from pipelines.embed.progress import Watcher
@@ -31,33 +32,25 @@ log = logging.getLogger(__name__)
 JOIN_FILE = ".join.json"  # the join's counts (deleted), written by the pipeline when there is a previous run
 
 
-def previous_run(path: str, model_fingerprint: str, fusion_params: dict) -> tuple[tuple[str, ...], dict]:
+def previous_run(path: str, model_fingerprint: str, fusion_params: dict) -> tuple[tuple[str, ...], PreviousRun]:
     """The shards of a previous embed run and what the manifest records of it. `comparable`: it
     used the same weights and fusion and stored content hashes, so its vectors may be copied."""
-    manifest_path = storage.join(path, MANIFEST)
-    if not storage.exists(manifest_path):
-        raise InputError(f"previous run {path} has no {MANIFEST}: it did not finish; it cannot be compared against")
-    m = storage.read_json(manifest_path)
+    m = EmbedManifest.load(path)
     shards = tuple(s.path for s in list_shards(path))
     hashed = all("content_hash" in storage.read_schema(p).names for p in shards[:1])
+    theirs = m.model.fingerprint if m.model else None
     reasons = []
-    if m["model"]["fingerprint"] != model_fingerprint:
+    if theirs != model_fingerprint:
         reasons.append("the model's weights or preprocessing changed")
-    if m["fusion"] != fusion_params:
-        changed = sorted(k for k in {*m["fusion"], *fusion_params} if m["fusion"].get(k) != fusion_params.get(k))
+    fusion = m.fusion or {}
+    if fusion != fusion_params:
+        changed = sorted(k for k in {*fusion, *fusion_params} if fusion.get(k) != fusion_params.get(k))
         reasons.append("the fusion settings changed (" + ", ".join(changed) + ")")
     if not hashed:
         reasons.append("its shards carry no content hashes (written before incremental runs)")
     if reasons:
         log.warning("every row seen in %s counts as changed: %s", path, "; ".join(reasons))
-    info = {
-        "path": path,
-        "finished_at": m.get("finished_at"),
-        "model_fingerprint": m["model"]["fingerprint"],
-        "fusion": m["fusion"],
-        "comparable": not reasons,
-        "reason": "; ".join(reasons) or None,
-    }
+    info = PreviousRun(path, m.finished_at, theirs, m.fusion, comparable=not reasons, reason="; ".join(reasons) or None)
     return shards, info
 
 
@@ -100,7 +93,7 @@ class Output:
 
     resume: bool
     previous_shards: tuple[str, ...]
-    previous: dict | None
+    previous: PreviousRun | None
 
 
 def prepare(s: EmbedSettings, plan: InputPlan, r: Resolved, previous: str | None, companions, dry_run: bool) -> Output:
@@ -109,7 +102,7 @@ def prepare(s: EmbedSettings, plan: InputPlan, r: Resolved, previous: str | None
     previous_shards, previous_info = previous_run(previous, r.model.fingerprint, r.fusion) if previous else ((), None)
     key = run_key(s, plan, r.model.fingerprint, r.fusion)
     if previous_info is not None:
-        key["previous"] = previous_info
+        key["previous"] = previous_info.to_dict()
     resume = False
     if not dry_run:
         resume = prepare_output(s.output, key, s.restart, companions)
@@ -138,7 +131,7 @@ def engine_work(s: EmbedSettings, plan: InputPlan, r: Resolved, out: Output, aft
         s, tuple(u.path for u in plan.units), r.model.dim, out.resume, model=r.model, runtime=r.runtime,
         previous_shards=out.previous_shards, after_commit=after_commit,
     )  # fmt: skip
-    comparable = bool(out.previous and out.previous["comparable"])
+    comparable = bool(out.previous and out.previous.comparable)
     return EngineWork(
         plan, job, shared_model_tag(s, r.model.fingerprint), comparable, storage.join(s.output, JOIN_FILE)
     )
@@ -151,7 +144,7 @@ def run_embed(
     previous: str | None = None,
     companions: tuple[str, ...] = (),
     after_commit: Callable[[int], None] | None = None,
-) -> dict:
+) -> EmbedManifest:
     """Run the whole embed job; return the manifest written to `settings.output/manifest.json`.
 
     `previous`: the output directory of an earlier run to compare against (a nightly reindex):
@@ -183,55 +176,45 @@ def run_embed(
         counts["deleted"] = storage.read_json(join_path)["deleted"]
     if len(runtimes) > 1:
         log.warning("shards were made with %d different runtimes: %s", len(runtimes), runtimes)
-    manifest = {
-        "kind": "fusionindex.embeddings",
-        "format_version": 2,
-        "inputs": plan.files,
-        "columns": s.as_dict()["columns"],
-        "counts": counts,
-        "bad_files": plan.bad_files + bad_row_groups,
-        "shards": len(plan.units),
-        "reused_shards": None if done.metrics is None else done.metrics.shards_reused,  # None: no metrics
-        "previous": out.previous,
-        "dim": r.model.dim,
-        "model": {
-            "spec": s.model,
-            "family": r.model.family,
-            "model_type": r.model.model_type,
-            "fingerprint": r.model.fingerprint,
-        },
-        "fusion": r.fusion,
-        "settings": s.as_dict(),
-        "runtime": runtimes[0] if len(runtimes) == 1 else runtimes,
-        "engine": s.engine,
-        "runner": done.runner,  # the Beam runner, or the Spark master
-        "started_at": started.isoformat(),
-        "finished_at": datetime.now(UTC).isoformat(),
-        "timings": run_timings(done, time.monotonic() - t0, pipeline_s),
-    }
-    storage.write_json(storage.join(s.output, MANIFEST), manifest)
-    log.info(
-        "embedded %d of %d rows (%d rejected, %d skipped) into %s",
-        counts["embedded"],
-        counts["read"],
-        counts["rejected"],
-        counts["skipped"],
-        s.output,
+    manifest = EmbedManifest(
+        inputs=plan.files,
+        columns=s.as_dict()["columns"],
+        counts=Counts.from_dict(counts),
+        bad_files=plan.bad_files + bad_row_groups,
+        shards=len(plan.units),
+        reused_shards=None if done.metrics is None else done.metrics.shards_reused,  # None: no metrics
+        previous=out.previous,
+        dim=r.model.dim,
+        model=ModelSpec(s.model, r.model.family, r.model.model_type, r.model.fingerprint),
+        fusion=r.fusion,
+        settings=s.as_dict(),
+        runtime=runtimes[0] if len(runtimes) == 1 else runtimes,
+        engine=s.engine,
+        runner=done.runner,  # the Beam runner, or the Spark master
+        started_at=started.isoformat(),
+        finished_at=datetime.now(UTC).isoformat(),
+        timings=run_timings(done, time.monotonic() - t0, pipeline_s),
     )
+    manifest.save(s.output)
+    c = manifest.counts
+    log.info("embedded %d of %d rows (%d rejected, %d skipped) into %s", c.embedded, c.read, c.rejected, c.skipped,
+             s.output)  # fmt: skip
     return manifest
 
 
-def run_timings(done: EngineRun, total_s: float, pipeline_s: float) -> dict:
+def run_timings(done: EngineRun, total_s: float, pipeline_s: float) -> EmbedTimings:
     """The manifest's timings: the driver's wall times, and the workers' summed over units
     (model load excluded from units_s) with where the units' time went (encoders/stages.py;
     no stage figures when the engine reports no metrics)."""
     m = done.metrics or EngineMetrics()
     units_s = m.unit_ms / 1000
-    return {
-        "total_s": round(total_s, 3),
-        "pipeline_s": round(pipeline_s, 3),
-        "units_s": units_s,
-        "model_load_s": m.load_model_ms / 1000,
-        "inference_s": m.inference_ms / 1000,
-        **manifest_timings(dict(m.stage_us), units_s, m.rows_read),
-    }
+    return EmbedTimings.from_dict(
+        {
+            "total_s": round(total_s, 3),
+            "pipeline_s": round(pipeline_s, 3),
+            "units_s": units_s,
+            "model_load_s": m.load_model_ms / 1000,
+            "inference_s": m.inference_ms / 1000,
+            **manifest_timings(dict(m.stage_us), units_s, m.rows_read),
+        }
+    )

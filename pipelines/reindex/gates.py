@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from index_builder.records import Counts, IndexManifest
+
 
 @dataclass(frozen=True)
 class Gate:
@@ -18,8 +20,8 @@ class Gate:
 
 
 def check_gates(
-    counts: dict,
-    index: dict,
+    counts: Counts,
+    index: IndexManifest,
     *,
     max_reject_rate: float,
     min_recall: float,
@@ -29,50 +31,50 @@ def check_gates(
     """Every gate of a run: `counts` from the embed manifest, `index` the index manifest, `canary`
     the overlap measured against the published index (None when there are no canary queries)."""
     gates = []
-    parts = counts["embedded"] + counts["rejected"] + counts["skipped"]
-    classes = counts["new"] + counts["changed"] + counts["unchanged"]
-    ok = counts["read"] == parts and counts["embedded"] == classes
+    parts = counts.embedded + counts.rejected + counts.skipped
+    classes = counts.new + counts.changed + counts.unchanged
+    ok = counts.read == parts and counts.embedded == classes
     gates.append(
         Gate(
             "count_invariant",
             ok,
-            counts["read"],
+            counts.read,
             f"== {parts} (embedded + rejected + skipped)",
-            f"read {counts['read']}; embedded {counts['embedded']} = new {counts['new']} + changed "
-            f"{counts['changed']} + unchanged {counts['unchanged']}; rejected {counts['rejected']}; "
-            f"skipped {counts['skipped']}",
+            f"read {counts.read}; embedded {counts.embedded} = new {counts.new} + changed "
+            f"{counts.changed} + unchanged {counts.unchanged}; rejected {counts.rejected}; "
+            f"skipped {counts.skipped}",
         )
     )
-    expected = counts["embedded"] - index.get("skipped_null_vectors", 0)
+    expected = counts.embedded - index.skipped_null_vectors
     gates.append(
         Gate(
             "index_holds_every_embedded_row",
-            index["ntotal"] == expected,
-            index["ntotal"],
+            index.ntotal == expected,
+            index.ntotal,
             f"== {expected}",
-            f"{index['ntotal']} {index['vector']} vectors in the index for {counts['embedded']} embedded rows",
+            f"{index.ntotal} {index.vector} vectors in the index for {counts.embedded} embedded rows",
         )
     )
-    considered = counts["read"] - counts["skipped"]
-    rate = counts["rejected"] / considered if considered else 0.0
+    considered = counts.read - counts.skipped
+    rate = counts.rejected / considered if considered else 0.0
     gates.append(
         Gate(
             "reject_rate",
             rate <= max_reject_rate,
             round(rate, 6),
             f"<= {max_reject_rate}",
-            f"{counts['rejected']} of {considered} success rows rejected"
-            + "".join(f"; {k} {v}" for k, v in counts.get("rejects_by_reason", {}).items()),
+            f"{counts.rejected} of {considered} success rows rejected"
+            + "".join(f"; {k} {v}" for k, v in counts.rejects_by_reason.items()),
         )
     )
-    recall = index["recall"]["recall_at_k"]
+    recall = index.recall.recall_at_k
     gates.append(
         Gate(
             "recall",
             recall >= min_recall,
             round(recall, 6),
             f">= {min_recall}",
-            f"recall@{index['recall']['k']} against exact search at nprobe {index['nprobe']}",
+            f"recall@{index.recall.k} against exact search at nprobe {index.nprobe}",
         )
     )
     if canary is None:

@@ -13,6 +13,7 @@ import random
 
 from encoders import storage
 from index_builder.embeddings import REJECTS
+from index_builder.records import EmbedManifest, IndexManifest
 from pipelines.inputs import Columns
 from pipelines.search.html import THUMB
 from pipelines.search.report import thumbnails
@@ -49,13 +50,13 @@ def sample_queries(run: str, canaries: list[str] | None, n: int, seed: int = 0) 
     return random.Random(seed).sample(sorted(set(captions)), min(n, len(set(captions))))
 
 
-def write_report(run: str, record: dict, em: dict, im: dict, s, canaries: list[str] | None) -> dict:
+def write_report(run: str, record: dict, em: EmbedManifest, im: IndexManifest, s, canaries: list[str] | None) -> dict:
     """Write RUN/report.json and RUN/report.html; return the report data."""
     data = {
         **record,
         "reject_examples": reject_examples(run),
-        "recall_by_nprobe": im["recall"].get("by_nprobe", []),
-        "frontier": [r for r in im.get("choice", {}).get("screened", []) if "recall_at_k" in r],
+        "recall_by_nprobe": [p.to_dict() for p in im.recall.by_nprobe],
+        "frontier": [r for r in im.choice.screened if "recall_at_k" in r],
         "queries": [],
     }
     thumbs: dict[str, str] = {}
@@ -70,7 +71,7 @@ def write_report(run: str, record: dict, em: dict, im: dict, s, canaries: list[s
                 {"query": q, "hits": [{"id": h.id, "score": round(h.score, 6), "caption": h.caption} for h in hits]}
             )
         ids = {h["id"] for q in data["queries"] for h in q["hits"]}
-        thumbs = thumbnails(em["inputs"], ids, Columns(**em["columns"]))
+        thumbs = thumbnails(em.inputs or [], ids, Columns(**(em.columns or {})))
     storage.write_json(storage.join(run, REPORT_JSON), data)
     with storage.atomic_open(storage.join(run, REPORT_HTML)) as fh:
         fh.write(render(data, thumbs).encode())

@@ -17,6 +17,7 @@ import logging
 from datetime import datetime
 
 from encoders import storage
+from index_builder.records import Latest
 
 log = logging.getLogger(__name__)
 
@@ -75,5 +76,4 @@ def prune(root: str, keep: int, protect: set[str]) -> list[str]:
 
 def resolve_index(path: str) -> str:
     """The index directory `path` stands for: itself, or (a ROOT) the index of the run LATEST names."""
-    latest = read_latest(path)
-    return storage.join(path, latest["run"], INDEX) if latest else path
+    return Latest.index_of(path)

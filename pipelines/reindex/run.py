@@ -114,32 +114,30 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
         if not resumed:
             storage.remove(run, recursive=True)
         raise
-    read = em["counts"]["read"]
+    c = em.counts
     _stage(
         stages,
         "embed",
         t,
-        rows=read,
-        rows_per_s=round(read / max(time.monotonic() - t, 1e-9), 1),
-        computed=em["counts"]["embedded"] - em["counts"].get("unchanged", 0),  # rows that went through the model
-        timings=em["timings"],
+        rows=c.read,
+        rows_per_s=round(c.read / max(time.monotonic() - t, 1e-9), 1),
+        computed=c.embedded - c.unchanged,  # rows that went through the model
+        timings=em.timings.to_dict(),
     )
 
     t = time.monotonic()
-    comparable = bool(em["previous"] and em["previous"]["comparable"])
-    why_not = (
-        f"not comparable with the published run: {em['previous']['reason']}" if previous_dir and not comparable else ""
-    )
+    comparable = bool(em.previous and em.previous.comparable)
+    why_not = f"not comparable with the published run: {em.previous.reason}" if previous_dir and not comparable else ""
     template = storage.join(previous_dir, INDEX) if comparable else None
     im = build_index(
         replace(s.build, embeddings=run, output=storage.join(run, INDEX), template=template),
         adder_for(s.build.workers, beam_args),
     )
     keep = ("mode", "reason", "from", "errors", "estimated_errors", "baseline_errors", "fresh_rows", "copied_rows")
-    training = {k: v for k, v in im["training"].items() if k in keep}
+    training = {k: v for k, v in im.training.to_dict().items() if k in keep}
     if previous_dir and not comparable:
         training["reason"] = f"{why_not}: trained anew"
-    _stage(stages, "index", t, vectors=im["ntotal"], timings=im["timings"])
+    _stage(stages, "index", t, vectors=im.ntotal, timings=im.timings.to_dict())
 
     t = time.monotonic()
     canary = None
@@ -154,7 +152,7 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
             searcher = Searcher.open(storage.join(run, INDEX), s.embed.model, s.embed.device)
             canary = canary_overlap(searcher, storage.join(previous_dir, INDEX), queries)
     gates = check_gates(
-        em["counts"],
+        c,
         im,
         max_reject_rate=s.max_reject_rate,
         min_recall=s.min_recall,
@@ -165,20 +163,20 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
     _stage(stages, "gates", t)
     record.update(
         status="rejected" if bad else "published",
-        counts={k: em["counts"].get(k, 0) for k in COUNTS},
-        rejects_by_reason=em["counts"]["rejects_by_reason"],
+        counts={k: getattr(c, k) or 0 for k in COUNTS},
+        rejects_by_reason=c.rejects_by_reason,
         gates=[g.as_dict() for g in gates],
         failed_gates=[g.name for g in bad],
         index={
-            "factory": im["factory"],
-            "ntotal": im["ntotal"],
-            "nprobe": im["nprobe"],
-            "recall": im["recall"],
+            "factory": im.factory,
+            "ntotal": im.ntotal,
+            "nprobe": im.nprobe,
+            "recall": im.recall.to_dict(),
             "training": training,
         },
         canary=canary,
-        model=em["model"],
-        runtime=em["runtime"],
+        model=em.model.to_dict(),
+        runtime=em.runtime,
         finished_at=datetime.now(UTC).isoformat(),
     )
     record["stages"] = stages  # the report shows the stages before its own
@@ -199,7 +197,7 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
         {
             "published_at": datetime.now(UTC).isoformat(),
             "counts": record["counts"],
-            "model": em["model"]["spec"],
+            "model": em.model.spec,
             "index": f"runs/{run_id}/{INDEX}",
         },
     )

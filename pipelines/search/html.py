@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
+from index_builder.records import IndexManifest
 from index_builder.search import Hit
 
 THUMB = 96
@@ -17,15 +18,17 @@ class QueryResult:
     hits: list[Hit]
 
 
-def render(results: list[QueryResult], thumbs: dict[str, str], manifest: dict) -> str:
+def render(results: list[QueryResult], thumbs: dict[str, str], manifest: IndexManifest) -> str:
     """`thumbs`: id -> data: URI; `manifest`: the index manifest."""
-    src = manifest["source"]["manifest"]
+    src = manifest.source.manifest
+    model = src.model.spec if src.model and src.model.spec else "(not recorded)"
+    fusion = (src.fusion or {}).get("kind", "(not recorded)")
     found = sum(1 for r in results if r.expected and any(h.id == r.expected for h in r.hits))
     asked = sum(1 for r in results if r.expected)
     head = (
-        f"<h1>fusionindex search report</h1><p>index: {html.escape(manifest['factory'])} over {manifest['ntotal']} "
-        f"{html.escape(manifest['vector'])} vectors; model <code>{html.escape(src['model']['spec'])}</code>; fusion "
-        f"{html.escape(src['fusion']['kind'])}.</p>"
+        f"<h1>fusionindex search report</h1><p>index: {html.escape(manifest.factory)} over {manifest.ntotal} "
+        f"{html.escape(manifest.vector)} vectors; model <code>{html.escape(model)}</code>; fusion "
+        f"{html.escape(fusion)}.</p>"
     )
     if asked:
         head += f"<p>{found} of {asked} data queries find their own item in the top {len(results[0].hits)} (green).</p>"

@@ -71,7 +71,7 @@ def run_report(
     results = [QueryResult(q, exp, searcher.search(searcher.query_vector(text=q), k)[0]) for q, exp in asked]
     ids = {h.id for r in results for h in r.hits} | {r.expected for r in results if r.expected}
     source = searcher.source
-    thumbs = thumbnails(source["inputs"], ids, Columns(**source["columns"]))
+    thumbs = thumbnails(source.inputs or [], ids, Columns(**(source.columns or {})))
     with storage.atomic_open(output) as fh:
         fh.write(render(results, thumbs, searcher.index.manifest).encode())
     return results

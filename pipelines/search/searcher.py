@@ -10,13 +10,13 @@ from PIL import Image
 
 from encoders import storage
 from encoders.errors import InputError, UsageError
-from encoders.fusion import Fusion, fusion_from_params
+from encoders.fusion import Fusion, WeightedFusion, fusion_from_params
 from encoders.images import ImageRejected, decode_image
 from encoders.models import load_towers
 from encoders.towers import Towers, embed_query
 from index_builder.index_duplicates import collapse, read_groups
+from index_builder.records import EmbedManifest, Latest
 from index_builder.search import Hit, LoadedIndex
-from pipelines.reindex.root import resolve_index
 from pipelines.search.settings import SearchSettings
 
 log = logging.getLogger(__name__)
@@ -27,28 +27,30 @@ class Searcher:
         self.index, self.towers, self.fusion = index, towers, fusion
 
     @property
-    def source(self) -> dict:
+    def source(self) -> EmbedManifest:
         """The embeddings manifest the index was built from."""
-        return self.index.manifest["source"]["manifest"]
+        return self.index.manifest.source.manifest
 
     @classmethod
     def open(cls, index: str, model: str | None = None, device: str | None = None) -> Searcher:
         """Load IDX (or, for a nightly ROOT, the index of the run LATEST names) and the model
-        (default: the one recorded in the embeddings manifest)."""
-        idx = LoadedIndex.load(resolve_index(index))
-        source = idx.manifest["source"]["manifest"]
-        towers = load_towers(model or source["model"]["spec"], device=device)
+        (default: the one recorded in the embeddings manifest; a usage error when it records none)."""
+        idx = LoadedIndex.load(Latest.index_of(index))
+        source = idx.manifest.source.manifest
+        spec = model or source.model_spec()
+        towers = load_towers(spec, device=device)
+        built_with = source.model.spec if source.model and source.model.spec else "the model that made the vectors"
         if towers.dim != idx.dim:
             raise UsageError(
                 f"model gives {towers.dim}-d vectors but the index holds {idx.dim}-d ones; use the model the index "
-                f"was built with ({source['model']['spec']})"
+                f"was built with ({built_with})"
             )
-        if towers.fingerprint() != source["model"]["fingerprint"]:
+        if source.model and source.model.fingerprint and towers.fingerprint() != source.model.fingerprint:
             log.warning(
                 "the model's weights differ from those the index was built with (%s): rankings may be meaningless",
-                source["model"]["spec"],
+                built_with,
             )
-        return cls(idx, towers, fusion_from_params(source["fusion"], towers.learned_fusion))
+        return cls(idx, towers, query_fusion(source, towers))
 
     def query_vector(self, text: str | None = None, image: Image.Image | None = None) -> np.ndarray:
         """[1, dim]: the text, the image, or (both) their fusion."""
@@ -56,6 +58,20 @@ class Searcher:
 
     def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> list[list[Hit]]:
         return self.index.search(vectors, k=k, nprobe=nprobe)
+
+
+def query_fusion(source: EmbedManifest, towers: Towers) -> Fusion:
+    """The fusion the items were embedded with; where the manifest records none (vectors made
+    elsewhere), the model's learned fusion or else an even weighting (text + image queries only)."""
+    if source.fusion is None:
+        learned = towers.learned_fusion
+        log.info("the embeddings manifest records no fusion: a text + image query is fused with %s",
+                 "alpha = beta = 0.5" if learned is None else "the model's learned fusion")  # fmt: skip
+        return WeightedFusion() if learned is None else learned
+    try:
+        return fusion_from_params(source.fusion, towers.learned_fusion)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def read_query_image(path: str) -> Image.Image:
@@ -87,7 +103,7 @@ def collapsed_search(searcher: Searcher, query: np.ndarray, k: int, nprobe: int 
 def run_search(s: SearchSettings) -> list[Hit]:
     """The top s.k hits for the query (the image and the groups are read before any model loads)."""
     image = read_query_image(s.image) if s.image is not None else None
-    groups = read_groups(resolve_index(s.index)) if s.collapse_duplicates else None
+    groups = read_groups(Latest.index_of(s.index)) if s.collapse_duplicates else None
     searcher = Searcher.open(s.index, s.model, s.device)
     query = searcher.query_vector(s.text, image)
     if groups is not None:

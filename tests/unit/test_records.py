@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from encoders import storage
 from encoders.errors import InputError
-from index_builder import storage
 from index_builder.records import EmbedManifest, IndexManifest, Latest
 
 # what `embed` writes today (format 2), shortened but with every nested part readers use

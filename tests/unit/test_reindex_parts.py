@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from encoders.errors import InputError
+from index_builder.records import Counts, IndexManifest
 from pipelines.reindex.canary import load_queries
 from pipelines.reindex.gates import check_gates, failed
 from pipelines.reindex.lock import LOCK, Busy, LockLost, RunLock, is_stale
@@ -28,7 +29,10 @@ INDEX = {"ntotal": 90, "vector": "fused", "nprobe": 8, "recall": {"recall_at_k":
 
 def gates(counts=COUNTS, index=INDEX, canary=None, **limits):
     limits = {"max_reject_rate": 0.05, "min_recall": 0.8, "min_canary_overlap": 0.5, **limits}
-    return {g.name: g for g in check_gates(counts, index, canary=canary, **limits)}
+    return {
+        g.name: g
+        for g in check_gates(Counts.from_dict(counts), IndexManifest.from_dict(index), canary=canary, **limits)
+    }
 
 
 def test_every_gate_passes_on_a_healthy_night():
