@@ -29,9 +29,10 @@ from encoders import storage
 from encoders.errors import InputError
 from index_builder.duplicates import exact_keys, find_groups
 from index_builder.duplicates_settings import DEFAULT_THRESHOLD, check_threshold
-from index_builder.embeddings import MANIFEST, arrow_to_vectors, list_shards, vector_column
+from index_builder.embeddings import arrow_to_vectors, list_shards, vector_column
 from index_builder.pair_search import Knn, Lists, index_lists
 from index_builder.params import search_parameters
+from index_builder.records import IndexManifest
 from index_builder.search import IDS_FILE, open_index
 
 log = logging.getLogger(__name__)
@@ -88,17 +89,17 @@ def scores_are_exact(index: faiss.Index) -> bool:
     return isinstance(index, faiss.IndexFlat | faiss.IndexIVFFlat | faiss.IndexHNSWFlat)
 
 
-def index_search(idx: str, manifest: dict, column: Column, vector: str) -> Lists | Knn | None:
+def index_search(idx: str, manifest: IndexManifest, column: Column, vector: str) -> Lists | Knn | None:
     """The index itself when it holds `vector` for exactly these rows (its lists at its nprobe, or
     a k-NN search when it has none), else None."""
-    if manifest.get("vector") != vector or int(manifest["ntotal"]) != len(column.ids):
+    if manifest.vector != vector or manifest.ntotal != len(column.ids):
         return None
     ids = storage.read_parquet(storage.join(idx, IDS_FILE), ["id"]).column("id")
     if not ids.equals(pa.chunked_array([pa.array(column.ids, pa.string())])):
         log.warning("%s's ids differ from its embeddings' rows: searching a structure built for them", idx)
         return None
     index = open_index(idx, manifest)
-    nprobe = manifest.get("nprobe")
+    nprobe = manifest.nprobe
     lists = index_lists(index, nprobe)
     if lists is not None:
         return lists
@@ -129,12 +130,9 @@ def write_duplicates(
     """Compute the groups of IDX's items, write IDX/duplicates.parquet, return its counts
     (groups, rows_in_groups, searched, saturated, incremental, threshold, vector, search)."""
     check_threshold("--threshold", threshold)
-    manifest_path = storage.join(idx, MANIFEST)
-    if not storage.exists(manifest_path):
-        raise InputError(f"{idx} has no {MANIFEST}: not a finished index; run `fusionindex build-index`")
-    manifest = storage.read_json(manifest_path)
-    vector = vector or manifest["vector"]
-    column = read_column(manifest["source"]["path"], vector)
+    manifest = IndexManifest.load(idx)
+    vector = vector or manifest.vector
+    column = read_column(manifest.source.path, vector)
     search = index_search(idx, manifest, column, vector)
     earlier = previous_groups(previous, threshold, vector)
     log.info("duplicates of %d %s vectors at cosine >= %g (%s%s)", len(column.ids), vector, threshold,
