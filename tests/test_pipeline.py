@@ -364,5 +364,7 @@ def test_the_driver_resolves_the_model_and_runtime_once_and_hands_them_down(
     )
     for module in (pipelines.embed.run, pipelines.embed.embedder):
         monkeypatch.setattr(module, "resolve_runtime", counted("runtime", module.resolve_runtime))
-    m = run_embed(EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path / "o"), model=tiny_clip))
+    m = run_embed(
+        EmbedSettings(inputs=[f"{sample_dir}/*.parquet"], output=str(tmp_path / "o"), model=tiny_clip)
+    ).to_dict()
     assert m["counts"]["embedded"] == 56 and calls == {"describe": 1, "runtime": 1}
