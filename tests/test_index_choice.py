@@ -138,7 +138,9 @@ def test_candidates_sharing_a_coarse_quantizer_train_it_once_to_the_same_index()
 
 
 def test_a_build_reusing_the_template_shows_the_frontier_of_the_build_that_chose_it(emb, tmp_path):
-    first = build_index(BuildSettings(emb, str(tmp_path / "one"), max_bytes_per_vector=4, target_recall=0.5))
-    again = build_index(BuildSettings(emb, str(tmp_path / "two"), template=str(tmp_path / "one"), retrain="never"))
+    first = build_index(BuildSettings(emb, str(tmp_path / "one"), max_bytes_per_vector=4, target_recall=0.5)).to_dict()
+    again = build_index(
+        BuildSettings(emb, str(tmp_path / "two"), template=str(tmp_path / "one"), retrain="never")
+    ).to_dict()
     assert again["training"]["mode"] == "reused" and again["factory"] == first["factory"]
     assert again["choice"]["screened"] == first["choice"]["screened"] and len(first["choice"]["screened"]) >= 2
