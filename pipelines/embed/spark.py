@@ -342,7 +342,9 @@ def stage_times(sc) -> list[dict]:
     if not url:
         return []
     try:
-        with urllib.request.urlopen(f"{url}/api/v1/applications/{sc.applicationId}/stages", timeout=5) as r:
+        with urllib.request.urlopen(
+            f"{url}/api/v1/applications/{sc.applicationId}/stages", timeout=30
+        ) as r:  # the first call starts the JVM's REST server
             stages = json.load(r)
     except (OSError, ValueError):
         return []
