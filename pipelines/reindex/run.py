@@ -14,16 +14,17 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from encoders import storage
 from index_builder.build import build_index
+from index_builder.records import EmbedManifest, IndexManifest
 from pipelines.dry_run import DryRun
 from pipelines.embed.run import run_embed
 from pipelines.index_add import adder_for
 from pipelines.reindex.canary import canary_overlap, load_queries
-from pipelines.reindex.gates import check_gates, failed
+from pipelines.reindex.gates import Gate, check_gates, failed
 from pipelines.reindex.lock import RunLock
 from pipelines.reindex.report import REPORT_HTML, REPORT_JSON, write_report
 from pipelines.reindex.root import INDEX, RUN_JSON, new_run_id, prune, publish, read_latest, read_run, run_ids, run_path
@@ -80,7 +81,24 @@ def _stage(stages: dict, name: str, started: float, **figures) -> None:
     stages[name] = {"seconds": round(time.monotonic() - started, 3), **figures}
 
 
+@dataclass
+class _Night:
+    """The run a night works on and what it has written so far."""
+
+    s: ReindexSettings
+    beam_args: list[str]
+    run_id: str
+    run: str  # the run's directory
+    published: str | None  # the run LATEST names, if any
+    previous_dir: str | None  # its directory
+    resumed: bool  # an unfinished run of the same input and settings, picked up again
+    record: dict  # the run's run.json, as it grows
+    stages: dict = field(default_factory=dict)  # stage -> seconds and figures, in order
+
+
 def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, lock: RunLock) -> ReindexResult:
+    """One night under the lock: nothing to do where LATEST already holds this input and these
+    settings; otherwise embed, index, check the gates, write the report, then publish or reject."""
     root = s.root
     latest = read_latest(root)
     published = latest["run"].rsplit("/", 1)[-1] if latest else None
@@ -88,6 +106,25 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
     if published and (read_run(root, published) or {}).get("inputs_key") == key:
         log.info("LATEST (run %s) already holds this input and these settings: nothing to do", published)
         return ReindexResult(published, "unchanged", EXIT_PUBLISHED, read_run(root, published))
+    night = _open_run(s, beam_args, key, published, lock)
+    em = _embed(night)
+    comparable = bool(em.previous and em.previous.comparable)
+    why_not = (
+        f"not comparable with the published run: {em.previous.reason}" if night.previous_dir and not comparable else ""
+    )
+    im, training = _index(night, comparable, why_not)
+    canary, gates = _gates(night, em, im, queries, comparable, why_not)
+    bad = failed(gates)
+    _record_outcome(night, em, im, training, canary, gates, bad)
+    _report(night, em, im, queries)
+    if bad:
+        return _reject(night, bad)
+    return _publish(night, em, lock)
+
+
+def _open_run(s: ReindexSettings, beam_args: list[str], key: str, published: str | None, lock: RunLock) -> _Night:
+    """The unfinished run of the same input to resume, or a new one; its run.json written as running."""
+    root = s.root
     run_id = _resumable(root, key, published)
     resumed = run_id is not None
     if run_id:
@@ -104,19 +141,26 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
         "settings": s.as_dict(),
     }
     storage.write_json(storage.join(run, RUN_JSON), record)
-    stages: dict = {}
     previous_dir = run_path(root, published) if published else None
+    return _Night(s, beam_args, run_id, run, published, previous_dir, resumed, record)
 
+
+def _embed(night: _Night) -> EmbedManifest:
+    """Embed the input into the run against the published run; its manifest. A dry run leaves no
+    new run behind."""
+    s, run = night.s, night.run
     t = time.monotonic()
     try:
-        em = run_embed(replace(s.embed, output=run), beam_args, previous=previous_dir, companions=COMPANIONS)
+        em = run_embed(
+            replace(s.embed, output=run), night.beam_args, previous=night.previous_dir, companions=COMPANIONS
+        )
     except DryRun:  # --dry_run=True: the embed job was only built; leave no run behind to resume
-        if not resumed:
+        if not night.resumed:
             storage.remove(run, recursive=True)
         raise
     c = em.counts
     _stage(
-        stages,
+        night.stages,
         "embed",
         t,
         rows=c.read,
@@ -124,47 +168,75 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
         computed=c.embedded - c.unchanged,  # rows that went through the model
         timings=em.timings.to_dict(),
     )
+    return em
 
+
+def _index(night: _Night, comparable: bool, why_not: str) -> tuple[IndexManifest, dict]:
+    """Build the run's index, on the published index as template where the runs are comparable:
+    its manifest and the training figures run.json keeps."""
+    s, run, previous_dir = night.s, night.run, night.previous_dir
     t = time.monotonic()
-    comparable = bool(em.previous and em.previous.comparable)
-    why_not = f"not comparable with the published run: {em.previous.reason}" if previous_dir and not comparable else ""
     template = storage.join(previous_dir, INDEX) if comparable else None
     im = build_index(
         replace(s.build, embeddings=run, output=storage.join(run, INDEX), template=template),
-        adder_for(s.build.workers, beam_args),
+        adder_for(s.build.workers, night.beam_args),
     )
     keep = ("mode", "reason", "from", "errors", "estimated_errors", "baseline_errors", "fresh_rows", "copied_rows")
     training = {k: v for k, v in im.training.to_dict().items() if k in keep}
     if previous_dir and not comparable:
         training["reason"] = f"{why_not}: trained anew"
-    _stage(stages, "index", t, vectors=im.ntotal, timings=im.timings.to_dict())
+    _stage(night.stages, "index", t, vectors=im.ntotal, timings=im.timings.to_dict())
+    return im, training
 
+
+def _gates(
+    night: _Night, em: EmbedManifest, im: IndexManifest, queries: list[str] | None, comparable: bool, why_not: str
+) -> tuple[dict | None, list[Gate]]:
+    """The canary (where there are queries) and every gate's outcome."""
+    s = night.s
     t = time.monotonic()
-    canary = None
-    if queries is not None:
-        if not published:
-            canary = {"skipped": "no published run to compare with (first night)"}
-        elif not comparable:
-            canary = {"skipped": f"{why_not}: rankings may change on purpose"}
-        else:
-            from pipelines.search.searcher import Searcher
-
-            searcher = Searcher.open(storage.join(run, INDEX), s.embed.model, s.embed.device)
-            canary = canary_overlap(searcher, storage.join(previous_dir, INDEX), queries)
+    canary = _canary(night, queries, comparable, why_not)
     gates = check_gates(
-        c,
+        em.counts,
         im,
         max_reject_rate=s.max_reject_rate,
         min_recall=s.min_recall,
         canary=canary,
         min_canary_overlap=s.min_canary_overlap,
     )
-    bad = failed(gates)
-    _stage(stages, "gates", t)
-    record.update(
+    _stage(night.stages, "gates", t)
+    return canary, gates
+
+
+def _canary(night: _Night, queries: list[str] | None, comparable: bool, why_not: str) -> dict | None:
+    """The canary queries' overlap with the published index, or why it was skipped; None without queries."""
+    if queries is None:
+        return None
+    if not night.published:
+        return {"skipped": "no published run to compare with (first night)"}
+    if not comparable:
+        return {"skipped": f"{why_not}: rankings may change on purpose"}
+    from pipelines.search.searcher import Searcher
+
+    s, run = night.s, night.run
+    searcher = Searcher.open(storage.join(run, INDEX), s.embed.model, s.embed.device)
+    return canary_overlap(searcher, storage.join(night.previous_dir, INDEX), queries)
+
+
+def _record_outcome(
+    night: _Night,
+    em: EmbedManifest,
+    im: IndexManifest,
+    training: dict,
+    canary: dict | None,
+    gates: list[Gate],
+    bad: list[Gate],
+) -> None:
+    """Put the night's outcome in its run.json record (not yet written)."""
+    night.record.update(
         status="rejected" if bad else "published",
-        counts={k: getattr(c, k) or 0 for k in COUNTS},
-        rejects_by_reason=c.rejects_by_reason,
+        counts={k: getattr(em.counts, k) or 0 for k in COUNTS},
+        rejects_by_reason=em.counts.rejects_by_reason,
         gates=[g.as_dict() for g in gates],
         failed_gates=[g.name for g in bad],
         index={
@@ -179,17 +251,31 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
         runtime=em.runtime,
         finished_at=datetime.now(UTC).isoformat(),
     )
+
+
+def _report(night: _Night, em: EmbedManifest, im: IndexManifest, queries: list[str] | None) -> None:
+    """Write the report, then run.json with every stage's time (the report's own included)."""
+    record, stages = night.record, night.stages
     record["stages"] = stages  # the report shows the stages before its own
     t = time.monotonic()
-    write_report(run, record, em, im, s, queries)
+    write_report(night.run, record, em, im, night.s, queries)
     _stage(stages, "report", t)
     record["seconds"] = round(sum(v["seconds"] for v in stages.values()), 3)
-    storage.write_json(storage.join(run, RUN_JSON), record)
-    if bad:
-        for g in bad:
-            log.error("gate %s failed: %s (limit %s): %s", g.name, g.value, g.limit, g.detail)
-        prune(root, s.keep, protect={run_id} | ({published} if published else set()))
-        return ReindexResult(run_id, "rejected", EXIT_GATE_FAILED, record)
+    storage.write_json(storage.join(night.run, RUN_JSON), record)
+
+
+def _reject(night: _Night, bad: list[Gate]) -> ReindexResult:
+    """Say which gates failed; LATEST stays; old runs pruned, this one and the published kept."""
+    for g in bad:
+        log.error("gate %s failed: %s (limit %s): %s", g.name, g.value, g.limit, g.detail)
+    protect = {night.run_id} | ({night.published} if night.published else set())
+    prune(night.s.root, night.s.keep, protect=protect)
+    return ReindexResult(night.run_id, "rejected", EXIT_GATE_FAILED, night.record)
+
+
+def _publish(night: _Night, em: EmbedManifest, lock: RunLock) -> ReindexResult:
+    """Point LATEST at the run (the lock still held), then prune old runs."""
+    root, run_id, record = night.s.root, night.run_id, night.record
     lock.ensure_held()
     publish(
         root,
@@ -201,6 +287,6 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
             "index": f"runs/{run_id}/{INDEX}",
         },
     )
-    prune(root, s.keep, protect={run_id})
+    prune(root, night.s.keep, protect={run_id})
     log.info("published run %s: %s", run_id, ", ".join(f"{k} {v}" for k, v in record["counts"].items()))
     return ReindexResult(run_id, "published", EXIT_PUBLISHED, record)
