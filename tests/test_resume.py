@@ -153,7 +153,7 @@ def test_rerun_reuses_shards_only_where_the_settings_resolve_the_same_way(tmp_pa
     out = str(tmp_path / "out")
 
     def run(**kw):
-        return run_embed(EmbedSettings(inputs=(sample_dir,), output=out, model=tiny_clip, **kw))
+        return run_embed(EmbedSettings(inputs=(sample_dir,), output=out, model=tiny_clip, **kw)).to_dict()
 
     first = run(preprocess="tensor")
     assert first["runtime"] == {

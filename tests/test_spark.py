@@ -130,7 +130,7 @@ def test_spark_without_a_join_equals_beam(inputs, tiny_clip, tmp_path):
         s = EmbedSettings(
             inputs=inputs, output=str(tmp_path / engine), model=tiny_clip, batch_size=8, duplicate_ids="allow", **extra
         )
-        out[engine] = run_embed(s)
+        out[engine] = run_embed(s).to_dict()
     assert_same_output(str(tmp_path / "beam"), str(tmp_path / "spark"))
     c = out["spark"]["counts"]
     assert c == out["beam"]["counts"] and c["embedded"] == c["read"] - c["skipped"] == 61  # the 5 repeats too
