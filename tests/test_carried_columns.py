@@ -14,6 +14,9 @@ import pytest
 
 from benchmarks.bench import photo_like
 from pipelines.cli import main
+from pipelines.embed.run import run_embed
+from pipelines.embed.settings import EmbedSettings
+from pipelines.inputs import Columns
 
 pytestmark = [pytest.mark.beam]
 
@@ -103,3 +106,27 @@ def test_bad_carry_columns_are_usage_errors(tmp_path, tiny_clip, capsys):
         capsys.readouterr()
         assert main([*base, *flags]) == 2, flags
         assert message in capsys.readouterr().err
+
+
+def test_a_carried_value_change_alone_keeps_the_vectors_and_is_counted(carried, tiny_clip):
+    root, emb, _ = carried
+    today = rows(12, bad=4)
+    for i in (0, 1, 2):
+        today[i]["price"] += decimal.Decimal("1.00")  # a new price: the same image and caption
+    today[5]["caption"] = "item 5, now on sale"  # a new caption: embedded again
+    pq.write_table(pa.Table.from_pylist(today, schema=SCHEMA), root / "b.parquet", row_group_size=6)
+    settings = EmbedSettings(
+        inputs=(str(root / "b.parquet"),),
+        output=str(root / "emb2"),
+        model=tiny_clip,
+        batch_size=4,
+        columns=Columns(carry=("url", "price", "tags")),
+    )
+    m = run_embed(settings, previous=emb)
+    c = m["counts"]
+    assert (c["unchanged"], c["changed"], c["metadata_changed"]) == (10, 1, 3)
+    one, two = pq.read_table(f"{emb}/embeddings"), pq.read_table(f"{root}/emb2/embeddings")
+    assert two.column("image_embedding").equals(one.column("image_embedding"))  # copied, not re-embedded
+    assert two.column("copied").to_pylist() == [i != 5 for i in range(12) if i != 4]
+    prices = dict(zip(two.column("id").to_pylist(), two.column("price").to_pylist()))
+    assert prices["k0"] == decimal.Decimal("1.00") and prices["k3"] == decimal.Decimal("3.03")  # today's values

@@ -165,6 +165,7 @@ def test_bad_rows_are_rejected_not_dropped_and_blank_captions_counted(tmp_path, 
         "new": 3,
         "changed": 0,
         "unchanged": 0,
+        "metadata_changed": 0,
         "rejects_by_reason": {"corrupt_image": 1, "not_an_image": 1, "null_id": 1},
     }
     table = read_dir(str(tmp_path / "out"))

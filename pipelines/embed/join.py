@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import astuple
+from itertools import repeat
 
 from encoders import storage
 from encoders.errors import InputError
-from pipelines.embed.rows import PreviousRow, TodayRow, caption_hash, content_hash, decide
+from index_builder.embeddings import carried_columns
+from pipelines.embed.rows import PreviousRow, TodayRow, caption_hash, carried_hash, content_hash, decide
 from pipelines.inputs import SUCCESS, WorkUnit, iter_unit, read_ids
 
 DELETED = "deleted"
@@ -27,8 +29,18 @@ def today_keys(unit: WorkUnit, *, skip_bad_files: bool, hashes: bool) -> list[tu
     row group gives no keys under `skip_bad_files` (the unit worker rejects it whole)."""
     try:
         if hashes:
+            carry = unit.columns.carry
             return [
-                (r.id, (unit.index, r.row_index, content_hash(r.image), caption_hash(r.caption)))
+                (
+                    r.id,
+                    (
+                        unit.index,
+                        r.row_index,
+                        content_hash(r.image),
+                        caption_hash(r.caption),
+                        carried_hash(carry, r.carried),
+                    ),
+                )
                 for rows in iter_unit(unit)
                 for r in rows
                 if r.status == SUCCESS and r.id is not None
@@ -42,10 +54,12 @@ def today_keys(unit: WorkUnit, *, skip_bad_files: bool, hashes: bool) -> list[tu
 
 def previous_keys(shards: tuple[str, ...], shard: int) -> Iterator[tuple[str, tuple]]:
     """(id, PreviousRow tuple) for each row of the previous run's shard number `shard`."""
-    table = storage.read_parquet(shards[shard], ["id", "caption", "content_hash"])
+    carry = carried_columns(shards[shard])
+    table = storage.read_parquet(shards[shard], ["id", "caption", "content_hash", *carry])
     ids, captions, content = (table.column(c).to_pylist() for c in ("id", "caption", "content_hash"))
-    for row, (row_id, caption, chash) in enumerate(zip(ids, captions, content)):
-        yield row_id, (shard, row, chash, caption_hash(caption))
+    carried = zip(*(table.column(c).to_pylist() for c in carry)) if carry else repeat(())
+    for row, (row_id, caption, chash, values) in enumerate(zip(ids, captions, content, carried)):
+        yield row_id, (shard, row, chash, caption_hash(caption), carried_hash(carry, values))
 
 
 def decide_grouped(

@@ -7,6 +7,7 @@ the previous run: its vectors are copied), or handed to the model (which embeds 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ class Classified:
     reuse: list[tuple[Row, tuple[int, int]]]  # unchanged rows: (row, (previous shard, row there))
     decided: list[RowResult]  # rejected before the model
     skipped: int  # status not `success`
+    metadata_changed: int = 0  # unchanged rows whose carried values changed (copied vectors, today's values)
 
 
 def classify(rows: Sequence[Row], plans: dict[int, RowPlan], unit_paths: Sequence[str]) -> Classified:
@@ -49,6 +51,7 @@ def classify(rows: Sequence[Row], plans: dict[int, RowPlan], unit_paths: Sequenc
             out.decided.append(RowResult(row.row_index, row.id, row.caption, rejected, carried=row.carried))
         elif plan is not None and plan.kind == "unchanged":
             out.reuse.append((row, plan.ref))
+            out.metadata_changed += plan.metadata_changed
         else:
             out.todo.append((row, "changed" if plan is not None else "new"))
     return out
@@ -84,6 +87,12 @@ def content_hash(data: bytes | None) -> bytes | None:
     return None if data is None else xxhash.xxh3_128_digest(data)
 
 
+def carried_hash(names: Sequence[str], values: Sequence) -> bytes:
+    """A short hash of a row's carried columns, names and values (JSON; values JSON has no type
+    for, such as dates and decimals, as text)."""
+    return xxhash.xxh3_64_digest(json.dumps([list(names), list(values)], default=str).encode())
+
+
 def caption_hash(caption: str | None) -> bytes:
     """A short hash of the caption as stored (None and "" differ)."""
     return b"\x00" if caption is None else xxhash.xxh3_64_digest(caption.encode("utf-8", "surrogatepass"))
@@ -95,6 +104,7 @@ class TodayRow:
     row: int  # row index within its file
     content: bytes | None
     caption: bytes
+    carried: bytes = b""  # carried_hash: a change alone keeps the vectors (counted as metadata_changed)
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,7 @@ class PreviousRow:
     row: int  # row within that shard
     content: bytes | None
     caption: bytes
+    carried: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,7 @@ class RowPlan:
     row: int
     kind: str
     ref: tuple[int, int] | None = None
+    metadata_changed: bool = False  # unchanged, but its carried values differ from the previous run's
 
 
 def decide(today: list[TodayRow], previous: list[PreviousRow], *, reject_duplicates: bool, comparable: bool):
@@ -136,6 +148,6 @@ def decide(today: list[TodayRow], previous: list[PreviousRow], *, reject_duplica
             continue
         same = next((p for p in previous if comparable and (p.content, p.caption) == (t.content, t.caption)), None)
         if same is not None and t.content is not None:
-            yield t.unit, RowPlan(t.row, "unchanged", (same.shard, same.row))
+            yield t.unit, RowPlan(t.row, "unchanged", (same.shard, same.row), same.carried != t.carried)
         else:
             yield t.unit, RowPlan(t.row, "changed")

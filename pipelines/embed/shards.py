@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 COUNTS_KEY = b"fusionindex.counts"
 RUNTIME_KEY = b"fusionindex.runtime"
-COUNT_NAMES = ("read", "embedded", "rejected", "skipped", "empty_caption", *CLASSES)
+COUNT_NAMES = ("read", "embedded", "rejected", "skipped", "empty_caption", *CLASSES, "metadata_changed")
 VECTORS = ("image_embedding", "text_embedding", "fused_embedding")
 
 
@@ -56,17 +56,20 @@ def commit_unit(
     runtime: Runtime,
     bad_file: str | None = None,
     clock: StageClock = NO_CLOCK,
+    metadata_changed: int = 0,
 ) -> dict:
     """Write the unit's rejects (or remove stale ones), then its shard; return its counts.
     `clock` gets the stages: assemble (tables) and write.
 
+    `metadata_changed`: unchanged rows whose carried values changed (counted, not re-embedded).
+
     Raises RuntimeError when read != embedded + rejected + skipped (a bug, never data).
     """
     with clock("assemble"):
-        return _commit(output, name, unit, results, dim, read, skipped, runtime, bad_file, clock)
+        return _commit(output, name, unit, results, dim, read, skipped, runtime, bad_file, clock, metadata_changed)
 
 
-def _commit(output, name, unit, results, dim, read, skipped, runtime, bad_file, clock) -> dict:
+def _commit(output, name, unit, results, dim, read, skipped, runtime, bad_file, clock, metadata_changed) -> dict:
     results = sorted(results, key=lambda r: r.row_index)
     good = [r for r in results if isinstance(r.outcome, Embedded)]
     bad = [r for r in results if isinstance(r.outcome, Rejected)]
@@ -77,6 +80,7 @@ def _commit(output, name, unit, results, dim, read, skipped, runtime, bad_file, 
         "skipped": skipped,
         "empty_caption": sum(1 for r in good if not r.outcome.has_text),
         **{kind: sum(1 for r in good if r.kind == kind) for kind in CLASSES},
+        "metadata_changed": metadata_changed,
         "rejects_by_reason": dict(Counter(r.outcome.reason for r in bad)),
         "bad_file": None if bad_file is None else {"path": unit.path, "row_group": unit.row_group, "error": bad_file},
     }

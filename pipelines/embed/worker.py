@@ -97,6 +97,7 @@ class UnitRows:
     clock: StageClock
     read: int = 0
     skipped: int = 0
+    metadata_changed: int = 0
     decided: list[RowResult] = field(default_factory=list)
     reuse: list[tuple[Row, tuple[int, int]]] = field(default_factory=list)
     error: InputError | None = None  # reading the row group failed
@@ -212,6 +213,7 @@ class UnitWorker:
                 c = classify(batch, run.plans, self.job.unit_paths)
                 rows.read += len(batch)
                 rows.skipped += c.skipped
+                rows.metadata_changed += c.metadata_changed
                 rows.decided.extend(c.decided)
                 rows.reuse.extend(c.reuse)
             yield from c.todo
@@ -276,8 +278,9 @@ class UnitWorker:
                 rows.error = exc
         if rows.error is None:
             run.report.counts = commit_unit(
-                s.output, run.name, run.unit, results, read=rows.read, skipped=rows.skipped, clock=clock, **commit
-            )
+                s.output, run.name, run.unit, results, read=rows.read, skipped=rows.skipped, clock=clock,
+                metadata_changed=rows.metadata_changed, **commit,
+            )  # fmt: skip
             return
         if not s.skip_bad_files:
             raise rows.error

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 EXIT_PUBLISHED = 0
 EXIT_GATE_FAILED = 3
 COMPANIONS = (INDEX, RUN_JSON, REPORT_HTML, REPORT_JSON)  # kept in a run directory beside the embed output
-COUNTS = ("read", "embedded", "new", "changed", "unchanged", "deleted", "rejected", "skipped")
+COUNTS = ("read", "embedded", "new", "changed", "unchanged", "metadata_changed", "deleted", "rejected", "skipped")
 
 
 @dataclass

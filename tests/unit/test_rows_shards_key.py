@@ -129,6 +129,7 @@ def test_commit_writes_rejects_then_the_shard_with_counts_and_runtime(tmp_path):
         "new": 1,
         "changed": 0,
         "unchanged": 1,
+        "metadata_changed": 0,
         "rejects_by_reason": {"corrupt_image": 1, "not_an_image": 1},
         "bad_file": None,
     }
@@ -186,6 +187,7 @@ def test_sum_counts_adds_up_the_shards(tmp_path):
         "new": 2,
         "changed": 0,
         "unchanged": 0,
+        "metadata_changed": 0,
         "rejects_by_reason": {"corrupt_image": 1},
     }
     assert bad_files == [] and runtimes == [CPU.as_dict()]
