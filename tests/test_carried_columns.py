@@ -123,8 +123,8 @@ def test_a_carried_value_change_alone_keeps_the_vectors_and_is_counted(carried, 
         columns=Columns(carry=("url", "price", "tags")),
     )
     m = run_embed(settings, previous=emb)
-    c = m["counts"]
-    assert (c["unchanged"], c["changed"], c["metadata_changed"]) == (10, 1, 3)
+    c = m.counts
+    assert (c.unchanged, c.changed, c.metadata_changed) == (10, 1, 3)
     one, two = pq.read_table(f"{emb}/embeddings"), pq.read_table(f"{root}/emb2/embeddings")
     assert two.column("image_embedding").equals(one.column("image_embedding"))  # copied, not re-embedded
     assert two.column("copied").to_pylist() == [i != 5 for i in range(12) if i != 4]

@@ -23,6 +23,7 @@ class Counts(Part):
     new: int = 0
     changed: int = 0
     unchanged: int = 0
+    metadata_changed: int = 0  # unchanged rows whose carried columns changed (embed --carry-columns)
     rejects_by_reason: dict = field(default_factory=dict)
     deleted: int | None = optional()  # ids of the previous run with no success row today (with a previous run)
 
