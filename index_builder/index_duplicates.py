@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from encoders import storage
@@ -146,8 +147,10 @@ def write_duplicates(
         previous=earlier,
         fresh=column.fresh if earlier is not None else None,
     )
+    fresh_ids = pa.array(column.ids[column.fresh], pa.string())
     counts = {
         **counts,
+        "new_rows_in_groups": int(pc.sum(pc.is_in(table.column("id"), fresh_ids)).as_py() or 0),
         "incremental": earlier is not None,
         "threshold": threshold,
         "vector": vector,

@@ -111,3 +111,30 @@ def test_fused_copies_need_the_same_caption_too(index):
     write_duplicates(index, THRESHOLD, vector="fused")
     groups = as_groups(pq.read_table(f"{index}/{DUPLICATES_FILE}"))
     assert "p03" not in groups and groups["p05"] == {"p05", "re-5"}  # same-3 has another caption
+
+
+def test_a_nightly_reindex_groups_before_publish_incrementally_and_can_gate(catalogue, tiny_clip, tmp_path, capsys):
+    root, feed = str(tmp_path / "root"), tmp_path / "feed"
+    feed.mkdir()
+    items = pq.read_table(catalogue / "items.parquet")
+    pq.write_table(items, feed / "items.parquet")
+    night = ["reindex", "--input", str(feed), "--root", root, "--model", tiny_clip, "--vector", "image"]
+    night += ["--duplicates", str(THRESHOLD), "--batch-size", "8", "--min-recall", "0"]
+    assert main(night) == 0
+    first = storage.read_json(f"{root}/{storage.read_json(f'{root}/LATEST')['run']}/run.json")
+    assert first["duplicates"]["groups"] == 4 and not first["duplicates"]["incremental"]
+    assert "duplicates" in first["stages"]
+    copy = {"key": "same-7", "caption": "a copy", "jpg": items.column("jpg")[7].as_py()}
+    pq.write_table(pa.concat_tables([items, pa.Table.from_pylist([copy], schema=items.schema)]), feed / "items.parquet")
+    assert main(night) == 0  # night two: one new row, a byte copy of p07
+    latest = storage.read_json(f"{root}/LATEST")["run"]
+    second = storage.read_json(f"{root}/{latest}/run.json")
+    d = second["duplicates"]
+    assert (d["groups"], d["rows_in_groups"], d["new_rows_in_groups"], d["incremental"]) == (5, 10, 1, True)
+    assert d["searched"] == 1 and second["counts"]["metadata_changed"] == 0
+    groups = as_groups(pq.read_table(f"{root}/{latest}/index/{DUPLICATES_FILE}"))
+    assert groups["p07"] == {"p07", "same-7"}
+    capsys.readouterr()
+    assert main([*night, "--max-duplicate-rate", "0.1"]) == 3  # 10 of 29 items in groups
+    assert "failed gates: duplicate_rate" in capsys.readouterr().out
+    assert storage.read_json(f"{root}/LATEST")["run"] == latest  # not published

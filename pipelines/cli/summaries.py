@@ -74,8 +74,8 @@ def cmd_duplicates(args, rest) -> int:
     s = settings_from(DuplicatesSettings, args)
     if read_latest(s.index) is not None:
         raise SettingsError(
-            f"{s.index} is a reindex ROOT, and a published run is never changed afterwards: give an index "
-            "directory of your own (build-index --output IDX)"
+            f"{s.index} is a reindex ROOT, and a published run is never changed afterwards: compute the groups "
+            "inside the night (reindex --duplicates 0.97), or give an index directory of your own"
         )
     c = write_duplicates(s.index, s.threshold, s.vector)
     print(

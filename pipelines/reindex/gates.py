@@ -27,6 +27,8 @@ def check_gates(
     min_recall: float,
     canary: dict | None,
     min_canary_overlap: float,
+    duplicates: dict | None = None,
+    max_duplicate_rate: float | None = None,
 ) -> list[Gate]:
     """Every gate of a run: `counts` from the embed manifest, `index` the index manifest, `canary`
     the overlap measured against the published index (None when there are no canary queries)."""
@@ -90,6 +92,18 @@ def check_gates(
                 round(mean, 6),
                 f">= {min_canary_overlap}",
                 f"mean top-{canary['k']} overlap of {canary['queries']} canary queries with the published index",
+            )
+        )
+    if max_duplicate_rate is not None and duplicates is not None:
+        rate = duplicates["rows_in_groups"] / index.ntotal if index.ntotal else 0.0
+        gates.append(
+            Gate(
+                "duplicate_rate",
+                rate <= max_duplicate_rate,
+                round(rate, 6),
+                f"<= {max_duplicate_rate}",
+                f"{duplicates['rows_in_groups']} of {index.ntotal} indexed items in {duplicates['groups']} "
+                f"near-duplicate groups at cosine >= {duplicates['threshold']:g}",
             )
         )
     return gates

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from encoders import storage
 from index_builder.build import build_index
+from index_builder.index_duplicates import write_duplicates
 from index_builder.records import EmbedManifest, IndexManifest
 from pipelines.dry_run import DryRun
 from pipelines.embed.run import run_embed
@@ -113,6 +114,7 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
         f"not comparable with the published run: {em.previous.reason}" if night.previous_dir and not comparable else ""
     )
     im, training = _index(night, comparable, why_not)
+    _duplicates(night, comparable)
     canary, gates = _gates(night, em, im, queries, comparable, why_not)
     bad = failed(gates)
     _record_outcome(night, em, im, training, canary, gates, bad)
@@ -189,6 +191,19 @@ def _index(night: _Night, comparable: bool, why_not: str) -> tuple[IndexManifest
     return im, training
 
 
+def _duplicates(night: _Night, comparable: bool) -> None:
+    """With --duplicates: the run's IDX/duplicates.parquet (incremental against the published run's
+    groups when its vectors are comparable) and its counts in run.json, before the gates."""
+    s = night.s
+    if s.duplicates is None:
+        return
+    t = time.monotonic()
+    previous = storage.join(night.previous_dir, INDEX) if night.previous_dir and comparable else None
+    counts = write_duplicates(storage.join(night.run, INDEX), s.duplicates, previous=previous)
+    night.record["duplicates"] = counts
+    _stage(night.stages, "duplicates", t, groups=counts["groups"], rows_in_groups=counts["rows_in_groups"])
+
+
 def _gates(
     night: _Night, em: EmbedManifest, im: IndexManifest, queries: list[str] | None, comparable: bool, why_not: str
 ) -> tuple[dict | None, list[Gate]]:
@@ -203,6 +218,8 @@ def _gates(
         min_recall=s.min_recall,
         canary=canary,
         min_canary_overlap=s.min_canary_overlap,
+        duplicates=night.record.get("duplicates"),
+        max_duplicate_rate=s.max_duplicate_rate,
     )
     _stage(night.stages, "gates", t)
     return canary, gates

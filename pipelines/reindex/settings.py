@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from encoders.options import between, check_options, nested, option
+from encoders.errors import SettingsError
+from encoders.options import between, check_options, flag_of, nested, option
 from index_builder.settings import BuildSettings
 from pipelines.embed.settings import EmbedSettings
 
@@ -28,6 +29,16 @@ class ReindexSettings:
         0.5, check=between(0, 1), help="gate: mean top-10 overlap with the published index (same model only)"
     )
     report_queries: int = option(8, at_least=0, help="queries shown with their top results in report.html")
+    duplicates: float | None = option(
+        None,
+        metavar="THRESHOLD",
+        check=between(0, 1),
+        help="near-duplicate groups at this cosine (e.g. 0.97) in the run's IDX/duplicates.parquet, before publish; "
+        "only tonight's rows are searched when the published run's groups are comparable",
+    )
+    max_duplicate_rate: float | None = option(
+        None, check=between(0, 1), help="gate (with --duplicates): indexed items in groups / indexed items"
+    )
     lock_stale_after: float = option(
         900.0, at_least=1, metavar="SECONDS", help="take over a lock whose heartbeat is this old"
     )
@@ -38,6 +49,11 @@ class ReindexSettings:
 
     def __post_init__(self) -> None:
         check_options(self)
+        if self.max_duplicate_rate is not None and self.duplicates is None:
+            raise SettingsError(
+                f"{flag_of(self, 'max_duplicate_rate')} gates the groups {flag_of(self, 'duplicates')} computes: "
+                "give both"
+            )
 
     def as_dict(self) -> dict:
         """JSON-ready form, as recorded in run.json (keys in the order run.json has always had)."""
