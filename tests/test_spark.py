@@ -15,7 +15,7 @@ import pytest
 from index_builder.embeddings import list_shards
 from pipelines.embed.run import run_embed
 from pipelines.embed.settings import EmbedSettings
-from pipelines.embed.spark import spark_missing
+from pipelines.embed.spark_context import spark_missing
 
 MISSING = spark_missing()
 pytestmark = [pytest.mark.skipif(MISSING is not None, reason=MISSING or ""), pytest.mark.spark, pytest.mark.beam]

@@ -9,7 +9,8 @@ import pytest
 from encoders.errors import SettingsError
 from pipelines.embed.run import run_embed
 from pipelines.embed.settings import EmbedSettings
-from pipelines.embed.spark import absolute, executors_on_this_machine, java_missing, python_error, with_absolute_paths
+from pipelines.embed.spark import python_error
+from pipelines.embed.spark_context import absolute, executors_on_this_machine, java_missing, with_absolute_paths
 
 
 def test_without_java_spark_is_refused_with_the_package_to_install(tmp_path, monkeypatch):

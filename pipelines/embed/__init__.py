@@ -5,6 +5,7 @@
     engine.py    the Engine interface (EngineWork in, EngineRun with typed EngineMetrics out)
     beam.py      BeamEngine: the Beam graph; DoFns are thin wrappers over the worker
     spark.py     SparkEngine (--engine spark): the same join and units as RDDs; executors import no Beam
+    spark_context.py  Spark on the driver: what is missing, executor paths, the SparkContext, threads
     worker.py    work units (one row group each): read, classify, embed, commit; a plain loop; no Beam
     stream.py    the same units with read/decode-ahead: read, decode and write threads, typed messages
                  through bounded queues; UnitFeeder for an engine that hands over one unit a call

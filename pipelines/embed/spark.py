@@ -23,21 +23,26 @@ import dataclasses
 import logging
 import os
 import re
-import shutil
-import sys
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING
 
-from encoders import openmp, storage
+from encoders import storage
 from encoders.errors import SettingsError
 from pipelines.embed.engine import EngineMetrics, EngineRun, EngineWork
 from pipelines.embed.join import DELETED, decide_grouped, previous_keys, today_keys
-from pipelines.embed.settings import THREADS_ENV, EmbedSettings, Runtime
+from pipelines.embed.settings import EmbedSettings, Runtime
+from pipelines.embed.spark_context import (
+    absolute,
+    executors_on_this_machine,
+    spark_context,
+    spark_missing,
+    thread_layout,
+    with_absolute_paths,
+)
 from pipelines.embed.timings import stage_metrics
 from pipelines.inputs import InputPlan, WorkUnit
-from pipelines.threads import ThreadLayout, decide, spark_layout, usable_cores
+from pipelines.threads import decide, usable_cores
 
 if TYPE_CHECKING:  # torch: imported by the embed tasks only, not by the join's (executors import this module)
     from encoders.towers import Towers
@@ -46,122 +51,9 @@ if TYPE_CHECKING:  # torch: imported by the embed tasks only, not by the join's 
 
 log = logging.getLogger(__name__)
 
-JAVA_PACKAGE = "openjdk-17-jre-headless"
-DEFAULT_MASTER = "local[*]"
-# to local executors (the OpenMP defaults the CLI set: executors start without the CLI)
-FORWARDED_ENV = ("HF_HUB_OFFLINE", THREADS_ENV, "OMP_NUM_THREADS", *openmp.DEFAULTS)
-DAEMON_MODULE = "pipelines.embed.spark_daemon"
 UNIT, PLAN, DELETED_TAG = 0, 1, 2  # tags of the elements grouped per unit
 
 _MODEL: dict[str, tuple[Embedder, Towers]] = {}  # this Python worker's model: at most one
-
-
-def java_missing() -> str | None:
-    """Why Spark cannot start a JVM here (with the fix), or None when Java is found."""
-    home = os.environ.get("JAVA_HOME")
-    if (home and os.access(os.path.join(home, "bin", "java"), os.X_OK)) or shutil.which("java"):
-        return None
-    return (
-        f"--engine spark needs Java 17 or later: `sudo apt-get install -y {JAVA_PACKAGE}` (Debian/Ubuntu; "
-        "`make install` does it where apt and root are available), or set JAVA_HOME"
-    )
-
-
-def spark_missing() -> str | None:
-    """Why --engine spark cannot run here (pyspark or Java absent), with the fix; None when it can."""
-    try:
-        import pyspark  # noqa: F401
-    except ImportError:
-        return "--engine spark needs pyspark: pip install 'fusionindex[spark]'"
-    return java_missing()
-
-
-def absolute(path: str) -> str:
-    """A local path made absolute (executors do not run in the driver's working directory); URLs as they are."""
-    return path if "://" in path else os.path.abspath(path)
-
-
-def with_absolute_paths(s: EmbedSettings) -> EmbedSettings:
-    """`s` with its local input, output and model paths absolute (a hub id stays a hub id)."""
-    model = absolute(s.model) if os.path.exists(s.model) else s.model
-    return dataclasses.replace(s, inputs=tuple(absolute(p) for p in s.inputs), output=absolute(s.output), model=model)
-
-
-def executors_on_this_machine(master: str | None) -> bool:
-    """Whether the executors run on this machine (local[...] and local-cluster[...] masters)."""
-    if master is None:  # spark-submit (which starts the JVM first) sets the master; else local[*]
-        return "PYSPARK_GATEWAY_PORT" not in os.environ
-    return master.startswith("local")
-
-
-def _context(s: EmbedSettings):
-    """(SparkContext, whether we started it): an active context (spark-submit, a notebook) is used as it is."""
-    problem = spark_missing()
-    if problem:
-        raise SettingsError(problem)
-    from pyspark import SparkContext
-
-    active = SparkContext._active_spark_context
-    if active is not None:
-        if s.spark_master or s.spark_conf:
-            log.warning(
-                "a SparkContext is already running (master %s): --spark-master/--spark-conf ignored", active.master
-            )
-        return active, False
-    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM, with its master and --conf
-    master = s.spark_master or (None if submitted else DEFAULT_MASTER)
-    local = master is not None and master.startswith("local")  # executors are this machine and environment
-    with _environment(LOCAL_ENV if local else {}):  # read by the JVM we are about to start and by SparkContext
-        return _start(s, master), True
-
-
-LOCAL_ENV = {"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
-
-
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """`values` in os.environ (where not set already) while the block runs; removed afterwards."""
-    added = {k: v for k, v in values.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
-
-
-def _start(s: EmbedSettings, master: str | None):
-    """A new SparkContext for `master` (None: spark-submit's), with our defaults and --spark-conf."""
-    from pyspark import SparkConf, SparkContext
-
-    SparkContext._ensure_initialized()  # the JVM first, so SparkConf() holds spark-submit's properties
-    conf = SparkConf().setIfMissing("spark.app.name", "fusionindex embed")
-    if s.spark_master or not conf.contains("spark.master"):
-        conf.setMaster(master or DEFAULT_MASTER)
-    for key, value in s.spark_properties().items():
-        conf.set(key, value)
-    conf.setIfMissing("spark.python.worker.reuse", "true")  # one model load per Python worker, not per task
-    conf.setIfMissing("spark.python.daemon.module", DAEMON_MODULE)  # workers forked with torch imported
-    conf.setIfMissing("spark.ui.showConsoleProgress", "false")  # progress bars garble the CLI's log lines
-    master = conf.get("spark.master")
-    if master.startswith("local"):
-        for name in FORWARDED_ENV:
-            if name in os.environ:
-                conf.setIfMissing(f"spark.executorEnv.{name}", os.environ[name])
-    log.info("starting Spark (master %s)", master)
-    sc = SparkContext(conf=conf)
-    sc.setLogLevel("WARN")
-    return sc
-
-
-def thread_layout(master: str, conf: dict[str, str]) -> ThreadLayout:
-    """How this Spark run's Python workers share a machine's cores (pipelines/threads.py), from
-    the master and the properties (spark.task.cpus; OMP_NUM_THREADS is the user's only when given
-    to the executors: on a local master the driver forwards the user's, see FORWARDED_ENV)."""
-    user_omp = "spark.executorEnv.OMP_NUM_THREADS" in conf or (
-        executors_on_this_machine(master) and "OMP_NUM_THREADS" in os.environ
-    )
-    return spark_layout(master, task_cpus=int(conf.get("spark.task.cpus", "1")), user_omp=user_omp)
 
 
 def _cached_model(embedder: Embedder, key: str, loads: list[int]) -> Towers:
@@ -291,7 +183,7 @@ def run_spark(
 ) -> EngineRun:
     """The Spark driver: the id join (when duplicates are rejected or there is a previous run), then one
     task per unit; writes the deleted count to `join_counts` when there is a previous run."""
-    sc, owned = _context(s)
+    sc, owned = spark_context(s)
     job = dataclasses.replace(job, threads=thread_layout(sc.master, dict(sc.getConf().getAll())))
     log.info("spark: %s per Python worker", decide(job.threads, usable_cores(), os.environ))
     try:
