@@ -16,6 +16,7 @@ from benchmarks.bench import photo_like
 from pipelines.cli import main
 from pipelines.embed.run import run_embed
 from pipelines.embed.settings import EmbedSettings
+from pipelines.embed.spark_context import spark_missing
 from pipelines.inputs import Columns
 
 pytestmark = [pytest.mark.beam]
@@ -130,3 +131,22 @@ def test_a_carried_value_change_alone_keeps_the_vectors_and_is_counted(carried, 
     assert two.column("copied").to_pylist() == [i != 5 for i in range(12) if i != 4]
     prices = dict(zip(two.column("id").to_pylist(), two.column("price").to_pylist()))
     assert prices["k0"] == decimal.Decimal("1.00") and prices["k3"] == decimal.Decimal("3.03")  # today's values
+
+
+@pytest.mark.spark
+@pytest.mark.skipif(spark_missing() is not None, reason=spark_missing() or "")
+def test_spark_carries_the_same_columns_as_beam_and_counts_metadata_changes(carried, tiny_clip, tmp_path):
+    from tests.test_spark import assert_same_output
+
+    root, emb, _ = carried
+    today = rows(12, bad=4)
+    today[0]["price"] += decimal.Decimal("1.00")
+    pq.write_table(pa.Table.from_pylist(today, schema=SCHEMA), tmp_path / "c.parquet", row_group_size=6)
+    out = {}
+    for engine in ("beam", "spark"):
+        extra = {"engine": "spark", "spark_master": "local[2]"} if engine == "spark" else {}
+        s = EmbedSettings(inputs=(str(tmp_path / "c.parquet"),), output=str(tmp_path / engine), model=tiny_clip,
+                          batch_size=4, columns=Columns(carry=("url", "price", "tags")), **extra)  # fmt: skip
+        out[engine] = run_embed(s, previous=emb).counts
+    assert_same_output(str(tmp_path / "beam"), str(tmp_path / "spark"))  # carried columns and rejects included
+    assert out["spark"] == out["beam"] and out["spark"].metadata_changed == 1
