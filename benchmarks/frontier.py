@@ -133,7 +133,9 @@ def chooser_build(src: Path, out: Path, budget: float | None, factory: str | Non
     return m, _cpu() - c
 
 
-def bench_set(work: Path, name: str, n: int, target: float, partial: Path | None = None) -> dict:
+def bench_set(
+    work: Path, name: str, n: int, target: float, partial: Path | None = None, budgets: tuple = BUDGETS
+) -> dict:
     """The chooser at every budget against the sweep, on set `name` of n vectors."""
     from encoders import storage
     from index_builder.factory import choose_nlist, choose_train_size
@@ -147,7 +149,7 @@ def bench_set(work: Path, name: str, n: int, target: float, partial: Path | None
     train_size = choose_train_size(n, f"IVF{nlist},Flat")
     built: dict[str, dict] = {}
     rows = []
-    for budget in BUDGETS:
+    for budget in budgets:
         sweep = []
         for c in sweep_families(d, nlist, n, budget):
             if c.factory not in built:
@@ -196,10 +198,11 @@ def frontier_row(name: str, row: dict) -> str:
 def bench_frontier(work: Path, args) -> dict:
     """Both sets at args.frontier_n vectors (fewer with --frontier-n for a quick run)."""
     faiss.omp_set_num_threads(args.frontier_threads)
-    out = {"budgets": list(BUDGETS), "threads": args.frontier_threads}
+    budgets = tuple(int(b) if float(b).is_integer() else float(b) for b in args.frontier_budgets.split(","))
+    out = {"budgets": list(budgets), "threads": args.frontier_threads}
     for name in args.frontier_sets.split(","):
         partial = Path(args.output).with_suffix(f".{name}.partial.json")
-        out[name] = bench_set(work, name, args.frontier_n, args.frontier_target, partial)
+        out[name] = bench_set(work, name, args.frontier_n, args.frontier_target, partial, budgets)
     return out
 
 
