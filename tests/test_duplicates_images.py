@@ -134,6 +134,11 @@ def test_a_nightly_reindex_groups_before_publish_incrementally_and_can_gate(cata
     assert d["searched"] == 1 and second["counts"]["metadata_changed"] == 0
     groups = as_groups(pq.read_table(f"{root}/{latest}/index/{DUPLICATES_FILE}"))
     assert groups["p07"] == {"p07", "same-7"}
+    shown = storage.read_json(f"{root}/{latest}/report.json")["duplicate_groups"]
+    assert [g["group_id"] for g in shown["newest"]] == ["p07"] and shown["newest"][0]["new"] == 1
+    assert len(shown["largest"]) == 3 and all(g["size"] == 2 for g in shown["largest"])
+    page = (tmp_path / "root" / latest / "report.html").read_text()
+    assert "<h2>Near-duplicate groups</h2>" in page and 'alt="same-7"' in page  # its thumbnail
     capsys.readouterr()
     assert main([*night, "--max-duplicate-rate", "0.1"]) == 3  # 10 of 29 items in groups
     assert "failed gates: duplicate_rate" in capsys.readouterr().out

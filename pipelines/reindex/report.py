@@ -12,7 +12,8 @@ import math
 import random
 
 from encoders import storage
-from index_builder.embeddings import REJECTS
+from index_builder.embeddings import REJECTS, list_shards
+from index_builder.index_duplicates import DUPLICATES_FILE
 from index_builder.records import EmbedManifest, IndexManifest
 from pipelines.inputs import Columns
 from pipelines.search.html import THUMB
@@ -59,7 +60,6 @@ def write_report(run: str, record: dict, em: EmbedManifest, im: IndexManifest, s
         "frontier": [r for r in im.choice.screened if "recall_at_k" in r],
         "queries": [],
     }
-    thumbs: dict[str, str] = {}
     queries = sample_queries(run, canaries, s.report_queries) if s.report_queries else []
     if queries:
         from pipelines.search.searcher import Searcher
@@ -70,12 +70,42 @@ def write_report(run: str, record: dict, em: EmbedManifest, im: IndexManifest, s
             data["queries"].append(
                 {"query": q, "hits": [{"id": h.id, "score": round(h.score, 6), "caption": h.caption} for h in hits]}
             )
-        ids = {h["id"] for q in data["queries"] for h in q["hits"]}
-        thumbs = thumbnails(em.inputs or [], ids, Columns(**(em.columns or {})))
+    if record.get("duplicates"):
+        data["duplicate_groups"] = shown_groups(run)
+    ids = {h["id"] for q in data["queries"] for h in q["hits"]}
+    ids |= {i for groups in data.get("duplicate_groups", {}).values() for g in groups for i in g["ids"]}
+    thumbs = thumbnails(em.inputs or [], ids, Columns(**(em.columns or {}))) if ids else {}
     storage.write_json(storage.join(run, REPORT_JSON), data)
     with storage.atomic_open(storage.join(run, REPORT_HTML)) as fh:
         fh.write(render(data, thumbs).encode())
     return data
+
+
+def shown_groups(run: str, groups: int = 3, members: int = 6) -> dict[str, list[dict]]:
+    """The largest near-duplicate groups and the newest (those with most rows embedded tonight) of
+    the run's index/duplicates.parquet, a few members each, for the report's images."""
+    table = storage.read_parquet(storage.join(run, "index", DUPLICATES_FILE), ["id", "group_id", "similarity"])
+    fresh: set[str] = set()
+    for shard in list_shards(run):
+        t = storage.read_parquet(shard.path, ["id", "copied"])
+        fresh.update(i for i, c in zip(t.column("id").to_pylist(), t.column("copied").to_pylist()) if not c)
+    by_group: dict[str, list[tuple[str, float]]] = {}
+    for i, g, sim in zip(*(table.column(c).to_pylist() for c in ("id", "group_id", "similarity"))):
+        by_group.setdefault(g, []).append((i, sim))
+
+    def shown(g: str) -> dict:
+        rows = sorted(by_group[g], key=lambda r: -r[1])[:members]
+        return {
+            "group_id": g,
+            "size": len(by_group[g]),
+            "ids": [i for i, _ in rows],
+            "new": sum(i in fresh for i, _ in by_group[g]),
+        }
+
+    largest = sorted(by_group, key=lambda g: (-len(by_group[g]), g))[:groups]
+    newest = sorted((g for g in by_group if any(i in fresh for i, _ in by_group[g])),
+                    key=lambda g: (-sum(i in fresh for i, _ in by_group[g]), g))[:groups]  # fmt: skip
+    return {"largest": [shown(g) for g in largest], "newest": [shown(g) for g in newest]}
 
 
 def recall_plot(curve: list[dict], chosen: int | None, width: int = 420, height: int = 240) -> str:
@@ -163,6 +193,12 @@ def _table(rows: list[list], head: list[str]) -> str:
     return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{cells}</table>"
 
 
+def _thumb_cell(item: str, thumbs: dict[str, str]) -> str:
+    name = html.escape(item)
+    img = f'<img src="{thumbs[item]}" width="{THUMB}" alt="{name}">' if item in thumbs else "(no image)"
+    return f"<td>{img}<br><small>{name}</small></td>"
+
+
 def render(data: dict, thumbs: dict[str, str]) -> str:
     """The report page (pure: report data and id -> data: URI thumbnails in, HTML out)."""
     status = data["status"]
@@ -220,6 +256,13 @@ def render(data: dict, thumbs: dict[str, str]) -> str:
             f"<p>mean top-{canary['k']} overlap {canary['mean_overlap']:.3f} over {canary['queries']} "
             "queries; lowest:</p>" + _table([[w["query"], w["overlap"]] for w in canary["worst"]], ["query", "overlap"])
         )
+    groups_html = ""
+    for kind, shown in data.get("duplicate_groups", {}).items():
+        groups_html += f"<h4>{kind}</h4>" + ("" if shown else "<p>none</p>")
+        for g in shown:
+            cells = "".join(_thumb_cell(i, thumbs) for i in g["ids"])
+            about = f"group {html.escape(g['group_id'])}: {g['size']} items, {g['new']} new tonight"
+            groups_html += f"<p>{about}</p><table><tr>{cells}</tr></table>"
     grid = ""
     for q in data["queries"]:
         cells = ""
@@ -235,5 +278,7 @@ def render(data: dict, thumbs: dict[str, str]) -> str:
         f"{head}<h2>Rows</h2>{counts}<h2>Gates</h2>{gates}<h2>Stages</h2>{stages}<h2>Index</h2>{index}"
         f"{recall_plot(data['recall_by_nprobe'], ix['nprobe'])}"
         f"<h3>Frontier</h3>{frontier_html(data.get('frontier', []), ix['factory'])}<h2>Rejects</h2>{rejects}"
-        f"<h2>Canary queries</h2>{canary_html}<h2>Sample queries</h2>{grid or '<p>none</p>'}</body></html>\n"
+        f"<h2>Canary queries</h2>{canary_html}<h2>Sample queries</h2>{grid or '<p>none</p>'}"
+        + (f"<h2>Near-duplicate groups</h2>{groups_html}" if groups_html else "")
+        + "</body></html>\n"
     )
