@@ -193,6 +193,17 @@ def _table(rows: list[list], head: list[str]) -> str:
     return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{cells}</table>"
 
 
+def _groups_html(groups: dict[str, list[dict]], thumbs: dict[str, str]) -> str:
+    out = ""
+    for kind, shown in groups.items():
+        out += f"<h4>{kind}</h4>" + ("" if shown else "<p>none</p>")
+        for g in shown:
+            cells = "".join(_thumb_cell(i, thumbs) for i in g["ids"])
+            about = f"group {html.escape(g['group_id'])}: {g['size']} items, {g['new']} new tonight"
+            out += f"<p>{about}</p><table><tr>{cells}</tr></table>"
+    return out
+
+
 def _thumb_cell(item: str, thumbs: dict[str, str]) -> str:
     name = html.escape(item)
     img = f'<img src="{thumbs[item]}" width="{THUMB}" alt="{name}">' if item in thumbs else "(no image)"
@@ -256,13 +267,7 @@ def render(data: dict, thumbs: dict[str, str]) -> str:
             f"<p>mean top-{canary['k']} overlap {canary['mean_overlap']:.3f} over {canary['queries']} "
             "queries; lowest:</p>" + _table([[w["query"], w["overlap"]] for w in canary["worst"]], ["query", "overlap"])
         )
-    groups_html = ""
-    for kind, shown in data.get("duplicate_groups", {}).items():
-        groups_html += f"<h4>{kind}</h4>" + ("" if shown else "<p>none</p>")
-        for g in shown:
-            cells = "".join(_thumb_cell(i, thumbs) for i in g["ids"])
-            about = f"group {html.escape(g['group_id'])}: {g['size']} items, {g['new']} new tonight"
-            groups_html += f"<p>{about}</p><table><tr>{cells}</tr></table>"
+    groups_html = _groups_html(data.get("duplicate_groups", {}), thumbs)
     grid = ""
     for q in data["queries"]:
         cells = ""
