@@ -23,7 +23,7 @@ from index_builder.search import LoadedIndex
 from pipelines.cli import main
 from pipelines.datasets import img2dataset
 from pipelines.datasets.sample import make_sample
-from pipelines.reindex.root import read_latest, resolve_index, run_ids, run_path
+from pipelines.reindex.root import Latest, run_ids, run_path
 from tests.test_incremental import night_two, rows_of
 
 pytestmark = [pytest.mark.beam]
@@ -107,12 +107,12 @@ def test_a_broken_feed_fails_a_gate_exits_3_and_leaves_latest(three_nights, caps
     assert r["status"] == "rejected" and r["failed_gates"] == ["reject_rate", "canary_overlap"]  # half the items gone
     gate = next(g for g in r["gates"] if g["name"] == "reject_rate")
     assert gate["value"] > 0.4 and gate["limit"] == "<= 0.05" and "not_an_image" in gate["detail"]
-    assert read_latest(root)["run"] == f"runs/{runs[1]}"
-    assert resolve_index(root) == os.path.join(run_path(root, runs[1]), "index")
+    assert Latest.load(root).run == f"runs/{runs[1]}"
+    assert Latest.index_of(root) == os.path.join(run_path(root, runs[1]), "index")
     capsys.readouterr()
     assert main(["-q", "search", "--index", root, "--text", "a green ring", "--k", "3", "--json"]) == 0
     hits = [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()]
-    assert len(hits) == 3 and set(hits) <= set(LoadedIndex.load(resolve_index(root)).ids)
+    assert len(hits) == 3 and set(hits) <= set(LoadedIndex.load(Latest.index_of(root)).ids)
     report = json.load(open(os.path.join(run_path(root, runs[2]), "report.json")))
     assert report["failed_gates"] == r["failed_gates"] and report["reject_examples"]["not_an_image"]
     html = open(os.path.join(run_path(root, runs[2]), "report.html")).read()
@@ -123,7 +123,7 @@ def test_the_same_input_again_is_nothing_to_do(three_nights, tiny_clip):
     base, root, runs, codes, expect = three_nights
     before = run_ids(root)
     assert reindex(root, tiny_clip, str(base / "night2"), "--canary-queries", str(base / "canaries.txt")) == 0
-    assert run_ids(root) == before and read_latest(root)["run"] == f"runs/{runs[1]}"
+    assert run_ids(root) == before and Latest.load(root).run == f"runs/{runs[1]}"
 
 
 def test_a_running_reindex_holds_the_root(three_nights, tiny_clip, capsys):
@@ -148,7 +148,7 @@ def test_keep_prunes_old_runs_never_the_published_one(tmp_path, tiny_clip):
     assert reindex(root, tiny_clip, str(tmp_path / "n1"), "--keep", "1") == 0
     assert reindex(root, tiny_clip, str(tmp_path / "n2"), "--keep", "1") == 0
     published = run_ids(root)
-    assert len(published) == 1 and read_latest(root)["run"] == f"runs/{published[0]}"
+    assert len(published) == 1 and Latest.load(root).run == f"runs/{published[0]}"
     assert reindex(root, tiny_clip, str(tmp_path / "n3"), "--keep", "1") == 3
     assert run_ids(root)[0] == published[0] and len(run_ids(root)) == 2  # the rejected run stays to be read
 
@@ -211,10 +211,10 @@ def test_kill_9_in_night_two_then_the_same_command_finishes_the_night(tmp_path):
     killed = run_ids(root)[-1]
     committed = shard_bytes(run_path(root, killed))
     assert 3 <= len(committed) < 30 and os.path.exists(os.path.join(root, ".lock"))  # the dead run's lock is left
-    assert read_latest(root)["run"] != f"runs/{killed}"
+    assert Latest.load(root).run != f"runs/{killed}"
 
     assert reindex(root, model, str(tmp_path / "n2")) == 0  # takes over the dead lock and resumes the run
-    assert run_ids(root)[-1] == killed and read_latest(root)["run"] == f"runs/{killed}"
+    assert run_ids(root)[-1] == killed and Latest.load(root).run == f"runs/{killed}"
     resumed = shard_bytes(run_path(root, killed))
     assert all(resumed[n] == b for n, b in committed.items())  # committed shards were reused, not redone
     assert reindex(twin, model, str(tmp_path / "n2")) == 0
@@ -270,7 +270,7 @@ def test_the_three_nights_with_input_and_root_on_s3(s3, three_nights, tiny_clip,
     for ours, theirs in zip(runs, local_runs):
         remote, local = storage.read_json(f"{root}/runs/{ours}/run.json"), run_json(local_root, theirs)
         assert remote["counts"] == local["counts"] and remote["failed_gates"] == local["failed_gates"]
-    assert read_latest(root)["run"] == f"runs/{runs[1]}" and not s3.exists("nightly/root/.lock")
+    assert Latest.load(root).run == f"runs/{runs[1]}" and not s3.exists("nightly/root/.lock")
     assert not [p for p in s3.find("nightly/root") if "/.tmp-" in p]  # no temporary left behind
     capsys.readouterr()
     assert main(["-q", "search", "--index", root, "--text", "a green ring", "--k", "2"]) == 0
@@ -296,7 +296,7 @@ def test_the_report_renders_in_a_real_browser_with_every_image_and_the_plot(tmp_
     make_sample(str(tmp_path / "in"), rows=80, shards=2, seed=3, row_group_size=20)
     root = str(tmp_path / "root")
     assert reindex(root, tiny_clip, str(tmp_path / "in"), "--factory", "IVF8,Flat", "--report-queries", "3") == 0
-    page = open(os.path.join(resolve_index(root), os.pardir, "report.html")).read()
+    page = open(os.path.join(Latest.index_of(root), os.pardir, "report.html")).read()
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", CHECK + "</body>"))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync",
@@ -305,7 +305,7 @@ def test_the_report_renders_in_a_real_browser_with_every_image_and_the_plot(tmp_
                          capture_output=True, text=True, timeout=120).stdout  # fmt: skip
     check = json.loads(html.unescape(dom.split('data-check="', 1)[1].split('"', 1)[0]))
     assert check["images"] == 15 and check["loaded"] == 15  # 3 queries x 5 results, every thumbnail decoded
-    measured = json.load(open(os.path.join(resolve_index(root), os.pardir, "report.json")))["recall_by_nprobe"]
+    measured = json.load(open(os.path.join(Latest.index_of(root), os.pardir, "report.json")))["recall_by_nprobe"]
     assert len(measured) >= 3  # nprobe 1, 2, 4 at least (two steps past the target), any bisection adds
     assert check["plot"][0] > 300 and check["plot"][1] > 150 and check["points"] == len(measured)
     assert check["text"] > 500

@@ -7,12 +7,12 @@
     base.py        Part (a JSON object as a frozen dataclass) and Record (a file: load, save, version)
 
 They live in index_builder because build-index reads the embeddings manifest and index_builder may
-not import pipelines; `run.json` of a nightly run is `pipelines.reindex.records.RunRecord`, on the
+not import pipelines; `run.json` of a nightly run is `pipelines.reindex.root.RunRecord`, on the
 same base.
 """
 
 from index_builder.records.base import Part, Record
-from index_builder.records.latest import INDEX, RUNS, Latest
+from index_builder.records.latest import INDEX, RUNS, Latest, RunCounts
 from index_builder.records.manifests import (
     MANIFEST,
     Counts,
@@ -34,5 +34,5 @@ from index_builder.records.manifests import (
 __all__ = [
     "INDEX", "MANIFEST", "RUNS", "Counts", "EmbedManifest", "EmbedTimings", "IndexChoice", "IndexManifest",
     "IndexShard", "IndexTimings", "Latency", "Latest", "ModelSpec", "Part", "PreviousRun", "Recall", "RecallPoint",
-    "Record", "Source", "Training",
+    "Record", "RunCounts", "Source", "Training",
 ]  # fmt: skip

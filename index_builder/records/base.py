@@ -88,11 +88,15 @@ class Part:
         out = {}
         for f in self._fields():
             value = getattr(self, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            omitted = (f.name in self.absent or "omit" in f.metadata) and value == default
-            if not omitted:
+            if not self._omits(f, value):
                 out[f.metadata.get("key", f.name)] = _dump(value)
         return {**out, **self.extra}
+
+    def _omits(self, f: dataclasses.Field, value: Any) -> bool:
+        """Whether to_dict leaves `f` out: an optional field, or one the object was read without,
+        while it holds its default."""
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        return (f.name in self.absent or "omit" in f.metadata) and value == default
 
 
 @dataclass(frozen=True)

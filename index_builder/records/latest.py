@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from encoders import storage
-from index_builder.records.base import Record, optional
+from index_builder.records.base import Part, Record, optional
 
 RUNS = "runs"
 INDEX = "index"
+
+
+@dataclass(frozen=True)
+class RunCounts(Part):
+    """Rows of a nightly run: `new`, `changed`, `unchanged` split the embedded rows by comparison with
+    the published run; `deleted`: its ids with no success row today."""
+
+    read: int = 0
+    embedded: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    metadata_changed: int = 0  # unchanged rows whose carried columns changed
+    deleted: int = 0
+    rejected: int = 0
+    skipped: int = 0
 
 
 @dataclass(frozen=True)
@@ -24,7 +40,7 @@ class Latest(Record):
 
     run: str = ""  # runs/<run id>
     published_at: str | None = None
-    counts: dict | None = None
+    counts: RunCounts = field(default_factory=RunCounts)
     model: str | None = None
     index: str | None = None  # runs/<run id>/index
     format_version: int = optional(1)

@@ -27,12 +27,12 @@ def cmd_reindex(args, rest: list[str]) -> int:
     args.output = args.embeddings = args.root  # each run's own paths are set by the driver
     args.template = None
     r = run_reindex(settings_from(ReindexSettings, args), rest)
-    c = r.record.get("counts", {})
+    c = r.record.counts.to_dict() if r.record.counts else {}
     how = {"published": "published", "rejected": "REJECTED (LATEST unchanged)", "unchanged": "nothing to do"}[r.status]
     print(
         f"run {r.run_id}: {how}; "
         + ", ".join(f"{k} {v}" for k, v in c.items())
-        + (f"; failed gates: {', '.join(r.record['failed_gates'])}" if r.status == "rejected" else "")
+        + (f"; failed gates: {', '.join(r.record.failed_gates)}" if r.status == "rejected" else "")
     )
     return r.exit_code
 
@@ -69,10 +69,10 @@ def cmd_build(args, rest) -> int:
 
 def cmd_duplicates(args, rest) -> int:
     from index_builder.index_duplicates import DUPLICATES_FILE, write_duplicates
-    from pipelines.reindex.root import read_latest
+    from index_builder.records import Latest
 
     s = settings_from(DuplicatesSettings, args)
-    if read_latest(s.index) is not None:
+    if Latest.exists(s.index):
         raise SettingsError(
             f"{s.index} is a reindex ROOT, and a published run is never changed afterwards: compute the groups "
             "inside the night (reindex --duplicates 0.97), or give an index directory of your own"

@@ -16,6 +16,7 @@ from index_builder.embeddings import REJECTS, list_shards
 from index_builder.index_duplicates import DUPLICATES_FILE
 from index_builder.records import EmbedManifest, IndexManifest
 from pipelines.inputs import Columns
+from pipelines.reindex.root import RunRecord
 from pipelines.search.html import THUMB
 from pipelines.search.report import thumbnails
 
@@ -51,10 +52,12 @@ def sample_queries(run: str, canaries: list[str] | None, n: int, seed: int = 0) 
     return random.Random(seed).sample(sorted(set(captions)), min(n, len(set(captions))))
 
 
-def write_report(run: str, record: dict, em: EmbedManifest, im: IndexManifest, s, canaries: list[str] | None) -> dict:
+def write_report(
+    run: str, record: RunRecord, em: EmbedManifest, im: IndexManifest, s, canaries: list[str] | None
+) -> dict:
     """Write RUN/report.json and RUN/report.html; return the report data."""
     data = {
-        **record,
+        **record.to_dict(),
         "reject_examples": reject_examples(run),
         "recall_by_nprobe": [p.to_dict() for p in im.recall.by_nprobe],
         "frontier": [r for r in im.choice.screened if "recall_at_k" in r],

@@ -1,6 +1,6 @@
-"""The layout of a nightly ROOT (local or any fsspec URL) and its atomic publish.
+"""The layout of a nightly ROOT (local or any fsspec URL), its run record and its atomic publish.
 
-    ROOT/LATEST                {"run": "runs/<run id>", ...}: the published run, written last
+    ROOT/LATEST                the published run (index_builder.records.Latest), written last
     ROOT/runs/<run id>/        embeddings/ rejects/ manifest.json index/ report.html report.json run.json
     ROOT/.lock                 the running reindex (see lock.py)
 
@@ -13,18 +13,72 @@ run without locking. `--keep N` removes older runs, never the one LATEST names.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, ClassVar
 
 from encoders import storage
-from index_builder.records import Latest
+from index_builder.records import INDEX, RUNS, Latest, ModelSpec, Part, Recall, Record, RunCounts, Training
+from index_builder.records.base import optional
 
 log = logging.getLogger(__name__)
 
-RUNS = "runs"
-LATEST = "LATEST"
 RUN_JSON = "run.json"
-INDEX = "index"
+__all__ = ["INDEX", "RUNS", "RUN_JSON", "Latest", "RunIndex", "RunRecord"]
+
+
+def outcome() -> Any:
+    """A field of a finished run: absent from run.json while the run is running."""
+    return field(default=None, metadata={"outcome": True})
+
+
+@dataclass(frozen=True)
+class RunIndex(Part):
+    """What run.json keeps of the index manifest."""
+
+    factory: str | None = None
+    ntotal: int = 0
+    nprobe: int | None = None
+    recall: Recall = field(default_factory=Recall)
+    training: Training = field(default_factory=Training)
+
+
+@dataclass(frozen=True)
+class RunRecord(Record):
+    """RUN/run.json: written when a night starts (`status` running: the first six fields) and again
+    when it ends (published or rejected: every field). Unversioned files are version 1."""
+
+    FILE: ClassVar[str] = RUN_JSON
+    KIND: ClassVar[str] = "fusionindex.run"
+    VERSION: ClassVar[int] = 1
+    WRITTEN_BY: ClassVar[str] = "not a nightly run directory; `fusionindex reindex` writes it"
+
+    run: str = ""  # the run id
+    status: str = "running"  # running | published | rejected
+    inputs_key: str | None = None  # run.inputs_key: the settings and input files it computes from
+    previous: str | None = None  # the run id LATEST named when it started
+    started_at: str | None = None
+    settings: dict | None = None
+    duplicates: dict | None = optional()  # with --duplicates: index_duplicates.write_duplicates' counts
+    counts: RunCounts | None = outcome()
+    rejects_by_reason: dict | None = outcome()
+    gates: list | None = outcome()  # Gate.as_dict() of each
+    failed_gates: list | None = outcome()
+    index: RunIndex | None = outcome()
+    canary: dict | None = outcome()  # None: no canary queries
+    model: ModelSpec | None = outcome()
+    runtime: dict | list | None = outcome()
+    finished_at: str | None = outcome()
+    stages: dict | None = outcome()  # name -> {"seconds", figures...}
+    seconds: float | None = optional()  # the stages' sum, once the report is written too
+    format_version: int = optional(1)
+
+    def _omits(self, f: dataclasses.Field, value: Any) -> bool:
+        if f.metadata.get("outcome"):
+            return self.status == "running"  # a resumed night's record was read without them
+        return super()._omits(f, value)
 
 
 def new_run_id(now: datetime, taken: set[str]) -> str:
@@ -46,21 +100,14 @@ def run_ids(root: str) -> list[str]:
     return sorted(storage.listdir(storage.join(root, RUNS)))
 
 
-def read_latest(root: str) -> dict | None:
-    """ROOT/LATEST as a dict, or None before the first publish."""
-    path = storage.join(root, LATEST)
-    return storage.read_json(path) if storage.exists(path) else None
+def read_run(root: str, run_id: str) -> RunRecord | None:
+    """The run.json of a run, or None where the run has none (yet)."""
+    return RunRecord.load_if_any(run_path(root, run_id))
 
 
-def read_run(root: str, run_id: str) -> dict | None:
-    path = storage.join(run_path(root, run_id), RUN_JSON)
-    return storage.read_json(path) if storage.exists(path) else None
-
-
-def publish(root: str, run_id: str, record: dict) -> dict:
-    """Point LATEST at `run_id` (the run must be complete); returns what was written."""
-    latest = {"run": f"{RUNS}/{run_id}", **record}
-    storage.write_json(storage.join(root, LATEST), latest)
+def publish(root: str, latest: Latest) -> Latest:
+    """Point LATEST at `latest.run` (the run must be complete); returns what was written."""
+    latest.save(root)
     return latest
 
 
@@ -72,8 +119,3 @@ def prune(root: str, keep: int, protect: set[str]) -> list[str]:
         storage.remove(run_path(root, run_id), recursive=True)
         log.info("pruned run %s", run_id)
     return doomed
-
-
-def resolve_index(path: str) -> str:
-    """The index directory `path` stands for: itself, or (a ROOT) the index of the run LATEST names."""
-    return Latest.index_of(path)

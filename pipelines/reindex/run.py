@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from encoders import storage
 from index_builder.build import build_index
 from index_builder.index_duplicates import write_duplicates
-from index_builder.records import EmbedManifest, IndexManifest
+from index_builder.records import EmbedManifest, IndexManifest, RunCounts, Training
 from pipelines.dry_run import DryRun
 from pipelines.embed.run import run_embed
 from pipelines.index_add import adder_for
@@ -28,7 +28,19 @@ from pipelines.reindex.canary import canary_overlap, load_queries
 from pipelines.reindex.gates import Gate, check_gates, failed
 from pipelines.reindex.lock import RunLock
 from pipelines.reindex.report import REPORT_HTML, REPORT_JSON, write_report
-from pipelines.reindex.root import INDEX, RUN_JSON, new_run_id, prune, publish, read_latest, read_run, run_ids, run_path
+from pipelines.reindex.root import (
+    INDEX,
+    RUN_JSON,
+    Latest,
+    RunIndex,
+    RunRecord,
+    new_run_id,
+    prune,
+    publish,
+    read_run,
+    run_ids,
+    run_path,
+)
 from pipelines.reindex.settings import ReindexSettings
 
 log = logging.getLogger(__name__)
@@ -36,7 +48,6 @@ log = logging.getLogger(__name__)
 EXIT_PUBLISHED = 0
 EXIT_GATE_FAILED = 3
 COMPANIONS = (INDEX, RUN_JSON, REPORT_HTML, REPORT_JSON)  # kept in a run directory beside the embed output
-COUNTS = ("read", "embedded", "new", "changed", "unchanged", "metadata_changed", "deleted", "rejected", "skipped")
 
 
 @dataclass
@@ -44,7 +55,7 @@ class ReindexResult:
     run_id: str
     status: str  # published | rejected | unchanged (LATEST already holds this input and settings)
     exit_code: int
-    record: dict  # the run's run.json
+    record: RunRecord  # the run's run.json
 
 
 # Settings that change how a night is kept or shown, never what it computes: a night re-run with
@@ -73,7 +84,7 @@ def _resumable(root: str, key: str, published: str | None) -> str | None:
     """The newest unfinished run of the same input, settings and published run (a killed night)."""
     for run_id in reversed(run_ids(root)):
         rec = read_run(root, run_id)
-        if rec and rec.get("status") == "running" and rec.get("inputs_key") == key and rec.get("previous") == published:
+        if rec and rec.status == "running" and rec.inputs_key == key and rec.previous == published:
             return run_id
     return None
 
@@ -93,7 +104,7 @@ class _Night:
     published: str | None  # the run LATEST names, if any
     previous_dir: str | None  # its directory
     resumed: bool  # an unfinished run of the same input and settings, picked up again
-    record: dict  # the run's run.json, as it grows
+    record: RunRecord  # the run's run.json, as it grows
     stages: dict = field(default_factory=dict)  # stage -> seconds and figures, in order
 
 
@@ -101,12 +112,13 @@ def _night(s: ReindexSettings, beam_args: list[str], queries: list[str] | None, 
     """One night under the lock: nothing to do where LATEST already holds this input and these
     settings; otherwise embed, index, check the gates, write the report, then publish or reject."""
     root = s.root
-    latest = read_latest(root)
-    published = latest["run"].rsplit("/", 1)[-1] if latest else None
+    latest = Latest.load_if_any(root)
+    published = latest.run_id if latest else None
     key = inputs_key(s)
-    if published and (read_run(root, published) or {}).get("inputs_key") == key:
+    published_record = read_run(root, published) if published else None
+    if published_record and published_record.inputs_key == key:
         log.info("LATEST (run %s) already holds this input and these settings: nothing to do", published)
-        return ReindexResult(published, "unchanged", EXIT_PUBLISHED, read_run(root, published))
+        return ReindexResult(published, "unchanged", EXIT_PUBLISHED, published_record)
     night = _open_run(s, beam_args, key, published, lock)
     em = _embed(night)
     comparable = bool(em.previous and em.previous.comparable)
@@ -134,15 +146,10 @@ def _open_run(s: ReindexSettings, beam_args: list[str], key: str, published: str
     run_id = run_id or new_run_id(datetime.now(UTC), set(run_ids(root)))
     lock.record["run"] = run_id
     run = run_path(root, run_id)
-    record = read_run(root, run_id) or {
-        "run": run_id,
-        "status": "running",
-        "inputs_key": key,
-        "previous": published,
-        "started_at": datetime.now(UTC).isoformat(),
-        "settings": s.as_dict(),
-    }
-    storage.write_json(storage.join(run, RUN_JSON), record)
+    record = read_run(root, run_id) or RunRecord(
+        run_id, "running", key, published, datetime.now(UTC).isoformat(), s.as_dict()
+    )
+    record.save(run)
     previous_dir = run_path(root, published) if published else None
     return _Night(s, beam_args, run_id, run, published, previous_dir, resumed, record)
 
@@ -173,7 +180,7 @@ def _embed(night: _Night) -> EmbedManifest:
     return em
 
 
-def _index(night: _Night, comparable: bool, why_not: str) -> tuple[IndexManifest, dict]:
+def _index(night: _Night, comparable: bool, why_not: str) -> tuple[IndexManifest, Training]:
     """Build the run's index, on the published index as template where the runs are comparable:
     its manifest and the training figures run.json keeps."""
     s, run, previous_dir = night.s, night.run, night.previous_dir
@@ -183,10 +190,9 @@ def _index(night: _Night, comparable: bool, why_not: str) -> tuple[IndexManifest
         replace(s.build, embeddings=run, output=storage.join(run, INDEX), template=template),
         adder_for(s.build.workers, night.beam_args),
     )
-    keep = ("mode", "reason", "from", "errors", "estimated_errors", "baseline_errors", "fresh_rows", "copied_rows")
-    training = {k: v for k, v in im.training.to_dict().items() if k in keep}
+    training = replace(im.training, factory=None, baseline_on=None, extra={})  # run.json keeps the rest
     if previous_dir and not comparable:
-        training["reason"] = f"{why_not}: trained anew"
+        training = replace(training, reason=f"{why_not}: trained anew")
     _stage(night.stages, "index", t, vectors=im.ntotal, timings=im.timings.to_dict())
     return im, training
 
@@ -200,7 +206,7 @@ def _duplicates(night: _Night, comparable: bool) -> None:
     t = time.monotonic()
     previous = storage.join(night.previous_dir, INDEX) if night.previous_dir and comparable else None
     counts = write_duplicates(storage.join(night.run, INDEX), s.duplicates, previous=previous)
-    night.record["duplicates"] = counts
+    night.record = replace(night.record, duplicates=counts)
     _stage(night.stages, "duplicates", t, groups=counts["groups"], rows_in_groups=counts["rows_in_groups"])
 
 
@@ -218,7 +224,7 @@ def _gates(
         min_recall=s.min_recall,
         canary=canary,
         min_canary_overlap=s.min_canary_overlap,
-        duplicates=night.record.get("duplicates"),
+        duplicates=night.record.duplicates,
         max_duplicate_rate=s.max_duplicate_rate,
     )
     _stage(night.stages, "gates", t)
@@ -244,27 +250,25 @@ def _record_outcome(
     night: _Night,
     em: EmbedManifest,
     im: IndexManifest,
-    training: dict,
+    training: Training,
     canary: dict | None,
     gates: list[Gate],
     bad: list[Gate],
 ) -> None:
     """Put the night's outcome in its run.json record (not yet written)."""
-    night.record.update(
+    c = em.counts
+    night.record = replace(
+        night.record,
         status="rejected" if bad else "published",
-        counts={k: getattr(em.counts, k) or 0 for k in COUNTS},
-        rejects_by_reason=em.counts.rejects_by_reason,
+        counts=RunCounts(
+            c.read, c.embedded, c.new, c.changed, c.unchanged, c.metadata_changed, c.deleted or 0, c.rejected, c.skipped
+        ),
+        rejects_by_reason=c.rejects_by_reason,
         gates=[g.as_dict() for g in gates],
         failed_gates=[g.name for g in bad],
-        index={
-            "factory": im.factory,
-            "ntotal": im.ntotal,
-            "nprobe": im.nprobe,
-            "recall": im.recall.to_dict(),
-            "training": training,
-        },
+        index=RunIndex(im.factory, im.ntotal, im.nprobe, im.recall, training),
         canary=canary,
-        model=em.model.to_dict(),
+        model=em.model,
         runtime=em.runtime,
         finished_at=datetime.now(UTC).isoformat(),
     )
@@ -272,13 +276,13 @@ def _record_outcome(
 
 def _report(night: _Night, em: EmbedManifest, im: IndexManifest, queries: list[str] | None) -> None:
     """Write the report, then run.json with every stage's time (the report's own included)."""
-    record, stages = night.record, night.stages
-    record["stages"] = stages  # the report shows the stages before its own
+    stages = night.stages
     t = time.monotonic()
-    write_report(night.run, record, em, im, night.s, queries)
+    shown = replace(night.record, stages=dict(stages))  # the report shows the stages before its own
+    write_report(night.run, shown, em, im, night.s, queries)
     _stage(stages, "report", t)
-    record["seconds"] = round(sum(v["seconds"] for v in stages.values()), 3)
-    storage.write_json(storage.join(night.run, RUN_JSON), record)
+    night.record = replace(night.record, stages=stages, seconds=round(sum(v["seconds"] for v in stages.values()), 3))
+    night.record.save(night.run)
 
 
 def _reject(night: _Night, bad: list[Gate]) -> ReindexResult:
@@ -294,16 +298,8 @@ def _publish(night: _Night, em: EmbedManifest, lock: RunLock) -> ReindexResult:
     """Point LATEST at the run (the lock still held), then prune old runs."""
     root, run_id, record = night.s.root, night.run_id, night.record
     lock.ensure_held()
-    publish(
-        root,
-        run_id,
-        {
-            "published_at": datetime.now(UTC).isoformat(),
-            "counts": record["counts"],
-            "model": em.model.spec,
-            "index": f"runs/{run_id}/{INDEX}",
-        },
-    )
+    publish(root, Latest(f"runs/{run_id}", datetime.now(UTC).isoformat(), record.counts, em.model.spec,
+                         f"runs/{run_id}/{INDEX}"))  # fmt: skip
     prune(root, night.s.keep, protect={run_id})
-    log.info("published run %s: %s", run_id, ", ".join(f"{k} {v}" for k, v in record["counts"].items()))
+    log.info("published run %s: %s", run_id, ", ".join(f"{k} {v}" for k, v in record.counts.to_dict().items()))
     return ReindexResult(run_id, "published", EXIT_PUBLISHED, record)

@@ -9,7 +9,7 @@ import pytest
 
 from encoders import storage
 from encoders.errors import InputError
-from index_builder.records import EmbedManifest, IndexManifest, Latest
+from index_builder.records import EmbedManifest, IndexManifest, Latest, RunCounts
 
 # what `embed` writes today (format 2), shortened but with every nested part readers use
 EMBED_V2 = {
@@ -115,7 +115,7 @@ def test_index_manifest_parts_are_typed_and_round_trip():
 def test_latest_is_unversioned_at_version_1_and_names_the_index_of_a_root(tmp_path):
     root = str(tmp_path)
     assert Latest.load_if_any(root) is None and Latest.index_of(root) == root  # not a ROOT: an index itself
-    latest = Latest(run="runs/20261201T000000Z", published_at="2026-12-01T00:00:00+00:00", counts={"read": 1},
+    latest = Latest(run="runs/20261201T000000Z", published_at="2026-12-01T00:00:00+00:00", counts=RunCounts(read=1),
                     model="tiny", index="runs/20261201T000000Z/index")  # fmt: skip
     latest.save(root)
     on_disk = json.load(open(tmp_path / "LATEST"))
@@ -125,3 +125,25 @@ def test_latest_is_unversioned_at_version_1_and_names_the_index_of_a_root(tmp_pa
     storage.write_json(str(tmp_path / "LATEST"), {**on_disk, "format_version": 2})
     with pytest.raises(InputError, match="newer than this fusionindex reads"):
         Latest.index_of(root)
+
+
+def test_a_run_record_carries_its_outcome_only_once_finished(tmp_path):
+    from dataclasses import replace
+
+    from pipelines.reindex.root import RunRecord
+
+    run = str(tmp_path)
+    started = RunRecord("20261202T000000Z", "running", "sha256:k", None, "2026-12-02T00:00:00+00:00", {"keep": 3})
+    started.save(run)
+    assert json.load(open(tmp_path / "run.json")) == {
+        "run": "20261202T000000Z", "status": "running", "inputs_key": "sha256:k", "previous": None,
+        "started_at": "2026-12-02T00:00:00+00:00", "settings": {"keep": 3},
+    }  # fmt: skip
+    done = replace(RunRecord.load(run), status="published", canary=None, stages={"embed": {"seconds": 1.0}})
+    on_disk = done.to_dict()
+    assert on_disk["canary"] is None and on_disk["counts"] is None and "seconds" not in on_disk  # not summed yet
+    replace(done, seconds=1.0).save(run)
+    assert RunRecord.load(run).seconds == 1.0 and RunRecord.load(run).to_dict() == {**on_disk, "seconds": 1.0}
+    storage.write_json(str(tmp_path / "run.json"), {**on_disk, "format_version": 2})
+    with pytest.raises(InputError, match="newer than this fusionindex reads"):
+        RunRecord.load(run)

@@ -20,7 +20,7 @@ from pipelines.reindex.canary import load_queries
 from pipelines.reindex.gates import check_gates, failed
 from pipelines.reindex.lock import LOCK, Busy, LockLost, RunLock, is_stale
 from pipelines.reindex.report import frontier_html, recall_plot
-from pipelines.reindex.root import new_run_id, prune, publish, read_latest, resolve_index, run_ids, run_path
+from pipelines.reindex.root import Latest, new_run_id, prune, publish, run_ids, run_path
 
 COUNTS = {"read": 100, "embedded": 90, "rejected": 4, "skipped": 6, "new": 10, "changed": 5, "unchanged": 75,
           "rejects_by_reason": {"corrupt_image": 4}}  # fmt: skip
@@ -100,10 +100,10 @@ def test_runs_are_named_sortably_pruned_and_latest_is_followed(tmp_path):
     assert new_run_id(now, {"20261127T170501Z", "20261127T170501Z-2"}) == "20261127T170501Z-3"
     for run_id in ("20261125T000000Z", "20261126T000000Z", "20261127T000000Z"):
         os.makedirs(os.path.join(run_path(root, run_id), "index"))
-    assert resolve_index(root) == root and read_latest(root) is None
-    publish(root, "20261125T000000Z", {"note": "old"})
-    assert read_latest(root) == {"run": "runs/20261125T000000Z", "note": "old"}
-    assert resolve_index(root) == os.path.join(root, "runs", "20261125T000000Z", "index")
+    assert Latest.index_of(root) == root and Latest.load_if_any(root) is None
+    publish(root, Latest("runs/20261125T000000Z", model="old"))
+    assert Latest.load(root).run_id == "20261125T000000Z" and Latest.load(root).model == "old"
+    assert Latest.index_of(root) == os.path.join(root, "runs", "20261125T000000Z", "index")
     assert prune(root, keep=1, protect={"20261125T000000Z"}) == ["20261126T000000Z"]
     assert run_ids(root) == ["20261125T000000Z", "20261127T000000Z"]
 
