@@ -73,7 +73,7 @@ def write_report(
             data["queries"].append(
                 {"query": q, "hits": [{"id": h.id, "score": round(h.score, 6), "caption": h.caption} for h in hits]}
             )
-    if record.get("duplicates"):
+    if record.duplicates:
         data["duplicate_groups"] = shown_groups(run)
     ids = {h["id"] for q in data["queries"] for h in q["hits"]}
     ids |= {i for groups in data.get("duplicate_groups", {}).values() for g in groups for i in g["ids"]}
