@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -127,3 +128,13 @@ def test_bad_requests_say_what_to_do(built, tmp_path):
         write_duplicates(str(tmp_path), 0.97)
     with pytest.raises(InputError, match="fusionindex duplicates"):
         read_groups(str(tmp_path))
+
+
+def test_the_benchmark_finds_every_planted_copy_at_a_small_size(tmp_path, capsys):
+    from benchmarks.duplicates import main
+
+    out = tmp_path / "r.json"
+    assert main(["--n", "30000", "--dim", "32", "--output", str(out)]) == 0  # exit 1 when a planted answer is missed
+    r = json.loads(out.read_text())
+    assert r["quality"]["ok"] and r["night"]["same_groups_as_full"] and r["night"]["searched"] == 300
+    assert r["full_pass"]["cpu_s"] > 0 and "min_similarity" in capsys.readouterr().out
