@@ -18,7 +18,8 @@ import sys
 import numpy as np
 
 from encoders import storage
-from index_builder.embeddings import MANIFEST, VECTOR_COLUMNS, arrow_to_vectors, list_shards
+from index_builder.embeddings import VECTOR_COLUMNS, arrow_to_vectors, list_shards
+from index_builder.records import EmbedManifest
 
 
 def load(out: str) -> tuple[list[str], dict[str, np.ndarray], dict]:
@@ -30,8 +31,8 @@ def load(out: str) -> tuple[list[str], dict[str, np.ndarray], dict]:
         ids += table.column("id").to_pylist()
         for c in parts:
             parts[c].append(arrow_to_vectors(table.column(c))[0])
-    manifest = storage.read_json(storage.join(out, MANIFEST))
-    return ids, {c: np.concatenate(v) for c, v in parts.items()}, manifest["counts"]
+    counts = EmbedManifest.load(out).counts.to_dict()
+    return ids, {c: np.concatenate(v) for c, v in parts.items()}, counts
 
 
 def compare(a: str, b: str) -> dict:
