@@ -83,7 +83,7 @@ def test_rerun_of_finished_job_reuses_everything_unless_restarted_or_changed(slo
     again = run_embed(cfg).to_dict()
     assert again["reused_shards"] == 40 and again["counts"] == first["counts"]
     assert shard_bytes(out) == before
-    assert run_embed(replace(cfg, restart=True))["reused_shards"] == 0
+    assert run_embed(replace(cfg, restart=True)).to_dict()["reused_shards"] == 0
     assert shard_bytes(out) == before  # deterministic recompute
     changed = run_embed(replace(cfg, alpha=0.9, beta=0.1)).to_dict()  # a different fusion must not reuse old vectors
     assert changed["reused_shards"] == 0 and shard_bytes(out) != before
