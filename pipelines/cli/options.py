@@ -30,6 +30,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class ExtendOnce(argparse.Action):
+    """`nargs="+"`, repeatable: the flag's first use replaces the default (a --config file's list
+    among them), later uses add to it. argparse's own "extend" would add to the default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = namespace.__dict__.setdefault("_extended", set())
+        items = list(getattr(namespace, self.dest) or []) if self.dest in seen else []
+        seen.add(self.dest)
+        setattr(namespace, self.dest, items + list(values))
+
+
 def dest(f: Field) -> str:
     """The attribute of the parsed namespace that holds field `f`."""
     return f.metadata.get("dest") or f.name
@@ -73,7 +84,7 @@ def argument(f: Field, annotation: Any, default: Any, required: bool) -> dict:
     else:
         kw["default"] = None if typing.get_origin(kind) is tuple else default
     if typing.get_origin(kind) is tuple:
-        return {**kw, "nargs": "+", "action": "extend"}
+        return {**kw, "nargs": "+", "action": ExtendOnce}
     if f.metadata.get("choices") is not None:
         kw["choices"] = tuple(f.metadata["choices"])
     if kind in (int, float):

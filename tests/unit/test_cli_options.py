@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import inspect
@@ -214,3 +215,16 @@ def test_every_flag_a_message_names_is_an_option():
     strangers = {f: where for f, where in quoted.items() if f not in ours | NOT_OURS | set(PENDING)}
     assert not strangers, strangers
     assert not set(PENDING) & ours, "an option in PENDING exists now: remove it from PENDING"
+
+
+def test_a_list_flag_replaces_its_default_once_then_adds_to_it():
+    """A --config file's list becomes the parser's default: the command line's flag replaces it, and
+    repeating the flag adds to what the command line gave (argparse's "extend" added to the default)."""
+    p = build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices["reindex"]
+    sub.set_defaults(carry_columns=["url", "price"])
+    base = ["reindex", "--input", "in", "--root", "r", "--model", "m"]
+    assert p.parse_args(base).carry_columns == ["url", "price"]
+    assert p.parse_args([*base, "--carry-columns", "title"]).carry_columns == ["title"]
+    both = p.parse_args([*base, "--carry-columns", "title", "--carry-columns", "sku"])
+    assert both.carry_columns == ["title", "sku"]
