@@ -40,7 +40,8 @@ def ids_table(shards: list[Shard], cache: ShardCache) -> pa.Table:
     for shard in shards:
         if shard.path not in cache.labels:
             cache.vectors(shard)
-    return pa.concat_tables([cache.labels[shard.path] for shard in shards])
+    tables = [cache.labels[shard.path] for shard in shards]
+    return pa.concat_tables(tables).replace_schema_metadata(None)  # not the embed run's shard metadata
 
 
 def shard_rows(ids: pa.ChunkedArray, vectors: pa.ChunkedArray, first_id: int, only: tuple[int, int] | None):

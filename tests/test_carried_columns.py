@@ -76,6 +76,7 @@ def test_carried_columns_reach_shards_rejects_and_ids_typed_as_in_the_source(car
     ]
     ids = pq.read_table(f"{idx}/ids.parquet")
     assert ids.column_names == ["id", "caption", "url", "price", "tags"]
+    assert not ids.schema.metadata  # the index's table, not a copy of the embed run's shard metadata
     assert ids.select(["id", "url", "price", "tags"]).to_pylist() == got  # row i = faiss id i
 
 
