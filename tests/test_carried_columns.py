@@ -6,6 +6,7 @@ from __future__ import annotations
 import decimal
 import io
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -151,3 +152,47 @@ def test_spark_carries_the_same_columns_as_beam_and_counts_metadata_changes(carr
         out[engine] = run_embed(s, previous=emb).counts
     assert_same_output(str(tmp_path / "beam"), str(tmp_path / "spark"))  # carried columns and rejects included
     assert out["spark"] == out["beam"] and out["spark"].metadata_changed == 1
+
+
+def test_a_nightly_reindex_publishes_a_price_change_without_embedding_again(tmp_path, tiny_clip, capsys):
+    """Two nights on one ROOT through the CLI: night two changes only `price` on three rows (same image
+    bytes, same caption). The night publishes; those rows keep night one's vectors byte for byte (counted
+    `unchanged` and `metadata_changed`), and the new index's ids.parquet and `search --json` show today's prices."""
+    from index_builder.embeddings import arrow_to_vectors, list_shards
+    from pipelines.reindex.root import run_ids, run_path
+
+    feed, root = tmp_path / "feed", str(tmp_path / "root")
+    feed.mkdir()
+    night = ["-q", "reindex", "--input", str(feed), "--root", root, "--model", tiny_clip, "--batch-size", "4",
+             "--carry-columns", "url,price", "--min-recall", "0", "--report-queries", "2"]  # fmt: skip
+    today = rows(10, seed=3)
+    pq.write_table(pa.Table.from_pylist(today, schema=SCHEMA), feed / "items.parquet", row_group_size=5)
+    assert main(night) == 0
+    for i in (1, 4, 7):
+        today[i]["price"] += decimal.Decimal("10.00")
+    pq.write_table(pa.Table.from_pylist(today, schema=SCHEMA), feed / "items.parquet", row_group_size=5)
+    assert main(night) == 0
+    one, two = (run_path(root, r) for r in run_ids(root))
+    assert json.load(open(f"{root}/LATEST"))["run"].endswith(os.path.basename(two))  # night two published
+    run = json.load(open(f"{two}/run.json"))
+    assert run["status"] == "published"
+    c = run["counts"]
+    assert (c["unchanged"], c["metadata_changed"], c["changed"], c["new"], c["deleted"]) == (10, 3, 0, 0, 0)
+
+    def shard(run_dir: str) -> pa.Table:
+        return pq.read_table(os.path.dirname(list_shards(run_dir)[0].path)).sort_by("id")
+
+    a, b = shard(one), shard(two)
+    assert b.column("copied").to_pylist() == [True] * 10  # every row's vectors copied from night one
+    for col in ("image_embedding", "text_embedding", "fused_embedding"):
+        va, vb = arrow_to_vectors(a.column(col))[0], arrow_to_vectors(b.column(col))[0]
+        assert va.tobytes() == vb.tobytes(), col  # copied, not re-embedded
+    want = {r["key"]: r["price"] for r in today}
+    ids = pq.read_table(f"{two}/index/ids.parquet")
+    assert ids.schema.field("price").type == SCHEMA.field("price").type
+    assert dict(zip(ids.column("id").to_pylist(), ids.column("price").to_pylist())) == want
+    assert want["k4"] == decimal.Decimal("14.04")
+    capsys.readouterr()
+    assert main(["search", "--index", root, "--text", "item 4", "--k", "10", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(hits) == 10 and {h["id"]: h["price"] for h in hits} == {k: str(v) for k, v in want.items()}
