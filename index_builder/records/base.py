@@ -120,14 +120,17 @@ class Record(Part):
     @classmethod
     def load(cls, directory: str) -> Self:
         """The record in `directory`; InputError when there is none, or of another kind or version."""
-        if not cls.exists(directory):
+        record = cls.load_if_any(directory)
+        if record is None:
             raise InputError(f"{directory} has no {cls.FILE}: {cls.WRITTEN_BY}")
-        return cls.parse(storage.read_json(cls.path(directory)), cls.path(directory))
+        return record
 
     @classmethod
     def load_if_any(cls, directory: str) -> Self | None:
         """The record in `directory`, or None where there is none yet."""
-        return cls.load(directory) if cls.exists(directory) else None
+        if not cls.exists(directory):
+            return None
+        return cls.parse(storage.read_json(cls.path(directory)), cls.path(directory))
 
     @classmethod
     def parse(cls, data: Any, where: str = "") -> Self:
