@@ -1137,6 +1137,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frontier-target", type=float, default=0.95, help="--target-recall of the frontier section")
     ap.add_argument("--frontier-threads", type=int, default=2, help="faiss threads of the frontier section")
     ap.add_argument("--frontier-budgets", default="32,64,96,128,192,256", help="bytes per vector, comma-separated")
+    ap.add_argument(
+        "--frontier-autofaiss",
+        action="store_true",
+        help="also build autofaiss's index for the memory each chosen index takes (--autofaiss-venv)",
+    )
     ap.add_argument("--engines-rows", type=int, default=2048, help="rows of the engines section")
     ap.add_argument(
         "--repeat",

@@ -7,9 +7,11 @@ index alone; the sweep builds, on all the vectors with the build's training samp
 each family of index_builder.candidates the largest code within B (SQ types and PQ bit widths
 counted as families of their own), and measures recall@10 at nprobe 1..64. Every recall is
 measured the same way: 1000 queries drawn from the set's distribution but not stored, exact
-truth by inner product. OPQ rotations in the sweep are trained as the screen trains them
-(screen.OPQ_NITER updates on SCREEN_TRAIN rows): a full faiss OPQ training (50 updates) of
-OPQ128 at d=256 takes minutes on this machine.
+truth by inner product. Each sweep index is trained by the builder's own training code
+(index_builder.training.train_template: an OPQ rotation is the parametric one of
+index_builder.opq, on the whole training sample). With --autofaiss-venv holding autofaiss,
+autofaiss builds an index on the same vectors for the memory the chosen index takes, measured the
+same way.
 """
 
 from __future__ import annotations
@@ -101,21 +103,45 @@ def sweep_families(d: int, nlist: int, n: int, budget: float) -> list:
 
 def sweep_build(factory: str, x: np.ndarray, train_size: int, q: np.ndarray, gt: np.ndarray) -> dict:
     """One sweep index on all of x, trained on a seeded sample of train_size: its recall curve."""
-    from index_builder.screen import OPQ_NITER, SCREEN_TRAIN
+    from index_builder.training import train_template
 
     t = time.monotonic()
-    xt = x[np.sort(np.random.default_rng(0).choice(len(x), min(train_size, len(x)), replace=False))]
-    index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    if isinstance(index, faiss.IndexPreTransform):
-        rotation = faiss.downcast_VectorTransform(index.chain.at(0))
-        rotation.niter = OPQ_NITER
-        rotation.train(xt[:SCREEN_TRAIN])
-    index.train(xt)
+    xt = x[np.random.default_rng(0).permutation(len(x))[: min(train_size, len(x))]]  # shuffled, as the build's
+    index = train_template(factory, xt)
     index.add(x)
     curve = recall_curve(index, q, gt)
     best = max(curve, key=lambda p: (curve[p], -p))
     return {"factory": factory, "recall_at_10": curve[best], "nprobe": best, "curve": curve,
             "build_s": round(time.monotonic() - t, 2)}  # fmt: skip
+
+
+def autofaiss_at(work: Path, x: np.ndarray, q: np.ndarray, gt: np.ndarray, memory: int, venv: Path) -> dict:
+    """autofaiss (in its own venv, its own index choice and search parameters) on x for `memory`
+    bytes of index, measured as every other row here: recall@K of q against gt."""
+    import shutil
+
+    from benchmarks.bench import AUTOFAISS, run_usage
+
+    python = venv / "bin" / "python"
+    if not python.exists():
+        return {"skipped": f"no autofaiss venv at {venv}; create it with `make bench-autofaiss`"}
+    src, out = work / "autofaiss-in", work / "autofaiss-out"
+    for path in (src, out):
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+    np.save(src / "00000.npy", x)
+    (work / "autofaiss_build.py").write_text(AUTOFAISS)
+    try:
+        usage = run_usage([str(python), str(work / "autofaiss_build.py"), str(src), str(out), f"{memory}B"])
+    except RuntimeError as exc:  # e.g. nothing of autofaiss's fits the memory
+        return {"memory_bytes": memory, "error": str(exc).splitlines()[-1][:300]}
+    run = json.loads((out / "run.json").read_text())
+    index = faiss.read_index(str(out / "knn.index"))
+    faiss.ParameterSpace().set_index_parameters(index, run["infos"]["index_param"])
+    found = index.search(q, K)[1]
+    return {"factory": run["infos"].get("index_key"), "search_parameters": run["infos"]["index_param"],
+            "memory_bytes": memory, "index_bytes": (out / "knn.index").stat().st_size,
+            "recall_at_10": round(float(knn_intersection_measure(found, gt)), 4), **usage}  # fmt: skip
 
 
 def _cpu() -> float:
@@ -135,7 +161,13 @@ def chooser_build(src: Path, out: Path, budget: float | None, factory: str | Non
 
 
 def bench_set(
-    work: Path, name: str, n: int, target: float, partial: Path | None = None, budgets: tuple = BUDGETS
+    work: Path,
+    name: str,
+    n: int,
+    target: float,
+    partial: Path | None = None,
+    budgets: tuple = BUDGETS,
+    autofaiss: Path | None = None,
 ) -> dict:
     """The chooser at every budget against the sweep, on set `name` of n vectors."""
     from encoders import storage
@@ -173,6 +205,8 @@ def bench_set(
                              "choose_build_cpu_s": round(cpu, 1), "alone_s": alone["timings"]["total_s"],
                              "alone_cpu_s": round(alone_cpu, 1), "screened": m["choice"]["screened"]}  # fmt: skip
             row["chosen"]["ratio_to_alone"] = round(row["chosen"]["choose_build_s"] / row["chosen"]["alone_s"], 2)
+            if autofaiss is not None:
+                row["autofaiss"] = autofaiss_at(work, x, q, gt, m["memory_bytes"], autofaiss)
             row["chosen"]["gap_to_sweep"] = round(
                 row["sweep_best"]["recall_at_10"] - row["chosen"]["recall_at_10_nprobe_64"], 4
             )
@@ -189,11 +223,12 @@ def frontier_row(name: str, row: dict) -> str:
     """One printed line: the budget, the sweep's best, the chosen index and its costs."""
     if "chosen" not in row:
         return f"  {name} {row['budget']:>4} B: nothing fits"
-    b, c = row["sweep_best"], row["chosen"]
+    b, c, af = row["sweep_best"], row["chosen"], row.get("autofaiss", {})
+    theirs = f" | autofaiss {af['factory']} {af['recall_at_10']:.3f}" if "recall_at_10" in af else ""
     return (f"  {name} {row['budget']:>4} B: sweep best {b['factory']} {b['recall_at_10']:.3f} (np {b['nprobe']}) | "
             f"chosen {c['factory']} {c['recall_at_10_nprobe_64']:.3f} at np 64, {c['recall_at_10']:.3f} at np "
             f"{c['nprobe']} | {c['choose_build_s']:.0f} s vs {c['alone_s']:.0f} s alone ({c['ratio_to_alone']}x), "
-            f"{c['batch_1_ms']:.2f} ms/query")  # fmt: skip
+            f"{c['batch_1_ms']:.2f} ms/query{theirs}")  # fmt: skip
 
 
 def bench_frontier(work: Path, args) -> dict:
@@ -203,7 +238,8 @@ def bench_frontier(work: Path, args) -> dict:
     out = {"budgets": list(budgets), "threads": args.frontier_threads}
     for name in args.frontier_sets.split(","):
         partial = Path(args.output).with_suffix(f".{name}.partial.json")
-        out[name] = bench_set(work, name, args.frontier_n, args.frontier_target, partial, budgets)
+        venv = Path(args.autofaiss_venv) if args.frontier_autofaiss else None
+        out[name] = bench_set(work, name, args.frontier_n, args.frontier_target, partial, budgets, venv)
     return out
 
 

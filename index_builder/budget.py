@@ -67,7 +67,8 @@ class Choice:
 
     factories: list[str]
     screened: list[dict] = field(default_factory=list)  # screen.screen's records, best first
-    coarse: dict[str, np.ndarray] = field(default_factory=dict)  # by training.coarse_of, for the final build
+    coarse: dict[str, np.ndarray] = field(default_factory=dict)  # centroids by training.coarse_of, OPQ
+    # rotations by screen.rotation_key: for the final build
     screen_s: float = 0.0
 
 
@@ -88,13 +89,15 @@ def choose(cfg: BuildSettings, samples: Samples, factories: list[str], n: int, d
         len(xt),
     )
     centroids = coarse_centroids(xt, nlist, cfg.seed)
-    records = screen(cands, ScreenData(xt, samples.queries, centroids, cfg.recall_k))
+    data = ScreenData(xt, samples.queries, centroids, cfg.recall_k)
+    records = screen(cands, data)
     memory = {c.factory: c.memory(n) for c in cands}
     records = [{**r, "memory_bytes": memory[r["factory"]]} for r in records]  # what --max-memory bounds, for n
     winner = next(r for r in records if "error" not in r)
     log.info("kept %s (%g B): recall@%d %.3f on the subsample", winner["factory"], winner["bytes_per_vector"],
              cfg.recall_k, winner["recall_at_k"])  # fmt: skip
-    return Choice([winner["factory"]], records, {coarse_name(nlist): centroids}, time.monotonic() - t)
+    warm = {coarse_name(nlist): centroids, **data.rotations}  # the final build reuses both
+    return Choice([winner["factory"]], records, warm, time.monotonic() - t)
 
 
 @dataclass

@@ -1,15 +1,17 @@
 """Rank candidates cheaply: each trained and measured on a subsample, so that only the winner is
 built on everything.
 
-The screen works on the build's own training sample: its coarse centroids are trained once on
-it (the same k-means the final build needs, which reuses them), each candidate's codes train on
-its first SCREEN_TRAIN rows (an OPQ rotation too, its coarse centroids the shared ones projected
-through the rotation), the next rows (at most SCREEN_BASE) are the database, and the build's
-held-out recall queries (at most SCREEN_QUERIES) are searched against it with exact truth, at
-every power-of-two nprobe up to MAX_NPROBE. A candidate's figure is its best recall@k there;
-the winner is the candidate of the highest, where candidates within TOLERANCE of it count as
-equal and the smaller code, then the faster search, wins. The records are the frontier the
-manifest and the nightly report show (recall@k against bytes per vector).
+The screen works on the build's own training sample: its coarse centroids are trained once on it
+(the same k-means the final build needs, which reuses them), each candidate's codes train on its
+first SCREEN_TRAIN rows (an OPQ rotation is the parametric one of index_builder.opq, from the
+covariance of those rows' residuals to the shared centroids, and its coarse centroids are the
+shared ones projected through it; the final build reuses the rotation), the next rows (at most
+SCREEN_BASE) are the database, and the build's held-out recall queries (at most SCREEN_QUERIES)
+are searched against it with exact truth, at every power-of-two nprobe up to MAX_NPROBE. A
+candidate's figure is its best recall@k there; the winner is the candidate of the highest, where
+candidates within TOLERANCE of it count as equal and the smaller code, then the faster search,
+wins. The records are the frontier the manifest and the nightly report show (recall@k against
+bytes per vector).
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ from faiss.contrib.evaluation import knn_intersection_measure
 
 from index_builder.candidates import Candidate
 from index_builder.choose import TOLERANCE, opq_m, worth_opq
-from index_builder.opq import opq_gain
+from index_builder.opq import gain_of, opq_of, residual_covariance, rotation_for, set_rotation
 from index_builder.params import search_parameters
 
 log = logging.getLogger(__name__)
 
 SCREEN_TRAIN = 10_000  # rows each candidate's codes train on (39 per centroid of an 8-bit PQ codebook)
-PQ_NITER = 10  # k-means iterations of a screened PQ codebook (faiss: 25): its rank, not its best codebook
-OPQ_NITER = 8  # rotation updates of a screened OPQ (faiss: 50)
+# k-means iterations of a screened PQ codebook (faiss: 25): its rank, not its best codebook; 10 gave
+# +0.005-0.008 recall on the frontier sets for 1.6x the CPU
+PQ_NITER = 6
 SCREEN_BASE = 50_000  # rows the candidates are measured on, at most
 SCREEN_QUERIES = 500
 MAX_NPROBE = 64
@@ -48,6 +51,22 @@ class ScreenData:
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.k = min(k, len(self.base))
         self.gt = faiss.knn(self.queries, self.base, self.k, METRIC)[1]
+        self.rotations: dict[str, np.ndarray] = {}  # by rotation_key: the OPQ rotations screened
+        self._covariance: np.ndarray | None = None
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """The covariance of self.train's residuals to the shared centroids (computed once)."""
+        if self._covariance is None:
+            self._covariance = residual_covariance(self.train, self.centroids)
+        return self._covariance
+
+
+def rotation_key(factory: str) -> str | None:
+    """The OPQ part of a factory ('OPQ96_480' of 'OPQ96_480,IVF1024,PQ96x8np'): candidates naming
+    the same one share its rotation; None without one."""
+    first = factory.split(",")[0]
+    return first if first.startswith("OPQ") else None
 
 
 def coarse_centroids(xt: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
@@ -63,11 +82,10 @@ def _trained(c: Candidate, data: ScreenData) -> faiss.Index:
     """A template of `c` with the shared coarse centroids, its codes (and rotation) trained on data.train."""
     index = faiss.index_factory(data.train.shape[1], c.factory, METRIC)
     centroids = data.centroids
-    if isinstance(index, faiss.IndexPreTransform):
-        rotation = faiss.downcast_VectorTransform(index.chain.at(0))
-        rotation.niter = OPQ_NITER
-        rotation.train(data.train)
-        centroids = rotation.apply(centroids)
+    if opq_of(index) is not None:
+        rotation = data.rotations.setdefault(rotation_key(c.factory), rotation_for(index, data.covariance))
+        set_rotation(index, rotation)
+        centroids = opq_of(index).apply(centroids)
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     pq = getattr(ivf, "pq", None)
     if pq is not None:
@@ -126,7 +144,7 @@ def _opq_not_worth(c: Candidate, data: ScreenData) -> dict | None:
     m = opq_m(c.factory)
     if m is None:
         return None
-    gain = opq_gain(data.train, m, data.centroids)
+    gain = gain_of(data.covariance, m)
     if worth_opq(gain):
         return None
     why = f"not trained: the best rotation removes {gain:.1%} of PQ{m}'s distortion bound"

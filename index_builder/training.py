@@ -17,9 +17,11 @@ from encoders.errors import SettingsError
 from index_builder import faiss_io
 from index_builder.choose import OPQ_MIN_GAIN, opq_m, worth_opq
 from index_builder.drift import blend, codec_errors, drift
+from index_builder.factory import nlist_of
 from index_builder.layout import TEMPLATE_FILE
-from index_builder.opq import opq_gain
+from index_builder.opq import opq_gain, opq_of, residual_covariance, rotation_for, set_rotation
 from index_builder.records import IndexManifest
+from index_builder.screen import coarse_centroids, rotation_key
 from index_builder.settings import BuildSettings
 
 log = logging.getLogger(__name__)
@@ -59,13 +61,24 @@ class TrainingSample:
         self.last = False  # set before training the last template: nothing needs x after it
 
 
-def train_template(factory: str, xt: np.ndarray | TrainingSample, centroids: np.ndarray | None = None) -> faiss.Index:
+def train_template(
+    factory: str,
+    xt: np.ndarray | TrainingSample,
+    centroids: np.ndarray | None = None,
+    rotation: np.ndarray | None = None,
+) -> faiss.Index:
     """An empty trained index; the coarse quantizer trains on GPU when faiss sees one. `centroids`
-    (nlist x d, an IVF factory without a pre-transform): coarse centroids already trained on `xt`
-    by another candidate; the quantizer starts full and faiss trains only the codes."""
+    (nlist x d): coarse centroids already trained on `xt` by another candidate; the quantizer
+    starts full and faiss trains only the codes. An OPQ rotation is the parametric one
+    (index_builder.opq): `rotation` when given (the screen's), else computed here from the
+    residuals of xt to `centroids` (trained here when not given); the centroids are rotated with it."""
     sample, xt = (xt, xt.x) if isinstance(xt, TrainingSample) else (None, xt)
     index = new_index(xt.shape[1], factory)
     ivf = faiss.try_extract_index_ivf(index)
+    if (opq := opq_of(index)) is not None:
+        centroids = coarse_centroids(xt, ivf.nlist) if centroids is None else centroids
+        set_rotation(index, rotation_for(index, residual_covariance(xt, centroids)) if rotation is None else rotation)
+        centroids = opq.apply(np.ascontiguousarray(centroids, dtype=np.float32))
     if centroids is not None:
         ivf.quantizer.add(centroids)  # IndexIVF.train skips k-means when the quantizer holds nlist centroids
     pq = getattr(faiss.downcast_index(ivf if ivf is not None else index), "pq", None)
@@ -120,9 +133,11 @@ def train_candidate(
     n, d = xt.x.shape
     log.info("building %s over %d vectors (%s, dim %d), training on %d (%s)", factory, total, cfg.vector,
              d, n, training["reason"])  # fmt: skip
-    key = coarse_of(factory)
+    key, behind = coarse_of(factory), coarse_of(factory.split(",", 1)[-1])  # the IVF behind an OPQ rotation
     try:
-        template = train_template(factory, xt, coarse.get(key))
+        if key is None and opq_m(factory) is not None and behind not in coarse:
+            coarse[behind] = coarse_centroids(xt.x, nlist_of(factory), cfg.seed)
+        template = train_template(factory, xt, coarse.get(key or behind), coarse.get(rotation_key(factory)))
         if key is not None and key not in coarse:
             ivf = faiss.try_extract_index_ivf(template)
             coarse[key] = ivf.quantizer.reconstruct_n(0, ivf.nlist)
