@@ -70,3 +70,13 @@ def test_what_spark_executors_import_holds_no_beam():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_units_are_packed_into_two_embed_tasks_per_slot_and_deletions_keep_their_own_partition():
+    from pipelines.embed.spark import _packed, embed_tasks
+
+    assert [embed_tasks(n, 2) for n in (1, 3, 4, 16)] == [1, 3, 4, 4]
+    assert embed_tasks(1000, 100) == 200 and embed_tasks(5, 0) == 2
+    tasks, deleted = embed_tasks(16, 2), 16
+    assert sorted({_packed(tasks, deleted, u) for u in range(16)}) == [0, 1, 2, 3]
+    assert _packed(tasks, deleted, deleted) == tasks  # the one partition that sums deletions

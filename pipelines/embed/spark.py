@@ -3,10 +3,13 @@
     units (one partition each) | flatMap today_keys --+
                                                       groupByKey(id) | decide_grouped --> (unit, plan), (n, deleted)
     previous shards | flatMap previous_keys ----------+
-    units (one task) + plans + deleted | groupByKey(unit index: one partition per unit, partition n sums deletions)
+    units (one task) + plans + deleted | groupByKey(unit index: `tasks` partitions of units, one sums deletions)
                                        | map embed task --> reports (collected: small, one per unit)
 
-With nothing to join (--duplicate-ids allow and no previous run): units | map embed task, no shuffle.
+With nothing to join (--duplicate-ids allow and no previous run): units (`tasks` partitions) | map
+embed task, no shuffle. A task runs several units in turn (`embed_tasks`: two tasks per task slot),
+so one Python worker loads the model once for all of them and Spark pays a task's round trip per
+few units, not per unit; a retried task finds its units' committed shards and reuses them.
 
 The per-element steps are pipelines/embed/join.py's, shared with the Beam graph; each task runs
 UnitWorker, which commits its unit's shard atomically, so a task Spark retries (a lost executor,
@@ -102,7 +105,21 @@ def embed_task(job: UnitJob, model_tag: str, element: tuple[int, Iterable[tuple[
         "pid": os.getpid(),
         "torch_threads": torch.get_num_threads(),  # what the set-up applied (pipelines/threads.py)
         "attempt": ctx.attemptNumber() if ctx is not None else 0,
+        "task": ctx.partitionId() if ctx is not None else index,
     }
+
+
+TASKS_PER_SLOT = 2  # embed tasks per task slot: a slow task leaves the others room to balance
+
+
+def embed_tasks(units: int, slots: int) -> int:
+    """How many embed tasks (partitions) `units` units are packed into on `slots` task slots."""
+    return max(1, min(units, TASKS_PER_SLOT * max(1, slots)))
+
+
+def _packed(tasks: int, deleted_key: int, key: int) -> int:
+    """groupByKey's partition of a unit index (tasks of several units) or of the deletions (the last)."""
+    return tasks if key == deleted_key else key % tasks
 
 
 def _tag(tag: int, kv: tuple) -> tuple:
@@ -111,10 +128,6 @@ def _tag(tag: int, kv: tuple) -> tuple:
 
 def _unit_key(unit: WorkUnit) -> tuple:
     return unit.index, (UNIT, unit)
-
-
-def _identity(index: int) -> int:
-    return index
 
 
 def _route(deleted_key: int, kv: tuple) -> tuple:
@@ -188,9 +201,11 @@ def run_spark(
     log.info("spark: %s per Python worker", decide(job.threads, usable_cores(), os.environ))
     try:
         n = len(plan.units)
-        units = sc.parallelize(plan.units, n)  # one unit per partition: the join reads each in its own task
+        packed = embed_tasks(n, sc.defaultParallelism // max(1, job.threads.cap or 1))
+        log.info("spark: %d units in %d embed tasks", n, packed)
         tasks = None
         if s.duplicate_ids == "reject" or job.previous_shards:
+            units = sc.parallelize(plan.units, n)  # one unit per partition: the join reads each in its own task
             today = units.flatMap(
                 partial(today_keys, skip_bad_files=s.skip_bad_files, hashes=bool(job.previous_shards))
             )
@@ -201,10 +216,11 @@ def run_spark(
             decided = keyed.groupByKey().flatMap(partial(_decide, s.duplicate_ids == "reject", comparable))
             # the units join their plans in one small task (not one per unit); deletions go to partition n
             keyed_units = sc.parallelize([_unit_key(u) for u in plan.units], 1)
-            tasks = keyed_units.union(decided.map(partial(_route, n))).groupByKey(n + 1, _identity)
+            routed = keyed_units.union(decided.map(partial(_route, n)))
+            tasks = routed.groupByKey(packed + 1, partial(_packed, packed, n))
         try:
-            if tasks is None:  # nothing to join: each unit straight to its embed task, no shuffle
-                out = units.map(partial(_alone, job, model_tag)).collect()
+            if tasks is None:  # nothing to join: the units straight to their embed tasks, no shuffle
+                out = sc.parallelize(plan.units, packed).map(partial(_alone, job, model_tag)).collect()
             else:
                 out = tasks.map(partial(_task, job, model_tag, n)).collect()
         except Exception as exc:
@@ -294,9 +310,9 @@ def _metrics(reports: list[dict]) -> EngineMetrics:
     for r in done:
         for name, us in r["stages"].items():
             stage_us[name] = stage_us.get(name, 0) + us
-    loads, retried = sum(r["loads"] for r in reports), sum(1 for r in reports if r["attempt"] > 0)
+    loads, retried = sum(r["loads"] for r in reports), len({r["task"] for r in reports if r["attempt"] > 0})
     log.info(
-        "spark: %d units in %d Python workers, %d model loads, %d tasks retried, torch threads %s",
+        "spark: %d units in %d Python workers, %d model loads, %d embed tasks retried, torch threads %s",
         len(reports),
         len({r["pid"] for r in reports}),
         loads,
