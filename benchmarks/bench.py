@@ -1144,6 +1144,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--engines-rows", type=int, default=2048, help="rows of the engines section")
     ap.add_argument(
+        "--engines-runs", default=None, help="the engines section's runs, comma-separated (beam always; default: all)"
+    )
+    ap.add_argument(
         "--repeat",
         type=int,
         default=3,

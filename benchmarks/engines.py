@@ -3,7 +3,7 @@ Spark local[2] and local-cluster[2,1,1024]; each `fusionindex embed` a process t
 to exit, with the CPU seconds of its whole process tree (the JVMs, Python daemons and workers
 Spark starts are not all reaped by the driver, so wait4 alone misses them: /proc is sampled).
 
-    python -m benchmarks.bench --sections engines [--engines-rows 2048] [--repeat 2]
+    python -m benchmarks.bench --sections engines [--engines-rows 2048] [--repeat 2] [--engines-runs beam,beam-w2]
 """
 
 from __future__ import annotations
@@ -78,9 +78,14 @@ def bench_engines(work: Path, args, fusionindex, make_inputs) -> dict:
     """Each engine `--repeat` times, alternated, on the same input and model (see the module doc)."""
     model, inp = make_inputs(work, args.engines_rows)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out: dict[str, dict] = {name: {"runs": []} for name in RUNS}
+    chosen = ["beam"] + [n for n in (args.engines_runs or ",".join(RUNS)).split(",") if n != "beam"]
+    unknown = [n for n in chosen if n not in RUNS]
+    if unknown:
+        raise SystemExit(f"--engines-runs: unknown {unknown}; choose among {', '.join(RUNS)}")
+    out: dict[str, dict] = {name: {"runs": []} for name in chosen}
     for _ in range(args.repeat):
-        for name, extra in RUNS.items():
+        for name in chosen:
+            extra = RUNS[name]
             dest = work / f"engines-{name}"
             cmd = fusionindex("embed", "--input", str(inp), "--output", str(dest), "--model", model,
                               "--batch-size", str(args.batch_size), "--restart", *extra)  # fmt: skip
