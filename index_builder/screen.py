@@ -152,13 +152,26 @@ def _opq_not_worth(c: Candidate, data: ScreenData) -> dict | None:
             "opq_gain": round(gain, 4), "error": why}  # fmt: skip
 
 
+def _twin_of(c: Candidate, cands: list[Candidate]) -> dict | None:
+    """None unless `c` is a fast-scan RaBitQ whose plain twin (the same codes in lists faiss can
+    also keep on disk) is a candidate too: then the record saying so (ranked last, not trained).
+    Packing the codes in blocks changes their search speed, not what they can recall."""
+    if c.family != "RaBitQfs":
+        return None
+    twin = c.factory.replace("RaBitQfs", "RaBitQ")
+    if not any(o.factory == twin for o in cands):
+        return None
+    return {"factory": c.factory, "family": c.family, "bytes_per_vector": c.bytes_per_vector,
+            "error": f"not screened: the same codes as {twin}, packed for fast-scan"}  # fmt: skip
+
+
 def screen(cands: list[Candidate], data: ScreenData) -> list[dict]:
     """Every candidate's frontier record (screen_one), ranked (rank); a candidate faiss cannot
-    train on the subsample, or an OPQ rotation not worth training, is recorded with why and
-    ranked last."""
+    train on the subsample, an OPQ rotation not worth training, or a fast-scan twin of another
+    candidate is recorded with why and ranked last."""
     records, failed = [], []
     for c in cands:
-        if (skip := _opq_not_worth(c, data)) is not None:
+        if (skip := _opq_not_worth(c, data) or _twin_of(c, cands)) is not None:
             failed.append(skip)
             continue
         try:

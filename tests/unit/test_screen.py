@@ -39,3 +39,16 @@ def test_equal_recalls_go_to_the_smaller_code_then_the_faster_search():
     ranked = rank([rec("big", 64, 0.900, 1.0), rec("small", 40, 0.897, 1.0), rec("fast", 40, 0.896, 0.1),
                    rec("worse", 8, 0.7, 0.1)])  # fmt: skip
     assert [r["factory"] for r in ranked] == ["fast", "small", "big", "worse"] and rank([]) == []
+
+
+def test_a_fast_scan_rabitq_is_not_screened_beside_its_plain_twin_but_alone_it_is():
+    faiss.omp_set_num_threads(1)
+    rng = np.random.default_rng(4)
+    xt, queries = clustered(8_000, 32, rng), clustered(100, 32, rng)
+    by_factory = {c.factory: c for c in space(len(xt), 32, 64)}
+    data = ScreenData(xt, queries, coarse_centroids(xt, 64), k=10)
+    both = screen([by_factory["IVF64,RaBitQ2"], by_factory["IVF64,RaBitQfs2"]], data)
+    assert [r["factory"] for r in both] == ["IVF64,RaBitQ2", "IVF64,RaBitQfs2"]
+    assert "recall_at_k" in both[0] and both[1]["error"].startswith("not screened: the same codes as IVF64,RaBitQ2")
+    (alone,) = screen([by_factory["IVF64,RaBitQfs2"]], data)
+    assert alone["recall_at_k"] > 0 and "error" not in alone
