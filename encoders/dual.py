@@ -61,9 +61,10 @@ class DualEncoder(torch.nn.Module):
 
 
 def dual_recipe(config: dict) -> Recipe:
-    """torchvision's ImageNet recipe at the model's image size."""
+    """torchvision's ImageNet recipe at the model's image size, as DualPreprocessing's transform
+    runs it (v2.Resize's bilinear default, v2.CenterCrop's rounded offset)."""
     size = int(config.get("image_size", 224))
-    return Recipe(size, (size, size), IMAGENET_MEAN, IMAGENET_STD)
+    return Recipe(size, (size, size), IMAGENET_MEAN, IMAGENET_STD, interpolation="bilinear", crop_offset="round")
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,12 @@
 """Batched image preprocessing on tensors: JPEG decoded on the model's device (nvJPEG on CUDA),
 resized / cropped / normalised there, with a PIL fallback per item.
 
-The recipe is the checkpoint's: resize the short side (bicubic, antialiased), center crop,
-scale to [0, 1], normalise with its mean/std. torchvision's bicubic differs from PIL's by
-rounding, so vectors are close to the PIL path's but not bit for bit equal (the bound that
-is tested lives in tests/test_bad_data.py); that is why the CPU default stays the PIL path
-(exact equality with a direct processor call) and this one is the default on CUDA, where CPU
-decoding and resizing is the bottleneck.
+The recipe is the checkpoint's: resize the short side (bicubic, antialiased), center crop
+(offset rounded down, as the processor does), scale to [0, 1], normalise with its mean/std.
+transformers 5's CLIPImageProcessor runs the same torchvision kernels on PIL's decoded pixels,
+and libjpeg-turbo decodes a JPEG to the same pixels in PIL and in torchvision on a CPU, so on a
+CPU the two paths' pixels agree to float rounding (tests/test_preprocess_parity.py states the
+bound); nvJPEG on CUDA may round differently (tests/test_bad_data.py bounds the vectors).
 """
 
 from __future__ import annotations
@@ -53,24 +53,39 @@ def byte_view(data: bytes) -> torch.Tensor:
     return torch.frombuffer(data, dtype=torch.uint8)
 
 
+# PIL resample codes (a processor's `resample`) the tensor path reproduces
+INTERPOLATIONS = {2: "bilinear", 3: "bicubic"}
+
+
 @dataclass(frozen=True)
 class Recipe:
+    """Resize the short side (antialiased `interpolation`), center crop, scale, normalise.
+
+    `crop_offset`: how a half-pixel crop margin is cut, as the reference path does it: "floor"
+    (transformers' processors) or "round" (torchvision's center_crop, half to even)."""
+
     shortest_edge: int
     crop: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    crop_offset: str = "floor"
 
 
 def recipe_of(image_processor) -> Recipe | None:
     """The processor's preprocessing as a Recipe when it is resize-short-side + center-crop
-    (CLIP's), else None (e.g. SigLIP's fixed-size squash: only the processor's PIL path fits)."""
+    (CLIP's) with a bicubic or bilinear filter, else None (e.g. SigLIP's fixed-size squash: only
+    the processor's own path fits)."""
     ip = image_processor
     size, crop = getattr(ip, "size", None), getattr(ip, "crop_size", None)
     edge = getattr(size, "shortest_edge", None) or (size.get("shortest_edge") if isinstance(size, dict) else None)
-    if not (edge and crop and getattr(ip, "do_center_crop", False)):
+    resample = getattr(ip, "resample", None)
+    interpolation = INTERPOLATIONS.get(3 if resample is None else int(resample))
+    if not (edge and crop and interpolation and getattr(ip, "do_center_crop", False)):
         return None
     crop_hw = (crop["height"], crop["width"]) if isinstance(crop, dict) else (crop.height, crop.width)
-    return Recipe(int(edge), tuple(int(v) for v in crop_hw), tuple(ip.image_mean), tuple(ip.image_std))
+    hw = tuple(int(v) for v in crop_hw)
+    return Recipe(int(edge), hw, tuple(ip.image_mean), tuple(ip.image_std), interpolation)
 
 
 EXIF_ORIENTATION = 0x0112
@@ -133,6 +148,19 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     if orientation == 8:
         return torch.rot90(image, 1, hw)
     return image
+
+
+def center_crop(image: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:
+    """The central `crop` (h, w) of [..., H, W] as transformers' CLIP processor cuts it: zero padding
+    first where the image is smaller, then the offset rounded down. torchvision's own center_crop
+    rounds half offsets to even (5.5 -> 6), a one-pixel shift from the reference for such sizes."""
+    (ch, cw), (h, w) = crop, image.shape[-2:]
+    if ch > h or cw > w:
+        pad_w, pad_h = max(cw - w, 0), max(ch - h, 0)
+        image = F.pad(image, [pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2], fill=0)
+        h, w = image.shape[-2:]
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return image[..., top : top + ch, left : left + cw]
 
 
 def _pil_to_tensor(data: bytes, max_pixels: int, max_bytes: int) -> torch.Tensor:
@@ -214,8 +242,8 @@ class TensorPreprocessor:
         if box is not None:  # only the central square survives the crop
             left, top, right, bottom = box
             image = image[..., top:bottom, left:right]
-        image = F.resize(image, r.shortest_edge, interpolation=F.InterpolationMode.BICUBIC, antialias=True)
-        image = F.center_crop(image, list(r.crop))
+        image = F.resize(image, r.shortest_edge, interpolation=F.InterpolationMode(r.interpolation), antialias=True)
+        image = center_crop(image, r.crop) if r.crop_offset == "floor" else F.center_crop(image, list(r.crop))
         return (image.float() / 255.0 - self.mean) / self.std
 
     def transform_all(self, images: list[torch.Tensor]) -> torch.Tensor:

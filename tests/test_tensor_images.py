@@ -104,3 +104,19 @@ def test_small_pixel_budget_gives_the_same_batch():
     )
     assert rejected_chunked[1].reason == "missing_image"
     torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", ["clip", "dual"])
+@pytest.mark.parametrize("size", [(43, 32), (138, 102), (102, 138), (279, 173), (302, 334), (53, 32), (20, 12)])
+def test_resize_and_crop_are_the_reference_paths(tiny_clip, family, size):
+    """Resized to a long side whose margin is odd (43 - 32 = 11), transformers' CLIP processor crops
+    from offset 5 and torchvision's center_crop from 6 (half offsets rounded to even): a one-pixel
+    shift that moved pixels by up to 3.8 normalised units. The tensor path crops as each family's
+    own path does (and the dual family's resize is bilinear, v2.Resize's default)."""
+    from encoders.dual import DualPreprocessing
+    from encoders.models import load_preprocessing
+
+    pre = load_preprocessing(tiny_clip) if family == "clip" else DualPreprocessing(None, {"image_size": 32})
+    arr = np.random.default_rng(sum(size)).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    ours = TensorPreprocessor(pre.recipe(), "cpu").transform(torch.from_numpy(arr).permute(2, 0, 1))
+    torch.testing.assert_close(ours, pre.pixels([Image.fromarray(arr)])[0], rtol=0, atol=1e-5)
