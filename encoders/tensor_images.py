@@ -184,8 +184,9 @@ class TensorPreprocessor:
     ):
         self.recipe, self.device = recipe, torch.device(device)
         self.max_pixels, self.max_bytes, self.chunk_pixels = max_pixels, max_bytes, chunk_pixels
-        self.mean = torch.tensor(recipe.mean, device=self.device).view(3, 1, 1)
-        self.std = torch.tensor(recipe.std, device=self.device).view(3, 1, 1)
+        # on the 0-255 scale: (x - 255 mean) / (255 std), the processor's fused rescale + normalise
+        self.mean = torch.tensor(recipe.mean, device=self.device).view(3, 1, 1) * 255.0
+        self.std = torch.tensor(recipe.std, device=self.device).view(3, 1, 1) * 255.0
 
     def headers(self, datas: list[bytes | None]) -> list[Header | ImageRejected]:
         out: list[Header | ImageRejected] = []
@@ -244,15 +245,17 @@ class TensorPreprocessor:
             image = image[..., top:bottom, left:right]
         image = F.resize(image, r.shortest_edge, interpolation=F.InterpolationMode(r.interpolation), antialias=True)
         image = center_crop(image, r.crop) if r.crop_offset == "floor" else F.center_crop(image, list(r.crop))
-        return (image.float() / 255.0 - self.mean) / self.std
+        return image.float().sub_(self.mean).div_(self.std)  # one new tensor, normalised in place
 
     def transform_all(self, images: list[torch.Tensor]) -> torch.Tensor:
         """`transform` of each image, stacked in order. Same-size images are resized as one batch:
         a few kernel launches per size instead of per image (catalogues share a few sizes)."""
-        pixels = torch.empty(len(images), 3, *self.recipe.crop, device=self.device)
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for j, t in enumerate(images):
             by_shape[tuple(t.shape)].append(j)
+        if len(by_shape) == 1:  # one size (a catalogue of one size): no copy into a batch
+            return self.transform(torch.stack(images))
+        pixels = torch.empty(len(images), 3, *self.recipe.crop, device=self.device)
         for rows in by_shape.values():
             pixels[rows] = self.transform(torch.stack([images[j] for j in rows]))
         return pixels
