@@ -1,8 +1,9 @@
 """Re-encoded copies group under a model trained in the test, distinct pictures do not.
 
 A random tiny CLIP puts every picture near every other (tests/test_duplicates_images.py needs a threshold
-of 0.9995 there); here tiny CLIP is first fine-tuned (20 epochs, ~400 rows of drawn shapes, CPU seconds)
-so that the 40 classes (5 shapes x 8 colours) spread apart, and the issue's threshold 0.97 is used:
+of 0.9995 there); here tiny CLIP is first fine-tuned (`trained_clip` in tests/conftest.py: 20 epochs,
+~400 rows of drawn shapes, CPU seconds) so that the 40 classes (5 shapes x 8 colours) spread apart, and the
+issue's threshold 0.97 is used:
 JPEG q95 -> q60 and PNG -> JPEG q80 copies group, no two of the 40 classes do. Measured when written:
 copies >= 0.9997, distinct classes at most 0.9445 (p99 0.866, mean 0.163); under the untrained model the
 distinct classes reach 1.0 (mean 0.991) and all 49 rows form one group. The whole file: ~35 s on 2 busy cores."""
@@ -18,17 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from encoders.settings import TrainConfig
 from index_builder.build import build_index
 from index_builder.embeddings import arrow_to_vectors, list_shards
 from index_builder.index_duplicates import DUPLICATES_FILE
 from index_builder.settings import BuildSettings
 from pipelines.cli import main
-from pipelines.datasets.sample import BACKGROUNDS, COLOURS, SHAPES, draw, make_sample
+from pipelines.datasets.sample import BACKGROUNDS, COLOURS, SHAPES, draw
 from pipelines.embed.run import run_embed
 from pipelines.embed.settings import EmbedSettings
-from pipelines.training.finetune import run_finetune
-from pipelines.training.settings import FinetuneSettings
 from tests.unit.test_duplicates import as_groups
 
 pytestmark = [pytest.mark.beam]
@@ -47,18 +45,6 @@ def encode(img: Image.Image, fmt: str, quality: int = 95) -> bytes:
 
 def reencode(data: bytes, quality: int) -> bytes:
     return encode(Image.open(io.BytesIO(data)).convert("RGB"), "JPEG", quality)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_clip) -> str:
-    root = tmp_path_factory.mktemp("trained")
-    make_sample(str(root / "train"), rows=400, shards=2, failed_per_shard=0, seed=7)
-    config = TrainConfig(epochs=20, batch_size=32, lr=1e-3, head_lr=1e-2, patience=20, seed=0)
-    settings = FinetuneSettings(train=(str(root / "train"),), val=(str(root / "train"),), output=str(root / "m"),
-                                model=tiny_clip, fusion="weighted", trainer=config)  # fmt: skip
-    summary = run_finetune(settings)
-    assert summary["epochs_done"] == 20 and summary["history"][-1]["val_recall"] > 0.8
-    return str(root / "m")
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +77,8 @@ def groups_under(model: str, items: str, out: str) -> tuple[dict[str, set[str]],
     return as_groups(pq.read_table(f"{out}/idx/{DUPLICATES_FILE}")), by_id
 
 
-def test_reencoded_copies_group_and_distinct_classes_do_not_under_a_trained_model(trained, catalogue, tmp_path):
-    groups, v = groups_under(trained, catalogue, str(tmp_path))
+def test_reencoded_copies_group_and_distinct_classes_do_not_under_a_trained_model(trained_clip, catalogue, tmp_path):
+    groups, v = groups_under(trained_clip, catalogue, str(tmp_path))
     planted = {f"{s}-{c}": {f"{s}-{c}", f"re-{s}-{c}"} for s, c in REENCODED + FROM_PNG}
     assert sorted(map(sorted, groups.values())) == sorted(map(sorted, planted.values()))
     copies = [float(v[k] @ v[f"re-{k}"]) for k in planted]
