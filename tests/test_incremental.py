@@ -3,7 +3,9 @@ new / changed / unchanged / deleted counts, unchanged rows' vectors copied byte 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -11,9 +13,10 @@ import pytest
 
 from encoders.random_models import make_random_clip
 from index_builder.embeddings import arrow_to_vectors, list_shards
+from index_builder.records import PreviousRun
 from pipelines.datasets import img2dataset
 from pipelines.datasets.sample import COLOURS, draw, make_sample
-from pipelines.embed.run import run_embed
+from pipelines.embed.run import previous_run, run_embed
 from pipelines.embed.settings import EmbedSettings
 
 pytestmark = [pytest.mark.beam]
@@ -126,6 +129,49 @@ def test_another_model_makes_every_row_seen_before_changed(nights, tmp_path):
         len(expect["changed"] | expect["unchanged"]),
         len(expect["new"]),
     )
+
+
+def test_another_preprocessing_path_makes_every_row_seen_before_changed(nights, tiny_clip, tmp_path):
+    """The pixels are part of what a vector means: night 1 ran auto (the tensor path on a CPU, the
+    checkpoint having a tensor recipe); a night asking for the PIL path copies none of its vectors."""
+    root, expect, first, second = nights
+    assert first["runtime"]["preprocess"] == "tensor" and first["settings"]["preprocess"] == "auto"
+    m = run_embed(
+        EmbedSettings(
+            inputs=(str(root / "in2"),), output=str(tmp_path / "e"), model=tiny_clip, batch_size=8, preprocess="pil"
+        ),
+        previous=str(root / "e1"),
+    ).to_dict()
+    assert m["previous"]["comparable"] is False
+    assert m["previous"]["reason"] == "the preprocessing changed (tensor -> pil)", m["previous"]
+    assert (m["counts"]["unchanged"], m["counts"]["new"]) == (0, len(expect["new"]))
+
+
+def test_yesterdays_preprocessing_is_read_from_its_manifest_and_its_threads_are_not_compared(nights, tmp_path):
+    """A manifest without the field (or without a runtime) was made when auto meant the PIL path on
+    a CPU; a runtime listed per thread share (shards made with other torch threads) is still one
+    preprocessing path, and comparable."""
+    root, expect, first, second = nights
+    copy = str(tmp_path / "e1")
+    shutil.copytree(root / "e1", copy)
+    fingerprint, fusion = first["model"]["fingerprint"], first["fusion"]
+
+    def compare(runtime, today: str) -> PreviousRun:
+        manifest = json.loads((root / "e1" / "manifest.json").read_text())
+        manifest["runtime"] = runtime
+        with open(os.path.join(copy, "manifest.json"), "w") as f:
+            json.dump(manifest, f)
+        return previous_run(copy, fingerprint, fusion, today)[1]
+
+    old = {k: v for k, v in first["runtime"].items() if k != "preprocess"}
+    for runtime in (old, None, {**old, "preprocess": "pil"}):
+        assert compare(runtime, "pil").comparable, runtime
+        changed = compare(runtime, "tensor")
+        assert not changed.comparable and changed.reason == "the preprocessing changed (pil -> tensor)", runtime
+    threads = [first["runtime"], {**first["runtime"], "threads": {**first["runtime"]["threads"], "threads": 1}}]
+    assert compare(threads, "tensor").comparable and compare(first["runtime"], "tensor").comparable
+    mixed = [first["runtime"], {**first["runtime"], "preprocess": "pil"}]
+    assert compare(mixed, "tensor").reason == "the preprocessing changed (pil+tensor -> tensor)"
 
 
 def test_exact_shapes_make_an_incremental_night_equal_a_full_rebuild_byte_for_byte(tmp_path):

@@ -142,10 +142,11 @@ def test_killed_index_build_leaves_the_previous_index_untouched(tmp_path):
 
 @pytest.mark.beam
 def test_rerun_reuses_shards_only_where_the_settings_resolve_the_same_way(tmp_path, tiny_clip, sample_dir, monkeypatch):
-    """On a CPU `--preprocess auto` resolves to the PIL path and `tensor` to the tensor path: a re-run
-    asking differently must not mix shards made two ways; one asking differently but resolving the
-    same (`pil`, `--precision bf16` on a CPU) reuses them, and so does one with other torch threads
-    (recorded, not compared). `--large-model` is another model sharing."""
+    """On a CPU `--preprocess auto` resolves to the tensor path (the checkpoint has a tensor recipe)
+    and `pil` to the PIL path: a re-run asking differently must not mix shards made two ways; one
+    asking differently but resolving the same (`tensor`, `--precision bf16` on a CPU) reuses them,
+    and so does one with other torch threads (recorded, not compared). `--large-model` is another
+    model sharing (and the PIL path)."""
     from pipelines.threads import usable_cores
 
     monkeypatch.delenv("FUSIONINDEX_TORCH_THREADS", raising=False)
@@ -155,10 +156,10 @@ def test_rerun_reuses_shards_only_where_the_settings_resolve_the_same_way(tmp_pa
     def run(**kw):
         return run_embed(EmbedSettings(inputs=(sample_dir,), output=out, model=tiny_clip, **kw)).to_dict()
 
-    first = run(preprocess="tensor")
+    first = run(preprocess="pil")
     assert first["runtime"] == {
         "device": "cpu",
-        "preprocess": "tensor",
+        "preprocess": "pil",
         "precision": "fp32",
         "model_sharing": "per_process",
         "threads": {
@@ -170,17 +171,18 @@ def test_rerun_reuses_shards_only_where_the_settings_resolve_the_same_way(tmp_pa
             "wait_policy": os.environ.get("OMP_WAIT_POLICY") or "PASSIVE",
         },
     }
-    tensor_shards = shard_bytes(out)
-    auto = run()
-    assert auto["reused_shards"] == 0 and auto["runtime"]["preprocess"] == "pil"
     pil_shards = shard_bytes(out)
+    auto = run()
+    assert auto["reused_shards"] == 0 and auto["runtime"]["preprocess"] == "tensor"
+    tensor_shards = shard_bytes(out)
     assert pil_shards != tensor_shards and auto["counts"] == first["counts"]
-    same = run(preprocess="pil", precision="bf16")
-    assert same["reused_shards"] == same["shards"] == 6 and shard_bytes(out) == pil_shards
+    same = run(preprocess="tensor", precision="bf16")
+    assert same["reused_shards"] == same["shards"] == 6 and shard_bytes(out) == tensor_shards
     monkeypatch.setenv("FUSIONINDEX_TORCH_THREADS", "1")
-    one = run(preprocess="pil")
-    assert one["reused_shards"] == 6 and shard_bytes(out) == pil_shards
+    one = run()
+    assert one["reused_shards"] == 6 and shard_bytes(out) == tensor_shards
     monkeypatch.delenv("FUSIONINDEX_TORCH_THREADS")
     shared = run(large_model=True)
     assert shared["reused_shards"] == 0 and shared["runtime"]["model_sharing"] == "per_machine"
+    assert shared["runtime"]["preprocess"] == "pil"
     assert shared["settings"]["large_model"] is True and auto["settings"]["preprocess"] == "auto"

@@ -33,35 +33,35 @@ def worker(settings: EmbedSettings, plan, resume: bool, loads: list):
 
 def test_units_commit_and_reuse_only_shards_made_the_same_way(tmp_path, tiny_clip, sample_dir):
     out = str(tmp_path / "out")
-    pil = EmbedSettings(inputs=(sample_dir,), output=out, model=tiny_clip, batch_size=4)
-    plan = plan_inputs([sample_dir], pil.columns)
+    auto = EmbedSettings(inputs=(sample_dir,), output=out, model=tiny_clip, batch_size=4)
+    plan = plan_inputs([sample_dir], auto.columns)
     unit = plan.units[1]
     shard = os.path.join(out, "embeddings", shard_name(unit.index, len(plan.units)))
 
     loads: list = []
-    report = worker(pil, plan, resume=False, loads=loads).process(unit)
+    report = worker(auto, plan, resume=False, loads=loads).process(unit)
     assert report.counts["read"] == unit.num_rows and report.counts["embedded"] == unit.num_rows
     assert report.load_ms is not None and len(report.batch_ms) == 3 and loads == [1]  # 12 rows in batches of 4
     made = open(shard, "rb").read()
-    assert committed_runtime(shard).preprocess == "pil"
+    assert committed_runtime(shard).preprocess == "tensor"
     ids = pq.read_table(shard).column("id").to_pylist()
 
     loads.clear()
     again = worker(
-        EmbedSettings(inputs=(sample_dir,), output=out, model=tiny_clip, batch_size=4, preprocess="auto"),
+        EmbedSettings(inputs=(sample_dir,), output=out, model=tiny_clip, batch_size=4, preprocess="tensor"),
         plan,
         resume=True,
         loads=loads,
     ).process(unit)
-    assert again.counts is None and loads == []  # "auto" resolves to "pil" on a CPU: reused, no model loaded
+    assert again.counts is None and loads == []  # "auto" resolves to "tensor" on a CPU: reused, no model loaded
     assert open(shard, "rb").read() == made
 
-    tensor = EmbedSettings(inputs=(sample_dir,), output=out, model=tiny_clip, batch_size=4, preprocess="tensor")
-    redone = worker(tensor, plan, resume=True, loads=loads).process(
+    pil = EmbedSettings(inputs=(sample_dir,), output=out, model=tiny_clip, batch_size=4, preprocess="pil")
+    redone = worker(pil, plan, resume=True, loads=loads).process(
         unit, [RowPlan(unit.first_row + 2, "duplicate", (0, 7))]
     )
     assert redone.counts is not None and loads == [1]  # made another way: recomputed, not mixed in
-    assert committed_runtime(shard).preprocess == "tensor"
+    assert committed_runtime(shard).preprocess == "pil"
     assert redone.counts["rejects_by_reason"] == {"duplicate_id": 1}
     assert pq.read_table(shard).column("id").to_pylist() == ids[:2] + ids[3:]
 

@@ -20,7 +20,7 @@ from index_builder.records import Counts, EmbedManifest, EmbedTimings, ModelSpec
 from pipelines.embed.engine import Engine, EngineMetrics, EngineRun, EngineWork, make_engine
 from pipelines.embed.output import prepare_output, run_key
 from pipelines.embed.progress import Watcher
-from pipelines.embed.settings import EmbedSettings, Runtime, resolve_runtime, shared_model_tag
+from pipelines.embed.settings import EmbedSettings, Runtime, resolve_preprocess, resolve_runtime, shared_model_tag
 from pipelines.embed.shards import sum_counts
 from pipelines.embed.timings import manifest_timings
 from pipelines.embed.worker import UnitJob
@@ -32,9 +32,13 @@ log = logging.getLogger(__name__)
 JOIN_FILE = ".join.json"  # the join's counts (deleted), written by the pipeline when there is a previous run
 
 
-def previous_run(path: str, model_fingerprint: str, fusion_params: dict) -> tuple[tuple[str, ...], PreviousRun]:
+def previous_run(
+    path: str, model_fingerprint: str, fusion_params: dict, preprocess: str
+) -> tuple[tuple[str, ...], PreviousRun]:
     """The shards of a previous embed run and what the manifest records of it. `comparable`: it
-    used the same weights and fusion and stored content hashes, so its vectors may be copied."""
+    used the same weights, fusion and preprocessing path (`preprocess`: this run's, "pil" or
+    "tensor"; the pixels are part of what a vector means) and stored content hashes, so its vectors
+    may be copied. Its threads and device are not compared."""
     m = EmbedManifest.load(path)
     shards = tuple(s.path for s in list_shards(path))
     hashed = all("content_hash" in storage.read_schema(p).names for p in shards[:1])
@@ -46,12 +50,23 @@ def previous_run(path: str, model_fingerprint: str, fusion_params: dict) -> tupl
     if fusion != fusion_params:
         changed = sorted(k for k in {*fusion, *fusion_params} if fusion.get(k) != fusion_params.get(k))
         reasons.append("the fusion settings changed (" + ", ".join(changed) + ")")
+    before = previous_preprocess(m.runtime)
+    if before != preprocess:
+        reasons.append(f"the preprocessing changed ({before} -> {preprocess})")
     if not hashed:
         reasons.append("its shards carry no content hashes (written before incremental runs)")
     if reasons:
         log.warning("every row seen in %s counts as changed: %s", path, "; ".join(reasons))
     info = PreviousRun(path, m.finished_at, theirs, m.fusion, comparable=not reasons, reason="; ".join(reasons) or None)
     return shards, info
+
+
+def previous_preprocess(runtime: dict | list | None) -> str:
+    """The preprocessing path a manifest's runtime records: "pil" or "tensor", or "pil+tensor"
+    when its shards were made both ways. A manifest without it (none, or a runtime without the
+    field) was made when auto meant the PIL path on a CPU: "pil"."""
+    runtimes = runtime if isinstance(runtime, list) else [runtime or {}]
+    return "+".join(sorted({(r or {}).get("preprocess") or "pil" for r in runtimes}))
 
 
 @dataclass(frozen=True)
@@ -99,7 +114,10 @@ class Output:
 def prepare(s: EmbedSettings, plan: InputPlan, r: Resolved, previous: str | None, companions, dry_run: bool) -> Output:
     """Key the run, compare against `previous`, and prepare the output directory (left untouched,
     unread, by a dry run)."""
-    previous_shards, previous_info = previous_run(previous, r.model.fingerprint, r.fusion) if previous else ((), None)
+    previous_shards, previous_info = (), None
+    if previous:
+        preprocess = resolve_preprocess(s, tensor_recipe=r.model.tensor_recipe is not None)
+        previous_shards, previous_info = previous_run(previous, r.model.fingerprint, r.fusion, preprocess)
     key = run_key(s, plan, r.model.fingerprint, r.fusion)
     if previous_info is not None:
         key["previous"] = previous_info.to_dict()

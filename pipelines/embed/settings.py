@@ -5,12 +5,14 @@ settings from its flags, and the handler, the unit worker, the run key and the m
 take the object whole. Defaults and allowed values live here and nowhere else.
 
 Four settings say *how* to run rather than *what* to compute, and resolve per machine:
-device (auto: CUDA when torch sees it), preprocessing (auto: the tensor path on CUDA),
+device (auto: CUDA when torch sees it), preprocessing (auto: the tensor path where the checkpoint's
+recipe allows it, on a CPU too; `resolve_preprocess`, which needs no device),
 precision (auto: bf16 autocast on CUDA; always fp32 on a CPU) and model sharing
 (--large-model: one model per machine). `resolve_runtime` is a pure function of the settings,
 whether CUDA is there and whether the checkpoint has a tensor recipe; each committed shard
 records the Runtime it was made with, and a re-run reuses a shard only where its own Runtime
-is the same.
+is the same (threads aside). The preprocessing path is also part of what makes a previous run's
+vectors comparable (pipelines/embed/run.py `previous_run`).
 """
 
 from __future__ import annotations
@@ -80,7 +82,9 @@ class EmbedSettings:
     preprocess: str = option(
         "auto",
         choices=PREPROCESS_MODES,
-        help="auto: JPEG decode + resize on the GPU with CUDA, the checkpoint's own PIL processor otherwise",
+        help="tensor: batched JPEG decode + resize with torchvision (on the GPU with CUDA); pil: the checkpoint's "
+        "own processor on PIL images; auto: tensor where the checkpoint resizes the short side + center crops "
+        "(CLIP's), pil otherwise and with --large-model",
         **RUNTIME,
     )
     precision: str = option("auto", choices=PRECISIONS, help="auto: bf16 autocast on CUDA, fp32 on CPU", **RUNTIME)
@@ -211,6 +215,23 @@ class Runtime:
         return f"{self.device}, {self.preprocess} preprocessing, {self.precision}, {sharing}{threads}"
 
 
+def resolve_preprocess(s: EmbedSettings, *, tensor_recipe: bool) -> str:
+    """The preprocessing path `s` resolves to, "pil" or "tensor": the same on every device, so a
+    driver knows it without knowing its workers' (the nightly comparison needs it). auto is the
+    tensor path where the checkpoint has a tensor recipe (resize-short-side + center-crop), which on
+    a CPU gives the reference processor's pixels (tests/test_preprocess_parity.py) for less CPU
+    (docs/performance.md); pil without a recipe and with --large-model (its workers preprocess on
+    their CPUs and send pixels). SettingsError for --preprocess tensor without a recipe."""
+    if s.preprocess == "tensor" and not tensor_recipe:
+        raise SettingsError(
+            "--preprocess tensor: this model's image processor is not resize-short-side + center-crop; "
+            "use --preprocess pil"
+        )
+    if s.preprocess != "auto":
+        return s.preprocess
+    return "tensor" if tensor_recipe and not s.large_model else "pil"
+
+
 def resolve_runtime(s: EmbedSettings, *, cuda_available: bool, tensor_recipe: bool) -> Runtime:
     """The Runtime `s` resolves to on a machine; SettingsError when it cannot work there.
 
@@ -220,24 +241,19 @@ def resolve_runtime(s: EmbedSettings, *, cuda_available: bool, tensor_recipe: bo
     on_cuda = device.startswith("cuda")
     if on_cuda and not cuda_available:
         raise SettingsError(f"--device {device}: torch sees no CUDA device on this machine; use --device cpu")
-    if s.preprocess == "tensor" and not tensor_recipe:
-        raise SettingsError(
-            "--preprocess tensor: this model's image processor is not resize-short-side + center-crop; "
-            "use --preprocess pil"
-        )
+    preprocess = resolve_preprocess(s, tensor_recipe=tensor_recipe)
     if s.decode_ahead == "stream" and (not on_cuda or s.large_model):
         raise SettingsError(
             "--decode-ahead stream decodes on a second CUDA stream of the model's device; "
             + ("with --large-model the workers decode on their CPUs" if on_cuda else f"this run's device is {device}")
             + ": use --decode-ahead on"
         )
-    tensor = s.preprocess == "tensor" or (s.preprocess == "auto" and on_cuda and tensor_recipe and not s.large_model)
     precision = "fp32"
     if on_cuda:
         precision = "bf16" if s.precision == "auto" else s.precision
     elif s.precision not in ("auto", "fp32"):
         log.warning("--precision %s applies on CUDA only; running fp32 on %s", s.precision, device)
-    return Runtime(device, "tensor" if tensor else "pil", precision, "per_machine" if s.large_model else "per_process")
+    return Runtime(device, preprocess, precision, "per_machine" if s.large_model else "per_process")
 
 
 GPU_MIN_BATCH = 256  # below it a CUDA run is bound by the forward passes' Python (docs/performance.md)

@@ -10,7 +10,14 @@ from encoders.errors import SettingsError
 from encoders.settings import TrainConfig
 from index_builder.settings import BuildSettings
 from pipelines.cli import build_parser, settings_from
-from pipelines.embed.settings import EmbedSettings, Runtime, resolve_runtime, shared_model_tag, small_batch_warning
+from pipelines.embed.settings import (
+    EmbedSettings,
+    Runtime,
+    resolve_preprocess,
+    resolve_runtime,
+    shared_model_tag,
+    small_batch_warning,
+)
 from pipelines.inputs import Columns
 from pipelines.search.settings import SearchSettings
 from pipelines.training.settings import FinetuneSettings
@@ -164,21 +171,33 @@ def rt(**kw) -> Runtime:
 
 
 def test_runtime_resolution():
-    assert rt() == Runtime("cpu", "pil", "fp32", "per_process")
+    # auto: the tensor path wherever the checkpoint has a tensor recipe, on a CPU too (pixel parity,
+    # tests/test_preprocess_parity.py); the PIL path without one and with --large-model
+    assert rt() == Runtime("cpu", "tensor", "fp32", "per_process")
     assert rt(cuda=True) == Runtime("cuda", "tensor", "bf16", "per_process")
-    assert rt(cuda=True, device="cpu") == Runtime("cpu", "pil", "fp32", "per_process")
+    assert rt(cuda=True, device="cpu") == Runtime("cpu", "tensor", "fp32", "per_process")
+    assert rt(recipe=False) == Runtime("cpu", "pil", "fp32", "per_process")  # e.g. SigLIP's squash
+    assert rt(cuda=True, recipe=False) == Runtime("cuda", "pil", "bf16", "per_process")
+    assert rt(large_model=True) == Runtime("cpu", "pil", "fp32", "per_machine")
     assert rt(cuda=True, large_model=True) == Runtime("cuda", "pil", "bf16", "per_machine")
     # asked for, the tensor path runs with --large-model too (on the workers' CPUs)
     assert rt(cuda=True, large_model=True, preprocess="tensor") == Runtime("cuda", "tensor", "bf16", "per_machine")
-    assert rt(cuda=True, recipe=False) == Runtime("cuda", "pil", "bf16", "per_process")  # e.g. SigLIP's squash
     assert rt(cuda=True, precision="fp16", preprocess="pil") == Runtime("cuda", "pil", "fp16", "per_process")
-    assert rt(preprocess="tensor") == Runtime("cpu", "tensor", "fp32", "per_process")
+    assert rt(preprocess="pil") == Runtime("cpu", "pil", "fp32", "per_process")
     assert rt(precision="bf16") == rt(precision="fp32") == rt()  # autocast is CUDA-only
-    assert rt(preprocess="pil") == rt()  # asked differently, resolved the same: shards may be shared
+    assert rt(preprocess="tensor") == rt()  # asked differently, resolved the same: shards may be shared
     with pytest.raises(SettingsError, match="not resize-short-side"):
         rt(preprocess="tensor", recipe=False)
     with pytest.raises(SettingsError, match="sees no CUDA device"):
         rt(device="cuda")
+
+
+def test_the_preprocessing_path_does_not_depend_on_the_device():
+    """A driver whose workers are elsewhere still knows it (the nightly comparison uses it)."""
+    for kw in ({}, {"preprocess": "pil"}, {"large_model": True}, {"recipe": False}):
+        on = {rt(cuda=cuda, **kw).preprocess for cuda in (False, True)}
+        settings = EmbedSettings(**EMBED, **{k: v for k, v in kw.items() if k != "recipe"})
+        assert on == {resolve_preprocess(settings, tensor_recipe=kw.get("recipe", True))}, kw
 
 
 def test_a_side_stream_for_decode_ahead_needs_the_model_on_cuda():
