@@ -1,12 +1,13 @@
 """Batched image preprocessing on tensors: JPEG decoded on the model's device (nvJPEG on CUDA),
 resized / cropped / normalised there, with a PIL fallback per item.
 
-The recipe is the checkpoint's: resize the short side (bicubic, antialiased), center crop
-(offset rounded down, as the processor does), scale to [0, 1], normalise with its mean/std.
+The recipe is the checkpoint's: resize the short side (its filter, antialiased), center crop
+(the offset rounded as its processor rounds it), normalise as (x - 255 mean) / (255 std).
 transformers 5's CLIPImageProcessor runs the same torchvision kernels on PIL's decoded pixels,
 and libjpeg-turbo decodes a JPEG to the same pixels in PIL and in torchvision on a CPU, so on a
 CPU the two paths' pixels agree to float rounding (tests/test_preprocess_parity.py states the
-bound); nvJPEG on CUDA may round differently (tests/test_bad_data.py bounds the vectors).
+bound), which is why `--preprocess auto` picks this path on a CPU too. nvJPEG on CUDA may
+round differently from libjpeg-turbo: not yet compared with the PIL path on a GPU.
 """
 
 from __future__ import annotations
