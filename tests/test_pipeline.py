@@ -77,8 +77,8 @@ def test_manifest_stage_timings_add_up_to_the_unit_time(embedded):
     _, manifest = embedded
     t = manifest["timings"]
     stages = t["stages_s"]
-    # the PIL path on a CPU: every stage of the issue's list ran (copy and wait did not: no
-    # previous run, no decode-ahead on a CPU)
+    # the default (tensor) path on a CPU: every stage of the issue's list ran (copy and wait did
+    # not: no previous run, no decode-ahead on a CPU)
     assert set(stages) == {"read", "classify", "probe", "decode", "tokenize", "forward", "assemble", "write"}
     assert all(v > 0 for v in stages.values())
     assert abs(t["other_s"]) <= 0.1 * t["units_s"]  # the stages cover the units' time
@@ -305,8 +305,8 @@ def test_decode_ahead_and_streamed_batches_give_the_same_shards(tmp_path, tiny_c
         )
     ).to_dict()
     assert m["counts"] == embedded[1]["counts"]
-    # the decode thread read headers, decoded and tokenized; the unit's thread waited for it (and ran
-    # the PIL path's processor, resize and normalise, counted as decode, with the forward passes)
+    # the decode thread read headers, decoded (the default tensor path: resized and normalised too)
+    # and tokenized; the unit's thread waited for it
     t = m["timings"]
     assert set(t["decode_ahead_s"]) >= {"probe", "decode", "tokenize"}
     assert "wait" in t["stages_s"] and not {"probe", "tokenize"} & set(t["stages_s"])
