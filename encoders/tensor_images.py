@@ -8,6 +8,9 @@ and libjpeg-turbo decodes a JPEG to the same pixels in PIL and in torchvision on
 CPU the two paths' pixels agree to float rounding (tests/test_preprocess_parity.py states the
 bound), which is why `--preprocess auto` picks this path on a CPU too. nvJPEG on CUDA may
 round differently from libjpeg-turbo: not yet compared with the PIL path on a GPU.
+
+Bump TENSOR_REVISION (pipelines/embed/settings.py) with any change to these pixels: shards and
+previous runs recorded with another revision are then recomputed, not mixed in.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from index_builder.records import PreviousRun
 from pipelines.datasets import img2dataset
 from pipelines.datasets.sample import COLOURS, draw, make_sample
 from pipelines.embed.run import previous_run, run_embed
-from pipelines.embed.settings import EmbedSettings
+from pipelines.embed.settings import TENSOR_REVISION, EmbedSettings
 
 pytestmark = [pytest.mark.beam]
 
@@ -143,13 +143,14 @@ def test_another_preprocessing_path_makes_every_row_seen_before_changed(nights, 
         previous=str(root / "e1"),
     ).to_dict()
     assert m["previous"]["comparable"] is False
-    assert m["previous"]["reason"] == "the preprocessing changed (tensor -> pil)", m["previous"]
+    assert m["previous"]["reason"] == f"the preprocessing changed (tensor r{TENSOR_REVISION} -> pil)", m["previous"]
     assert (m["counts"]["unchanged"], m["counts"]["new"]) == (0, len(expect["new"]))
 
 
 def test_yesterdays_preprocessing_is_read_from_its_manifest_and_its_threads_are_not_compared(nights, tmp_path):
     """A manifest without the field (or without a runtime) was made when auto meant the PIL path on
-    a CPU; a runtime listed per thread share (shards made with other torch threads) is still one
+    a CPU; a tensor runtime without a pixel revision made revision 1's pixels (a crop a pixel off);
+    a runtime listed per thread share (shards made with other torch threads) is still one
     preprocessing path, and comparable."""
     root, expect, first, second = nights
     copy = str(tmp_path / "e1")
@@ -163,15 +164,19 @@ def test_yesterdays_preprocessing_is_read_from_its_manifest_and_its_threads_are_
             json.dump(manifest, f)
         return previous_run(copy, fingerprint, fusion, today)[1]
 
-    old = {k: v for k, v in first["runtime"].items() if k != "preprocess"}
+    tensor = f"tensor r{TENSOR_REVISION}"
+    assert first["runtime"]["tensor_revision"] == TENSOR_REVISION
+    old = {k: v for k, v in first["runtime"].items() if k not in ("preprocess", "tensor_revision")}
     for runtime in (old, None, {**old, "preprocess": "pil"}):
         assert compare(runtime, "pil").comparable, runtime
-        changed = compare(runtime, "tensor")
-        assert not changed.comparable and changed.reason == "the preprocessing changed (pil -> tensor)", runtime
+        changed = compare(runtime, tensor)
+        assert not changed.comparable and changed.reason == f"the preprocessing changed (pil -> {tensor})", runtime
+    unrevised = compare({**old, "preprocess": "tensor"}, tensor)
+    assert unrevised.reason == f"the preprocessing changed (tensor r1 -> {tensor})"
     threads = [first["runtime"], {**first["runtime"], "threads": {**first["runtime"]["threads"], "threads": 1}}]
-    assert compare(threads, "tensor").comparable and compare(first["runtime"], "tensor").comparable
-    mixed = [first["runtime"], {**first["runtime"], "preprocess": "pil"}]
-    assert compare(mixed, "tensor").reason == "the preprocessing changed (pil+tensor -> tensor)"
+    assert compare(threads, tensor).comparable and compare(first["runtime"], tensor).comparable
+    mixed = [first["runtime"], {**old, "preprocess": "pil"}]
+    assert compare(mixed, tensor).reason == f"the preprocessing changed (pil+{tensor} -> {tensor})"
 
 
 def test_exact_shapes_make_an_incremental_night_equal_a_full_rebuild_byte_for_byte(tmp_path):

@@ -162,6 +162,7 @@ def test_rerun_reuses_shards_only_where_the_settings_resolve_the_same_way(tmp_pa
         "preprocess": "pil",
         "precision": "fp32",
         "model_sharing": "per_process",
+        "tensor_revision": None,
         "threads": {
             "threads": usable_cores(),  # one process: every core it may use
             "source": "share",

@@ -20,7 +20,15 @@ from index_builder.records import Counts, EmbedManifest, EmbedTimings, ModelSpec
 from pipelines.embed.engine import Engine, EngineMetrics, EngineRun, EngineWork, make_engine
 from pipelines.embed.output import prepare_output, run_key
 from pipelines.embed.progress import Watcher
-from pipelines.embed.settings import EmbedSettings, Runtime, resolve_preprocess, resolve_runtime, shared_model_tag
+from pipelines.embed.settings import (
+    TENSOR_REVISION,
+    EmbedSettings,
+    Runtime,
+    pixels_path,
+    resolve_preprocess,
+    resolve_runtime,
+    shared_model_tag,
+)
 from pipelines.embed.shards import sum_counts
 from pipelines.embed.timings import manifest_timings
 from pipelines.embed.worker import UnitJob
@@ -33,12 +41,12 @@ JOIN_FILE = ".join.json"  # the join's counts (deleted), written by the pipeline
 
 
 def previous_run(
-    path: str, model_fingerprint: str, fusion_params: dict, preprocess: str
+    path: str, model_fingerprint: str, fusion_params: dict, pixels: str
 ) -> tuple[tuple[str, ...], PreviousRun]:
     """The shards of a previous embed run and what the manifest records of it. `comparable`: it
-    used the same weights, fusion and preprocessing path (`preprocess`: this run's, "pil" or
-    "tensor"; the pixels are part of what a vector means) and stored content hashes, so its vectors
-    may be copied. Its threads and device are not compared."""
+    used the same weights, fusion and pixels (`pixels`: this run's `pixels_path`, "pil" or
+    "tensor rN"; the pixels are part of what a vector means) and stored content hashes, so its
+    vectors may be copied. Its threads and device are not compared."""
     m = EmbedManifest.load(path)
     shards = tuple(s.path for s in list_shards(path))
     hashed = all("content_hash" in storage.read_schema(p).names for p in shards[:1])
@@ -50,9 +58,9 @@ def previous_run(
     if fusion != fusion_params:
         changed = sorted(k for k in {*fusion, *fusion_params} if fusion.get(k) != fusion_params.get(k))
         reasons.append("the fusion settings changed (" + ", ".join(changed) + ")")
-    before = previous_preprocess(m.runtime)
-    if before != preprocess:
-        reasons.append(f"the preprocessing changed ({before} -> {preprocess})")
+    before = previous_pixels(m.runtime)
+    if before != pixels:
+        reasons.append(f"the preprocessing changed ({before} -> {pixels})")
     if not hashed:
         reasons.append("its shards carry no content hashes (written before incremental runs)")
     if reasons:
@@ -61,12 +69,13 @@ def previous_run(
     return shards, info
 
 
-def previous_preprocess(runtime: dict | list | None) -> str:
-    """The preprocessing path a manifest's runtime records: "pil" or "tensor", or "pil+tensor"
-    when its shards were made both ways. A manifest without it (none, or a runtime without the
-    field) was made when auto meant the PIL path on a CPU: "pil"."""
+def previous_pixels(runtime: dict | list | None) -> str:
+    """The `pixels_path` a manifest's runtime records ("pil" or "tensor rN"), or its shards' joined
+    by "+" when they were made several ways. A manifest without the preprocessing path (none, or
+    a runtime without the field) was made when auto meant the PIL path on a CPU: "pil"."""
     runtimes = runtime if isinstance(runtime, list) else [runtime or {}]
-    return "+".join(sorted({(r or {}).get("preprocess") or "pil" for r in runtimes}))
+    paths = {pixels_path((r or {}).get("preprocess") or "pil", (r or {}).get("tensor_revision")) for r in runtimes}
+    return "+".join(sorted(paths))
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,8 @@ def prepare(s: EmbedSettings, plan: InputPlan, r: Resolved, previous: str | None
     previous_shards, previous_info = (), None
     if previous:
         preprocess = resolve_preprocess(s, tensor_recipe=r.model.tensor_recipe is not None)
-        previous_shards, previous_info = previous_run(previous, r.model.fingerprint, r.fusion, preprocess)
+        pixels = pixels_path(preprocess, TENSOR_REVISION)
+        previous_shards, previous_info = previous_run(previous, r.model.fingerprint, r.fusion, pixels)
     key = run_key(s, plan, r.model.fingerprint, r.fusion)
     if previous_info is not None:
         key["previous"] = previous_info.to_dict()

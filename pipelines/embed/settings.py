@@ -192,6 +192,19 @@ def redact_conf(kv: str) -> str:
     return f"{key}=***" if any(w in key.lower() for w in SECRET_WORDS) else kv
 
 
+# The tensor path's pixel revision, recorded in every Runtime that runs it: bump it with any change to
+# what encoders/tensor_images.py computes, so that committed shards and previous runs made before are
+# not taken for this path's. 1 (recorded as none): until 2026-12-02, torchvision's center_crop, a
+# pixel off for odd margins; 2: the processor's crop and normalisation (a CPU's pixels equal pil's).
+TENSOR_REVISION = 2
+
+
+def pixels_path(preprocess: str, tensor_revision: int | None) -> str:
+    """What a run's pixels are, for comparing runs: "pil", or "tensor rN" (a tensor run recorded
+    without a revision made revision 1's)."""
+    return "pil" if preprocess == "pil" else f"tensor r{tensor_revision or 1}"
+
+
 @dataclass(frozen=True)
 class Runtime:
     """How a worker actually runs: recorded in every shard and in the manifest."""
@@ -202,12 +215,17 @@ class Runtime:
     preprocess: str
     precision: str  # "fp32", "bf16" or "fp16" (autocast; CUDA only)
     model_sharing: str  # "per_process" or "per_machine" (--large-model)
+    tensor_revision: int | None = None  # TENSOR_REVISION on the tensor path; None: pil, or recorded before
     # the model process's thread share (pipelines/threads.py ThreadShare.as_dict()): recorded, never
     # compared, so a different machine or thread count does not make committed shards stale
     threads: dict | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def pixels(self) -> str:
+        """`pixels_path` of this runtime: "pil" or "tensor rN"."""
+        return pixels_path(self.preprocess, self.tensor_revision)
 
     def __str__(self) -> str:
         sharing = "one model per machine" if self.model_sharing == "per_machine" else "one model per process"
@@ -253,7 +271,8 @@ def resolve_runtime(s: EmbedSettings, *, cuda_available: bool, tensor_recipe: bo
         precision = "bf16" if s.precision == "auto" else s.precision
     elif s.precision not in ("auto", "fp32"):
         log.warning("--precision %s applies on CUDA only; running fp32 on %s", s.precision, device)
-    return Runtime(device, preprocess, precision, "per_machine" if s.large_model else "per_process")
+    sharing = "per_machine" if s.large_model else "per_process"
+    return Runtime(device, preprocess, precision, sharing, TENSOR_REVISION if preprocess == "tensor" else None)
 
 
 GPU_MIN_BATCH = 256  # below it a CUDA run is bound by the forward passes' Python (docs/performance.md)

@@ -25,7 +25,7 @@ from pipelines.embed.rows import (
     content_hash,
     decide,
 )
-from pipelines.embed.settings import EmbedSettings, Runtime
+from pipelines.embed.settings import TENSOR_REVISION, EmbedSettings, Runtime
 from pipelines.embed.shards import commit_unit, committed_runtime, previous_rows, sum_counts
 from pipelines.inputs import Columns, Row, WorkUnit, plan_inputs
 
@@ -150,6 +150,19 @@ def test_commit_writes_rejects_then_the_shard_with_counts_and_runtime(tmp_path):
     commit_unit(out, name, UNIT, [embedded(0)], dim=DIM, read=1, skipped=0, runtime=replace(CPU, preprocess="tensor"))
     assert not os.path.exists(tmp_path / "rejects" / name)
     assert committed_runtime(str(tmp_path / "embeddings" / name)).preprocess == "tensor"
+
+    # a tensor shard recorded without a pixel revision (written before revisions) is not today's
+    # tensor path's; one differing only in its thread share is
+    made = committed_runtime(str(tmp_path / "embeddings" / name))
+    today = replace(CPU, preprocess="tensor", tensor_revision=TENSOR_REVISION, threads={"threads": 2})
+    assert made.tensor_revision is None and made != today and made.pixels() == "tensor r1"
+    commit_unit(
+        out, name, UNIT, [embedded(0)], dim=DIM, read=1, skipped=0, runtime=replace(today, threads={"threads": 1})
+    )
+    assert (
+        committed_runtime(str(tmp_path / "embeddings" / name)) == today
+        and today.pixels() == f"tensor r{TENSOR_REVISION}"
+    )
 
 
 def test_a_unit_with_nothing_embedded_commits_an_empty_shard_of_the_right_dim(tmp_path):

@@ -11,6 +11,7 @@ from encoders.settings import TrainConfig
 from index_builder.settings import BuildSettings
 from pipelines.cli import build_parser, settings_from
 from pipelines.embed.settings import (
+    TENSOR_REVISION,
     EmbedSettings,
     Runtime,
     resolve_preprocess,
@@ -173,15 +174,17 @@ def rt(**kw) -> Runtime:
 def test_runtime_resolution():
     # auto: the tensor path wherever the checkpoint has a tensor recipe, on a CPU too (pixel parity,
     # tests/test_preprocess_parity.py); the PIL path without one and with --large-model
-    assert rt() == Runtime("cpu", "tensor", "fp32", "per_process")
-    assert rt(cuda=True) == Runtime("cuda", "tensor", "bf16", "per_process")
-    assert rt(cuda=True, device="cpu") == Runtime("cpu", "tensor", "fp32", "per_process")
+    assert rt() == Runtime("cpu", "tensor", "fp32", "per_process", TENSOR_REVISION)
+    assert rt(cuda=True) == Runtime("cuda", "tensor", "bf16", "per_process", TENSOR_REVISION)
+    assert rt(cuda=True, device="cpu") == Runtime("cpu", "tensor", "fp32", "per_process", TENSOR_REVISION)
     assert rt(recipe=False) == Runtime("cpu", "pil", "fp32", "per_process")  # e.g. SigLIP's squash
     assert rt(cuda=True, recipe=False) == Runtime("cuda", "pil", "bf16", "per_process")
     assert rt(large_model=True) == Runtime("cpu", "pil", "fp32", "per_machine")
     assert rt(cuda=True, large_model=True) == Runtime("cuda", "pil", "bf16", "per_machine")
     # asked for, the tensor path runs with --large-model too (on the workers' CPUs)
-    assert rt(cuda=True, large_model=True, preprocess="tensor") == Runtime("cuda", "tensor", "bf16", "per_machine")
+    assert rt(cuda=True, large_model=True, preprocess="tensor") == Runtime(
+        "cuda", "tensor", "bf16", "per_machine", TENSOR_REVISION
+    )
     assert rt(cuda=True, precision="fp16", preprocess="pil") == Runtime("cuda", "pil", "fp16", "per_process")
     assert rt(preprocess="pil") == Runtime("cpu", "pil", "fp32", "per_process")
     assert rt(precision="bf16") == rt(precision="fp32") == rt()  # autocast is CUDA-only
