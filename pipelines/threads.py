@@ -18,9 +18,10 @@ worker decides its share with the cores *it* may use (CPU affinity and the cgrou
 
 A user's setting wins: FUSIONINDEX_TORCH_THREADS, else OMP_NUM_THREADS, in the worker's
 environment (local executors and workers inherit or are forwarded the driver's). The wait
-policy is OpenMP's OMP_WAIT_POLICY, set at process entry (encoders/openmp.py) before libgomp
-loads; the share records the one in effect. Which threads ran is recorded with the Runtime
-(the manifest's `runtime.threads`), but never decides whether committed shards are reused.
+policy (a short GOMP_SPINCOUNT, or the user's OMP_WAIT_POLICY) is set at process entry
+(encoders/openmp.py) before libgomp loads; the share records the one in effect. Which threads
+ran is recorded with the Runtime (the manifest's `runtime.threads`), but never decides whether
+committed shards are reused.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from encoders.openmp import DEFAULTS as OPENMP_DEFAULTS
+from encoders.openmp import wait_policy
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class ThreadLayout:
 @dataclass(frozen=True)
 class ThreadShare:
     """The decision for one process: `threads` torch threads; `source`: "share" or the variable
-    the user set; `cores` and `processes`: what was divided; `wait_policy`: OMP_WAIT_POLICY."""
+    the user set; `cores` and `processes`: what was divided; `wait_policy`: how OpenMP waiters
+    wait (encoders.openmp.wait_policy)."""
 
     threads: int
     source: str
@@ -71,7 +73,7 @@ class ThreadShare:
 
     def __str__(self) -> str:
         why = f"{self.cores} cores / {self.processes} processes" if self.source == "share" else self.source
-        return f"{self.threads} torch threads per process ({self.engine}: {why}), OMP_WAIT_POLICY={self.wait_policy}"
+        return f"{self.threads} torch threads per process ({self.engine}: {why}), OpenMP waiters {self.wait_policy}"
 
 
 def cgroup_quota(v2: str = CGROUP_V2, v1: tuple[str, str] = CGROUP_V1) -> float | None:
@@ -107,7 +109,7 @@ def decide(layout: ThreadLayout, cores: int, environ: Mapping[str, str]) -> Thre
     """The torch threads for one process of `layout` on a machine with `cores` usable cores; a
     positive integer in one of OVERRIDES wins. Pure: no process state is read or changed."""
     processes = layout.processes or max(1, cores // (layout.cap or 1))
-    policy = environ.get("OMP_WAIT_POLICY") or OPENMP_DEFAULTS["OMP_WAIT_POLICY"]
+    policy = wait_policy(environ)
     for name in layout.overrides:
         value = environ.get(name, "").strip()
         if value:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from encoders.errors import SettingsError
+from encoders.openmp import wait_policy
 from encoders.random_models import make_random_clip
 from index_builder.build import build_index
 from index_builder.embeddings import list_shards
@@ -169,7 +170,7 @@ def test_rerun_reuses_shards_only_where_the_settings_resolve_the_same_way(tmp_pa
             "cores": usable_cores(),
             "processes": 1,
             "engine": "beam",
-            "wait_policy": os.environ.get("OMP_WAIT_POLICY") or "PASSIVE",
+            "wait_policy": wait_policy(os.environ),
         },
     }
     pil_shards = shard_bytes(out)

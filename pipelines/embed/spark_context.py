@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 JAVA_PACKAGE = "openjdk-17-jre-headless"
 DEFAULT_MASTER = "local[*]"
 # to local executors (the OpenMP defaults the CLI set: executors start without the CLI)
-FORWARDED_ENV = ("HF_HUB_OFFLINE", THREADS_ENV, "OMP_NUM_THREADS", *openmp.DEFAULTS)
+FORWARDED_ENV = ("HF_HUB_OFFLINE", THREADS_ENV, "OMP_NUM_THREADS", *openmp.USER_SETTINGS)
 DAEMON_MODULE = "pipelines.embed.spark_daemon"
 
 

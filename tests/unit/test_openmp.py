@@ -11,17 +11,21 @@ from encoders import openmp
 
 def test_defaults_fill_only_what_is_unset():
     env: dict[str, str] = {}
-    assert openmp.apply_defaults(env) == {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
-    mine = {"OMP_WAIT_POLICY": "ACTIVE"}
-    assert openmp.apply_defaults(mine) == {} and mine == {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert openmp.apply_defaults(env) == {"GOMP_SPINCOUNT": "10000"} == env
+    assert openmp.wait_policy(env) == "GOMP_SPINCOUNT=10000" == openmp.wait_policy({})
+    for mine in ({"OMP_WAIT_POLICY": "passive"}, {"GOMP_SPINCOUNT": "0"}):  # either one: the user's choice
+        before = dict(mine)
+        assert openmp.apply_defaults(mine) == {} and mine == before
+    assert openmp.wait_policy({"OMP_WAIT_POLICY": "passive"}) == "PASSIVE"
+    assert openmp.wait_policy({"GOMP_SPINCOUNT": "0"}) == "GOMP_SPINCOUNT=0"
 
 
 def test_too_late_once_torch_is_imported(monkeypatch):
     import torch  # noqa: F401  (libgomp has read the environment)
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert openmp.apply_defaults() == {} and "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert openmp.apply_defaults() == {} and "GOMP_SPINCOUNT" not in os.environ
 
 
 def test_the_cli_module_loads_no_openmp_runtime():

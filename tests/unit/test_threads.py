@@ -14,7 +14,7 @@ def share(layout: ThreadLayout, cores: int, **env: str) -> int:
 
 def test_one_process_takes_every_usable_core():
     s = decide(beam_layout("FnApiRunner", num_workers=None, running_mode=None), 16, {})
-    assert (s.threads, s.source, s.processes, s.wait_policy) == (16, "share", 1, "PASSIVE")
+    assert (s.threads, s.source, s.processes, s.wait_policy) == (16, "share", 1, "GOMP_SPINCOUNT=10000")
 
 
 @pytest.mark.parametrize("mode", ["multi_processing", "multi_threading"])
