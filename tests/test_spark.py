@@ -135,3 +135,19 @@ def test_spark_without_a_join_equals_beam(inputs, tiny_clip, tmp_path):
     c = out["spark"]["counts"]
     assert c == out["beam"]["counts"] and c["embedded"] == c["read"] - c["skipped"] == 61  # the 5 repeats too
     assert "duplicate_id" not in c["rejects_by_reason"]
+
+
+def test_spark_distributed_duplicate_join_equals_beam(inputs, tiny_clip, tmp_path, monkeypatch):
+    """Above DRIVER_JOIN_ROWS the duplicate-id join without a previous run runs on Spark (two stages),
+    not on the driver: the same shards and rejects as Beam's."""
+    from pipelines.embed import spark
+
+    monkeypatch.setattr(spark, "DRIVER_JOIN_ROWS", 0)
+    out = {}
+    for engine in ("beam", "spark"):
+        extra = {"engine": "spark", "spark_master": "local[2]"} if engine == "spark" else {}
+        s = EmbedSettings(inputs=inputs, output=str(tmp_path / engine), model=tiny_clip, batch_size=8, **extra)
+        out[engine] = run_embed(s).to_dict()
+    assert_same_output(str(tmp_path / "beam"), str(tmp_path / "spark"))
+    assert out["spark"]["counts"] == out["beam"]["counts"]
+    assert out["spark"]["counts"]["rejects_by_reason"] == {"duplicate_id": 5}
