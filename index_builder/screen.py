@@ -82,10 +82,12 @@ def _trained(c: Candidate, data: ScreenData) -> faiss.Index:
     """A template of `c` with the shared coarse centroids, its codes (and rotation) trained on data.train."""
     index = faiss.index_factory(data.train.shape[1], c.factory, METRIC)
     centroids = data.centroids
-    if opq_of(index) is not None:
-        rotation = data.rotations.setdefault(rotation_key(c.factory), rotation_for(index, data.covariance))
-        set_rotation(index, rotation)
-        centroids = opq_of(index).apply(centroids)
+    if (opq := opq_of(index)) is not None:
+        key = rotation_key(c.factory)
+        if key not in data.rotations:  # one eigendecomposition per rotation, shared by its candidates
+            data.rotations[key] = rotation_for(index, data.covariance)
+        set_rotation(index, data.rotations[key])
+        centroids = opq.apply(centroids)
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     pq = getattr(ivf, "pq", None)
     if pq is not None:

@@ -135,7 +135,7 @@ def train_candidate(
              d, n, training["reason"])  # fmt: skip
     key, behind = coarse_of(factory), coarse_of(factory.split(",", 1)[-1])  # the IVF behind an OPQ rotation
     try:
-        if key is None and opq_m(factory) is not None and behind not in coarse:
+        if opq_m(factory) is not None and behind not in coarse:  # an OPQ factory: key is None
             coarse[behind] = coarse_centroids(xt.x, nlist_of(factory), cfg.seed)
         template = train_template(factory, xt, coarse.get(key or behind), coarse.get(rotation_key(factory)))
         if key is not None and key not in coarse:
