@@ -144,11 +144,6 @@ def _task(job: UnitJob, model_tag: str, deleted_key: int, element: tuple) -> dic
     return embed_task(job, model_tag, element)
 
 
-def _alone_element(kv: tuple) -> tuple:
-    """A unit with nothing joined: the element an embed task takes."""
-    return kv[0], [kv[1]]
-
-
 def _decide(reject_duplicates: bool, comparable: bool, element: tuple):
     _, grouped = element
     grouped = list(grouped)
@@ -233,11 +228,9 @@ def _embed_elements(sc, s: EmbedSettings, plan: InputPlan, job: UnitJob, packed:
     of fewer rows runs here on the driver (the ids only: a shuffle of two stages cost ~19 s of a
     44 s local[2] run of 2,048 rows); with nothing to join the units go straight to their tasks."""
     n = len(plan.units)
-    if s.duplicate_ids != "reject" and not job.previous_shards:
-        return sc.parallelize([_unit_key(u) for u in plan.units], packed).map(_alone_element)
-    if not job.previous_shards and plan.total_rows <= DRIVER_JOIN_ROWS:
-        plans = _joined_here(plan.units, s.skip_bad_files, comparable)
-        return sc.parallelize([(u.index, [(UNIT, u), *plans[u.index]]) for u in plan.units], packed)
+    if not job.previous_shards and (s.duplicate_ids != "reject" or plan.total_rows <= DRIVER_JOIN_ROWS):
+        plans = _joined_here(plan.units, s.skip_bad_files, comparable) if s.duplicate_ids == "reject" else {}
+        return sc.parallelize([(u.index, [(UNIT, u), *plans.get(u.index, ())]) for u in plan.units], packed)
     units = sc.parallelize(plan.units, n)  # one unit per partition: the join reads each in its own task
     today = units.flatMap(partial(today_keys, skip_bad_files=s.skip_bad_files, hashes=bool(job.previous_shards)))
     keyed = today.map(partial(_tag, 0))
