@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -546,34 +547,41 @@ json.dump({"build_s": time.perf_counter() - t, "infos": infos}, open(out + "/run
 """
 
 
+def run_autofaiss(work: Path, arrays: Iterable[np.ndarray], venv: Path, budget: str) -> tuple:
+    """autofaiss (in its own venv) on `arrays` (written as .npy files, which it reads in name order:
+    ids 0.. in that order) for `budget` of index memory: (the index with the search parameters
+    autofaiss chose, its run record {build_s, infos}, run_usage's figures, the index file's bytes).
+    RuntimeError when autofaiss fails."""
+    import faiss
+
+    npy, out = work / "autofaiss-in", work / "autofaiss-out"
+    for path in (npy, out):
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+    for i, x in enumerate(arrays):
+        np.save(npy / f"{i:05d}.npy", x)
+    script = work / "autofaiss_build.py"
+    script.write_text(AUTOFAISS)
+    usage = run_usage([str(venv / "bin" / "python"), str(script), str(npy), str(out), budget])
+    run = json.loads((out / "run.json").read_text())
+    index = faiss.read_index(str(out / "knn.index"))
+    faiss.ParameterSpace().set_index_parameters(index, run["infos"]["index_param"])
+    return index, run, usage, (out / "knn.index").stat().st_size
+
+
 def bench_autofaiss(work: Path, src: Path, venv: Path, budget: str, queries: int = 1000, seed: int = 12345) -> dict:
     """autofaiss (in its own venv) on the vectors of `src`, measured like `evaluate-index` measures
     ours: the same seeded queries drawn from the data, each excluded from its own exact neighbours,
     recall@1/10/100 at the search parameters autofaiss chose, latency with the same code."""
-    import faiss
-
     from index_builder.embeddings import list_shards
     from index_builder.measure import exact_neighbours, latency, recall_at, truth_width
     from index_builder.sampling import read_vectors, sample_training_set
 
-    python = venv / "bin" / "python"
-    if not python.exists():
+    if not (venv / "bin" / "python").exists():
         return {"skipped": f"no autofaiss venv at {venv}; create it with `make bench-autofaiss`"}
     shards = list_shards(str(src))
-    npy = work / "autofaiss-in"  # autofaiss reads .npy files in name order: ids 0.. in shard order, as ours
-    shutil.rmtree(npy, ignore_errors=True)
-    npy.mkdir(parents=True)
-    for i, shard in enumerate(shards):
-        np.save(npy / f"{i:05d}.npy", read_vectors(shard, "fused")[0])
-    out = work / "autofaiss-out"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
-    script = work / "autofaiss_build.py"
-    script.write_text(AUTOFAISS)
-    usage = run_usage([str(python), str(script), str(npy), str(out), budget])
-    run = json.loads((out / "run.json").read_text())
-    index = faiss.read_index(str(out / "knn.index"))
-    faiss.ParameterSpace().set_index_parameters(index, run["infos"]["index_param"])
+    # ids 0.. in shard order, as ours
+    index, run, usage, index_bytes = run_autofaiss(work, (read_vectors(s, "fused")[0] for s in shards), venv, budget)
     x, ids, _ = sample_training_set(shards, "fused", queries, seed)
     gt = exact_neighbours(x, ids, (read_vectors(s, "fused") for s in shards), truth_width(10, index.ntotal))
     return {
@@ -581,7 +589,7 @@ def bench_autofaiss(work: Path, src: Path, venv: Path, budget: str, queries: int
         "search_parameters": run["infos"]["index_param"],
         "build_s": round(run["build_s"], 2),
         **usage,
-        "index_mb": round((out / "knn.index").stat().st_size / 1e6, 2),
+        "index_mb": round(index_bytes / 1e6, 2),
         "recall_at": recall_at(index, x, ids, gt, None),
         "latency": latency(index, x, 10, None),
         "infos": run["infos"],

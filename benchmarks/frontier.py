@@ -118,29 +118,17 @@ def sweep_build(factory: str, x: np.ndarray, train_size: int, q: np.ndarray, gt:
 def autofaiss_at(work: Path, x: np.ndarray, q: np.ndarray, gt: np.ndarray, memory: int, venv: Path) -> dict:
     """autofaiss (in its own venv, its own index choice and search parameters) on x for `memory`
     bytes of index, measured as every other row here: recall@K of q against gt."""
-    import shutil
+    from benchmarks.bench import run_autofaiss
 
-    from benchmarks.bench import AUTOFAISS, run_usage
-
-    python = venv / "bin" / "python"
-    if not python.exists():
+    if not (venv / "bin" / "python").exists():
         return {"skipped": f"no autofaiss venv at {venv}; create it with `make bench-autofaiss`"}
-    src, out = work / "autofaiss-in", work / "autofaiss-out"
-    for path in (src, out):
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
-    np.save(src / "00000.npy", x)
-    (work / "autofaiss_build.py").write_text(AUTOFAISS)
     try:
-        usage = run_usage([str(python), str(work / "autofaiss_build.py"), str(src), str(out), f"{memory}B"])
+        index, run, usage, index_bytes = run_autofaiss(work, [x], venv, f"{memory}B")
     except RuntimeError as exc:  # e.g. nothing of autofaiss's fits the memory
         return {"memory_bytes": memory, "error": str(exc).splitlines()[-1][:300]}
-    run = json.loads((out / "run.json").read_text())
-    index = faiss.read_index(str(out / "knn.index"))
-    faiss.ParameterSpace().set_index_parameters(index, run["infos"]["index_param"])
     found = index.search(q, K)[1]
     return {"factory": run["infos"].get("index_key"), "search_parameters": run["infos"]["index_param"],
-            "memory_bytes": memory, "index_bytes": (out / "knn.index").stat().st_size,
+            "memory_bytes": memory, "index_bytes": index_bytes,
             "recall_at_10": round(float(knn_intersection_measure(found, gt)), 4), **usage}  # fmt: skip
 
 
