@@ -8,7 +8,7 @@ and the README's command list, generated). The nightly TOML config is read by
 """
 
 from pipelines.cli.commands import build_parser
-from pipelines.cli.entry import main
+from pipelines.cli.entry import console, main
 from pipelines.cli.options import settings_from
 
-__all__ = ["build_parser", "main", "settings_from"]
+__all__ = ["build_parser", "console", "main", "settings_from"]

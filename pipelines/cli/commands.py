@@ -37,6 +37,13 @@ class Command:
     beam: bool = False  # takes Beam pipeline options it does not know itself (--runner, ...)
     required_flags: bool = True  # False: required options may come from elsewhere (reindex --config)
     lean_allocators: bool = False  # builds indexes: the entry sets Arrow's and glibc's allocators first
+    imports: Callable[[argparse.Namespace], tuple[str, ...]] = lambda args: ()  # its run's modules (start-up)
+
+
+def engine_modules(args: argparse.Namespace) -> tuple[str, ...]:
+    """The modules an embed run imports: the driver and its engine (Beam, or Spark without Beam)."""
+    engine = "pipelines.embed.spark" if getattr(args, "engine", "beam") == "spark" else "pipelines.embed.beam"
+    return ("pipelines.embed.run", engine)
 
 
 COMMANDS = (
@@ -48,6 +55,7 @@ COMMANDS = (
         "Embed image-caption Parquet shards, fuse, and write embedding shards + manifest.json. "
         "Options Beam knows (--runner, ...) go to Beam; --engine spark runs the same units on Spark.",
         beam=True,
+        imports=engine_modules,
     ),
     Command(
         "build-index",
@@ -56,6 +64,7 @@ COMMANDS = (
         "train, add and merge a FAISS index over embedding shards; tune nprobe for a recall target",
         beam=True,
         lean_allocators=True,
+        imports=lambda args: ("index_builder.build", "pipelines.index_add"),
     ),
     Command(
         "evaluate-index",
@@ -84,6 +93,7 @@ COMMANDS = (
         beam=True,
         required_flags=False,
         lean_allocators=True,
+        imports=lambda args: ("pipelines.reindex.run", "index_builder.build", *engine_modules(args)),
     ),
     Command(
         "finetune",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ import sys
 from encoders import openmp
 from encoders.errors import SettingsError, UsageError
 from index_builder.allocators import lean_allocators
+from pipelines import startup
 from pipelines.cli.commands import BY_NAME, build_parser
 from pipelines.cli.options import Parser
 from pipelines.dry_run import DryRun
@@ -78,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         command = BY_NAME[args.command]
         if command.lean_allocators:
             lean_allocators()  # process-wide: freed shard buffers go back to the system
+        for module in command.imports(args):  # its libraries, while the console's collector is paused
+            importlib.import_module(module)
+        startup.resume()
         return command.run(args, beam_args(parser, args, rest))
     except SystemExit as exc:  # argparse: --help (0) or a one-line error (2)
         return exc.code if isinstance(exc.code, int) else 2
@@ -87,3 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     except DryRun as exc:  # --dry_run=True: the job was built, not submitted; no output, not an error
         print(exc)
         return 0
+
+
+def console() -> int:
+    """The `fusionindex` console script and `python -m pipelines.cli`: `main` with Python's garbage
+    collector paused while the command's libraries import, and its last full scan skipped at exit
+    (pipelines/startup.py)."""
+    startup.pause()
+    try:
+        return main()
+    finally:
+        startup.before_exit()
