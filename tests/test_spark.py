@@ -151,3 +151,28 @@ def test_spark_distributed_duplicate_join_equals_beam(inputs, tiny_clip, tmp_pat
     assert_same_output(str(tmp_path / "beam"), str(tmp_path / "spark"))
     assert out["spark"]["counts"] == out["beam"]["counts"]
     assert out["spark"]["counts"]["rejects_by_reason"] == {"duplicate_id": 5}
+
+
+def test_the_cli_starts_spark_beside_its_imports_and_stops_it_when_the_run_fails(inputs, tiny_clip, tmp_path, caplog):
+    """`fusionindex embed --engine spark`: the JVM and the executors' Python daemons start in a
+    thread while the driver imports (spark_context.start_early); the run takes that context and
+    stops it; a run that fails before Spark is used stops it too (no context left running)."""
+    from pyspark import SparkContext
+
+    from pipelines.cli import main
+
+    caplog.set_level(logging.INFO, logger="pipelines.embed.spark_context")
+    beam = run_embed(EmbedSettings(inputs=inputs, output=str(tmp_path / "beam"), model=tiny_clip, batch_size=8))
+    common = ["--model", tiny_clip, "--batch-size", "8", "--engine", "spark", "--spark-master", "local[2]"]
+    assert main(["-q", "embed", "--input", *inputs, "--output", str(tmp_path / "spark"), *common]) == 0
+    (started,) = [r for r in caplog.records if r.getMessage().startswith("starting Spark")]
+    assert started.threadName == "spark-start"
+    assert SparkContext._active_spark_context is None  # the run stopped the context it was handed
+    assert_same_output(str(tmp_path / "beam"), str(tmp_path / "spark"))
+    assert beam.counts.embedded > 0
+
+    caplog.clear()  # the model has no learned fusion: the driver refuses it (exit 2) after Spark started
+    failed = ["-q", "embed", "--input", *inputs, "--output", str(tmp_path / "none"), "--fusion", "attention"]
+    assert main([*failed, *common]) == 2
+    assert [r.threadName for r in caplog.records if r.getMessage().startswith("starting Spark")] == ["spark-start"]
+    assert SparkContext._active_spark_context is None

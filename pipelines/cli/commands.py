@@ -38,6 +38,7 @@ class Command:
     required_flags: bool = True  # False: required options may come from elsewhere (reindex --config)
     lean_allocators: bool = False  # builds indexes: the entry sets Arrow's and glibc's allocators first
     imports: Callable[[argparse.Namespace], tuple[str, ...]] = lambda args: ()  # its run's modules (start-up)
+    early: Callable[[argparse.Namespace], None] | None = None  # what starts before the imports, beside them
 
 
 def engine_modules(args: argparse.Namespace) -> tuple[str, ...]:
@@ -56,6 +57,7 @@ COMMANDS = (
         "Options Beam knows (--runner, ...) go to Beam; --engine spark runs the same units on Spark.",
         beam=True,
         imports=engine_modules,
+        early=summaries.start_engine_early,
     ),
     Command(
         "build-index",

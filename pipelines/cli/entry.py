@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         command = BY_NAME[args.command]
         if command.lean_allocators:
             lean_allocators()  # process-wide: freed shard buffers go back to the system
+        if command.early:
+            command.early(args)
         for module in command.imports(args):  # its libraries, while the console's collector is paused
             importlib.import_module(module)
         startup.resume()

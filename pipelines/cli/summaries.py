@@ -37,10 +37,25 @@ def cmd_reindex(args, rest: list[str]) -> int:
     return r.exit_code
 
 
+def start_engine_early(args) -> None:
+    """Before embed's imports: with --engine spark, Spark's JVM and Python daemons start beside them
+    (pipelines/embed/spark_context.py `start_early`)."""
+    if args.engine == "spark":
+        from pipelines.embed.spark_context import start_early
+
+        start_early(settings_from(EmbedSettings, args))
+
+
 def cmd_embed(args, rest: list[str]) -> int:
     from pipelines.embed.run import run_embed
 
-    m = run_embed(settings_from(EmbedSettings, args), rest)
+    try:
+        m = run_embed(settings_from(EmbedSettings, args), rest)
+    finally:
+        if args.engine == "spark":
+            from pipelines.embed.spark_context import discard_early
+
+            discard_early()
     c = m.counts
     print(
         f"embedded {c.embedded} of {c.read} rows ({c.rejected} rejected, {c.skipped} skipped, "

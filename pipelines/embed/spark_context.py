@@ -11,7 +11,9 @@ import logging
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 
 from encoders import openmp
@@ -66,11 +68,64 @@ def executors_on_this_machine(master: str | None) -> bool:
     return master.startswith("local")
 
 
+_early: Future | None = None  # the context start_early began, until spark_context or discard_early takes it
+
+
+def start_early(s: EmbedSettings) -> None:
+    """Begin starting Spark in a thread while the driver imports torch and plans the input: the
+    SparkContext (its JVM), then one tiny task per task slot, so each executor's Python daemon
+    imports torch and the unit worker (spark_daemon.py) before the first unit is sent. Waiting
+    on the JVM releases the GIL, and the JVM and the daemon are processes of their own, so they
+    run beside the driver's imports. `spark_context` takes the result; nothing is started when
+    Spark cannot run here (the engine reports why) or a context is already active."""
+    global _early
+    if _early is not None or spark_missing():
+        return
+    from pyspark import SparkContext
+
+    if SparkContext._active_spark_context is not None:
+        return
+    _early = Future()
+    threading.Thread(target=_start_and_warm, args=(s, _early), name="spark-start", daemon=True).start()
+
+
+def _start_and_warm(s: EmbedSettings, future: Future) -> None:
+    """start_early's thread: the context into `future` (or the error starting it raised)."""
+    try:
+        sc, _ = _new_context(s)
+    except BaseException as exc:  # handed to the thread that takes the context
+        future.set_exception(exc)
+        return
+    try:
+        slots = sc.defaultParallelism
+        sc.parallelize(range(slots), slots).foreach(_daemon_ready)
+    except Exception as exc:  # the first unit's task meets (and reports) the same problem
+        log.debug("spark: warming the Python daemons failed: %s", exc)
+    future.set_result(sc)
+
+
+def _daemon_ready(_: int) -> None:
+    """A task that only makes its executor start the Python daemon (and fork a worker)."""
+
+
+def discard_early() -> None:
+    """Stop a context start_early began that no run took (the command failed before it ran)."""
+    global _early
+    early, _early = _early, None
+    if early is not None and early.exception() is None:
+        early.result().stop()
+
+
 def spark_context(s: EmbedSettings):
-    """(SparkContext, whether we started it): an active context (spark-submit, a notebook) is used as it is."""
+    """(SparkContext, whether we started it): the one start_early began, or an active context
+    (spark-submit, a notebook) as it is, or a new one."""
     problem = spark_missing()
     if problem:
         raise SettingsError(problem)
+    global _early
+    early, _early = _early, None
+    if early is not None:
+        return early.result(), True
     from pyspark import SparkContext
 
     active = SparkContext._active_spark_context
@@ -80,6 +135,11 @@ def spark_context(s: EmbedSettings):
                 "a SparkContext is already running (master %s): --spark-master/--spark-conf ignored", active.master
             )
         return active, False
+    return _new_context(s)
+
+
+def _new_context(s: EmbedSettings):
+    """(a new SparkContext for --spark-master, or spark-submit's; True)."""
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM, with its master and --conf
     master = s.spark_master or (None if submitted else DEFAULT_MASTER)
     local = master is not None and master.startswith("local")  # executors are this machine and environment
