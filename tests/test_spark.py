@@ -176,3 +176,34 @@ def test_the_cli_starts_spark_beside_its_imports_and_stops_it_when_the_run_fails
     assert main([*failed, *common]) == 2
     assert [r.threadName for r in caplog.records if r.getMessage().startswith("starting Spark")] == ["spark-start"]
     assert SparkContext._active_spark_context is None
+
+
+DRIVER_ARGS = """
+import sys
+from pipelines.embed.settings import EmbedSettings
+from pipelines.embed.spark_context import spark_context
+s = EmbedSettings(inputs=("x",), output=".", model="m", engine="spark", spark_master="local[1]",
+                  spark_conf=sys.argv[1:])
+sc, owned = spark_context(s)
+assert owned and sc.getConf().get("spark.ui.showConsoleProgress") == "false"
+print(list(sc._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()))
+sc.stop()
+"""
+
+
+def test_the_driver_jvm_is_launched_with_our_options_or_the_users():
+    """Options a JVM takes at launch reach spark-submit: LOCAL_JVM_OPTIONS, or the user's own
+    (--spark-conf spark.driver.extraJavaOptions=..., which a context's conf could not apply).
+    A process launches one JVM: each case runs in a process of its own."""
+    import ast
+    import subprocess
+    import sys
+
+    def driver_args(*conf: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", DRIVER_ARGS, *conf], capture_output=True, text=True, check=True)
+        return ast.literal_eval(out.stdout.strip().splitlines()[-1])
+
+    ours = driver_args()
+    assert "-XX:TieredStopAtLevel=1" in ours and "-XX:+UseSerialGC" in ours
+    theirs = driver_args("spark.driver.extraJavaOptions=-Xss4m")
+    assert "-Xss4m" in theirs and "-XX:TieredStopAtLevel=1" not in theirs

@@ -80,3 +80,14 @@ def test_units_are_packed_into_two_embed_tasks_per_slot_and_deletions_keep_their
     tasks, deleted = embed_tasks(16, 2), 16
     assert sorted({_packed(tasks, deleted, u) for u in range(16)}) == [0, 1, 2, 3]
     assert _packed(tasks, deleted, deleted) == tasks  # the one partition that sums deletions
+
+
+def test_a_local_masters_jvms_start_with_our_options_unless_the_user_gave_theirs():
+    from pipelines.embed.spark_context import JVM_OPTIONS, LOCAL_JVM_OPTIONS, launch_properties
+
+    assert launch_properties({}, "local[2]") == dict.fromkeys(JVM_OPTIONS, LOCAL_JVM_OPTIONS)
+    assert launch_properties({}, "local-cluster[2,1,1024]") == dict.fromkeys(JVM_OPTIONS, LOCAL_JVM_OPTIONS)
+    theirs = {"spark.driver.extraJavaOptions": "-Xss4m", "spark.driver.memory": "2g"}
+    assert launch_properties(theirs, "local[2]") == {"spark.executor.extraJavaOptions": LOCAL_JVM_OPTIONS, **theirs}
+    assert launch_properties(theirs, "spark://host:7077") == theirs
+    assert launch_properties({}, None) == {}  # spark-submit's JVM: already started, with its own options

@@ -162,11 +162,26 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
             os.environ.pop(key, None)
 
 
+# a local master's JVMs schedule tasks and pass bytes to the Python workers; the quick-start JIT and one
+# GC thread leave the cores to those (docs/performance.md, "Engines on one machine": 1.0-1.5 s a run)
+LOCAL_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+JVM_OPTIONS = ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
+
+
+def launch_properties(properties: dict[str, str], master: str | None) -> dict[str, str]:
+    """What the driver JVM is launched with (`spark-submit --conf`): --spark-conf (so driver
+    settings such as spark.driver.memory take effect) and, for a local master, LOCAL_JVM_OPTIONS
+    where the user gave no JVM options of their own."""
+    local = {k: LOCAL_JVM_OPTIONS for k in JVM_OPTIONS} if master and master.startswith("local") else {}
+    return {**local, **properties}
+
+
 def _start(s: EmbedSettings, master: str | None):
     """A new SparkContext for `master` (None: spark-submit's), with our defaults and --spark-conf."""
     from pyspark import SparkConf, SparkContext
 
-    SparkContext._ensure_initialized()  # the JVM first, so SparkConf() holds spark-submit's properties
+    launch = SparkConf(loadDefaults=False).setAll(list(launch_properties(s.spark_properties(), master).items()))
+    SparkContext._ensure_initialized(conf=launch)  # the JVM first, so SparkConf() holds spark-submit's properties
     conf = SparkConf().setIfMissing("spark.app.name", "fusionindex embed")
     if s.spark_master or not conf.contains("spark.master"):
         conf.setMaster(master or DEFAULT_MASTER)
@@ -174,7 +189,8 @@ def _start(s: EmbedSettings, master: str | None):
         conf.set(key, value)
     conf.setIfMissing("spark.python.worker.reuse", "true")  # one model load per Python worker, not per task
     conf.setIfMissing("spark.python.daemon.module", DAEMON_MODULE)  # workers forked with torch imported
-    conf.setIfMissing("spark.ui.showConsoleProgress", "false")  # progress bars garble the CLI's log lines
+    if "spark.ui.showConsoleProgress" not in s.spark_properties():  # spark-submit sets it true for shells
+        conf.set("spark.ui.showConsoleProgress", "false")  # progress bars garble the CLI's log lines
     master = conf.get("spark.master")
     if master.startswith("local"):
         for name in FORWARDED_ENV:
