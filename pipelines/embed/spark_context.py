@@ -76,8 +76,10 @@ def start_early(s: EmbedSettings) -> None:
     SparkContext (its JVM), then one tiny task per task slot, so each executor's Python daemon
     imports torch and the unit worker (spark_daemon.py) before the first unit is sent. Waiting
     on the JVM releases the GIL, and the JVM and the daemon are processes of their own, so they
-    run beside the driver's imports. `spark_context` takes the result; nothing is started when
-    Spark cannot run here (the engine reports why) or a context is already active."""
+    run beside the driver's imports. Where the executors share this machine, returns once the
+    JVM is up: the daemons' start waits for it and the driver's imports would slow it down
+    (docs/performance.md: 0.6 s of a 20 s local[2] run). `spark_context` takes the result;
+    nothing is started when Spark cannot run here (the engine reports why) or a context is active."""
     global _early
     if _early is not None or spark_missing():
         return
@@ -85,17 +87,21 @@ def start_early(s: EmbedSettings) -> None:
 
     if SparkContext._active_spark_context is not None:
         return
-    _early = Future()
-    threading.Thread(target=_start_and_warm, args=(s, _early), name="spark-start", daemon=True).start()
+    _early, started = Future(), threading.Event()
+    threading.Thread(target=_start_and_warm, args=(s, _early, started), name="spark-start", daemon=True).start()
+    if executors_on_this_machine(s.spark_master):
+        started.wait()  # the JVM first: the daemons wait for it, the driver's imports do not need to
 
 
-def _start_and_warm(s: EmbedSettings, future: Future) -> None:
+def _start_and_warm(s: EmbedSettings, future: Future, started: threading.Event) -> None:
     """start_early's thread: the context into `future` (or the error starting it raised)."""
     try:
         sc, _ = _new_context(s)
     except BaseException as exc:  # handed to the thread that takes the context
         future.set_exception(exc)
+        started.set()
         return
+    started.set()
     try:
         slots = sc.defaultParallelism
         sc.parallelize(range(slots), slots).foreach(_daemon_ready)
