@@ -26,6 +26,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from faiss.contrib.evaluation import knn_intersection_measure
 
+from index_builder import faiss_defaults
+
 BUDGETS = (32, 64, 96, 128, 192, 256)
 MAX_NPROBE = 64
 K = 10
@@ -222,6 +224,7 @@ def frontier_row(name: str, row: dict) -> str:
 def bench_frontier(work: Path, args) -> dict:
     """Both sets at args.frontier_n vectors (fewer with --frontier-n for a quick run)."""
     faiss.omp_set_num_threads(args.frontier_threads)
+    faiss_defaults.apply()  # as the CLI does for build-index: the chooser and the sweep run in this process
     budgets = tuple(int(b) if float(b).is_integer() else float(b) for b in args.frontier_budgets.split(","))
     out = {"budgets": list(budgets), "threads": args.frontier_threads}
     for name in args.frontier_sets.split(","):

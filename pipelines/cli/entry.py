@@ -17,6 +17,7 @@ import sys
 
 from encoders import openmp
 from encoders.errors import SettingsError, UsageError
+from index_builder import faiss_defaults
 from index_builder.allocators import lean_allocators
 from pipelines import startup
 from pipelines.cli.commands import BY_NAME, build_parser
@@ -78,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         args, rest = with_config(parser, argv)
         _setup_logging(args.verbose, args.quiet)
         command = BY_NAME[args.command]
-        if command.lean_allocators:
-            lean_allocators()  # process-wide: freed shard buffers go back to the system
+        if command.lean_allocators:  # it builds indexes: process-wide settings for that
+            lean_allocators()  # freed shard buffers go back to the system
+            faiss_defaults.apply()  # BLAS distances for small sub-quantizers too
         if command.early:
             command.early(args)
         for module in command.imports(args):  # its libraries, while the console's collector is paused
