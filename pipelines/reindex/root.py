@@ -81,14 +81,21 @@ class RunRecord(Record):
         return super()._omits(f, value)
 
 
+def run_id_key(run_id: str) -> tuple[str, int]:
+    """Sort key of a run id: its second, then its suffix as a number (-10 after -2; none = 1)."""
+    base, _, n = run_id.partition("-")
+    return base, int(n) if n.isdigit() else 1
+
+
 def new_run_id(now: datetime, taken: set[str]) -> str:
-    """A sortable UTC id (20261127T170501Z); a suffix when the second is already taken."""
+    """A UTC id (20261127T170501Z) that sorts after every id of the same second in `taken`.
+
+    Within one second the suffix counts up from the highest taken (-2, -3, ...), never
+    refilling a pruned id, so the newest run is always last in `run_ids`.
+    """
     base = now.strftime("%Y%m%dT%H%M%SZ")
-    run_id, n = base, 1
-    while run_id in taken:
-        n += 1
-        run_id = f"{base}-{n}"
-    return run_id
+    same = [run_id_key(r)[1] for r in taken if run_id_key(r)[0] == base]
+    return f"{base}-{max(same) + 1}" if same else base
 
 
 def run_path(root: str, run_id: str) -> str:
@@ -97,7 +104,7 @@ def run_path(root: str, run_id: str) -> str:
 
 def run_ids(root: str) -> list[str]:
     """Run ids under ROOT/runs, oldest first."""
-    return sorted(storage.listdir(storage.join(root, RUNS)))
+    return sorted(storage.listdir(storage.join(root, RUNS)), key=run_id_key)
 
 
 def read_run(root: str, run_id: str) -> RunRecord | None:

@@ -98,6 +98,12 @@ def test_runs_are_named_sortably_pruned_and_latest_is_followed(tmp_path):
     now = datetime(2026, 11, 27, 17, 5, 1, tzinfo=UTC)
     assert new_run_id(now, set()) == "20261127T170501Z"
     assert new_run_id(now, {"20261127T170501Z", "20261127T170501Z-2"}) == "20261127T170501Z-3"
+    # the first id of the second was pruned: the next still sorts after the one kept
+    assert new_run_id(now, {"20261127T170501Z-2"}) == "20261127T170501Z-3"
+    ids = ["20261127T170501Z-10", "20261127T170501Z-2", "20261127T170501Z", "20261126T000000Z"]
+    for run_id in ids:
+        os.makedirs(run_path(str(tmp_path / "many"), run_id))
+    assert run_ids(str(tmp_path / "many")) == [ids[3], ids[2], ids[1], ids[0]]
     for run_id in ("20261125T000000Z", "20261126T000000Z", "20261127T000000Z"):
         os.makedirs(os.path.join(run_path(root, run_id), "index"))
     assert Latest.index_of(root) == root and Latest.load_if_any(root) is None
