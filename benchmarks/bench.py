@@ -1157,6 +1157,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also build autofaiss's index for the memory each chosen index takes (--autofaiss-venv)",
     )
+    ap.add_argument(
+        "--frontier-reuse",
+        default=None,
+        help="comma-separated results files (frontier-<set>.json, frontier-autofaiss.json) whose sweeps and "
+        "autofaiss records the frontier section reuses instead of building them again",
+    )
     ap.add_argument("--engines-rows", type=int, default=2048, help="rows of the engines section")
     ap.add_argument(
         "--engines-runs", default=None, help="the engines section's runs, comma-separated (beam always; default: all)"

@@ -55,6 +55,7 @@ def anisotropic(n: int, seed: int = 22, d: int = 512) -> np.ndarray:
 
 
 SETS = {"isotropic-256": isotropic, "anisotropic-512": anisotropic}
+SIZES = {"isotropic-256": 200_000, "anisotropic-512": 150_000}  # n of frontier-autofaiss.json's rows (they name none)
 
 
 def write_set(root: Path, x: np.ndarray, shards: int = 8) -> None:
@@ -139,15 +140,55 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def chooser_build(src: Path, out: Path, budget: float | None, factory: str | None, target: float) -> tuple[dict, float]:
-    """(manifest, CPU seconds) of one in-process build-index: with a budget, or --factory."""
+def chooser_build(
+    src: Path, out: Path, budget: float | None, factory: str | None, target: float, max_memory: int | None = None
+) -> tuple[dict, float]:
+    """(manifest, CPU seconds) of one in-process build-index: with a budget (bytes per vector, or
+    max_memory bytes in all), or --factory."""
     from index_builder.build import build_index
     from index_builder.settings import BuildSettings
 
     c = _cpu()
+    memory = None if max_memory is None else str(max_memory)
     m = build_index(BuildSettings(str(src), str(out), max_bytes_per_vector=budget, factory=factory,
-                                  target_recall=target))  # fmt: skip
+                                  target_recall=target, max_memory=memory))  # fmt: skip
     return m.to_dict(), _cpu() - c
+
+
+def earlier(paths: list[Path]) -> dict:
+    """What --frontier-reuse files hold, by key: ("sweep", set, n, budget) -> the sweep's rows of
+    an earlier frontier run (they do not depend on the chooser), ("autofaiss", set, n, memory) ->
+    autofaiss's record for that memory (benchmarks/results/frontier-autofaiss.json's rows)."""
+    out: dict = {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):  # a frontier results file
+            for name, r in data.get("frontier", {}).items():
+                for row in r.get("budgets", []) if isinstance(r, dict) else []:
+                    out[("sweep", name, r["n"], row["budget"])] = row["sweep"]
+        else:  # autofaiss rows
+            for row in data:
+                af = row["autofaiss"]
+                out[("autofaiss", row["set"], row.get("n", SIZES[row["set"]]), af["memory_bytes"])] = af
+    return out
+
+
+def ours_at(src: Path, work: Path, x: np.ndarray, q: np.ndarray, gt: np.ndarray, memory: int, target: float) -> dict:
+    """The chooser given `memory` bytes in all (--max-memory): what it keeps and its recall@10."""
+    out = work / "at-memory"
+    m, cpu = chooser_build(src, out, None, None, target, memory)
+    curve = recall_curve(faiss.read_index(str(out / "index.faiss")), q, gt, also=m["nprobe"])
+    storage_remove(out)
+    top = max(p for p in curve if p <= MAX_NPROBE)
+    return {"factory": m["factory"], "max_memory": memory, "memory_bytes": m["memory_bytes"],
+            "nprobe": m["nprobe"], "recall_at_10": curve[m["nprobe"]], "recall_at_10_nprobe_64": curve[top],
+            "cpu_s": round(cpu, 1)}  # fmt: skip
+
+
+def storage_remove(path: Path) -> None:
+    from encoders import storage
+
+    storage.remove(str(path), recursive=True)
 
 
 def bench_set(
@@ -158,8 +199,10 @@ def bench_set(
     partial: Path | None = None,
     budgets: tuple = BUDGETS,
     autofaiss: Path | None = None,
+    reuse: dict | None = None,
 ) -> dict:
-    """The chooser at every budget against the sweep, on set `name` of n vectors."""
+    """The chooser at every budget against the sweep, on set `name` of n vectors. `reuse`:
+    earlier()'s sweeps and autofaiss records, used instead of building them again."""
     from encoders import storage
     from index_builder.factory import choose_nlist, choose_train_size
 
@@ -171,10 +214,11 @@ def bench_set(
     d, nlist = x.shape[1], choose_nlist(n)
     train_size = choose_train_size(n, f"IVF{nlist},Flat")
     built: dict[str, dict] = {}
+    reuse = reuse or {}
     rows = []
     for budget in budgets:
-        sweep = []
-        for c in sweep_families(d, nlist, n, budget):
+        sweep = reuse.get(("sweep", name, n, budget), [])
+        for c in sweep_families(d, nlist, n, budget) if not sweep else []:
             if c.factory not in built:
                 built[c.factory] = {**sweep_build(c.factory, x, train_size, q, gt), "family": c.family,
                                     "bytes_per_vector": c.bytes_per_vector}  # fmt: skip
@@ -196,7 +240,11 @@ def bench_set(
                              "alone_cpu_s": round(alone_cpu, 1), "screened": m["choice"]["screened"]}  # fmt: skip
             row["chosen"]["ratio_to_alone"] = round(row["chosen"]["choose_build_s"] / row["chosen"]["alone_s"], 2)
             if autofaiss is not None:
-                row["autofaiss"] = autofaiss_at(work, x, q, gt, m["memory_bytes"], autofaiss)
+                af = reuse.get(("autofaiss", name, n, m["memory_bytes"]))
+                row["autofaiss"] = af or autofaiss_at(work, x, q, gt, m["memory_bytes"], autofaiss)
+                took = row["autofaiss"].get("index_bytes", 0)
+                if took > m["memory_bytes"]:  # it took more than it was given: ours given as much
+                    row["ours_at_autofaiss_size"] = ours_at(src, work, x, q, gt, took, target)
             row["chosen"]["gap_to_sweep"] = round(
                 row["sweep_best"]["recall_at_10"] - row["chosen"]["recall_at_10_nprobe_64"], 4
             )
@@ -215,6 +263,10 @@ def frontier_row(name: str, row: dict) -> str:
         return f"  {name} {row['budget']:>4} B: nothing fits"
     b, c, af = row["sweep_best"], row["chosen"], row.get("autofaiss", {})
     theirs = f" | autofaiss {af['factory']} {af['recall_at_10']:.3f}" if "recall_at_10" in af else ""
+    if "index_bytes" in af:
+        theirs += f" in {af['index_bytes'] / 1e6:.1f} MB (given {c['memory_bytes'] / 1e6:.1f})"
+    if (at := row.get("ours_at_autofaiss_size")) is not None:
+        theirs += f"; ours at that size {at['factory']} {at['recall_at_10']:.3f}"
     return (f"  {name} {row['budget']:>4} B: sweep best {b['factory']} {b['recall_at_10']:.3f} (np {b['nprobe']}) | "
             f"chosen {c['factory']} {c['recall_at_10_nprobe_64']:.3f} at np 64, {c['recall_at_10']:.3f} at np "
             f"{c['nprobe']} | {c['choose_build_s']:.0f} s vs {c['alone_s']:.0f} s alone ({c['ratio_to_alone']}x), "
@@ -230,7 +282,8 @@ def bench_frontier(work: Path, args) -> dict:
     for name in args.frontier_sets.split(","):
         partial = Path(args.output).with_suffix(f".{name}.partial.json")
         venv = Path(args.autofaiss_venv) if args.frontier_autofaiss else None
-        out[name] = bench_set(work, name, args.frontier_n, args.frontier_target, partial, budgets, venv)
+        reuse = earlier([Path(p) for p in args.frontier_reuse.split(",")] if args.frontier_reuse else [])
+        out[name] = bench_set(work, name, args.frontier_n, args.frontier_target, partial, budgets, venv, reuse)
     return out
 
 

@@ -21,13 +21,21 @@ import numpy as np
 from encoders.errors import SettingsError
 from index_builder.adding import AddParts, add_all, code_bytes, estimated_memory, lists_of
 from index_builder.candidates import Candidate, coarse_name, largest_per_family, smallest, space
-from index_builder.choose import available_memory, merge_mode
+from index_builder.choose import available_memory, merge_mode, worth_wider
 from index_builder.embeddings import Shard
-from index_builder.factory import FLAT_BELOW, choose_factory, choose_nlist
+from index_builder.factory import FLAT_BELOW, choose_factory, choose_nlist, choose_train_size, nlist_of, wider_nlist
 from index_builder.measure import exact_neighbours, truth_width
 from index_builder.nprobe import tune
 from index_builder.sampling import Samples, ShardCache
-from index_builder.screen import SCREEN_BASE, SCREEN_TRAIN, ScreenData, coarse_centroids, screen
+from index_builder.screen import (
+    SCREEN_BASE,
+    SCREEN_TRAIN,
+    ScreenData,
+    coarse_centroids,
+    rank,
+    residual_energy,
+    screen,
+)
 from index_builder.settings import BuildSettings
 from index_builder.training import opq_screen, train_candidate
 
@@ -72,32 +80,91 @@ class Choice:
     screen_s: float = 0.0
 
 
+def wider_candidate(cfg: BuildSettings, n: int, d: int, family: str, nlist: int) -> Candidate | None:
+    """Of `family`, the largest code within the budget over wider_nlist(n, nlist) lists (the screen's
+    second nlist); None when there is no wider nlist or nothing of the family fits there."""
+    wide = wider_nlist(n, nlist)
+    if wide is None:
+        return None
+    members = [c for c in space(n, d, wide) if c.family == family]
+    fit = largest_per_family(members, n, cfg.max_bytes_per_vector, cfg.max_memory_bytes, on_disk=cfg.merge == "disk")
+    return fit[0] if fit else None
+
+
+def train_size(cfg: BuildSettings, n: int, factories: list[str]) -> int:
+    """Training vectors to draw: --train-size; else for a screened budget enough for the wider
+    nlist its screen may keep (wider_nlist; `choose` lets the surplus go when it keeps the
+    guideline's); else choose_train_size of the first factory."""
+    if cfg.train_size:
+        return cfg.train_size
+    nlist = nlist_of(factories[0])
+    wide = wider_nlist(n, nlist) if len(factories) > 1 and nlist else None
+    return choose_train_size(n, f"IVF{wide}" if wide else factories[0])
+
+
+def _screened(cands: list[Candidate], rows: np.ndarray, centroids: np.ndarray, samples: Samples, cfg: BuildSettings):
+    """(screen's records of `cands`, all over the nlist of `centroids`, trained and measured on `rows`;
+    the centroids by coarse_name and the OPQ rotations screened, for the final build)."""
+    data = ScreenData(rows, samples.queries, centroids, cfg.recall_k)
+    records = screen(cands, data)
+    return records, {coarse_name(cands[0].nlist): centroids, **data.rotations}
+
+
+QUICK_ROWS, QUICK_NITER, HELD_ROWS = 20_000, 8, 10_000  # the wider nlist's quick k-means, and its measure
+
+
+def _wider_pays(xt: np.ndarray, used: int, centroids: np.ndarray, wide: int, seed: int) -> bool:
+    """worth_wider on the rows the guideline's centroids did not train on (xt[used:], drawn for the
+    wider nlist), against a quick k-means of `wide` centroids; False when too few rows are left."""
+    held = xt[used : used + HELD_ROWS]
+    if len(held) < HELD_ROWS // 10:
+        return False
+    quick = coarse_centroids(xt[: min(used, QUICK_ROWS)], wide, seed, niter=QUICK_NITER)
+    energy, wide_energy = residual_energy(held, centroids), residual_energy(held, quick)
+    log.info("residual energy over %d lists %.4g, over %d %.4g (%.1f%% less)", len(centroids), energy, wide,
+             wide_energy, 100 * (1 - wide_energy / energy))  # fmt: skip
+    return worth_wider(energy, wide_energy)
+
+
 def choose(cfg: BuildSettings, samples: Samples, factories: list[str], n: int, d: int) -> Choice:
-    """With more than one candidate, screen them on the training sample (index_builder.screen) and
-    keep the winner; the coarse centroids trained for the screen are handed to the final build.
-    `factories`: plan(cfg, n, d)'s."""
+    """With more than one candidate, screen them on the training sample (index_builder.screen) over
+    the guideline's nlist; where twice the lists remove enough residual energy (_wider_pays), the
+    winner's family over them too (wider_candidate). Keep the best; the coarse centroids and
+    rotation trained for it are handed to the final build. `factories`: plan(cfg, n, d)'s."""
     if len(factories) < 2:
         return Choice(factories)
     t = time.monotonic()
     cands = [c for c in budget_candidates(cfg, n, d) if c.factory in factories]
-    nlist = cands[0].nlist
-    xt = samples.train.x
-    log.info(
-        "screening %d candidates on %d of the %d training vectors",
-        len(cands),
-        min(len(xt), SCREEN_TRAIN + SCREEN_BASE),
-        len(xt),
-    )
-    centroids = coarse_centroids(xt, nlist, cfg.seed)
-    data = ScreenData(xt, samples.queries, centroids, cfg.recall_k)
-    records = screen(cands, data)
+    xt, nlist = samples.train.x, cands[0].nlist
+    used = min(len(xt), cfg.train_size or choose_train_size(n, f"IVF{nlist}"))  # as without a wider nlist
+    log.info("screening %d candidates on %d of the %d training vectors", len(cands),
+             min(used, SCREEN_TRAIN + SCREEN_BASE), len(xt))  # fmt: skip
+    centroids = coarse_centroids(xt[:used], nlist, cfg.seed)
+    records, warm = _screened(cands, xt[:used], centroids, samples, cfg)
+    first = next(r for r in records if "error" not in r)
+    wide = wider_candidate(cfg, n, d, first["family"], nlist)
+    if wide is not None and _wider_pays(xt, used, centroids, wide.nlist, cfg.seed):
+        log.info("screening %s: the family of %s over %d lists", wide.factory, first["factory"], wide.nlist)
+        more, wide_warm = _screened([wide], xt[:used], coarse_centroids(xt, wide.nlist, cfg.seed), samples, cfg)
+        ok = rank([r for r in records + more if "error" not in r])
+        records = ok + [r for r in records + more if "error" in r]
+        warm = wide_warm if ok[0]["factory"] == wide.factory else warm
+        cands.append(wide)
     memory = {c.factory: c.memory(n) for c in cands}
     records = [{**r, "memory_bytes": memory[r["factory"]]} for r in records]  # what --max-memory bounds, for n
-    winner = next(r for r in records if "error" not in r)
+    winner = records[0]
     log.info("kept %s (%g B): recall@%d %.3f on the subsample", winner["factory"], winner["bytes_per_vector"],
              cfg.recall_k, winner["recall_at_k"])  # fmt: skip
-    warm = {coarse_name(nlist): centroids, **data.rotations}  # the final build reuses both
+    _keep_what_it_trains_on(cfg, samples, n, winner["factory"])
     return Choice([winner["factory"]], records, warm, time.monotonic() - t)
+
+
+def _keep_what_it_trains_on(cfg: BuildSettings, samples: Samples, n: int, factory: str) -> None:
+    """Let go of the training rows beyond what `factory` trains on (drawn for the wider nlist)."""
+    keep = cfg.train_size or choose_train_size(n, factory)
+    if samples.train.x is not None and len(samples.train.x) > keep:
+        samples.train.x = samples.train.x[:keep]  # shuffled when drawn: the first rows are a sample too
+        samples.n_train = keep
 
 
 @dataclass

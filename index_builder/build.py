@@ -33,11 +33,10 @@ import numpy as np
 from encoders import storage
 from encoders.errors import InputError
 from index_builder.adding import AddParts, code_bytes, ids_table, lists_of
-from index_builder.budget import Choice, Inputs, Trials, choice_reason, choose, plan, try_candidates
+from index_builder.budget import Choice, Inputs, Trials, choice_reason, choose, plan, train_size, try_candidates
 from index_builder.choose import merge_mode
 from index_builder.drift import codec_errors
 from index_builder.embeddings import Shard, list_shards
-from index_builder.factory import choose_train_size
 from index_builder.layout import PARTS_DIR, commit, set_nprobe
 from index_builder.measure import latency
 from index_builder.records import (
@@ -71,7 +70,7 @@ def build_index(cfg: BuildSettings, add_parts: AddParts | None = None) -> IndexM
     first = new_index(d, factories[0])  # a bad --factory fails here, before any vector is read
     if cfg.merge == "disk":  # and one faiss cannot keep on disk, before any training
         merge_mode("disk", 0, 0, lists_of(first))
-    sizes = sample_sizes(total, cfg.train_size or choose_train_size(total, factories[0]))
+    sizes = sample_sizes(total, train_size(cfg, total, factories))
 
     t = time.monotonic()
     cache = ShardCache(cfg.vector, cfg.cache_bytes, shards, d)

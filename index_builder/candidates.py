@@ -18,7 +18,7 @@ Budget semantics, stated once:
 | SQ       | SQ8, SQ6, SQ4         | ceil(b d / 8)                             | lists     |
 | PQ       | PQ{m}x{b}np, m \\| d  | ceil(m b / 8)                             | lists     |
 | PQfs     | PQ{m}x4fs             | ceil(m / 2)                               | fast-scan |
-| OPQ      | OPQ{m}[_{D}],...,PQ{m}x8np, m = 8, 16, .. d/2 | m (D = m floor(d/m) where m does not divide d) | lists |
+| OPQ      | OPQ{m}[_{D}],...,PQ{m}x8np, m = 8, 16, .. d/2; D = m floor(d/m), .., 2m | m | lists |
 | RaBitQ   | RaBitQ, RaBitQ{b}     | ceil(d/8) + 8 (b = 1); ceil(d/8) + ceil((b-1) d/8) + 20 | lists |
 | RaBitQfs | RaBitQfs, RaBitQfs{b} | the same as RaBitQ{b}                     | fast-scan |
 
@@ -113,6 +113,14 @@ def opq_dims(d: int, m: int) -> int:
     return m * (d // m)
 
 
+def opq_dims_options(d: int, m: int) -> list[int]:
+    """The output dimensions D of OPQ{m}_{D} in the space, largest first: opq_dims(d, m), then every
+    smaller multiple of m with >= 2 dims per sub-quantizer. Within --max-bytes-per-vector alone the
+    largest is kept; a smaller D makes the rotation, codebooks and coarse centroids smaller, so that
+    within --max-memory more sub-quantizers fit (autofaiss's OPQ48_336 at 12.8 MB: docs/index-building.md)."""
+    return [m * k for k in range(d // m, 1, -1)]
+
+
 def _pq_members(d: int) -> list[tuple[str, float, int]]:
     """(codec, bytes, codebook bytes) of plain PQ: every m dividing d with >= 2 dims each, 8 bits,
     and 4..7 bits only where they reach a code size no 8-bit PQ reaches."""
@@ -137,10 +145,10 @@ def space(n: int, d: int, nlist: int) -> list[Candidate]:
     out += [ivf(f"PQ{m}x4fs", "PQfs", pqfs_bytes(m), 16 * d * 4 + 512, "fast-scan")
             for m in range(2, d // 2 + 1, 2) if d % m == 0]  # fmt: skip
     for m in range(8, d // 2 + 1, 8):  # OPQ: multiples of 8 up to d/2 sub-quantizers
-        dims = opq_dims(d, m)  # reduced where m does not divide d: code sizes plain PQ cannot reach
-        fixed = HEADER_BYTES + coarse_bytes(nlist, dims) + dims * d * 4 + 256 * dims * 4  # rotation, codebooks
-        rotation = f"OPQ{m}" if dims == d else f"OPQ{m}_{dims}"
-        out.append(Candidate(f"{rotation},{coarse},PQ{m}x8np", "OPQ", m, fixed, "lists", nlist))
+        for dims in opq_dims_options(d, m):
+            fixed = HEADER_BYTES + coarse_bytes(nlist, dims) + dims * d * 4 + 256 * dims * 4  # rotation, codebooks
+            rotation = f"OPQ{m}" if dims == d else f"OPQ{m}_{dims}"
+            out.append(Candidate(f"{rotation},{coarse},PQ{m}x8np", "OPQ", m, fixed, "lists", nlist))
     for b in RABITQ_BITS:
         suffix = "" if b == 1 else str(b)
         out.append(ivf(f"RaBitQ{suffix}", "RaBitQ", rabitq_bytes(d, b), 0))

@@ -40,6 +40,15 @@ def choose_nlist(n: int) -> int:
     return max(1, min(nlist, _pow2_floor(n / MIN_POINTS_PER_CENTROID)))
 
 
+def wider_nlist(n: int, nlist: int) -> int | None:
+    """The second nlist a budgeted build screens: twice the guideline's, while each of its lists
+    still gets MIN_POINTS_PER_CENTROID of the n vectors and the coarse quantizer stays flat (below
+    65536 lists); None otherwise. Twice the lists leave smaller residuals for the codes (on the
+    anisotropic 150k x 512 set, OPQ32 at 32 B: recall@10 0.745 with 1024 lists, 0.782 with 2048)."""
+    wide = 2 * nlist
+    return wide if wide < 1 << 16 and wide * MIN_POINTS_PER_CENTROID <= n else None
+
+
 def choose_pq_m(d: int) -> int:
     """Largest GPU-supported sub-quantizer count dividing d with >= 2 dims per sub-vector."""
     for m in GPU_PQ_M:

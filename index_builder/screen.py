@@ -69,13 +69,25 @@ def rotation_key(factory: str) -> str | None:
     return first if first.startswith("OPQ") else None
 
 
-def coarse_centroids(xt: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
-    """nlist k-means centroids of `xt` by inner product, as IndexIVF.train would train them."""
+def coarse_centroids(xt: np.ndarray, nlist: int, seed: int = 0, niter: int | None = None) -> np.ndarray:
+    """nlist k-means centroids of `xt` by inner product, as IndexIVF.train would train them
+    (`niter` iterations instead of faiss's 25: a quick estimate, no warning for few points)."""
     index = faiss.index_factory(xt.shape[1], f"IVF{nlist},Flat", METRIC)
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = seed
+    if niter is not None:
+        ivf.cp.niter, ivf.cp.min_points_per_centroid = niter, 1
     ivf.train_q1(len(xt), faiss.swig_ptr(np.ascontiguousarray(xt, dtype=np.float32)), False, METRIC)
     return ivf.quantizer.reconstruct_n(0, ivf.nlist)
+
+
+def residual_energy(x: np.ndarray, centroids: np.ndarray) -> float:
+    """The mean squared distance of `x`'s rows to their nearest centroid by inner product (what
+    the codes of an IVF index must encode)."""
+    quantizer = faiss.IndexFlatIP(x.shape[1])
+    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    nearest = quantizer.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0]
+    return float(((x - centroids[nearest]) ** 2).sum(axis=1).mean())
 
 
 def _trained(c: Candidate, data: ScreenData) -> faiss.Index:

@@ -144,3 +144,23 @@ def test_a_build_reusing_the_template_shows_the_frontier_of_the_build_that_chose
     ).to_dict()
     assert again["training"]["mode"] == "reused" and again["factory"] == first["factory"]
     assert again["choice"]["screened"] == first["choice"]["screened"] and len(first["choice"]["screened"]) >= 2
+
+
+def test_the_screen_tries_the_winners_family_over_twice_the_lists_and_builds_on_what_it_keeps(tmp_path):
+    import faiss
+
+    from index_builder.factory import nlist_of
+
+    root = str(tmp_path / "emb")  # 40,000 vectors: the guideline's 512 lists, 39 points each for 1024
+    write_embeddings(root, [clustered(20_000, 16, np.random.default_rng(s), centres=2000) for s in (1, 2)])
+    m = build_index(BuildSettings(root, str(tmp_path / "idx"), max_bytes_per_vector=4, target_recall=0.99)).to_dict()
+    screened = [r for r in m["choice"]["screened"] if "error" not in r]
+    wide = [r for r in screened if nlist_of(r["factory"]) == 1024]
+    first = max((r for r in screened if nlist_of(r["factory"]) == 512), key=lambda r: r["recall_at_k"])
+    assert len(wide) == 1 and wide[0]["family"] == first["family"]  # the guideline's best, over 1024 lists
+    assert all(r["bytes_per_vector"] <= 4 for r in screened)
+    assert m["factory"] == screened[0]["factory"] == m["choice"]["tried"][0]["factory"]  # the best screened is built
+    index = faiss.read_index(os.path.join(str(tmp_path / "idx"), "index.faiss"))
+    assert faiss.extract_index_ivf(index).nlist == nlist_of(m["factory"])
+    # drawn for 1024 lists; what 512 lists train on when they are kept (choose_train_size)
+    assert m["train_size"] == (20_000 if nlist_of(m["factory"]) == 512 else 36_000)

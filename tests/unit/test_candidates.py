@@ -8,7 +8,16 @@ import faiss
 import numpy as np
 import pytest
 
-from index_builder.candidates import ID_BYTES, Candidate, largest_per_family, rabitq_bytes, smallest, space
+from index_builder.candidates import (
+    ID_BYTES,
+    Candidate,
+    largest_per_family,
+    opq_dims,
+    opq_dims_options,
+    rabitq_bytes,
+    smallest,
+    space,
+)
 
 NLIST = 8
 
@@ -87,3 +96,22 @@ def test_each_family_keeps_its_largest_code_within_the_budget():
     assert largest_per_family(cands, n, max_memory=1000) == []
     least = smallest(cands, n)
     assert least.bytes_per_vector == 1 and least.memory(n) == min(c.memory(n) for c in cands)
+
+
+def test_within_a_memory_budget_opq_trades_dimensions_for_sub_quantizers():
+    n, d = 150_000, 512
+    assert opq_dims_options(d, 48) == [480, 432, 384, 336, 288, 240, 192, 144, 96]
+    cands = space(n, d, 2048)
+    by_bytes = {c.family: c for c in largest_per_family(cands, n, max_bytes_per_vector=48)}
+    assert by_bytes["OPQ"].factory == "OPQ48_480,IVF2048,PQ48x8np"  # no memory bound: every dimension kept
+    memory = 12_759_088  # what autofaiss's OPQ48_336,IVF2048_HNSW32,PQ48x8 took on such vectors
+    (opq,) = [c for c in largest_per_family(cands, n, max_memory=memory) if c.family == "OPQ"]
+    assert opq.memory(n) <= memory and opq.bytes_per_vector >= 48  # 48 sub-quantizers at least, in fewer dims
+
+    def at_largest_dims(c):
+        m = int(c.bytes_per_vector)
+        return c.factory.startswith((f"OPQ{m},", f"OPQ{m}_{opq_dims(d, m)},"))
+
+    largest_dims = {c.bytes_per_vector: c for c in cands if c.family == "OPQ" and at_largest_dims(c)}
+    assert largest_dims[opq.bytes_per_vector].memory(n) > memory  # at its largest D it would not fit
+    assert max(m for m, c in largest_dims.items() if c.memory(n) <= memory) < opq.bytes_per_vector

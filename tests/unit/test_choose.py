@@ -7,13 +7,16 @@ import pytest
 from encoders.errors import SettingsError
 from index_builder.choose import (
     OPQ_MIN_GAIN,
+    WIDER_MIN_GAIN,
     between,
     merge_mode,
     opq_m,
     parse_size,
     smallest_nprobe,
     worth_opq,
+    worth_wider,
 )
+from index_builder.factory import choose_nlist, wider_nlist
 
 
 def test_sizes_parse_in_si_and_binary_units_and_refuse_the_rest():
@@ -45,3 +48,17 @@ def test_opq_is_trained_only_for_a_gain_worth_it_and_its_m_is_read_from_the_fact
     assert not worth_opq(0.0) and not worth_opq(OPQ_MIN_GAIN / 2) and worth_opq(OPQ_MIN_GAIN) and worth_opq(0.3)
     assert opq_m("OPQ64,IVF1024,PQ64x8np") == 64 and opq_m("OPQ16_64,IVF8,PQ16np") == 16
     assert opq_m("IVF1024,PQ64x8np") is None and opq_m("PCA64,IVF8,Flat") is None
+
+
+def test_a_budget_screens_twice_the_guidelines_lists_where_each_still_gets_39_points():
+    assert choose_nlist(150_000) == 1024 and wider_nlist(150_000, 1024) == 2048
+    assert choose_nlist(40_000) == 512 and wider_nlist(40_000, 512) == 1024  # 39,936 points for 1024 lists
+    assert wider_nlist(39_000, 512) is None  # too few points for 1024 lists
+    assert wider_nlist(10**9, 32768) is None  # 65536 lists take an HNSW quantizer: not screened
+
+
+def test_twice_the_lists_are_screened_only_where_they_remove_enough_residual_energy():
+    assert worth_wider(0.4535, 0.3929)  # the anisotropic frontier set: 13.4% less
+    assert not worth_wider(0.2143, 0.2199)  # the isotropic one: more, on held-out rows
+    assert not worth_wider(1.0, 1.0 - WIDER_MIN_GAIN / 2) and worth_wider(1.0, 1.0 - WIDER_MIN_GAIN)
+    assert not worth_wider(0.0, 0.0)  # no residual: nothing to gain
