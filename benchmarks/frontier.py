@@ -157,8 +157,9 @@ def chooser_build(
 
 def earlier(paths: list[Path]) -> dict:
     """What --frontier-reuse files hold, by key: ("sweep", set, n, budget) -> the sweep's rows of
-    an earlier frontier run (they do not depend on the chooser), ("autofaiss", set, n, memory) ->
-    autofaiss's record for that memory (benchmarks/results/frontier-autofaiss.json's rows)."""
+    an earlier frontier run (they do not depend on the chooser), ("autofaiss", set, n, budget) ->
+    autofaiss's record of that budget (benchmarks/results/frontier-autofaiss.json's rows: its
+    index for the memory the chooser's index took then, which the chooser is given again)."""
     out: dict = {}
     for path in paths:
         data = json.loads(path.read_text())
@@ -169,7 +170,7 @@ def earlier(paths: list[Path]) -> dict:
         else:  # autofaiss rows
             for row in data:
                 af = row["autofaiss"]
-                out[("autofaiss", row["set"], row.get("n", SIZES[row["set"]]), af["memory_bytes"])] = af
+                out[("autofaiss", row["set"], row.get("n", SIZES[row["set"]]), row["budget"])] = af
     return out
 
 
@@ -183,6 +184,22 @@ def ours_at(src: Path, work: Path, x: np.ndarray, q: np.ndarray, gt: np.ndarray,
     return {"factory": m["factory"], "max_memory": memory, "memory_bytes": m["memory_bytes"],
             "nprobe": m["nprobe"], "recall_at_10": curve[m["nprobe"]], "recall_at_10_nprobe_64": curve[top],
             "cpu_s": round(cpu, 1)}  # fmt: skip
+
+
+def against_autofaiss(
+    work: Path, src: Path, x, q, gt, memory: int, venv: Path, target: float, earlier_run: dict | None
+) -> dict:
+    """autofaiss for `memory` bytes (or `earlier_run`, its record for another memory), the chooser
+    given the memory autofaiss was given (--max-memory: the same budget), and where autofaiss
+    took more than that, the chooser given what it took."""
+    af = earlier_run or autofaiss_at(work, x, q, gt, memory, venv)
+    out = {"autofaiss": af}
+    if "recall_at_10" not in af:
+        return out
+    out["ours_at_autofaiss_memory"] = ours_at(src, work, x, q, gt, af["memory_bytes"], target)
+    if af.get("index_bytes", 0) > af["memory_bytes"]:
+        out["ours_at_autofaiss_size"] = ours_at(src, work, x, q, gt, af["index_bytes"], target)
+    return out
 
 
 def storage_remove(path: Path) -> None:
@@ -240,11 +257,8 @@ def bench_set(
                              "alone_cpu_s": round(alone_cpu, 1), "screened": m["choice"]["screened"]}  # fmt: skip
             row["chosen"]["ratio_to_alone"] = round(row["chosen"]["choose_build_s"] / row["chosen"]["alone_s"], 2)
             if autofaiss is not None:
-                af = reuse.get(("autofaiss", name, n, m["memory_bytes"]))
-                row["autofaiss"] = af or autofaiss_at(work, x, q, gt, m["memory_bytes"], autofaiss)
-                took = row["autofaiss"].get("index_bytes", 0)
-                if took > m["memory_bytes"]:  # it took more than it was given: ours given as much
-                    row["ours_at_autofaiss_size"] = ours_at(src, work, x, q, gt, took, target)
+                row.update(against_autofaiss(work, src, x, q, gt, m["memory_bytes"], autofaiss, target,
+                                             reuse.get(("autofaiss", name, n, budget))))  # fmt: skip
             row["chosen"]["gap_to_sweep"] = round(
                 row["sweep_best"]["recall_at_10"] - row["chosen"]["recall_at_10_nprobe_64"], 4
             )
@@ -264,9 +278,10 @@ def frontier_row(name: str, row: dict) -> str:
     b, c, af = row["sweep_best"], row["chosen"], row.get("autofaiss", {})
     theirs = f" | autofaiss {af['factory']} {af['recall_at_10']:.3f}" if "recall_at_10" in af else ""
     if "index_bytes" in af:
-        theirs += f" in {af['index_bytes'] / 1e6:.1f} MB (given {c['memory_bytes'] / 1e6:.1f})"
-    if (at := row.get("ours_at_autofaiss_size")) is not None:
-        theirs += f"; ours at that size {at['factory']} {at['recall_at_10']:.3f}"
+        theirs += f" in {af['index_bytes'] / 1e6:.1f} MB (given {af['memory_bytes'] / 1e6:.1f})"
+    for key, what in (("ours_at_autofaiss_memory", "given as much"), ("ours_at_autofaiss_size", "at its size")):
+        if (at := row.get(key)) is not None:
+            theirs += f"; ours {what} {at['factory']} {at['recall_at_10_nprobe_64']:.3f}"
     return (f"  {name} {row['budget']:>4} B: sweep best {b['factory']} {b['recall_at_10']:.3f} (np {b['nprobe']}) | "
             f"chosen {c['factory']} {c['recall_at_10_nprobe_64']:.3f} at np 64, {c['recall_at_10']:.3f} at np "
             f"{c['nprobe']} | {c['choose_build_s']:.0f} s vs {c['alone_s']:.0f} s alone ({c['ratio_to_alone']}x), "

@@ -35,7 +35,11 @@ from dataclasses import dataclass
 ID_BYTES = 8  # an int64 id per vector in an inverted list
 HNSW_FROM = 1 << 16  # an HNSW32 coarse quantizer from this many lists on (factory.choose_factory)
 FS_BLOCK = 32  # vectors per fast-scan block (faiss's bbs)
-HEADER_BYTES = 256  # an index file's headers, about
+HEADER_BYTES = 256  # an index file's headers, at most (fast-scan families: their estimate)
+# the headers of each family's file in faiss 1.15 (the same at d = 40..512 and 8..1024 lists), so
+# that memory() matches the file (tests/unit/test_candidates.py): an index given --max-memory of
+# exactly the size it took is chosen again, not refused for a hundred bytes
+HEADERS = {"Flat": 139, "SQ": 184, "PQ": 180, "OPQ": 251, "RaBitQ": 177, "RaBitQ1": 169}
 LIST_BYTES = 8  # per inverted list: its size in the file
 PQ_NBITS = (8, 7, 6, 5, 4)  # 8 first: at one code size more sub-quantizers of fewer bits lose
 RABITQ_BITS = range(1, 9)
@@ -134,10 +138,11 @@ def _pq_members(d: int) -> list[tuple[str, float, int]]:
 
 def space(n: int, d: int, nlist: int) -> list[Candidate]:
     """Every candidate for n vectors of dim d over `nlist` coarse lists, largest codes first."""
-    coarse, base = coarse_name(nlist), HEADER_BYTES + coarse_bytes(nlist, d)
+    coarse, base = coarse_name(nlist), coarse_bytes(nlist, d)
 
     def ivf(codec: str, family: str, size: float, extra: int, lists: str = "lists") -> Candidate:
-        return Candidate(f"{coarse},{codec}", family, size, base + extra, lists, nlist)
+        header = HEADERS.get("RaBitQ1" if codec == "RaBitQ" else family, HEADER_BYTES)
+        return Candidate(f"{coarse},{codec}", family, size, header + base + extra, lists, nlist)
 
     out = [ivf("Flat", "Flat", 4 * d, 0)]
     out += [ivf(name, "SQ", sq_bytes(d, bits), 0 if bits == 16 else 2 * d * 4) for name, bits in SQ_TYPES]
@@ -146,7 +151,7 @@ def space(n: int, d: int, nlist: int) -> list[Candidate]:
             for m in range(2, d // 2 + 1, 2) if d % m == 0]  # fmt: skip
     for m in range(8, d // 2 + 1, 8):  # OPQ: multiples of 8 up to d/2 sub-quantizers
         for dims in opq_dims_options(d, m):
-            fixed = HEADER_BYTES + coarse_bytes(nlist, dims) + dims * d * 4 + 256 * dims * 4  # rotation, codebooks
+            fixed = HEADERS["OPQ"] + coarse_bytes(nlist, dims) + dims * d * 4 + 256 * dims * 4  # rotation, codebooks
             rotation = f"OPQ{m}" if dims == d else f"OPQ{m}_{dims}"
             out.append(Candidate(f"{rotation},{coarse},PQ{m}x8np", "OPQ", m, fixed, "lists", nlist))
     for b in RABITQ_BITS:

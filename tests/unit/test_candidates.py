@@ -68,6 +68,8 @@ def test_every_candidate_costs_what_faiss_stores(d, data):
         assert abs(c.fixed_bytes - empty) <= 0.05 * empty + 600, (c.factory, c.fixed_bytes, empty)
         size = len(faiss.serialize_index(index))
         assert abs(c.memory(1024) - size) <= 0.05 * size + 600, (c.factory, c.memory(1024), size)
+        if c.lists == "lists":  # to the byte: the file of its --max-memory still fits
+            assert c.memory(1024) == size, (c.factory, c.memory(1024), size)
         assert c.on_disk == isinstance(faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists),
                                        faiss.ArrayInvertedLists)  # fmt: skip
 
