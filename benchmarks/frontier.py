@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from faiss.contrib.evaluation import knn_intersection_measure
 
+from encoders import storage
 from index_builder import faiss_defaults
 
 BUDGETS = (32, 64, 96, 128, 192, 256)
@@ -60,7 +61,6 @@ SIZES = {"isotropic-256": 200_000, "anisotropic-512": 150_000}  # n of frontier-
 
 def write_set(root: Path, x: np.ndarray, shards: int = 8) -> None:
     """x as an embed run's output under root (shards + manifest), the fused column holding it."""
-    from encoders import storage
     from index_builder.embeddings import embeddings_table, shard_name
 
     (root / "embeddings").mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,7 @@ def ours_at(src: Path, work: Path, x: np.ndarray, q: np.ndarray, gt: np.ndarray,
     out = work / "at-memory"
     m, cpu = chooser_build(src, out, None, None, target, memory)
     curve = recall_curve(faiss.read_index(str(out / "index.faiss")), q, gt, also=m["nprobe"])
-    storage_remove(out)
+    storage.remove(str(out), recursive=True)
     top = max(p for p in curve if p <= MAX_NPROBE)
     return {"factory": m["factory"], "max_memory": memory, "memory_bytes": m["memory_bytes"],
             "nprobe": m["nprobe"], "recall_at_10": curve[m["nprobe"]], "recall_at_10_nprobe_64": curve[top],
@@ -202,12 +202,6 @@ def against_autofaiss(
     return out
 
 
-def storage_remove(path: Path) -> None:
-    from encoders import storage
-
-    storage.remove(str(path), recursive=True)
-
-
 def bench_set(
     work: Path,
     name: str,
@@ -220,7 +214,6 @@ def bench_set(
 ) -> dict:
     """The chooser at every budget against the sweep, on set `name` of n vectors. `reuse`:
     earlier()'s sweeps and autofaiss records, used instead of building them again."""
-    from encoders import storage
     from index_builder.factory import choose_nlist, choose_train_size
 
     x = SETS[name](n + QUERIES)

@@ -32,7 +32,7 @@ from index_builder.screen import (
     SCREEN_TRAIN,
     ScreenData,
     coarse_centroids,
-    rank,
+    ranked,
     residual_energy,
     screen,
 )
@@ -102,12 +102,11 @@ def train_size(cfg: BuildSettings, n: int, factories: list[str]) -> int:
     return choose_train_size(n, f"IVF{wide}" if wide else factories[0])
 
 
-def _screened(cands: list[Candidate], rows: np.ndarray, centroids: np.ndarray, samples: Samples, cfg: BuildSettings):
-    """(screen's records of `cands`, all over the nlist of `centroids`, trained and measured on `rows`;
-    the centroids by coarse_name and the OPQ rotations screened, for the final build)."""
-    data = ScreenData(rows, samples.queries, centroids, cfg.recall_k)
+def _screened(cands: list[Candidate], data: ScreenData) -> tuple[list[dict], dict]:
+    """(screen's records of `cands`, all over the nlist of data.centroids; those centroids by
+    coarse_name and the OPQ rotations screened, for the final build)."""
     records = screen(cands, data)
-    return records, {coarse_name(cands[0].nlist): centroids, **data.rotations}
+    return records, {coarse_name(cands[0].nlist): data.centroids, **data.rotations}
 
 
 QUICK_ROWS, QUICK_NITER, HELD_ROWS = 20_000, 8, 10_000  # the wider nlist's quick k-means, and its measure
@@ -136,19 +135,18 @@ def choose(cfg: BuildSettings, samples: Samples, factories: list[str], n: int, d
     t = time.monotonic()
     cands = [c for c in budget_candidates(cfg, n, d) if c.factory in factories]
     xt, nlist = samples.train.x, cands[0].nlist
-    used = min(len(xt), cfg.train_size or choose_train_size(n, f"IVF{nlist}"))  # as without a wider nlist
+    used = min(len(xt), train_size(cfg, n, [f"IVF{nlist}"]))  # as without a wider nlist
     log.info("screening %d candidates on %d of the %d training vectors", len(cands),
              min(used, SCREEN_TRAIN + SCREEN_BASE), len(xt))  # fmt: skip
-    centroids = coarse_centroids(xt[:used], nlist, cfg.seed)
-    records, warm = _screened(cands, xt[:used], centroids, samples, cfg)
+    data = ScreenData(xt[:used], samples.queries, coarse_centroids(xt[:used], nlist, cfg.seed), cfg.recall_k)
+    records, warm = _screened(cands, data)
     first = next(r for r in records if "error" not in r)
     wide = wider_candidate(cfg, n, d, first["family"], nlist)
-    if wide is not None and _wider_pays(xt, used, centroids, wide.nlist, cfg.seed):
+    if wide is not None and _wider_pays(xt, used, data.centroids, wide.nlist, cfg.seed):
         log.info("screening %s: the family of %s over %d lists", wide.factory, first["factory"], wide.nlist)
-        more, wide_warm = _screened([wide], xt[:used], coarse_centroids(xt, wide.nlist, cfg.seed), samples, cfg)
-        ok = rank([r for r in records + more if "error" not in r])
-        records = ok + [r for r in records + more if "error" in r]
-        warm = wide_warm if ok[0]["factory"] == wide.factory else warm
+        more, wide_warm = _screened([wide], data.with_centroids(coarse_centroids(xt, wide.nlist, cfg.seed)))
+        records = ranked(records + more)
+        warm = wide_warm if records[0]["factory"] == wide.factory else warm
         cands.append(wide)
     memory = {c.factory: c.memory(n) for c in cands}
     records = [{**r, "memory_bytes": memory[r["factory"]]} for r in records]  # what --max-memory bounds, for n
@@ -161,7 +159,7 @@ def choose(cfg: BuildSettings, samples: Samples, factories: list[str], n: int, d
 
 def _keep_what_it_trains_on(cfg: BuildSettings, samples: Samples, n: int, factory: str) -> None:
     """Let go of the training rows beyond what `factory` trains on (drawn for the wider nlist)."""
-    keep = cfg.train_size or choose_train_size(n, factory)
+    keep = train_size(cfg, n, [factory])
     if samples.train.x is not None and len(samples.train.x) > keep:
         samples.train.x = samples.train.x[:keep]  # shuffled when drawn: the first rows are a sample too
         samples.n_train = keep

@@ -29,17 +29,22 @@ def _log_det(cov: np.ndarray) -> float:
     return float(np.log(np.maximum(w, FLOOR * max(float(w.max()), FLOOR))).sum())
 
 
+def residuals(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """x [n, d] minus the nearest of `centroids` by inner product (the IVF's metric): what an IVF
+    index's codes encode."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    quantizer = faiss.IndexFlatIP(x.shape[1])
+    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    nearest = quantizer.search(x, 1)[1][:, 0]
+    return x - centroids[nearest]
+
+
 def residual_covariance(x: np.ndarray, centroids: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
     """The covariance (float64, d x d) of `x` [n, d], or of its residuals to the nearest of
     `centroids` by inner product (the IVF's metric) when given; seeded sample of at most SAMPLE rows."""
     if len(x) > SAMPLE:
         x = x[np.sort(np.random.default_rng(seed).choice(len(x), SAMPLE, replace=False))]
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if centroids is not None:
-        quantizer = faiss.IndexFlatIP(x.shape[1])
-        quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-        _, nearest = quantizer.search(x, 1)
-        x = x - centroids[nearest[:, 0]]
+    x = np.ascontiguousarray(x, dtype=np.float32) if centroids is None else residuals(x, centroids)
     x = x.astype(np.float64) - x.mean(axis=0)
     return x.T @ x / max(1, len(x) - 1)
 

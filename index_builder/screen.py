@@ -16,6 +16,7 @@ bytes per vector).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 
@@ -25,7 +26,7 @@ from faiss.contrib.evaluation import knn_intersection_measure
 
 from index_builder.candidates import Candidate
 from index_builder.choose import TOLERANCE, opq_m, worth_opq
-from index_builder.opq import gain_of, opq_of, residual_covariance, rotation_for, set_rotation
+from index_builder.opq import gain_of, opq_of, residual_covariance, residuals, rotation_for, set_rotation
 from index_builder.params import search_parameters
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,13 @@ class ScreenData:
         self.gt = faiss.knn(self.queries, self.base, self.k, METRIC)[1]
         self.rotations: dict[str, np.ndarray] = {}  # by rotation_key: the OPQ rotations screened
         self._covariance: np.ndarray | None = None
+
+    def with_centroids(self, centroids: np.ndarray) -> ScreenData:
+        """The same rows, queries and truth over other coarse centroids (no rotations screened yet)."""
+        other = copy.copy(self)
+        other.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        other.rotations, other._covariance = {}, None
+        return other
 
     @property
     def covariance(self) -> np.ndarray:
@@ -84,10 +92,7 @@ def coarse_centroids(xt: np.ndarray, nlist: int, seed: int = 0, niter: int | Non
 def residual_energy(x: np.ndarray, centroids: np.ndarray) -> float:
     """The mean squared distance of `x`'s rows to their nearest centroid by inner product (what
     the codes of an IVF index must encode)."""
-    quantizer = faiss.IndexFlatIP(x.shape[1])
-    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    nearest = quantizer.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0]
-    return float(((x - centroids[nearest]) ** 2).sum(axis=1).mean())
+    return float((residuals(x, centroids) ** 2).sum(axis=1).mean())
 
 
 def _trained(c: Candidate, data: ScreenData) -> faiss.Index:
@@ -152,6 +157,11 @@ def rank(records: list[dict], tolerance: float = TOLERANCE) -> list[dict]:
     return near + rest
 
 
+def ranked(records: list[dict]) -> list[dict]:
+    """`records` (screen's, of one or several screens) ranked (rank), those with an error last."""
+    return rank([r for r in records if "error" not in r]) + [r for r in records if "error" in r]
+
+
 def _opq_not_worth(c: Candidate, data: ScreenData) -> dict | None:
     """None unless `c` has an OPQ rotation whose bound gain (index_builder.opq) is not worth its
     training: then the record saying so (ranked last, not trained)."""
@@ -194,4 +204,4 @@ def screen(cands: list[Candidate], data: ScreenData) -> list[dict]:
             log.warning("screening %s failed: %s", c.factory, exc)
             failed.append({"factory": c.factory, "family": c.family, "bytes_per_vector": c.bytes_per_vector,
                            "error": str(exc).splitlines()[-1][:200]})  # fmt: skip
-    return rank(records) + failed
+    return ranked(records + failed)

@@ -94,7 +94,7 @@ def new_run_id(now: datetime, taken: set[str]) -> str:
     refilling a pruned id, so the newest run is always last in `run_ids`.
     """
     base = now.strftime("%Y%m%dT%H%M%SZ")
-    same = [run_id_key(r)[1] for r in taken if run_id_key(r)[0] == base]
+    same = [n for second, n in map(run_id_key, taken) if second == base]
     return f"{base}-{max(same) + 1}" if same else base
 
 
