@@ -117,3 +117,22 @@ def test_within_a_memory_budget_opq_trades_dimensions_for_sub_quantizers():
     largest_dims = {c.bytes_per_vector: c for c in cands if c.family == "OPQ" and at_largest_dims(c)}
     assert largest_dims[opq.bytes_per_vector].memory(n) > memory  # at its largest D it would not fit
     assert max(m for m, c in largest_dims.items() if c.memory(n) <= memory) < opq.bytes_per_vector
+
+
+def test_the_two_best_families_are_screened_over_twice_the_lists_even_where_the_winners_does_not_fit():
+    from index_builder.budget import wider_candidates
+    from index_builder.settings import BuildSettings
+
+    n, d = 150_000, 512
+    cfg = BuildSettings("e", "i", max_memory="14478459")  # autofaiss's budget for 64 B on such vectors
+    ranked = [{"family": "RaBitQ"}, {"family": "OPQ"}, {"family": "OPQ", "error": "not trained"}, {"family": "PQ"}]
+    (wide,) = wider_candidates(cfg, n, d, ranked, 1024)  # RaBitQ's 72 B codes and 2048 lists do not fit
+    assert wide.factory == "OPQ72_216,IVF2048,PQ72x8np" and wide.memory(n) <= 14_478_459
+    three = wider_candidates(cfg, n, d, [{"family": "PQ"}, *ranked], 1024)
+    assert [c.family for c in three] == ["PQ"]  # PQ and RaBitQ ranked first: OPQ is third
+    cfg = BuildSettings("e", "i", max_bytes_per_vector=72)  # no memory bound: both have a member
+    assert [c.factory for c in wider_candidates(cfg, n, d, ranked, 1024)] == [
+        "IVF2048,RaBitQ",
+        "OPQ72_504,IVF2048,PQ72x8np",
+    ]
+    assert wider_candidates(cfg, n, d, ranked, 65536) == []  # no wider nlist past the HNSW quantizer's
