@@ -274,7 +274,7 @@ def frontier_row(name: str, row: dict) -> str:
         theirs += f" in {af['index_bytes'] / 1e6:.1f} MB (given {af['memory_bytes'] / 1e6:.1f})"
     for key, what in (("ours_at_autofaiss_memory", "given as much"), ("ours_at_autofaiss_size", "at its size")):
         if (at := row.get(key)) is not None:
-            theirs += f"; ours {what} {at['factory']} {at['recall_at_10_nprobe_64']:.3f}"
+            theirs += f"; ours {what} {at['factory']} {at['recall_at_10']:.3f} (np {at['nprobe']})"
     return (f"  {name} {row['budget']:>4} B: sweep best {b['factory']} {b['recall_at_10']:.3f} (np {b['nprobe']}) | "
             f"chosen {c['factory']} {c['recall_at_10_nprobe_64']:.3f} at np 64, {c['recall_at_10']:.3f} at np "
             f"{c['nprobe']} | {c['choose_build_s']:.0f} s vs {c['alone_s']:.0f} s alone ({c['ratio_to_alone']}x), "

@@ -21,10 +21,11 @@ import numpy as np
 from encoders.errors import SettingsError
 from index_builder.adding import AddParts, add_all, code_bytes, estimated_memory, lists_of
 from index_builder.candidates import Candidate, coarse_name, largest_per_family, smallest, space
-from index_builder.choose import available_memory, merge_mode, worth_wider
+from index_builder.choose import available_memory, merge_mode
 from index_builder.embeddings import Shard
 from index_builder.factory import FLAT_BELOW, choose_factory, choose_nlist, choose_train_size, nlist_of, wider_nlist
 from index_builder.measure import exact_neighbours, truth_width
+from index_builder.more_lists import filled_candidate, more_lists_pay, wider_candidates
 from index_builder.nprobe import tune
 from index_builder.sampling import Samples, ShardCache
 from index_builder.screen import (
@@ -33,7 +34,6 @@ from index_builder.screen import (
     ScreenData,
     coarse_centroids,
     ranked,
-    residual_energy,
     screen,
 )
 from index_builder.settings import BuildSettings
@@ -80,29 +80,6 @@ class Choice:
     screen_s: float = 0.0
 
 
-def wider_candidate(cfg: BuildSettings, n: int, d: int, family: str, nlist: int) -> Candidate | None:
-    """Of `family`, the largest code within the budget over wider_nlist(n, nlist) lists (the screen's
-    second nlist); None when there is no wider nlist or nothing of the family fits there."""
-    wide = wider_nlist(n, nlist)
-    if wide is None:
-        return None
-    members = [c for c in space(n, d, wide) if c.family == family]
-    fit = largest_per_family(members, n, cfg.max_bytes_per_vector, cfg.max_memory_bytes, on_disk=cfg.merge == "disk")
-    return fit[0] if fit else None
-
-
-WIDER_FAMILIES = 2  # the families ranked first by the screen whose members are screened over twice the lists
-
-
-def wider_candidates(cfg: BuildSettings, n: int, d: int, records: list[dict], nlist: int) -> list[Candidate]:
-    """Of the WIDER_FAMILIES families the screen ranked first (`records`, best first), the members
-    within the budget over twice the lists (wider_candidate). Not the winner's family alone: under
-    --max-memory the winner may have no member there while the runner-up's gains most from it
-    (anisotropic 150k x 512 in 14.5 MB: IVF1024,RaBitQ 0.848 kept, OPQ72_216,IVF2048 0.887 unseen)."""
-    families = list(dict.fromkeys(r["family"] for r in records if "error" not in r))[:WIDER_FAMILIES]
-    return [c for f in families if (c := wider_candidate(cfg, n, d, f, nlist)) is not None]
-
-
 def train_size(cfg: BuildSettings, n: int, factories: list[str]) -> int:
     """Training vectors to draw: --train-size; else for a screened budget enough for the wider
     nlist its screen may keep (wider_nlist; `choose` lets the surplus go when it keeps the
@@ -121,26 +98,28 @@ def _screened(cands: list[Candidate], data: ScreenData) -> tuple[list[dict], dic
     return records, {coarse_name(cands[0].nlist): data.centroids, **data.rotations}
 
 
-QUICK_ROWS, QUICK_NITER, HELD_ROWS = 20_000, 8, 10_000  # the wider nlist's quick k-means, and its measure
-
-
-def _wider_pays(xt: np.ndarray, used: int, centroids: np.ndarray, wide: int, seed: int) -> bool:
-    """worth_wider on the rows the guideline's centroids did not train on (xt[used:], drawn for the
-    wider nlist), against a quick k-means of `wide` centroids; False when too few rows are left."""
-    held = xt[used : used + HELD_ROWS]
-    if len(held) < HELD_ROWS // 10:
-        return False
-    quick = coarse_centroids(xt[: min(used, QUICK_ROWS)], wide, seed, niter=QUICK_NITER)
-    energy, wide_energy = residual_energy(held, centroids), residual_energy(held, quick)
-    log.info("residual energy over %d lists %.4g, over %d %.4g (%.1f%% less)", len(centroids), energy, wide,
-             wide_energy, 100 * (1 - wide_energy / energy))  # fmt: skip
-    return worth_wider(energy, wide_energy)
+def _more_lists(
+    cfg: BuildSettings, n: int, d: int, records: list[dict], cands: list[Candidate], xt, used: int, centroids
+) -> list[list[Candidate]]:
+    """The candidates to screen over more lists than the guideline's (index_builder.more_lists),
+    grouped by nlist: none unless more lists pay; the two best families' over twice the lists, and
+    the winner's code over the lists --max-memory leaves room for."""
+    nlist = cands[0].nlist
+    wide = wider_candidates(cfg, n, d, records, nlist)
+    top = records[0]
+    first = None if "error" in top else next(c for c in cands if c.factory == top["factory"])
+    wide_nlist = wider_nlist(n, nlist)
+    filled = filled_candidate(cfg, n, d, first, wide_nlist) if first is not None and wide_nlist else None
+    groups = [g for g in (wide, [filled] if filled else []) if g]
+    if not groups or not more_lists_pay(xt, used, centroids, wide_nlist, cfg.seed):
+        return []
+    return groups
 
 
 def choose(cfg: BuildSettings, samples: Samples, factories: list[str], n: int, d: int) -> Choice:
     """With more than one candidate, screen them on the training sample (index_builder.screen) over
-    the guideline's nlist; where twice the lists remove enough residual energy (_wider_pays), the
-    two best families' members over them too (wider_candidates). Keep the best; the coarse centroids and
+    the guideline's nlist; where more lists pay, candidates over more lists too (_more_lists).
+    Keep the best; the coarse centroids and
     rotation trained for it are handed to the final build. `factories`: plan(cfg, n, d)'s."""
     if len(factories) < 2:
         return Choice(factories)
@@ -152,13 +131,14 @@ def choose(cfg: BuildSettings, samples: Samples, factories: list[str], n: int, d
              min(used, SCREEN_TRAIN + SCREEN_BASE), len(xt))  # fmt: skip
     data = ScreenData(xt[:used], samples.queries, coarse_centroids(xt[:used], nlist, cfg.seed), cfg.recall_k)
     records, warm = _screened(cands, data)
-    wide = wider_candidates(cfg, n, d, records, nlist)
-    if wide and _wider_pays(xt, used, data.centroids, wide[0].nlist, cfg.seed):
-        log.info("screening %s over %d lists", ", ".join(c.factory for c in wide), wide[0].nlist)
-        more, wide_warm = _screened(wide, data.with_centroids(coarse_centroids(xt, wide[0].nlist, cfg.seed)))
+    for group in _more_lists(cfg, n, d, records, cands, xt, used, data.centroids):
+        nl = group[0].nlist
+        log.info("screening %s over %d lists", ", ".join(c.factory for c in group), nl)
+        centroids = coarse_centroids(xt[: train_size(cfg, n, [f"IVF{nl}"])], nl, cfg.seed)
+        more, more_warm = _screened(group, data.with_centroids(centroids))
         records = ranked(records + more)
-        warm = wide_warm if nlist_of(records[0]["factory"]) == wide[0].nlist else warm
-        cands += wide
+        warm = more_warm if nlist_of(records[0]["factory"]) == nl else warm
+        cands += group
     memory = {c.factory: c.memory(n) for c in cands}
     records = [{**r, "memory_bytes": memory[r["factory"]]} for r in records]  # what --max-memory bounds, for n
     winner = records[0]

@@ -166,3 +166,29 @@ def test_the_screen_tries_the_two_best_families_over_twice_the_lists_and_builds_
     assert faiss.extract_index_ivf(index).nlist == nlist_of(m["factory"])
     # drawn for 1024 lists; what 512 lists train on when they are kept (choose_train_size)
     assert m["train_size"] == (20_000 if nlist_of(m["factory"]) == 512 else 36_000)
+
+
+def test_under_a_memory_budget_the_screen_tries_the_winners_code_over_the_lists_that_fit(tmp_path):
+    import faiss
+
+    from index_builder.candidates import space
+    from index_builder.factory import nlist_of
+    from index_builder.more_lists import filled_candidate
+
+    n, d = 40_000, 16  # the guideline's 512 lists; twice as many where the memory allows
+    root = str(tmp_path / "emb")
+    write_embeddings(root, [clustered(20_000, d, np.random.default_rng(s), centres=2000) for s in (1, 2)])
+    pq8 = next(c for c in space(n, d, 512) if c.factory == "IVF512,PQ8x8np")
+    memory = pq8.memory(n) + 256 * (4 * d + 8)  # 256 more lists of its code, not 512
+    cfg = BuildSettings(root, str(tmp_path / "idx"), max_memory=str(memory), target_recall=0.99)
+    m = build_index(cfg).to_dict()
+    screened = [r for r in m["choice"]["screened"] if "error" not in r]
+    top = max((r for r in screened if nlist_of(r["factory"]) == 512), key=lambda r: r["recall_at_k"])
+    winner = next(c for c in space(n, d, 512) if c.factory == top["factory"])
+    filled = filled_candidate(cfg, n, d, winner, 1024)
+    assert filled is not None and 640 <= filled.nlist < 1024  # the guideline winner's code, more lists
+    assert filled.factory in {r["factory"] for r in screened}
+    assert all(r["memory_bytes"] <= memory for r in m["choice"]["screened"])
+    index = faiss.read_index(os.path.join(str(tmp_path / "idx"), "index.faiss"))
+    assert faiss.extract_index_ivf(index).nlist == nlist_of(m["factory"])
+    assert os.path.getsize(os.path.join(str(tmp_path / "idx"), "index.faiss")) <= memory

@@ -120,7 +120,7 @@ def test_within_a_memory_budget_opq_trades_dimensions_for_sub_quantizers():
 
 
 def test_the_two_best_families_are_screened_over_twice_the_lists_even_where_the_winners_does_not_fit():
-    from index_builder.budget import wider_candidates
+    from index_builder.more_lists import wider_candidates
     from index_builder.settings import BuildSettings
 
     n, d = 150_000, 512
@@ -136,3 +136,21 @@ def test_the_two_best_families_are_screened_over_twice_the_lists_even_where_the_
         "OPQ72_504,IVF2048,PQ72x8np",
     ]
     assert wider_candidates(cfg, n, d, ranked, 65536) == []  # no wider nlist past the HNSW quantizer's
+
+
+def test_under_a_memory_budget_the_winners_code_is_tried_over_as_many_lists_as_fit():
+    from index_builder.more_lists import FILL_STEP, at_nlist, filled_candidate
+    from index_builder.settings import BuildSettings
+
+    n, d = 150_000, 512
+    (opq,) = [c for c in space(n, d, 1024) if c.factory == "OPQ48_144,IVF1024,PQ48x8np"]
+    cfg = BuildSettings("e", "i", max_memory="9678459")  # autofaiss's budget for 32 B on such vectors
+    filled = filled_candidate(cfg, n, d, opq, 2048)
+    assert filled.factory == "OPQ48_144,IVF1408,PQ48x8np" and filled.memory(n) <= 9_678_459
+    assert at_nlist(opq, n, d, 1408 + FILL_STEP).memory(n) > 9_678_459  # the most lists that fit
+    assert filled.memory(n) - opq.memory(n) == 384 * (144 * 4 + 8)  # 384 more centroids and list sizes
+    (rabitq,) = [c for c in space(n, d, 1024) if c.factory == "IVF1024,RaBitQ"]
+    cfg = BuildSettings("e", "i", max_memory="14478459")
+    assert filled_candidate(cfg, n, d, rabitq, 2048) is None  # 181 more lists fit: under FILL_MIN x 1024
+    assert filled_candidate(BuildSettings("e", "i", max_memory="30MB"), n, d, opq, 2048) is None  # 2048 fit
+    assert filled_candidate(BuildSettings("e", "i", max_bytes_per_vector=48), n, d, opq, 2048) is None
