@@ -150,6 +150,7 @@ def test_the_screen_tries_the_two_best_families_over_twice_the_lists_and_builds_
     import faiss
 
     from index_builder.factory import nlist_of
+    from index_builder.more_lists import WIDER_REACH
 
     root = str(tmp_path / "emb")  # 40,000 vectors: the guideline's 512 lists, 39 points each for 1024
     write_embeddings(root, [clustered(20_000, 16, np.random.default_rng(s), centres=2000) for s in (1, 2)])
@@ -157,9 +158,8 @@ def test_the_screen_tries_the_two_best_families_over_twice_the_lists_and_builds_
     screened = [r for r in m["choice"]["screened"] if "error" not in r]
     wide = [r for r in screened if nlist_of(r["factory"]) == 1024]
     guideline = sorted((r for r in screened if nlist_of(r["factory"]) == 512), key=lambda r: -r["recall_at_k"])
-    best_two = {r["family"] for r in guideline[:2]}
-    assert len(best_two) == 2 and {r["family"] for r in wide} == best_two  # the two best families, over 1024 lists
-    assert len(wide) == 2
+    near = [r for r in guideline[:2] if r["recall_at_k"] >= guideline[0]["recall_at_k"] - WIDER_REACH]
+    assert wide and {r["family"] for r in wide} == {r["family"] for r in near}  # the best families, over 1024
     assert all(r["bytes_per_vector"] <= 4 for r in screened)
     assert m["factory"] == screened[0]["factory"] == m["choice"]["tried"][0]["factory"]  # the best screened is built
     index = faiss.read_index(os.path.join(str(tmp_path / "idx"), "index.faiss"))

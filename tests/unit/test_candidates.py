@@ -120,16 +120,19 @@ def test_within_a_memory_budget_opq_trades_dimensions_for_sub_quantizers():
 
 
 def test_the_two_best_families_are_screened_over_twice_the_lists_even_where_the_winners_does_not_fit():
-    from index_builder.more_lists import wider_candidates
+    from index_builder.more_lists import WIDER_REACH, wider_candidates
     from index_builder.settings import BuildSettings
 
     n, d = 150_000, 512
     cfg = BuildSettings("e", "i", max_memory="14478459")  # autofaiss's budget for 64 B on such vectors
-    ranked = [{"family": "RaBitQ"}, {"family": "OPQ"}, {"family": "OPQ", "error": "not trained"}, {"family": "PQ"}]
+    ranked = [{"family": "RaBitQ", "recall_at_k": 0.885}, {"family": "OPQ", "recall_at_k": 0.883},
+              {"family": "OPQ", "error": "not trained"}, {"family": "PQ", "recall_at_k": 0.795}]  # fmt: skip
     (wide,) = wider_candidates(cfg, n, d, ranked, 1024)  # RaBitQ's 72 B codes and 2048 lists do not fit
     assert wide.factory == "OPQ72_216,IVF2048,PQ72x8np" and wide.memory(n) <= 14_478_459
-    three = wider_candidates(cfg, n, d, [{"family": "PQ"}, *ranked], 1024)
+    three = wider_candidates(cfg, n, d, [{"family": "PQ", "recall_at_k": 0.886}, *ranked], 1024)
     assert [c.family for c in three] == ["PQ"]  # PQ and RaBitQ ranked first: OPQ is third
+    far = [ranked[0], {"family": "OPQ", "recall_at_k": 0.885 - WIDER_REACH - 0.001}]
+    assert [c.family for c in wider_candidates(cfg, n, d, far, 1024)] == []  # too far behind RaBitQ
     cfg = BuildSettings("e", "i", max_bytes_per_vector=72)  # no memory bound: both have a member
     assert [c.factory for c in wider_candidates(cfg, n, d, ranked, 1024)] == [
         "IVF2048,RaBitQ",
