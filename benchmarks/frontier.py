@@ -35,21 +35,24 @@ K = 10
 QUERIES = 1000
 
 
-def isotropic(n: int, seed: int = 21, d: int = 256) -> np.ndarray:
-    """Clusters of equal spread in every direction: 256 Gaussian centres, noise 0.5, unit length."""
+def isotropic(n: int, seed: int = 21, d: int = 256, fresh: int | None = None) -> np.ndarray:
+    """Clusters of equal spread in every direction: 256 Gaussian centres, noise 0.5, unit length.
+    `fresh`: a seed for other points of the same distribution (the same centres)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((256, d)).astype(np.float32)
+    rng = rng if fresh is None else np.random.default_rng(fresh)
     x = centres[rng.integers(0, 256, n)] + 0.5 * rng.standard_normal((n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def anisotropic(n: int, seed: int = 22, d: int = 512) -> np.ndarray:
+def anisotropic(n: int, seed: int = 22, d: int = 512, fresh: int | None = None) -> np.ndarray:
     """CLIP-like: a power-law spectrum in a random basis, 2000 clusters, a shared mean direction
-    (all cosines positive), unit length."""
+    (all cosines positive), unit length. `fresh`: as isotropic's."""
     rng = np.random.default_rng(seed)
     scale = ((1 + np.arange(d)) ** -0.7).astype(np.float32)
     basis = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
     centres = rng.standard_normal((2000, d)).astype(np.float32) * scale
+    rng = rng if fresh is None else np.random.default_rng(fresh)
     x = centres[rng.integers(0, 2000, n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32) * scale
     x = x @ basis.T + 0.15 * basis[:, 0]
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)

@@ -122,3 +122,22 @@ def test_reindex_section(tmp_path):
     for shapes in ("exact_shapes", "default_shapes"):
         assert r[shapes]["counts_as_expected"] and r[shapes]["index_ids_exact"], r[shapes]
     assert r["exact_shapes"]["unchanged_rows_differing_from_full_rebuild"] == 0
+
+
+@pytest.mark.parametrize("name", ["isotropic-256", "anisotropic-512"])
+def test_fresh_points_of_a_frontier_set_come_from_its_distribution(name):
+    import faiss
+    import numpy as np
+
+    from benchmarks.frontier import SETS
+
+    make = SETS[name]
+    x = make(4000)
+    assert np.array_equal(make(4000, fresh=None), x) and not np.array_equal(make(500, fresh=7), x[:500])
+
+    def nearest(q):  # inner product of each query's nearest stored vector other than itself
+        found = faiss.knn(q, x, 2, faiss.METRIC_INNER_PRODUCT)[0]
+        return np.where(found[:, 0] > 0.9999, found[:, 1], found[:, 0]).mean()
+
+    own, fresh, other = nearest(x[:500]), nearest(make(500, fresh=7)), nearest(make(500, seed=5))
+    assert abs(fresh - own) < 0.02 < own - other  # the same centres; another seed's are far

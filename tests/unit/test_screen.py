@@ -32,13 +32,20 @@ def test_the_screen_ranks_the_known_best_first_and_records_the_frontier():
         assert [p["nprobe"] for p in r["by_nprobe"]] == [1, 2, 4, 8, 16, 32, 64] and max(curve) == r["recall_at_k"]
 
 
-def test_equal_recalls_go_to_the_smaller_code_then_the_faster_search():
+def test_equal_recalls_go_to_the_smaller_code_then_more_lists_then_the_faster_search():
     def rec(f, b, r, ms):
         return {"factory": f, "bytes_per_vector": b, "recall_at_k": r, "search_ms_per_query": ms}
 
     ranked = rank([rec("big", 64, 0.900, 1.0), rec("small", 40, 0.897, 1.0), rec("fast", 40, 0.896, 0.1),
                    rec("worse", 8, 0.7, 0.1)])  # fmt: skip
     assert [r["factory"] for r in ranked] == ["fast", "small", "big", "worse"] and rank([]) == []
+    # the anisotropic frontier set in 9.7 MB: the same code over 1408 lists, its search timed slower
+    ranked = rank([rec("OPQ48_144,IVF1024,PQ48x8np", 48, 0.8536, 0.20),
+                   rec("OPQ48_144,IVF1408,PQ48x8np", 48, 0.855, 0.25),
+                   rec("OPQ48_96,IVF2048,PQ48x8np", 48, 0.8238, 0.1)])  # fmt: skip
+    assert [r["factory"] for r in ranked][:2] == ["OPQ48_144,IVF1408,PQ48x8np", "OPQ48_144,IVF1024,PQ48x8np"]
+    ranked = rank([rec("IVF1024,PQ8x8np", 8, 0.80, 0.2), rec("IVF2048,PQ4x8np", 4, 0.80, 0.3)])
+    assert ranked[0]["factory"] == "IVF2048,PQ4x8np"  # the smaller code first, as before
 
 
 def test_a_fast_scan_rabitq_is_not_screened_beside_its_plain_twin_but_alone_it_is():
