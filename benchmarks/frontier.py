@@ -216,7 +216,8 @@ def bench_set(
     reuse: dict | None = None,
 ) -> dict:
     """The chooser at every budget against the sweep, on set `name` of n vectors. `reuse`:
-    earlier()'s sweeps and autofaiss records, used instead of building them again."""
+    earlier()'s sweeps and autofaiss records, used instead of building them again (a family
+    added to the candidate space since is built and added to the reused sweep)."""
     from index_builder.factory import choose_nlist, choose_train_size
 
     x = SETS[name](n + QUERIES)
@@ -230,8 +231,11 @@ def bench_set(
     reuse = reuse or {}
     rows = []
     for budget in budgets:
-        sweep = reuse.get(("sweep", name, n, budget), [])
-        for c in sweep_families(d, nlist, n, budget) if not sweep else []:
+        sweep = list(reuse.get(("sweep", name, n, budget), []))
+        have = {s["factory"] for s in sweep}  # reused rows; a family new since is built
+        for c in sweep_families(d, nlist, n, budget):
+            if c.factory in have:
+                continue
             if c.factory not in built:
                 built[c.factory] = {**sweep_build(c.factory, x, train_size, q, gt), "family": c.family,
                                     "bytes_per_vector": c.bytes_per_vector}  # fmt: skip

@@ -99,6 +99,15 @@ def opq_of(index: faiss.Index) -> faiss.OPQMatrix | None:
     return first if isinstance(first, faiss.OPQMatrix) else None
 
 
+def pca_of(index: faiss.Index) -> faiss.PCAMatrix | None:
+    """The PCA that `index` ('PCA{D},IVF...') starts with, None when it has none."""
+    index = faiss.downcast_index(index)
+    if not isinstance(index, faiss.IndexPreTransform):
+        return None
+    first = faiss.downcast_VectorTransform(index.chain.at(0))
+    return first if isinstance(first, faiss.PCAMatrix) else None
+
+
 def rotation_for(index: faiss.Index, cov: np.ndarray) -> np.ndarray:
     """parametric_rotation for the OPQ matrix of `index` (its M and d_out), from `cov`."""
     opq = opq_of(index)

@@ -9,9 +9,9 @@ shared ones projected through it; the final build reuses the rotation), the next
 SCREEN_BASE) are the database, and the build's held-out recall queries (at most SCREEN_QUERIES)
 are searched against it with exact truth, at every power-of-two nprobe up to MAX_NPROBE. A
 candidate's figure is its best recall@k there; the winner is the candidate of the highest, where
-candidates within TOLERANCE of it count as equal and the smaller code, then the faster search,
-wins. The records are the frontier the manifest and the nightly report show (recall@k against
-bytes per vector).
+candidates within TOLERANCE of it count as equal and the smaller code, then the more lists, then
+the faster search, wins. The records are the frontier the manifest and the nightly report show
+(recall@k against bytes per vector).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from faiss.contrib.evaluation import knn_intersection_measure
 from index_builder.candidates import Candidate
 from index_builder.choose import TOLERANCE, opq_m, worth_opq
 from index_builder.factory import nlist_of
-from index_builder.opq import gain_of, opq_of, residual_covariance, residuals, rotation_for, set_rotation
+from index_builder.opq import gain_of, opq_of, pca_of, residual_covariance, residuals, rotation_for, set_rotation
 from index_builder.params import search_parameters
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,9 @@ def _trained(c: Candidate, data: ScreenData) -> faiss.Index:
             data.rotations[key] = rotation_for(index, data.covariance)
         set_rotation(index, data.rotations[key])
         centroids = opq.apply(centroids)
+    elif (pca := pca_of(index)) is not None:
+        pca.train(data.train)
+        centroids = pca.apply(centroids)
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     pq = getattr(ivf, "pq", None)
     if pq is not None:

@@ -65,7 +65,7 @@ def test_merge_on_disk_refuses_what_faiss_cannot_keep_there_before_any_training(
     assert not out.exists() and "building" not in caplog.text and "sampl" not in caplog.text
     m = build_index(BuildSettings(emb, str(out), max_bytes_per_vector=16, merge="disk", target_recall=0.5)).to_dict()
     assert m["merge"] == "disk" and all(r["on_disk"] for r in m["choice"]["screened"] if "error" not in r)
-    assert {r["family"] for r in m["choice"]["screened"]} == {"SQ", "PQ", "OPQ", "RaBitQ"}  # not PQfs, RaBitQfs
+    assert {r["family"] for r in m["choice"]["screened"]} == {"SQ", "PQ", "OPQ", "RaBitQ", "PCARaBitQ"}  # no fast-scan
 
 
 def test_budgets_that_cannot_work_are_refused_with_the_figure_that_would(emb, tmp_path):
@@ -192,3 +192,29 @@ def test_under_a_memory_budget_the_screen_tries_the_winners_code_over_the_lists_
     index = faiss.read_index(os.path.join(str(tmp_path / "idx"), "index.faiss"))
     assert faiss.extract_index_ivf(index).nlist == nlist_of(m["factory"])
     assert os.path.getsize(os.path.join(str(tmp_path / "idx"), "index.faiss")) <= memory
+
+
+def test_isotropic_vectors_at_a_small_budget_get_rabitq_over_their_principal_axes(tmp_path):
+    import faiss
+
+    from index_builder.candidates import space
+
+    n, d = 12_000, 256  # clusters of isotropic noise: 1-bit RaBitQ over 192 dims beats PQ32 at 32 B
+    rng = np.random.default_rng(11)
+    centres = rng.standard_normal((256, d))
+    x = centres[rng.integers(0, 256, n)] + 0.5 * rng.standard_normal((n, d))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    root = str(tmp_path / "emb")
+    write_embeddings(root, [x[:6000], x[6000:]])
+    out = str(tmp_path / "idx")
+    m = build_index(BuildSettings(root, out, max_bytes_per_vector=32, target_recall=0.99)).to_dict()
+    screened = {r["family"]: r for r in m["choice"]["screened"] if "error" not in r}
+    assert screened["PCARaBitQ"]["factory"] == "PCA192,IVF256,RaBitQ"  # 192 / 8 + 8 = 32 B
+    assert screened["PCARaBitQ"]["recall_at_k"] > screened["PQ"]["recall_at_k"] + 0.03
+    assert m["factory"] == "PCA192,IVF256,RaBitQ" and m["bytes_per_vector"] == 32
+    index = faiss.read_index(os.path.join(out, "index.faiss"))
+    assert index.ntotal == n and faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0)).d_out == 192
+    (cand,) = [c for c in space(n, d, 256) if c.factory == m["factory"]]
+    assert os.path.getsize(os.path.join(out, "index.faiss")) == cand.memory(n) == m["memory_bytes"]
+    again = evaluate_index(out, queries=1000, seed=99)
+    assert abs(again["difference"]["10"]) <= 0.02

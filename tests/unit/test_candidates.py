@@ -35,7 +35,8 @@ def trained(d: int, c: Candidate, x: np.ndarray) -> faiss.Index:
     index = faiss.index_factory(d, c.factory, faiss.METRIC_INNER_PRODUCT)
     for i in range(index.chain.size()) if isinstance(index, faiss.IndexPreTransform) else ():
         opq = faiss.downcast_VectorTransform(index.chain.at(i))
-        opq.niter = 4  # a rough rotation: only its size is checked here
+        if isinstance(opq, faiss.OPQMatrix):
+            opq.niter = 4  # a rough rotation: only its size is checked here
     index.train(x)
     return index
 
@@ -51,10 +52,10 @@ def data():
 def test_every_candidate_costs_what_faiss_stores(d, data):
     x = data[d]
     cands = space(len(x), d, NLIST)
-    assert {c.family for c in cands} == {"Flat", "SQ", "PQ", "PQfs", "OPQ", "RaBitQ", "RaBitQfs"}
+    assert {c.family for c in cands} == {"Flat", "SQ", "PQ", "PQfs", "OPQ", "RaBitQ", "RaBitQfs", "PCARaBitQ"}
     assert [c.bytes_per_vector for c in cands] == sorted((c.bytes_per_vector for c in cands), reverse=True)
     for c in cands:
-        if d == 36 and c.family not in ("SQ", "PQfs", "RaBitQ", "RaBitQfs"):
+        if d == 36 and c.family not in ("SQ", "PQfs", "RaBitQ", "RaBitQfs", "PCARaBitQ"):
             continue  # d = 36: the families whose sizes round (d not a multiple of 8)
         index = trained(d, c, x[:1000])
         assert lists_bytes_per_vector(index) == c.bytes_per_vector, c.factory
@@ -89,10 +90,10 @@ def test_each_family_keeps_its_largest_code_within_the_budget():
     picked = {c.family: c.factory for c in largest_per_family(cands, n, max_bytes_per_vector=150)}
     assert picked == {"SQ": "IVF1024,SQ4", "PQ": "IVF1024,PQ128x8np", "PQfs": "IVF1024,PQ128x4fs",
                       "OPQ": "OPQ128,IVF1024,PQ128x8np", "RaBitQ": "IVF1024,RaBitQ4",
-                      "RaBitQfs": "IVF1024,RaBitQfs4"}  # fmt: skip
+                      "RaBitQfs": "IVF1024,RaBitQfs4", "PCARaBitQ": "PCA208,IVF1024,RaBitQ5"}  # fmt: skip
     assert largest_per_family(cands, n, max_bytes_per_vector=2048)[0].factory == "IVF1024,Flat"
     on_disk = largest_per_family(cands, n, max_bytes_per_vector=150, on_disk=True)
-    assert {c.family for c in on_disk} == {"SQ", "PQ", "OPQ", "RaBitQ"}
+    assert {c.family for c in on_disk} == {"SQ", "PQ", "OPQ", "RaBitQ", "PCARaBitQ"}
     memory = 16 * 10**6
     assert all(c.memory(n) <= memory for c in largest_per_family(cands, n, max_memory=memory))
     assert largest_per_family(cands, n, max_memory=1000) == []
@@ -157,3 +158,12 @@ def test_under_a_memory_budget_the_winners_code_is_tried_over_as_many_lists_as_f
     assert filled_candidate(cfg, n, d, rabitq, 2048) is None  # 181 more lists fit: under FILL_MIN x 1024
     assert filled_candidate(BuildSettings("e", "i", max_memory="30MB"), n, d, opq, 2048) is None  # 2048 fit
     assert filled_candidate(BuildSettings("e", "i", max_bytes_per_vector=48), n, d, opq, 2048) is None
+
+
+def test_rabitq_over_principal_axes_keeps_the_most_code_bits_not_the_most_bytes():
+    n = 200_000
+    pick = {c.family: c for c in largest_per_family(space(n, 128, 1024), n, max_bytes_per_vector=24)}
+    assert pick["PCARaBitQ"].factory == "PCA120,IVF1024,RaBitQ"  # 120 bits in 23 B, not PCA16,RaBitQ2's 32 in 24
+    pick = {c.family: c for c in largest_per_family(space(n, 256, 1024), n, max_bytes_per_vector=32)}
+    assert pick["PCARaBitQ"].factory == "PCA192,IVF1024,RaBitQ" and pick["PCARaBitQ"].bytes_per_vector == 32
+    assert "RaBitQ" not in pick  # 40 B at d=256: not within 32

@@ -13,7 +13,8 @@ from index_builder.drift import codec_errors, drift
 from index_builder.parts import add_part, merge_in_ram, merge_on_disk
 
 FAMILIES = ["IVF8,RaBitQ", "IVF8,RaBitQ3", "IVF8,RaBitQfs", "IVF8,RaBitQfs2", "IVF8,SQ6", "IVF8,SQbf16",
-            "IVF8,PQ8x6np", "OPQ8_24,IVF8,PQ8x8np", "IVF8,PQ16x4fs"]  # fmt: skip
+            "IVF8,PQ8x6np", "OPQ8_24,IVF8,PQ8x8np", "IVF8,PQ16x4fs", "PCA24,IVF8,RaBitQ",
+            "PCA16,IVF8,RaBitQ3"]  # fmt: skip
 
 
 def clusters(n: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
