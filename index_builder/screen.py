@@ -27,7 +27,16 @@ from faiss.contrib.evaluation import knn_intersection_measure
 from index_builder.candidates import Candidate
 from index_builder.choose import TOLERANCE, opq_m, worth_opq
 from index_builder.factory import nlist_of
-from index_builder.opq import gain_of, opq_of, pca_of, residual_covariance, residuals, rotation_for, set_rotation
+from index_builder.opq import (
+    gain_of,
+    opq_of,
+    pca_of,
+    residual_covariance,
+    residuals,
+    rotation_for,
+    set_rotation,
+    train_pca,
+)
 from index_builder.params import search_parameters
 
 log = logging.getLogger(__name__)
@@ -107,7 +116,7 @@ def _trained(c: Candidate, data: ScreenData) -> faiss.Index:
         set_rotation(index, data.rotations[key])
         centroids = opq.apply(centroids)
     elif (pca := pca_of(index)) is not None:
-        pca.train(data.train)
+        train_pca(pca, data.train)
         centroids = pca.apply(centroids)
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     pq = getattr(ivf, "pq", None)

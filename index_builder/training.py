@@ -19,7 +19,7 @@ from index_builder.choose import OPQ_MIN_GAIN, opq_m, worth_opq
 from index_builder.drift import blend, codec_errors, drift
 from index_builder.factory import nlist_of
 from index_builder.layout import TEMPLATE_FILE
-from index_builder.opq import opq_gain, opq_of, pca_of, residual_covariance, rotation_for, set_rotation
+from index_builder.opq import opq_gain, opq_of, pca_of, residual_covariance, rotation_for, set_rotation, train_pca
 from index_builder.records import IndexManifest
 from index_builder.screen import coarse_centroids, rotation_key
 from index_builder.settings import BuildSettings
@@ -81,7 +81,7 @@ def train_template(
         centroids = opq.apply(np.ascontiguousarray(centroids, dtype=np.float32))
     elif (pca := pca_of(index)) is not None:  # the shared centroids, projected as the vectors will be
         centroids = coarse_centroids(xt, ivf.nlist) if centroids is None else centroids
-        pca.train(xt)
+        train_pca(pca, xt)
         centroids = pca.apply(np.ascontiguousarray(centroids, dtype=np.float32))
     if centroids is not None:
         ivf.quantizer.add(centroids)  # IndexIVF.train skips k-means when the quantizer holds nlist centroids

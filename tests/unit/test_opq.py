@@ -47,3 +47,20 @@ def test_an_opq_template_encodes_anisotropic_vectors_better_than_plain_pq():
     assert opq_of(index) is not None and opq_of(index).is_trained
     assert errors["OPQ8,IVF32,PQ8x8np"] < 0.7 * errors["IVF32,PQ8x8np"], errors
     assert faiss.downcast_index(index).index.ntotal == 2000
+
+
+def test_a_pca_about_the_origin_keeps_inner_products_that_faiss_centred_one_does_not():
+    import faiss
+
+    from index_builder.opq import train_pca
+
+    rng = np.random.default_rng(5)
+    basis = np.linalg.qr(rng.standard_normal((32, 32)))[0].T  # orthonormal rows
+    x = (rng.standard_normal((2000, 8)) @ basis[:8] + 3 * basis[8]).astype(np.float32)  # 9 dims, a shared offset
+    ours, centred = faiss.PCAMatrix(32, 9), faiss.PCAMatrix(32, 9)
+    train_pca(ours, x)
+    centred.train(x)
+    exact = x[:50] @ x[:50].T
+    assert np.allclose(ours.apply(x[:50]) @ ours.apply(x[:50]).T, exact, atol=1e-3)
+    assert not np.allclose(centred.apply(x[:50]) @ centred.apply(x[:50]).T, exact, atol=1.0)
+    assert ours.is_orthonormal and np.allclose(ours.reverse_transform(ours.apply(x[:5])), x[:5], atol=1e-4)
