@@ -90,22 +90,23 @@ def parametric_rotation(cov: np.ndarray, m: int, d_out: int) -> np.ndarray:
     return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
 
 
-def opq_of(index: faiss.Index) -> faiss.OPQMatrix | None:
-    """The OPQ matrix that `index` ('OPQm[_D],IVF...') starts with, None when it has none."""
+def _first_transform(index: faiss.Index, kind: type) -> faiss.VectorTransform | None:
+    """The `kind` transform that `index` starts with, None when it starts with none."""
     index = faiss.downcast_index(index)
     if not isinstance(index, faiss.IndexPreTransform):
         return None
     first = faiss.downcast_VectorTransform(index.chain.at(0))
-    return first if isinstance(first, faiss.OPQMatrix) else None
+    return first if isinstance(first, kind) else None
+
+
+def opq_of(index: faiss.Index) -> faiss.OPQMatrix | None:
+    """The OPQ matrix that `index` ('OPQm[_D],IVF...') starts with, None when it has none."""
+    return _first_transform(index, faiss.OPQMatrix)
 
 
 def pca_of(index: faiss.Index) -> faiss.PCAMatrix | None:
     """The PCA that `index` ('PCA{D},IVF...') starts with, None when it has none."""
-    index = faiss.downcast_index(index)
-    if not isinstance(index, faiss.IndexPreTransform):
-        return None
-    first = faiss.downcast_VectorTransform(index.chain.at(0))
-    return first if isinstance(first, faiss.PCAMatrix) else None
+    return _first_transform(index, faiss.PCAMatrix)
 
 
 def train_pca(pca: faiss.PCAMatrix, x: np.ndarray) -> None:
