@@ -25,7 +25,7 @@ Budget semantics, stated once:
 
 RaBitQ's per-vector factors: 2 floats for 1 bit; 3 floats plus 2 for the extra bits' scale
 when b > 1. PCARaBitQ projects on the D principal axes first: fewer dims, more bits a dim or a
-smaller code (isotropic 200k x 256 at 32 B: `PCA192,IVF1024,RaBitQ` recall@10 0.296 against
+smaller code (isotropic 200k x 256 at 32 B: `PCA192,IVF1024,RaBitQ` recall@10 0.300 against
 `PQ32x8np`'s 0.175); faiss's PCAMatrix file holds the d x d eigenvectors beside the D x d map.
 Every family can be added in parts and merged in RAM (index_builder.parts); only "lists" families
 (ArrayInvertedLists) can be merged on disk: faiss has no on-disk fast-scan blocks.
