@@ -119,8 +119,8 @@ def _more_lists(
 def choose(cfg: BuildSettings, samples: Samples, factories: list[str], n: int, d: int) -> Choice:
     """With more than one candidate, screen them on the training sample (index_builder.screen) over
     the guideline's nlist; where more lists pay, candidates over more lists too (_more_lists).
-    Keep the best; the coarse centroids and
-    rotation trained for it are handed to the final build. `factories`: plan(cfg, n, d)'s."""
+    Keep the best; the coarse centroids and rotation trained for it are handed to the final build.
+    `factories`: plan(cfg, n, d)'s."""
     if len(factories) < 2:
         return Choice(factories)
     t = time.monotonic()

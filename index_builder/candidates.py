@@ -34,7 +34,6 @@ Every family can be added in parts and merged in RAM (index_builder.parts); only
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 ID_BYTES = 8  # an int64 id per vector in an inverted list
@@ -64,6 +63,7 @@ class Candidate:
     fixed_bytes: int  # once per index: headers, coarse centroids (+ HNSW graph), codebooks, rotation
     lists: str  # "lists" (can live on disk), "fast-scan" (RAM only) or "flat" (no inverted lists)
     nlist: int = 0
+    code_bits: int = 0  # PCARaBitQ: dims x bits a dim (what largest_per_family maximises for it)
 
     @property
     def on_disk(self) -> bool:
@@ -177,7 +177,7 @@ def space(n: int, d: int, nlist: int) -> list[Candidate]:
             codec = f"RaBitQ{'' if b == 1 else b}"
             fixed = header + coarse_bytes(nlist, dims) + pca_bytes(d, dims)
             size = rabitq_bytes(dims, b)
-            out.append(Candidate(f"PCA{dims},{coarse},{codec}", "PCARaBitQ", size, fixed, "lists", nlist))
+            out.append(Candidate(f"PCA{dims},{coarse},{codec}", "PCARaBitQ", size, fixed, "lists", nlist, dims * b))
     return sorted(out, key=lambda c: -c.bytes_per_vector)
 
 
@@ -195,10 +195,7 @@ def merit(c: Candidate) -> float:
     (dims x bits a dim), where 20 B of per-vector factors make a multi-bit code over few dims the
     largest but not the best (at d=128 and 24 B `PCA16,RaBitQ2` screened 0.19, `RaBitQ` over 128
     dims 0.59)."""
-    if c.family != "PCARaBitQ":
-        return c.bytes_per_vector
-    dims, bits = re.match(r"PCA(\d+),.*RaBitQ(\d*)$", c.factory).groups()
-    return int(dims) * int(bits or 1)
+    return c.code_bits if c.family == "PCARaBitQ" else c.bytes_per_vector
 
 
 def largest_per_family(

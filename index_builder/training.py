@@ -75,14 +75,16 @@ def train_template(
     sample, xt = (xt, xt.x) if isinstance(xt, TrainingSample) else (None, xt)
     index = new_index(xt.shape[1], factory)
     ivf = faiss.try_extract_index_ivf(index)
-    if (opq := opq_of(index)) is not None:
+    opq, pca = opq_of(index), pca_of(index)
+    if opq is not None or pca is not None:  # the shared centroids, moved as the vectors will be
         centroids = coarse_centroids(xt, ivf.nlist) if centroids is None else centroids
-        set_rotation(index, rotation_for(index, residual_covariance(xt, centroids)) if rotation is None else rotation)
-        centroids = opq.apply(np.ascontiguousarray(centroids, dtype=np.float32))
-    elif (pca := pca_of(index)) is not None:  # the shared centroids, projected as the vectors will be
-        centroids = coarse_centroids(xt, ivf.nlist) if centroids is None else centroids
-        train_pca(pca, xt)
-        centroids = pca.apply(np.ascontiguousarray(centroids, dtype=np.float32))
+        if opq is not None:
+            set_rotation(
+                index, rotation_for(index, residual_covariance(xt, centroids)) if rotation is None else rotation
+            )
+        else:
+            train_pca(pca, xt)
+        centroids = (opq if opq is not None else pca).apply(np.ascontiguousarray(centroids, dtype=np.float32))
     if centroids is not None:
         ivf.quantizer.add(centroids)  # IndexIVF.train skips k-means when the quantizer holds nlist centroids
     pq = getattr(faiss.downcast_index(ivf if ivf is not None else index), "pq", None)
